@@ -1,0 +1,151 @@
+// Purpose: the Module contract shared by every trainable component (norms, attention, FFNs, MoE
+// routers and experts): named parameters, forward that saves what backward needs, backward that
+// returns dx and *accumulates* (+=) parameter gradients, and an incremental (KV-cache) mode.
+// Ownership: a layer owns its Parameter descriptors and, after forward(training), the activations
+// it saved; it does not own the Backend (ForwardContext points to it). Parameter tensors are
+// allocated by the model builder after construction, so a 6.9B model can be described (and its
+// parameters counted) without allocating anything.
+// Thread-safety: none; one thread drives a layer.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "nnkit/backend.h"
+#include "nnkit/component.h"
+#include "nnkit/tensor.h"
+
+namespace nnkit {
+
+struct Parameter {
+  std::string name;         // relative to the owner, HF style: "q_proj.weight"
+  Shape shape;
+  float init_std = 0.02f;   // Normal(0, init_std) when > 0 ...
+  float init_value = 0.0f;  // ... else filled with init_value (norm weights: 1)
+  bool decay = true;        // AdamW weight decay applies (false for norms/embeddings by default)
+  bool is_embedding = false;
+  Tensor value;             // (shape) allocated by the model builder
+  Tensor grad;              // (shape) same, zeroed by the trainer between steps
+};
+
+// Per-call facts shared by every layer of one forward/backward pass.
+struct ForwardContext {
+  Backend* backend = nullptr;
+  int64_t batch = 0;         // B
+  int64_t seq = 0;           // T (rows of x are B*T, batch-major)
+  Tensor positions;          // (B*T) i32 absolute positions for RoPE
+  Tensor kv_start;           // (B) i32 first valid key per sequence (left padding) or undefined
+  bool training = false;     // save activations for backward
+  bool use_kv_cache = false; // incremental decoding: append K/V at cache_len, attend to the cache
+  int64_t cache_len = 0;     // tokens already in the KV cache
+  float loss_scale = 1.0f;   // d(objective)/d(this pass's loss); auxiliary losses scale by it
+};
+
+class NNKIT_API Layer : public Component {
+ public:
+  ~Layer() override;
+
+  std::vector<Parameter>& parameters() { return params_; }
+  const std::vector<Parameter>& parameters() const { return params_; }
+  int64_t parameter_count() const;
+  // Parameters touched per token (MoE experts count only top_k of n_experts).
+  virtual int64_t active_parameter_count() const { return parameter_count(); }
+
+  // x: (B*T, C) -> y: (B*T, C). Saves activations when ctx.training.
+  virtual Tensor forward(ForwardContext& ctx, const Tensor& x) = 0;
+  // dy: (B*T, C) -> dx: (B*T, C); parameter grads accumulate. Needs the preceding forward.
+  virtual Tensor backward(ForwardContext& ctx, const Tensor& dy) = 0;
+  // Drops saved activations (activation checkpointing calls this after forward).
+  virtual void release_saved() {}
+
+ protected:
+  // Returns the index of the new parameter; call only from the constructor.
+  size_t add_parameter(std::string name, Shape shape, float init_std, float init_value = 0.0f,
+                       bool decay = true);
+  const Tensor& value(size_t index) const { return params_[index].value; }
+  const Tensor& grad(size_t index) const { return params_[index].grad; }
+
+  std::vector<Parameter> params_;
+};
+
+// `norm/*`: per-token normalisation with a learned scale.
+class NNKIT_API Norm : public Layer {
+ public:
+  ~Norm() override;
+};
+
+// `attention/*`: causal self-attention with its own KV cache for decoding.
+class NNKIT_API Attention : public Layer {
+ public:
+  ~Attention() override;
+  // Allocates (or clears) the KV cache for `batch` sequences of up to `capacity` tokens.
+  virtual void init_cache(Backend& backend, int64_t batch, int64_t capacity) = 0;
+  virtual void clear_cache() = 0;
+  // Bytes the cache holds per token (all layers' caches add up to the decoding footprint).
+  virtual int64_t cache_bytes_per_token() const = 0;
+  // The RoPE base in use (after NTK scaling); reported by `nnkit validate`.
+  virtual double rope_base() const = 0;
+};
+
+// Statistics of one layer's auxiliary losses and expert load, read after forward.
+struct AuxStats {
+  double aux_loss = 0.0;         // unweighted load-balancing loss of this layer
+  double aux_weight = 0.0;       // its weight in the objective
+  double z_loss = 0.0;           // unweighted router z-loss (0 when disabled)
+  double z_weight = 0.0;
+  double dropped_fraction = 0.0; // token-slots dropped by the capacity limit
+  std::vector<double> expert_fraction;  // f_i: share of routed slots per expert
+};
+
+// `ffn/*` (dense) and the core's MoE block both present this interface to a transformer block.
+class NNKIT_API FeedForward : public Layer {
+ public:
+  ~FeedForward() override;
+  // Valid after forward; dense FFNs have none.
+  virtual bool has_aux_stats() const { return false; }
+  virtual AuxStats aux_stats() const { return {}; }
+};
+
+// The router's decision for N tokens, on the backend's device plus a host copy for dispatch.
+struct Routing {
+  int64_t n_tokens = 0;
+  int64_t top_k = 0;
+  int64_t n_experts = 0;
+  Tensor expert_index;  // (N, k) i32; -1 marks a slot dropped by the capacity limit
+  Tensor gate;          // (N, k) f32 combine weights (0 for dropped slots)
+  std::vector<int32_t> host_expert_index;  // (N * k) copy of expert_index
+};
+
+// `moe/<router>`: scores experts per token. Its parameters are named "gate.weight" (HF Mixtral).
+class NNKIT_API Router : public Layer {
+ public:
+  ~Router() override;
+  virtual int64_t top_k() const = 0;
+  virtual int64_t n_experts() const = 0;
+  virtual Routing route(ForwardContext& ctx, const Tensor& x) = 0;
+  // dgate: (N, k) gradient w.r.t. Routing::gate -> dx (N, C). Adds the auxiliary losses' gradient
+  // (scaled by ctx.loss_scale) and accumulates the router weight gradient.
+  virtual Tensor backward_routing(ForwardContext& ctx, const Tensor& dgate) = 0;
+  virtual AuxStats aux_stats() const = 0;
+  // Layer::forward/backward are not used for routers.
+  Tensor forward(ForwardContext& ctx, const Tensor& x) override;
+  Tensor backward(ForwardContext& ctx, const Tensor& dy) override;
+};
+
+// `moe/<experts>`: the expert FFNs. Parameters "experts.<e>.w1.weight" etc. (HF Mixtral).
+class NNKIT_API Experts : public Layer {
+ public:
+  ~Experts() override;
+  virtual int64_t n_experts() const = 0;
+  // Parameters of one expert (for the active-parameter count).
+  virtual int64_t parameters_per_expert() const = 0;
+  // x: (N, C) -> y: (N, C) = sum_k gate[n, k] * expert_{index[n, k]}(x[n]).
+  virtual Tensor forward_routed(ForwardContext& ctx, const Tensor& x, const Routing& routing) = 0;
+  // dy: (N, C) -> dx (N, C); writes dgate (N, k) (allocated by the callee).
+  virtual Tensor backward_routed(ForwardContext& ctx, const Tensor& dy, Tensor& dgate) = 0;
+  Tensor forward(ForwardContext& ctx, const Tensor& x) override;
+  Tensor backward(ForwardContext& ctx, const Tensor& dy) override;
+};
+
+}  // namespace nnkit
