@@ -1,0 +1,113 @@
+// Purpose: the YAML model/run description. ConfigDocument holds the parsed YAML (plus dotted
+// command-line overrides) and remembers where every value came from; resolve_config() validates
+// it against the core schema and each named plugin's declared options and returns a typed
+// RunConfig. Errors are ConfigError with file:line:col and, for unknown keys, the nearest valid
+// key ("did you mean 'top_k'?").
+// Slots decide plugin kinds: model.norm -> norm/*, model.attention -> attention/*,
+// model.moe.router / model.moe.experts -> moe/*, model.ffn -> ffn/*, backend -> backend/*,
+// tokenizer -> tokenizer/*, train.optimizer -> optim/*, train.schedule -> schedule/*,
+// decode[i] -> decode/*.
+// Ownership: ConfigDocument owns its YAML tree (yaml-cpp stays behind a pimpl); RunConfig is a
+// plain value.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "nnkit/export.h"
+#include "nnkit/options.h"
+
+namespace nnkit {
+
+class Registry;
+
+class NNKIT_API ConfigDocument {
+ public:
+  // Throws ConfigError (missing file, YAML syntax error with file:line:col).
+  static ConfigDocument load_file(const std::filesystem::path& path);
+  static ConfigDocument parse(const std::string& text, const std::string& source_name);
+  ConfigDocument(ConfigDocument&&) noexcept;
+  ConfigDocument& operator=(ConfigDocument&&) noexcept;
+  ~ConfigDocument();
+
+  // "model.n_layers=2"; the value is parsed as YAML (so lists and maps work). Throws
+  // UsageError for a malformed assignment.
+  void apply_override(const std::string& assignment);
+  // The `plugin_paths:` list (relative paths resolve against the config file's folder).
+  std::vector<std::filesystem::path> plugin_paths() const;
+  const std::string& source_name() const;
+  // The document as YAML text (overrides applied).
+  std::string dump() const;
+
+  struct Impl;
+  const Impl& impl() const { return *impl_; }
+
+ private:
+  ConfigDocument();
+  std::unique_ptr<Impl> impl_;
+};
+
+// A slot filled by a plugin: which one, with its validated options.
+struct PluginChoice {
+  std::string kind;
+  std::string name;
+  Options options;
+  std::string id() const { return kind + "/" + name; }
+};
+
+struct ModelConfig {
+  int64_t vocab_size = 0;
+  int64_t hidden_dim = 0;
+  int64_t n_layers = 0;
+  int64_t max_seq_len = 0;
+  double init_std = 0.02;
+  PluginChoice norm;
+  PluginChoice attention;
+  bool is_moe = false;
+  PluginChoice router;   // moe only
+  PluginChoice experts;  // moe only
+  PluginChoice ffn;      // dense only
+};
+
+struct TrainConfig {
+  int64_t steps = 1000;
+  int64_t batch_size = 8;
+  int64_t seq_len = 256;
+  int64_t grad_accum = 1;
+  int64_t checkpoint_every = 100;
+  int64_t eval_every = 100;
+  int64_t eval_batches = 8;
+  int64_t log_every = 10;
+  double grad_clip = 1.0;  // 0 disables clipping
+  bool activation_checkpointing = false;
+  int64_t max_bad_steps = 5;  // consecutive non-finite losses before training stops
+  double val_fraction = 0.05;
+  std::string data;  // token file; empty = the CLI's --data or the demo corpus
+  PluginChoice optimizer;
+  PluginChoice schedule;
+};
+
+struct RunConfig {
+  int64_t seed = 1234;
+  ModelConfig model;
+  PluginChoice backend;
+  PluginChoice tokenizer;
+  TrainConfig train;
+  std::vector<PluginChoice> decode;
+  std::vector<std::filesystem::path> plugin_paths;
+  std::string source_name;
+
+  // Every resolved value, defaults included, as YAML (stored in checkpoints).
+  std::string to_yaml() const;
+};
+
+// Validates the document against the core schema and the plugins in `registry`.
+NNKIT_API RunConfig resolve_config(const ConfigDocument& document, const Registry& registry);
+
+// Levenshtein distance; used for "did you mean" suggestions.
+NNKIT_API size_t edit_distance(const std::string& a, const std::string& b);
+
+}  // namespace nnkit
