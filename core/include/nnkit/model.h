@@ -1,0 +1,90 @@
+// Purpose: the transformer assembled from a RunConfig: embedding, N blocks of
+// (norm -> attention -> +residual, norm -> MoE|FFN -> +residual), final norm, LM head.
+// Components come from plugins chosen by the config; the embedding, the LM head, the residual
+// stream and the MoE composition (router + experts) are the core's.
+// Parameter names follow Hugging Face Mixtral/Llama ("model.layers.3.self_attn.q_proj.weight").
+// Ownership: the Transformer owns its components and parameter tensors; it shares the Backend.
+// Construction allocates nothing, so huge models can be described and counted; allocate() makes
+// the parameter (and gradient) tensors. Thread-safety: none; one thread drives a model.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "nnkit/backend.h"
+#include "nnkit/config.h"
+#include "nnkit/layer.h"
+#include "nnkit/registry.h"
+
+namespace nnkit {
+
+class NNKIT_API Transformer {
+ public:
+  Transformer(const RunConfig& config, const Registry& registry, std::shared_ptr<Backend> backend);
+  ~Transformer();
+  Transformer(const Transformer&) = delete;
+  Transformer& operator=(const Transformer&) = delete;
+
+  const ModelConfig& config() const { return config_; }
+  Backend& backend() const { return *backend_; }
+  int64_t parameter_count() const;
+  // Parameters used per token: MoE layers count top_k of n_experts experts.
+  int64_t active_parameter_count() const;
+  // Bytes of KV cache per token of context, all layers together.
+  int64_t kv_cache_bytes_per_token() const;
+  double rope_base() const;
+
+  // Allocates parameter values (and zeroed gradients when with_grads).
+  void allocate(bool with_grads);
+  bool allocated() const;
+  // Normal(0, init_std) weights and 1 for norm scales. Each tensor's numbers depend only on
+  // (seed, parameter name), so the init does not change when components are reordered.
+  void init_random(uint64_t seed);
+  // Every parameter with its full name, in a fixed order.
+  std::vector<Parameter*> parameters();
+  Parameter* find_parameter(const std::string& name);
+  void zero_grads();
+
+  // ---- training and evaluation ----
+  // ids, targets: (B*T) host ids, batch-major; targets < 0 are ignored. Returns the mean
+  // cross-entropy over non-ignored targets. With `training`, keeps what backward() needs.
+  double forward_loss(const std::vector<int32_t>& ids, const std::vector<int32_t>& targets,
+                      int64_t batch, int64_t seq, bool training, bool activation_checkpointing);
+  // Backpropagates loss_scale * (mean CE + weighted auxiliary losses) of the last forward_loss;
+  // parameter gradients accumulate (so micro-batches add up).
+  void backward(float loss_scale);
+  // Weighted auxiliary losses of the last forward (sum over layers), and per-layer statistics.
+  double aux_loss() const;
+  std::vector<AuxStats> aux_stats() const;
+
+  // ---- inference ----
+  // Logits (B*T, V) of a full forward pass with no cache (reference for parity tests and eval).
+  Tensor logits(const std::vector<int32_t>& ids, int64_t batch, int64_t seq);
+  void init_cache(int64_t batch, int64_t capacity);
+  // Runs (B, T) new ids through the model, appending to the KV cache that already holds
+  // cache_len tokens per sequence. kv_start: (B) first real token per sequence (left padding)
+  // or empty. Returns logits (B*T, V) if all_positions, else (B, V) of each sequence's last token.
+  Tensor forward_cached(const std::vector<int32_t>& ids, int64_t batch, int64_t seq,
+                        int64_t cache_len, const std::vector<int32_t>& kv_start,
+                        bool all_positions);
+
+ private:
+  struct Block;
+  struct Activations;
+  Tensor run_trunk(ForwardContext& ctx, const Tensor& ids, bool checkpointing);
+  Tensor head_logits(ForwardContext& ctx, const Tensor& hidden);
+  void for_each_parameter(const std::function<void(const std::string&, Parameter&)>& fn);
+
+  ModelConfig config_;
+  std::shared_ptr<Backend> backend_;
+  std::vector<Parameter> own_params_;  // embed_tokens, lm_head
+  std::shared_ptr<Norm> final_norm_;
+  std::vector<std::unique_ptr<Block>> blocks_;
+  std::unique_ptr<Activations> saved_;
+  bool qualified_names_ = false;
+};
+
+}  // namespace nnkit

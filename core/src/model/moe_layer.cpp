@@ -1,0 +1,31 @@
+// Purpose: see moe_layer.h.
+#include "model/moe_layer.h"
+
+namespace nnkit {
+
+MoeLayer::MoeLayer(std::shared_ptr<Router> router, std::shared_ptr<Experts> experts)
+    : router_(std::move(router)), experts_(std::move(experts)) {
+  set_id("moe/" + router_->id() + "+" + experts_->id());
+}
+
+Tensor MoeLayer::forward(ForwardContext& ctx, const Tensor& x) {
+  const Routing routing = router_->route(ctx, x);
+  return experts_->forward_routed(ctx, x, routing);
+}
+
+Tensor MoeLayer::backward(ForwardContext& ctx, const Tensor& dy) {
+  // Forward read in reverse: y = experts(x, gates(router(x))). The experts give dx through their
+  // inputs and d(gate); the router turns d(gate) (+ its aux losses) into its own dx.
+  Tensor dgate;
+  Tensor dx = experts_->backward_routed(ctx, dy, dgate);
+  Tensor dx_router = router_->backward_routing(ctx, dgate);
+  ctx.backend->add(dx, dx, dx_router);
+  return dx;
+}
+
+void MoeLayer::release_saved() {
+  router_->release_saved();
+  experts_->release_saved();
+}
+
+}  // namespace nnkit

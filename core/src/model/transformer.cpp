@@ -1,0 +1,404 @@
+// Purpose: building and running the transformer (see model.h). Each backward below is its
+// forward read in reverse; parameter gradients accumulate inside the components.
+#include <cmath>
+
+#include "model/moe_layer.h"
+#include "nnkit/error.h"
+#include "nnkit/model.h"
+
+namespace nnkit {
+
+struct Transformer::Block {
+  std::shared_ptr<Norm> attn_norm;       // input_layernorm
+  std::shared_ptr<Attention> attention;  // self_attn
+  std::shared_ptr<Norm> ffn_norm;        // post_attention_layernorm
+  std::shared_ptr<FeedForward> ffn;      // block_sparse_moe (MoeLayer) or mlp
+  MoeLayer* moe = nullptr;               // ffn as MoE, when it is one
+  Tensor input;                          // (N, C) kept for activation checkpointing
+
+  // x: (N, C) -> (N, C).
+  Tensor forward(ForwardContext& ctx, const Tensor& x) {
+    Backend& be = *ctx.backend;
+    Tensor attn_out = attention->forward(ctx, attn_norm->forward(ctx, x));
+    Tensor mid = be.empty(x.shape());
+    be.add(mid, x, attn_out);
+    Tensor ffn_out = ffn->forward(ctx, ffn_norm->forward(ctx, mid));
+    Tensor out = be.empty(x.shape());
+    be.add(out, mid, ffn_out);
+    return out;
+  }
+
+  // dout: (N, C) -> dx: (N, C). The residual adds pass the gradient through unchanged.
+  Tensor backward(ForwardContext& ctx, const Tensor& dout) {
+    Backend& be = *ctx.backend;
+    Tensor dmid = ffn_norm->backward(ctx, ffn->backward(ctx, dout));
+    be.add(dmid, dmid, dout);
+    Tensor dx = attn_norm->backward(ctx, attention->backward(ctx, dmid));
+    be.add(dx, dx, dmid);
+    return dx;
+  }
+
+  void release_saved() {
+    attn_norm->release_saved();
+    attention->release_saved();
+    ffn_norm->release_saved();
+    ffn->release_saved();
+  }
+};
+
+struct Transformer::Activations {
+  ForwardContext ctx;
+  Tensor ids;      // (N) i32
+  Tensor targets;  // (N) i32
+  Tensor hidden;   // (N, C) final-norm output, input of the LM head
+  Tensor logits;   // (N, V)
+  int64_t valid_targets = 0;
+  bool checkpointing = false;
+};
+
+namespace {
+
+uint64_t name_seed(uint64_t seed, const std::string& name) {
+  uint64_t h = 1469598103934665603ull ^ (seed * 0x9E3779B97F4A7C15ull);
+  for (unsigned char c : name) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+}  // namespace
+
+Transformer::Transformer(const RunConfig& config, const Registry& registry,
+                         std::shared_ptr<Backend> backend)
+    : config_(config.model), backend_(std::move(backend)) {
+  const ModelConfig& m = config_;
+  ModelDims dims{m.vocab_size, m.hidden_dim, m.n_layers, m.max_seq_len, -1, 0};
+  Backend* be = backend_.get();
+  auto make = [&](const PluginChoice& choice, auto* type_tag, const ModelDims& d) {
+    using T = std::remove_pointer_t<decltype(type_tag)>;
+    return registry.create<T>(choice.kind, choice.name, CreateArgs{choice.options, d, be});
+  };
+
+  Parameter embed;
+  embed.name = "model.embed_tokens.weight";
+  embed.shape = {m.vocab_size, m.hidden_dim};
+  embed.init_std = static_cast<float>(m.init_std);
+  embed.decay = false;
+  embed.is_embedding = true;
+  own_params_.push_back(embed);
+  Parameter head;
+  head.name = "lm_head.weight";
+  head.shape = {m.vocab_size, m.hidden_dim};
+  head.init_std = static_cast<float>(m.init_std);
+  own_params_.push_back(head);
+
+  for (int64_t layer = 0; layer < m.n_layers; ++layer) {
+    ModelDims d = dims;
+    d.layer_index = layer;
+    auto block = std::make_unique<Block>();
+    block->attn_norm = make(m.norm, static_cast<Norm*>(nullptr), d);
+    block->attention = make(m.attention, static_cast<Attention*>(nullptr), d);
+    block->ffn_norm = make(m.norm, static_cast<Norm*>(nullptr), d);
+    if (m.is_moe) {
+      auto experts = make(m.experts, static_cast<Experts*>(nullptr), d);
+      d.n_experts = experts->n_experts();
+      auto router = make(m.router, static_cast<Router*>(nullptr), d);
+      auto moe = std::make_shared<MoeLayer>(router, experts);
+      block->moe = moe.get();
+      block->ffn = moe;
+    } else {
+      block->ffn = make(m.ffn, static_cast<FeedForward*>(nullptr), d);
+    }
+    blocks_.push_back(std::move(block));
+  }
+  final_norm_ = make(m.norm, static_cast<Norm*>(nullptr), dims);
+  // Components name parameters relative to themselves ("q_proj.weight"); from here on every
+  // parameter carries its full model name, which checkpoints and optimizer state use.
+  for_each_parameter([](const std::string& full_name, Parameter& p) { p.name = full_name; });
+  qualified_names_ = true;
+}
+
+Transformer::~Transformer() = default;
+
+void Transformer::for_each_parameter(
+    const std::function<void(const std::string&, Parameter&)>& fn) {
+  // Names are qualified once, in the constructor; later visits see full names already.
+  const bool qualified = !own_params_.empty() && qualified_names_;
+  auto visit = [&](Layer& layer, const std::string& prefix) {
+    for (Parameter& p : layer.parameters()) fn(qualified ? p.name : prefix + p.name, p);
+  };
+  fn(own_params_[0].name, own_params_[0]);
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    Block& b = *blocks_[i];
+    const std::string prefix = "model.layers." + std::to_string(i) + ".";
+    visit(*b.attn_norm, prefix + "input_layernorm.");
+    visit(*b.attention, prefix + "self_attn.");
+    visit(*b.ffn_norm, prefix + "post_attention_layernorm.");
+    if (b.moe != nullptr) {
+      visit(b.moe->router(), prefix + "block_sparse_moe.");
+      visit(b.moe->experts(), prefix + "block_sparse_moe.");
+    } else {
+      visit(*b.ffn, prefix + "mlp.");
+    }
+  }
+  visit(*final_norm_, "model.norm.");
+  fn(own_params_[1].name, own_params_[1]);
+}
+
+std::vector<Parameter*> Transformer::parameters() {
+  std::vector<Parameter*> out;
+  for_each_parameter([&](const std::string&, Parameter& p) { out.push_back(&p); });
+  return out;
+}
+
+Parameter* Transformer::find_parameter(const std::string& name) {
+  for (Parameter* p : parameters()) {
+    if (p->name == name) return p;
+  }
+  return nullptr;
+}
+
+int64_t Transformer::parameter_count() const {
+  int64_t n = 0;
+  for (const Parameter& p : own_params_) n += shape_numel(p.shape);
+  for (const auto& b : blocks_) {
+    n += b->attn_norm->parameter_count() + b->attention->parameter_count() +
+         b->ffn_norm->parameter_count();
+    n += b->moe ? b->moe->router().parameter_count() + b->moe->experts().parameter_count()
+                : b->ffn->parameter_count();
+  }
+  return n + final_norm_->parameter_count();
+}
+
+int64_t Transformer::active_parameter_count() const {
+  int64_t inactive = 0;
+  for (const auto& b : blocks_) {
+    if (b->moe == nullptr) continue;
+    const int64_t unused = b->moe->experts().n_experts() - b->moe->router().top_k();
+    inactive += unused * b->moe->experts().parameters_per_expert();
+  }
+  return parameter_count() - inactive;
+}
+
+int64_t Transformer::kv_cache_bytes_per_token() const {
+  int64_t n = 0;
+  for (const auto& b : blocks_) n += b->attention->cache_bytes_per_token();
+  return n;
+}
+
+double Transformer::rope_base() const {
+  return blocks_.empty() ? 0.0 : blocks_.front()->attention->rope_base();
+}
+
+void Transformer::allocate(bool with_grads) {
+  Backend& be = *backend_;
+  for (Parameter* p : parameters()) {
+    p->value = be.empty(p->shape);
+    if (with_grads) p->grad = be.zeros(p->shape);
+  }
+}
+
+bool Transformer::allocated() const { return own_params_[0].value.defined(); }
+
+void Transformer::init_random(uint64_t seed) {
+  for (Parameter* p : parameters()) {
+    if (p->init_std > 0.0f) {
+      backend_->fill_normal(p->value, 0.0f, p->init_std, name_seed(seed, p->name));
+    } else {
+      backend_->fill(p->value, p->init_value);
+    }
+  }
+}
+
+void Transformer::zero_grads() {
+  for (Parameter* p : parameters()) {
+    if (p->grad.defined()) backend_->fill(p->grad, 0.0f);
+  }
+}
+
+Tensor Transformer::run_trunk(ForwardContext& ctx, const Tensor& ids, bool checkpointing) {
+  Backend& be = *backend_;
+  Tensor x = be.empty({ids.numel(), config_.hidden_dim});
+  be.gather_rows(own_params_[0].value, ids, x);
+  for (auto& block : blocks_) {
+    if (checkpointing && ctx.training) {
+      // Keep only the block input; backward recomputes the block with activations saved.
+      block->input = x;
+      ForwardContext no_save = ctx;
+      no_save.training = false;
+      x = block->forward(no_save, x);
+    } else {
+      x = block->forward(ctx, x);
+    }
+  }
+  return final_norm_->forward(ctx, x);
+}
+
+Tensor Transformer::head_logits(ForwardContext& ctx, const Tensor& hidden) {
+  Tensor logits = ctx.backend->empty({hidden.dim(0), config_.vocab_size});
+  ctx.backend->gemm(hidden, false, own_params_[1].value, true, logits);
+  return logits;
+}
+
+namespace {
+
+void check_ids(const std::vector<int32_t>& ids, int64_t vocab, const char* what) {
+  for (int32_t id : ids) {
+    if (id < 0 || id >= vocab) {
+      throw ShapeError("model", std::string(what) + " id " + std::to_string(id) +
+                                    " is outside the vocabulary [0, " + std::to_string(vocab) +
+                                    "); was the data prepared with another tokenizer?");
+    }
+  }
+}
+
+std::vector<int32_t> default_positions(int64_t batch, int64_t seq, int64_t offset,
+                                       const std::vector<int32_t>& kv_start) {
+  std::vector<int32_t> positions(static_cast<size_t>(batch * seq));
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t start = kv_start.empty() ? 0 : kv_start[static_cast<size_t>(b)];
+    for (int64_t t = 0; t < seq; ++t) {
+      positions[static_cast<size_t>(b * seq + t)] =
+          static_cast<int32_t>(std::max<int64_t>(0, offset + t - start));
+    }
+  }
+  return positions;
+}
+
+}  // namespace
+
+double Transformer::forward_loss(const std::vector<int32_t>& ids,
+                                 const std::vector<int32_t>& targets, int64_t batch, int64_t seq,
+                                 bool training, bool activation_checkpointing) {
+  const int64_t n = batch * seq;
+  if (static_cast<int64_t>(ids.size()) != n || static_cast<int64_t>(targets.size()) != n) {
+    throw ShapeError("model", "forward_loss expects " + std::to_string(n) + " ids and targets");
+  }
+  if (seq > config_.max_seq_len) {
+    throw ShapeError("model", "sequence of " + std::to_string(seq) +
+                                  " tokens exceeds model.max_seq_len " +
+                                  std::to_string(config_.max_seq_len));
+  }
+  check_ids(ids, config_.vocab_size, "input");
+  int64_t valid = 0;
+  for (int32_t t : targets) {
+    if (t >= config_.vocab_size) check_ids({t}, config_.vocab_size, "target");
+    valid += t >= 0 ? 1 : 0;
+  }
+  Backend& be = *backend_;
+  auto saved = std::make_unique<Activations>();
+  ForwardContext& ctx = saved->ctx;
+  ctx.backend = &be;
+  ctx.batch = batch;
+  ctx.seq = seq;
+  const std::vector<int32_t> positions = default_positions(batch, seq, 0, {});
+  ctx.positions = be.from_host(positions.data(), {n}, DType::kI32);
+  ctx.training = training;
+  saved->ids = be.from_host(ids.data(), {n}, DType::kI32);
+  saved->targets = be.from_host(targets.data(), {n}, DType::kI32);
+  saved->checkpointing = activation_checkpointing;
+  saved->valid_targets = valid;
+  saved->hidden = run_trunk(ctx, saved->ids, activation_checkpointing);
+  saved->logits = head_logits(ctx, saved->hidden);
+  Tensor losses = be.empty({n});
+  be.cross_entropy_forward(saved->logits, saved->targets, losses);
+  std::vector<float> host(static_cast<size_t>(n));
+  be.copy_to_host(host.data(), losses);
+  double sum = 0.0;
+  for (float l : host) sum += l;
+  saved_ = training ? std::move(saved) : nullptr;
+  return valid > 0 ? sum / static_cast<double>(valid) : 0.0;
+}
+
+void Transformer::backward(float loss_scale) {
+  if (!saved_) throw Error("model", "backward() needs a preceding forward_loss(training=true)");
+  Activations& s = *saved_;
+  Backend& be = *backend_;
+  ForwardContext& ctx = s.ctx;
+  ctx.loss_scale = loss_scale;
+  Parameter& head = own_params_[1];
+  Parameter& embed = own_params_[0];
+  // loss = mean CE -> dlogits = loss_scale / valid * (softmax - onehot)   (N, V)
+  Tensor dlogits = be.empty(s.logits.shape());
+  const float ce_scale = s.valid_targets > 0 ? loss_scale / static_cast<float>(s.valid_targets) : 0;
+  be.cross_entropy_backward(s.logits, s.targets, ce_scale, dlogits);
+  s.logits = Tensor();
+  // logits = hidden @ W^T: dW += dlogits^T hidden (accumulates); dhidden = dlogits @ W
+  be.gemm(dlogits, true, s.hidden, false, head.grad, 1.0f, 1.0f);
+  Tensor dhidden = be.empty(s.hidden.shape());
+  be.gemm(dlogits, false, head.value, false, dhidden);
+  Tensor dx = final_norm_->backward(ctx, dhidden);
+  for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) {
+    Block& block = **it;
+    if (s.checkpointing) block.forward(ctx, block.input);  // recompute, saving activations
+    dx = block.backward(ctx, dx);
+    block.release_saved();
+    block.input = Tensor();
+  }
+  final_norm_->release_saved();
+  // x = embed[ids]: dEmbed[ids[n]] += dx[n] (accumulates)
+  be.scatter_add_rows(dx, s.ids, Tensor(), embed.grad);
+  saved_.reset();
+}
+
+double Transformer::aux_loss() const {
+  double total = 0.0;
+  for (const auto& b : blocks_) {
+    if (b->moe == nullptr) continue;
+    const AuxStats stats = b->moe->aux_stats();
+    total += stats.aux_weight * stats.aux_loss + stats.z_weight * stats.z_loss;
+  }
+  return total;
+}
+
+std::vector<AuxStats> Transformer::aux_stats() const {
+  std::vector<AuxStats> out;
+  for (const auto& b : blocks_) {
+    if (b->moe != nullptr) out.push_back(b->moe->aux_stats());
+  }
+  return out;
+}
+
+Tensor Transformer::logits(const std::vector<int32_t>& ids, int64_t batch, int64_t seq) {
+  check_ids(ids, config_.vocab_size, "input");
+  Backend& be = *backend_;
+  ForwardContext ctx;
+  ctx.backend = &be;
+  ctx.batch = batch;
+  ctx.seq = seq;
+  const std::vector<int32_t> positions = default_positions(batch, seq, 0, {});
+  ctx.positions = be.from_host(positions.data(), {batch * seq}, DType::kI32);
+  Tensor id_tensor = be.from_host(ids.data(), {batch * seq}, DType::kI32);
+  return head_logits(ctx, run_trunk(ctx, id_tensor, false));
+}
+
+void Transformer::init_cache(int64_t batch, int64_t capacity) {
+  for (auto& b : blocks_) b->attention->init_cache(*backend_, batch, capacity);
+}
+
+Tensor Transformer::forward_cached(const std::vector<int32_t>& ids, int64_t batch, int64_t seq,
+                                   int64_t cache_len, const std::vector<int32_t>& kv_start,
+                                   bool all_positions) {
+  check_ids(ids, config_.vocab_size, "input");
+  Backend& be = *backend_;
+  ForwardContext ctx;
+  ctx.backend = &be;
+  ctx.batch = batch;
+  ctx.seq = seq;
+  ctx.use_kv_cache = true;
+  ctx.cache_len = cache_len;
+  const std::vector<int32_t> positions = default_positions(batch, seq, cache_len, kv_start);
+  ctx.positions = be.from_host(positions.data(), {batch * seq}, DType::kI32);
+  if (!kv_start.empty()) ctx.kv_start = be.from_host(kv_start.data(), {batch}, DType::kI32);
+  Tensor id_tensor = be.from_host(ids.data(), {batch * seq}, DType::kI32);
+  Tensor hidden = run_trunk(ctx, id_tensor, false);
+  if (!all_positions && seq > 1) {
+    std::vector<int32_t> last(static_cast<size_t>(batch));
+    for (int64_t b = 0; b < batch; ++b) last[static_cast<size_t>(b)] = static_cast<int32_t>(b * seq + seq - 1);
+    Tensor index = be.from_host(last.data(), {batch}, DType::kI32);
+    Tensor picked = be.empty({batch, config_.hidden_dim});
+    be.gather_rows(hidden, index, picked);
+    hidden = picked;
+  }
+  return head_logits(ctx, hidden);
+}
+
+}  // namespace nnkit
