@@ -1,0 +1,140 @@
+// Purpose: `optim/adamw`: Adam with decoupled weight decay (Loshchilov & Hutter). The arithmetic
+// is the backend's adamw_update (one fused pass per parameter on its device); this plugin owns
+// the hyperparameters, the step count and the moment tensors, and decides which parameters decay.
+// Ownership: owns m ("exp_avg") and v ("exp_avg_sq") per parameter, keyed by parameter name and
+// allocated lazily (zeros, f32) on the backend it is first given; never owns the parameters.
+// Thread-safety: none; the trainer's thread drives it.
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "nnkit/error.h"
+#include "nnkit/optim.h"
+#include "nnkit/plugin.h"
+
+namespace nnkit::optim {
+namespace {
+
+class AdamW final : public Optimizer {
+ public:
+  explicit AdamW(const Options& options)
+      : lr_(options.get_float("lr")),
+        beta1_(options.get_float("beta1")),
+        beta2_(options.get_float("beta2")),
+        eps_(options.get_float("eps")),
+        weight_decay_(options.get_float("weight_decay")),
+        decay_norms_and_embeddings_(options.get_bool("decay_norms_and_embeddings")) {
+    // The declared ranges are inclusive; these are the exclusive ends they cannot express.
+    if (!(lr_ > 0.0)) options.fail("lr", "must be > 0");
+    if (!(beta1_ >= 0.0 && beta1_ < 1.0)) options.fail("beta1", "must be in [0, 1)");
+    if (!(beta2_ >= 0.0 && beta2_ < 1.0)) {
+      options.fail("beta2", "must be in [0, 1) (at 1 the second moment never updates)");
+    }
+    if (!(eps_ > 0.0)) options.fail("eps", "must be > 0 (it keeps the update finite where v = 0)");
+    if (!(weight_decay_ >= 0.0)) options.fail("weight_decay", "must be >= 0");
+  }
+
+  double base_lr() const override { return lr_; }
+  int64_t step_count() const override { return step_count_; }
+
+  void set_step_count(int64_t steps) override {
+    if (steps < 0)
+      throw Error(id(), "step count cannot be negative (" + std::to_string(steps) + ")");
+    step_count_ = steps;
+  }
+
+  void step(Backend& backend, const std::vector<Parameter*>& params, double lr,
+            float grad_scale) override {
+    ++step_count_;
+    AdamWStep update;
+    update.lr = static_cast<float>(lr);
+    update.beta1 = static_cast<float>(beta1_);
+    update.beta2 = static_cast<float>(beta2_);
+    update.eps = static_cast<float>(eps_);
+    update.grad_scale = grad_scale;
+    update.step = step_count_;
+    for (Parameter* param : params) {
+      if (!param->grad.defined()) {
+        throw ShapeError(id(), "parameter '" + param->name + "' has no gradient tensor");
+      }
+      Moments& moments = moments_of(backend, *param);
+      update.weight_decay = decays(*param) ? static_cast<float>(weight_decay_) : 0.0f;
+      backend.adamw_update(param->value, param->grad, moments.exp_avg, moments.exp_avg_sq, update);
+    }
+  }
+
+  std::vector<std::pair<std::string, Tensor>> state(
+      Backend& backend, const std::vector<Parameter*>& params) override {
+    std::vector<std::pair<std::string, Tensor>> named;
+    named.reserve(2 * params.size());
+    for (Parameter* param : params) {
+      Moments& moments = moments_of(backend, *param);
+      named.emplace_back("exp_avg." + param->name, moments.exp_avg);
+      named.emplace_back("exp_avg_sq." + param->name, moments.exp_avg_sq);
+    }
+    return named;
+  }
+
+ private:
+  struct Moments {
+    Tensor exp_avg;     // m, (param shape) f32
+    Tensor exp_avg_sq;  // v, (param shape) f32
+  };
+
+  // Norm weights (Parameter::decay false) and embeddings are exempt unless the user opts in:
+  // decaying a scale towards 0, or rarely seen token rows, hurts more than it regularises.
+  bool decays(const Parameter& param) const {
+    if (decay_norms_and_embeddings_) return true;
+    return param.decay && !param.is_embedding;
+  }
+
+  Moments& moments_of(Backend& backend, const Parameter& param) {
+    auto it = moments_.find(param.name);
+    if (it == moments_.end()) {
+      Moments fresh{backend.zeros(param.shape), backend.zeros(param.shape)};
+      it = moments_.emplace(param.name, std::move(fresh)).first;
+    } else if (it->second.exp_avg.shape() != param.shape) {
+      // Two parameters sharing a name would silently share moments; refuse instead.
+      throw ShapeError(id(), "parameter '" + param.name + "' has shape " + to_string(param.shape) +
+                                 " but its optimizer state has " +
+                                 to_string(it->second.exp_avg.shape()));
+    }
+    return it->second;
+  }
+
+  double lr_;
+  double beta1_;
+  double beta2_;
+  double eps_;
+  double weight_decay_;
+  bool decay_norms_and_embeddings_;
+  int64_t step_count_ = 0;
+  std::unordered_map<std::string, Moments> moments_;
+};
+
+std::vector<OptionSpec> adamw_options() {
+  return {
+      {"lr", OptionType::kFloat, "1e-4", 0.0, std::nullopt,
+       "peak learning rate (> 0); schedules multiply it"},
+      {"beta1", OptionType::kFloat, "0.9", 0.0, 1.0, "first-moment decay, in [0, 1)"},
+      {"beta2", OptionType::kFloat, "0.95", 0.0, 1.0, "second-moment decay, in [0, 1)"},
+      {"eps", OptionType::kFloat, "1e-8", 0.0, std::nullopt,
+       "added to sqrt(v_hat) in the denominator (> 0)"},
+      {"weight_decay", OptionType::kFloat, "0.1", 0.0, std::nullopt,
+       "decoupled weight decay (>= 0), applied as lr * weight_decay * p"},
+      {"decay_norms_and_embeddings", OptionType::kBool, "false", std::nullopt, std::nullopt,
+       "also decay norm weights and embeddings (exempt by default)"},
+  };
+}
+
+Component* create_adamw(const CreateArgs& args) {
+  return new AdamW(args.options);
+}
+
+}  // namespace
+}  // namespace nnkit::optim
+
+NNKIT_PLUGIN(optim, adamw, "0.1.0", "AdamW with bias correction and decoupled weight decay",
+             &nnkit::optim::adamw_options, &nnkit::optim::create_adamw)
