@@ -1,0 +1,98 @@
+// Purpose: backend/cpu construction, thread setup, memory, copies and the plugin entry point.
+// Owned by backend/cpu; see cpu_backend.h for the contract.
+#include "cpu_backend.h"
+
+#include <dlfcn.h>
+#include <omp.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#include "checks.h"
+#include "nnkit/plugin.h"
+
+namespace nnkit::cpu {
+
+namespace {
+
+constexpr size_t kAlignment = 64;  // a cache line, and enough for any vector load
+
+// OpenBLAS's thread setter, looked up at run time so a netlib/other BLAS still links and loads.
+void set_blas_threads(int threads) {
+  using SetThreads = void (*)(int);
+  if (auto fn = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) {
+    fn(threads);
+  }
+}
+
+std::vector<OptionSpec> cpu_options() {
+  return {OptionSpec{"threads", OptionType::kInt, "0", 0.0, 4096.0,
+                     "threads for OpenMP loops and OpenBLAS; 0 = OMP_NUM_THREADS or all cores"}};
+}
+
+Component* create_cpu(const CreateArgs& args) {
+  return new CpuBackend(static_cast<int>(args.options.get_int("threads")));
+}
+
+}  // namespace
+
+CpuBackend::CpuBackend(int threads) : threads_(threads) {
+  if (threads_ > 0) {
+    omp_set_num_threads(threads_);
+    set_blas_threads(threads_);
+  }
+}
+
+int CpuBackend::threads() const {
+  return threads_ > 0 ? threads_ : omp_get_max_threads();
+}
+
+Tensor CpuBackend::empty(const Shape& shape, DType dtype) {
+  for (int64_t d : shape) {
+    if (d < 0) shape_fail("empty", "negative dimension in shape " + to_string(shape));
+  }
+  const size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
+  // Round up to the alignment (aligned_alloc requires it) and never ask for 0 bytes, so even an
+  // empty tensor has a real, freeable address.
+  const size_t padded =
+      bytes == 0 ? kAlignment : (bytes + kAlignment - 1) / kAlignment * kAlignment;
+  void* memory = std::aligned_alloc(kAlignment, padded);
+  if (memory == nullptr) {
+    shape_fail("empty", "out of host memory allocating " + std::to_string(padded) + " bytes for " +
+                            dtype_name(dtype) + to_string(shape));
+  }
+  auto storage = std::make_shared<Storage>();
+  storage->data = std::shared_ptr<void>(memory, [](void* p) { std::free(p); });
+  storage->bytes = bytes;
+  storage->device = device();
+  return Tensor(std::move(storage), shape, dtype);
+}
+
+void CpuBackend::copy_from_host(const Tensor& dst, const void* src) {
+  if (!dst.defined() || !dst.device().is_host()) {
+    shape_fail("copy_from_host", "dst is " + describe(dst) + "; expected a host tensor");
+  }
+  if (dst.nbytes() > 0) std::memcpy(dst.raw(), src, dst.nbytes());
+}
+
+void CpuBackend::copy_to_host(void* dst, const Tensor& src) {
+  if (!src.defined() || !src.device().is_host()) {
+    shape_fail("copy_to_host", "src is " + describe(src) + "; expected a host tensor");
+  }
+  if (src.nbytes() > 0) std::memcpy(dst, src.raw(), src.nbytes());
+}
+
+void CpuBackend::copy(const Tensor& dst, const Tensor& src) {
+  if (!dst.defined() || !src.defined() || !dst.device().is_host() || !src.device().is_host() ||
+      dst.dtype() != src.dtype() || dst.numel() != src.numel()) {
+    shape_fail("copy", "dst is " + describe(dst) + " and src is " + describe(src) +
+                           "; expected host tensors of one dtype and element count");
+  }
+  if (dst.nbytes() > 0 && dst.raw() != src.raw()) std::memmove(dst.raw(), src.raw(), dst.nbytes());
+}
+
+}  // namespace nnkit::cpu
+
+NNKIT_PLUGIN(backend, cpu, "0.1.0", "fp32 host backend: OpenMP loops and OpenBLAS sgemm",
+             &nnkit::cpu::cpu_options, &nnkit::cpu::create_cpu)

@@ -1,0 +1,102 @@
+// Purpose: backend/cpu, the fp32 host implementation of nnkit::Backend. Host loops run under
+// OpenMP (parallel over rows, heads or columns), matrix products go to OpenBLAS sgemm (the OpenMP
+// build, so both share one thread pool). Ops run synchronously: "enqueue" means "run now".
+// Ownership: tensors from empty() own 64-byte aligned malloc memory released with free(); they
+// stay valid after the backend object is destroyed (the registry keeps the library mapped).
+// Thread-safety: one thread drives a backend (the Backend contract); the rope table cache is the
+// only mutable state besides the thread setting.
+// The op bodies live in one file per idea: elementwise, gemm, norm_activation, softmax_topk, rope,
+// attention, gather_loss, optimizer.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "nnkit/backend.h"
+
+namespace nnkit::cpu {
+
+class CpuBackend final : public Backend {
+ public:
+  // threads > 0 pins OpenMP and OpenBLAS to that many threads; 0 keeps the runtime default
+  // (OMP_NUM_THREADS or the core count).
+  explicit CpuBackend(int threads);
+
+  // ---- device and memory -------------------------------------------------------------------
+  Device device() const override { return Device{DeviceType::kCpu, 0}; }
+  Tensor empty(const Shape& shape, DType dtype = DType::kF32) override;
+  void copy_from_host(const Tensor& dst, const void* src) override;
+  void copy_to_host(void* dst, const Tensor& src) override;
+  void copy(const Tensor& dst, const Tensor& src) override;
+  void synchronize() override {}
+  int threads() const override;
+
+  // ---- initialisation and elementwise (elementwise.cpp) -------------------------------------
+  void fill(const Tensor& t, float value) override;
+  void fill_normal(const Tensor& t, float mean, float std, uint64_t seed) override;
+  void add(const Tensor& out, const Tensor& a, const Tensor& b) override;
+  void axpy(const Tensor& y, float alpha, const Tensor& x) override;
+  void scale(const Tensor& t, float alpha) override;
+  void scale_rows(const Tensor& x, const Tensor& w) override;
+  void row_dot(const Tensor& a, const Tensor& b, const Tensor& out) override;
+  void sum_squares(const Tensor& x, const Tensor& out) override;
+
+  // ---- matrix products (gemm.cpp) -----------------------------------------------------------
+  void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
+            float alpha = 1.0f, float beta = 0.0f) override;
+
+  // ---- normalisation and activations (norm_activation.cpp, softmax_topk.cpp) ----------------
+  void rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, const Tensor& y,
+                       const Tensor& rstd) override;
+  void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& rstd,
+                        const Tensor& dx, const Tensor& dweight) override;
+  void swiglu_forward(const Tensor& gate, const Tensor& up, const Tensor& out) override;
+  void swiglu_backward(const Tensor& dout, const Tensor& gate, const Tensor& up,
+                       const Tensor& dgate, const Tensor& dup) override;
+  void softmax_rows(const Tensor& x, const Tensor& y) override;
+  void softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) override;
+  void topk_rows(const Tensor& x, int64_t k, const Tensor& values, const Tensor& indices) override;
+
+  // ---- positions and attention (rope.cpp, attention.cpp) ------------------------------------
+  void rope(const Tensor& x, const Tensor& positions, int64_t n_heads, int64_t head_dim, float base,
+            bool inverse) override;
+  void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& kv_start,
+                         const Tensor& out, const Tensor& lse,
+                         const AttentionShape& shape) override;
+  void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                          const Tensor& kv_start, const Tensor& out, const Tensor& lse,
+                          const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                          const AttentionShape& shape) override;
+
+  // ---- gather / scatter and losses (gather_loss.cpp) ----------------------------------------
+  void gather_rows(const Tensor& src, const Tensor& index, const Tensor& dst) override;
+  void scatter_add_rows(const Tensor& src, const Tensor& index, const Tensor& weight,
+                        const Tensor& dst) override;
+  void cross_entropy_forward(const Tensor& logits, const Tensor& targets,
+                             const Tensor& losses) override;
+  void cross_entropy_backward(const Tensor& logits, const Tensor& targets, float scale,
+                              const Tensor& dlogits) override;
+
+  // ---- optimizer (optimizer.cpp) ------------------------------------------------------------
+  void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                    const AdamWStep& step) override;
+
+ private:
+  // cos/sin of pos * base^(-2i/D) for pos in [0, positions), i in [0, D/2), computed in double
+  // and kept across calls: training re-uses the same few hundred positions every step.
+  struct RopeTable {
+    int64_t head_dim = 0;
+    float base = 0.0f;
+    int64_t positions = 0;
+    std::vector<float> cos;  // (positions, D/2)
+    std::vector<float> sin;  // (positions, D/2)
+  };
+  // The table for (head_dim, base) covering [0, max_position]; null when that is too large to
+  // cache (callers then compute the angles directly).
+  const RopeTable* rope_table(int64_t head_dim, float base, int64_t max_position);
+
+  int threads_ = 0;  // the option as given; 0 = runtime default
+  std::vector<RopeTable> rope_tables_;
+};
+
+}  // namespace nnkit::cpu

@@ -1,0 +1,128 @@
+// Purpose: backend/cpu row softmax (forward, backward) and row top-k. Owned by backend/cpu.
+// Softmax subtracts the row max before exponentiating so large logits do not overflow.
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "checks.h"
+#include "cpu_backend.h"
+#include "fast_math.h"
+
+namespace nnkit::cpu {
+
+void CpuBackend::softmax_rows(const Tensor& x, const Tensor& y) {
+  const RowShape s = expect_rows("softmax_rows", "x", x, DType::kF32);
+  expect_dtype("softmax_rows", "y", y, DType::kF32);
+  expect_same_shape("softmax_rows", "x", x, "y", y);
+  const float* px = ptr<float>(x);
+  float* py = ptr<float>(y);
+  const int64_t rows = s.rows, cols = s.cols;
+#pragma omp parallel for if (rows * cols > kParallelGrain) schedule(static)
+  for (int64_t n = 0; n < rows; ++n) {
+    const float* xr = px + n * cols;
+    float* yr = py + n * cols;  // may alias xr: each element is read before it is written
+    float mx = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : mx)
+    for (int64_t c = 0; c < cols; ++c) mx = std::max(mx, xr[c]);
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t c = 0; c < cols; ++c) {
+      const float e = fast_exp(xr[c] - mx);
+      yr[c] = e;
+      sum += e;
+    }
+    const float inv = 1.0f / sum;
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) yr[c] *= inv;
+  }
+}
+
+void CpuBackend::softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) {
+  const RowShape s = expect_rows("softmax_backward", "y", y, DType::kF32);
+  expect_dtype("softmax_backward", "dy", dy, DType::kF32);
+  expect_dtype("softmax_backward", "dx", dx, DType::kF32);
+  expect_same_shape("softmax_backward", "y", y, "dy", dy);
+  expect_same_shape("softmax_backward", "y", y, "dx", dx);
+  const float* py = ptr<float>(y);
+  const float* pdy = ptr<float>(dy);
+  float* pdx = ptr<float>(dx);
+  const int64_t rows = s.rows, cols = s.cols;
+#pragma omp parallel for if (rows * cols > kParallelGrain) schedule(static)
+  for (int64_t n = 0; n < rows; ++n) {
+    const float* yr = py + n * cols;
+    const float* dyr = pdy + n * cols;
+    float* dxr = pdx + n * cols;  // may alias dyr: the dot is finished before any write
+    double dot = 0.0;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t c = 0; c < cols; ++c) dot += static_cast<double>(yr[c]) * dyr[c];
+    const float d = static_cast<float>(dot);
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) dxr[c] = yr[c] * (dyr[c] - d);
+  }
+}
+
+namespace {
+
+// Whether (va, ia) ranks before (vb, ib): larger value first, then lower index.
+inline bool ranks_before(float va, int32_t ia, float vb, int32_t ib) {
+  return va > vb || (va == vb && ia < ib);
+}
+
+}  // namespace
+
+void CpuBackend::topk_rows(const Tensor& x, int64_t k, const Tensor& values,
+                           const Tensor& indices) {
+  const RowShape s = expect_rows("topk_rows", "x", x, DType::kF32);
+  if (k < 0 || k > s.cols) {
+    shape_fail("topk_rows", "k = " + std::to_string(k) + " is outside [0, " +
+                                std::to_string(s.cols) + "] for x " + describe(x));
+  }
+  expect_tensor("topk_rows", "values", values, DType::kF32, {s.rows, k});
+  expect_tensor("topk_rows", "indices", indices, DType::kI32, {s.rows, k});
+  const float* px = ptr<float>(x);
+  float* pv = ptr<float>(values);
+  int32_t* pi = ptr<int32_t>(indices);
+  const int64_t rows = s.rows, cols = s.cols;
+  // Small k (MoE routing: k = 1..8): insertion into a sorted list of k, O(C k) per row and no
+  // memory. Large k (sampling): partial_sort of a per-thread index buffer.
+  constexpr int64_t kInsertionMax = 32;
+#pragma omp parallel if (rows * cols > kParallelGrain)
+  {
+    std::vector<int32_t> order;
+    if (k > kInsertionMax) order.resize(static_cast<size_t>(cols));
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < rows; ++n) {
+      const float* xr = px + n * cols;
+      float* vr = pv + n * k;
+      int32_t* ir = pi + n * k;
+      if (k == 0) continue;
+      if (k <= kInsertionMax) {
+        int64_t filled = 0;
+        for (int64_t c = 0; c < cols; ++c) {
+          const float v = xr[c];
+          const int32_t idx = static_cast<int32_t>(c);
+          // Scanning in index order, an equal value never displaces an earlier one.
+          if (filled == k && !ranks_before(v, idx, vr[k - 1], ir[k - 1])) continue;
+          int64_t pos = filled < k ? filled++ : k - 1;
+          while (pos > 0 && ranks_before(v, idx, vr[pos - 1], ir[pos - 1])) {
+            vr[pos] = vr[pos - 1];
+            ir[pos] = ir[pos - 1];
+            --pos;
+          }
+          vr[pos] = v;
+          ir[pos] = idx;
+        }
+      } else {
+        for (int64_t c = 0; c < cols; ++c) order[static_cast<size_t>(c)] = static_cast<int32_t>(c);
+        std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                          [xr](int32_t a, int32_t b) { return ranks_before(xr[a], a, xr[b], b); });
+        for (int64_t j = 0; j < k; ++j) {
+          ir[j] = order[static_cast<size_t>(j)];
+          vr[j] = xr[ir[j]];
+        }
+      }
+    }
+  }
+}
+
+}  // namespace nnkit::cpu
