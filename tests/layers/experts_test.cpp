@@ -1,0 +1,156 @@
+// Purpose: tests of `moe/swiglu`: routed forward against a double reference (including a dropped
+// slot and an expert no token chose), backward (dx, dgate and all three weights of every expert)
+// against central differences of sum(y * r), gradient accumulation, parameter naming.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+
+#include "layer_test_util.h"
+#include "nnkit/error.h"
+#include "support/test_support.h"
+
+namespace nnkit::test {
+namespace {
+
+constexpr int64_t kTokens = 7;
+constexpr int64_t kChannels = 8;
+constexpr int64_t kFfn = 12;
+constexpr int64_t kExperts = 4;
+constexpr int64_t kTopK = 2;
+
+// Expert 3 is never chosen; slot (5, 1) is dropped (index -1, gate 0).
+const std::vector<int32_t> kExpertIndex = {0, 1, 2, 0, 1, 2, 0, 2, 1, 0, 2, -1, 1, 0};
+
+std::string weight_name(int64_t expert, const char* which) {
+  return "experts." + std::to_string(expert) + "." + which + ".weight";
+}
+
+HostMatrix experts_reference(const HostMatrix& x, const HostMatrix& gate,
+                             std::map<std::string, HostMatrix>& p) {
+  HostMatrix y(kTokens * kChannels, 0.0);
+  for (int64_t n = 0; n < kTokens; ++n) {
+    const HostMatrix row(x.begin() + n * kChannels, x.begin() + (n + 1) * kChannels);
+    for (int64_t r = 0; r < kTopK; ++r) {
+      const int32_t e = kExpertIndex[n * kTopK + r];
+      if (e < 0) continue;
+      const HostMatrix h_gate = matmul_transposed(row, p[weight_name(e, "w1")], 1, kChannels, kFfn);
+      const HostMatrix h_up = matmul_transposed(row, p[weight_name(e, "w3")], 1, kChannels, kFfn);
+      HostMatrix activated(kFfn);
+      for (int64_t f = 0; f < kFfn; ++f) activated[f] = silu(h_gate[f]) * h_up[f];
+      const HostMatrix out =
+          matmul_transposed(activated, p[weight_name(e, "w2")], 1, kFfn, kChannels);
+      for (int64_t c = 0; c < kChannels; ++c) y[n * kChannels + c] += gate[n * kTopK + r] * out[c];
+    }
+  }
+  return y;
+}
+
+class ExpertsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    backend = cpu_backend();
+    ModelDims dims;
+    dims.hidden_dim = kChannels;
+    experts = create<Experts>(
+        "moe", "swiglu",
+        {{"n_experts", std::to_string(kExperts)}, {"ffn_dim", std::to_string(kFfn)}}, dims,
+        backend.get());
+    params = init_parameters(*backend, *experts, 81, 0.4f);
+    x_host = random_values(kTokens * kChannels, 82);
+    gate_host = random_values(kTokens * kTopK, 83);
+    for (size_t s = 0; s < gate_host.size(); ++s) {
+      if (kExpertIndex[s] < 0) gate_host[s] = 0.0f;
+    }
+    r_host = random_values(kTokens * kChannels, 84);
+    routing.n_tokens = kTokens;
+    routing.top_k = kTopK;
+    routing.n_experts = kExperts;
+    routing.host_expert_index = kExpertIndex;
+    routing.expert_index = tensor_from_i32(*backend, kExpertIndex, {kTokens, kTopK});
+    routing.gate = tensor_from(*backend, gate_host, {kTokens, kTopK});
+  }
+
+  std::shared_ptr<Backend> backend;
+  std::shared_ptr<Experts> experts;
+  std::map<std::string, HostMatrix> params;
+  std::vector<float> x_host;
+  std::vector<float> gate_host;
+  std::vector<float> r_host;
+  Routing routing;
+};
+
+TEST_F(ExpertsTest, ParametersUseMixtralNames) {
+  EXPECT_EQ(experts->n_experts(), kExperts);
+  EXPECT_EQ(experts->parameters_per_expert(), 3 * kChannels * kFfn);
+  EXPECT_EQ(experts->parameter_count(), kExperts * 3 * kChannels * kFfn);
+  std::map<std::string, Shape> shapes;
+  for (const Parameter& p : experts->parameters()) shapes[p.name] = p.shape;
+  EXPECT_EQ(shapes[weight_name(3, "w1")], Shape({kFfn, kChannels}));
+  EXPECT_EQ(shapes[weight_name(3, "w3")], Shape({kFfn, kChannels}));
+  EXPECT_EQ(shapes[weight_name(3, "w2")], Shape({kChannels, kFfn}));
+}
+
+TEST_F(ExpertsTest, ForwardAndBackwardMatchReference) {
+  ForwardContext ctx = make_context(*backend, 1, kTokens, true);
+  Tensor y =
+      experts->forward_routed(ctx, tensor_from(*backend, x_host, {kTokens, kChannels}), routing);
+  HostMatrix x = to_double(x_host);
+  HostMatrix gate = to_double(gate_host);
+  expect_close(to_vector(*backend, y), experts_reference(x, gate, params), 1e-6, 1e-5, "y");
+
+  // Objective sum(y * r); FD in double on the reference (eps 1e-5), analytic in fp32.
+  // Tolerance: abs 1e-5 + rel 2e-3 of the largest expected gradient.
+  Tensor dgate;
+  Tensor dx =
+      experts->backward_routed(ctx, tensor_from(*backend, r_host, {kTokens, kChannels}), dgate);
+  const HostMatrix r = to_double(r_host);
+  auto objective = [&] { return dot(experts_reference(x, gate, params), r); };
+  expect_close(to_vector(*backend, dx), numeric_gradient(x, objective), 1e-5, 2e-3, "dx");
+  ASSERT_EQ(dgate.shape(), Shape({kTokens, kTopK}));
+  // The reference ignores a dropped slot's gate, so its FD derivative is 0 as required.
+  expect_close(to_vector(*backend, dgate), numeric_gradient(gate, objective), 1e-5, 2e-3, "dgate");
+  for (int64_t e = 0; e < kExperts; ++e) {
+    for (const char* which : {"w1", "w2", "w3"}) {
+      const std::string name = weight_name(e, which);
+      expect_close(grad_of(*backend, *experts, name), numeric_gradient(params[name], objective),
+                   1e-5, 2e-3, "d" + name);
+    }
+  }
+}
+
+TEST_F(ExpertsTest, SecondBackwardAccumulatesGradients) {
+  ForwardContext ctx = make_context(*backend, 1, kTokens, true);
+  experts->forward_routed(ctx, tensor_from(*backend, x_host, {kTokens, kChannels}), routing);
+  const Tensor dy = tensor_from(*backend, r_host, {kTokens, kChannels});
+  Tensor dgate;
+  experts->backward_routed(ctx, dy, dgate);
+  std::map<std::string, HostMatrix> doubled;
+  for (const Parameter& p : experts->parameters()) {
+    doubled[p.name] = to_double(to_vector(*backend, p.grad));
+    for (double& v : doubled[p.name]) v *= 2.0;
+  }
+  experts->backward_routed(ctx, dy, dgate);
+  for (const Parameter& p : experts->parameters()) {
+    expect_close(to_vector(*backend, p.grad), doubled[p.name], 1e-7, 1e-5, p.name + " twice");
+  }
+}
+
+TEST_F(ExpertsTest, AllSlotsDroppedGivesZeros) {
+  Routing empty = routing;
+  empty.host_expert_index.assign(kTokens * kTopK, -1);
+  empty.expert_index = tensor_from_i32(*backend, empty.host_expert_index, {kTokens, kTopK});
+  empty.gate = backend->zeros({kTokens, kTopK});
+  ForwardContext ctx = make_context(*backend, 1, kTokens, true);
+  Tensor y =
+      experts->forward_routed(ctx, tensor_from(*backend, x_host, {kTokens, kChannels}), empty);
+  expect_close(to_vector(*backend, y), HostMatrix(kTokens * kChannels, 0.0), 0.0, 0.0, "y");
+  Tensor dgate;
+  Tensor dx =
+      experts->backward_routed(ctx, tensor_from(*backend, r_host, {kTokens, kChannels}), dgate);
+  expect_close(to_vector(*backend, dx), HostMatrix(kTokens * kChannels, 0.0), 0.0, 0.0, "dx");
+  expect_close(to_vector(*backend, dgate), HostMatrix(kTokens * kTopK, 0.0), 0.0, 0.0, "dgate");
+}
+
+}  // namespace
+}  // namespace nnkit::test
