@@ -18,16 +18,20 @@ namespace nnkit::cpu {
 
 namespace {
 
-// Every index is -1 (skip) or a row of a table with `rows` rows.
-void check_indices(const char* op, const Tensor& index, int64_t rows, bool allow_skip) {
+// Which out-of-table values an index tensor may hold.
+enum class Skip { kMinusOne, kAnyNegative };
+
+// Every index is a row of a table with `rows` rows, or a skip value (-1 for gather/scatter; any
+// negative target for the losses, so HF's -100 works).
+void check_indices(const char* op, const Tensor& index, int64_t rows, Skip skip) {
   const int32_t* p = ptr<int32_t>(index);
   const int64_t n = index.numel();
   for (int64_t i = 0; i < n; ++i) {
-    const bool skip = allow_skip && p[i] < 0;
-    if (!skip && (p[i] < 0 || p[i] >= rows)) {
+    const bool skipped = skip == Skip::kMinusOne ? p[i] == -1 : p[i] < 0;
+    if (!skipped && (p[i] < 0 || p[i] >= rows)) {
       shape_fail(op, "index[" + std::to_string(i) + "] = " + std::to_string(p[i]) +
                          " is outside [0, " + std::to_string(rows) + ")" +
-                         (allow_skip ? " (use -1 to skip a row)" : ""));
+                         (skip == Skip::kMinusOne ? " and is not -1 (skip)" : ""));
     }
   }
 }
@@ -41,7 +45,7 @@ void CpuBackend::gather_rows(const Tensor& src, const Tensor& index, const Tenso
     shape_fail("gather_rows", "index is " + describe(index) + "; expected (N)");
   }
   expect_tensor("gather_rows", "dst", dst, DType::kF32, {index.dim(0), s.cols});
-  check_indices("gather_rows", index, s.rows, true);
+  check_indices("gather_rows", index, s.rows, Skip::kMinusOne);
   const float* ps = ptr<float>(src);
   const int32_t* pi = ptr<int32_t>(index);
   float* pd = ptr<float>(dst);
@@ -67,7 +71,7 @@ void CpuBackend::scatter_add_rows(const Tensor& src, const Tensor& index, const 
                                        "; expected (N, C) and (R, C)");
   }
   if (weight.defined()) expect_tensor("scatter_add_rows", "weight", weight, DType::kF32, {s.rows});
-  check_indices("scatter_add_rows", index, d.rows, true);
+  check_indices("scatter_add_rows", index, d.rows, Skip::kMinusOne);
   const float* ps = ptr<float>(src);
   const int32_t* pi = ptr<int32_t>(index);
   const float* pw = weight.defined() ? ptr<float>(weight) : nullptr;
@@ -96,7 +100,7 @@ void CpuBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targe
   const RowShape s = expect_rows("cross_entropy_forward", "logits", logits, DType::kF32);
   expect_tensor("cross_entropy_forward", "targets", targets, DType::kI32, {s.rows});
   expect_tensor("cross_entropy_forward", "losses", losses, DType::kF32, {s.rows});
-  check_indices("cross_entropy_forward", targets, s.cols, true);
+  check_indices("cross_entropy_forward", targets, s.cols, Skip::kAnyNegative);
   const float* px = ptr<float>(logits);
   const int32_t* pt = ptr<int32_t>(targets);
   float* pl = ptr<float>(losses);
@@ -125,7 +129,7 @@ void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targ
   expect_tensor("cross_entropy_backward", "targets", targets, DType::kI32, {s.rows});
   expect_dtype("cross_entropy_backward", "dlogits", dlogits, DType::kF32);
   expect_same_shape("cross_entropy_backward", "logits", logits, "dlogits", dlogits);
-  check_indices("cross_entropy_backward", targets, s.cols, true);
+  check_indices("cross_entropy_backward", targets, s.cols, Skip::kAnyNegative);
   const float* px = ptr<float>(logits);
   const int32_t* pt = ptr<int32_t>(targets);
   float* pd = ptr<float>(dlogits);
