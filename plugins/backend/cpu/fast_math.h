@@ -1,22 +1,22 @@
 // Purpose: an exp() the compiler can vectorise. glibc's expf is a scalar call, and softmax,
 // attention, SwiGLU and cross-entropy spend most of their time in it; this version is branch-free
 // (Cody-Waite range reduction + degree-6 polynomial, relative error ~2e-7 over the float range)
-// so `#pragma omp simd` loops around it become AVX2 code.
+// so `#pragma omp simd` loops around it become AVX2 code. That needs -fno-trapping-math (set for
+// this plugin in CMakeLists.txt): with trapping comparisons GCC will not if-convert the clamps.
 // Ownership: stateless inline functions for backend/cpu's translation units.
 #pragma once
 
+#include <bit>
 #include <cstdint>
-#include <cstring>
 
 namespace nnkit::cpu {
 
-#pragma omp declare simd notinbranch
 inline float fast_exp(float x) {
   // Below -87.3 the result underflows to a denormal; flushing to 0 matches what softmax needs and
   // keeps the exponent arithmetic in range. exp(-inf) = 0 falls out of the same clamp.
-  const bool tiny = x < -87.3f;
-  x = x > 88.3f ? 88.3f : x;  // keeps 2^n finite (n <= 127)
+  const float keep = x < -87.3f ? 0.0f : 1.0f;
   x = x < -87.3f ? -87.3f : x;
+  x = x > 88.3f ? 88.3f : x;  // keeps 2^n finite (n <= 127)
   // n = round(x / ln 2) by the 1.5 * 2^23 trick (no SSE4.1 round needed, exact for |n| < 2^22).
   const float shifter = 12582912.0f;
   const float t = x * 1.44269504088896341f + shifter;
@@ -33,15 +33,11 @@ inline float fast_exp(float x) {
   p = p * r + 1.0f;
   p = p * r + 1.0f;
   // 2^n through the exponent bits.
-  const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &e, sizeof(scale));
-  const float result = p * scale;
-  return tiny ? 0.0f : result;
+  const float scale = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+  return p * scale * keep;
 }
 
 // silu(x) = x * sigmoid(x).
-#pragma omp declare simd notinbranch
 inline float sigmoid(float x) {
   return 1.0f / (1.0f + fast_exp(-x));
 }
