@@ -18,14 +18,21 @@ int replay(const std::filesystem::path& dir) {
     if (!entry.is_regular_file() || entry.path().extension() == ".md") continue;
     ++files;
     const std::string bytes = read_file(entry.path());
+    const std::string leaf = entry.path().filename().string();
+    // Seeds say what they are: valid_* must load, bad_* must be rejected; others just must not
+    // crash.
+    bool accepted = false;
     try {
-      SafetensorsFile f = SafetensorsFile::from_bytes(bytes, entry.path().filename().string());
+      SafetensorsFile f = SafetensorsFile::from_bytes(bytes, leaf);
       for (const std::string& name : f.names()) {
         EXPECT_EQ(f.bytes(name).size(), f.info(name).nbytes());
       }
+      accepted = true;
     } catch (const IoError&) {
       // rejected cleanly
     }
+    if (leaf.starts_with("valid_")) EXPECT_TRUE(accepted) << leaf;
+    if (leaf.starts_with("bad_")) EXPECT_FALSE(accepted) << leaf;
     // The file-backed path agrees with the in-memory one.
     try {
       SafetensorsFile f(entry.path());
