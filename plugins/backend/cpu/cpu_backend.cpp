@@ -2,6 +2,7 @@
 // Owned by backend/cpu; see cpu_backend.h for the contract.
 #include "cpu_backend.h"
 
+#include <cblas.h>
 #include <dlfcn.h>
 #include <omp.h>
 
@@ -26,6 +27,26 @@ void set_blas_threads(int threads) {
   }
 }
 
+// libgomp parks its worker threads inside its own code between parallel regions. When the host
+// program does not use OpenMP itself, this plugin holds the only reference to libgomp (and to
+// OpenBLAS), so unloading the plugin would unmap code those threads still run in (a crash at
+// exit). The runtimes are pinned instead (RTLD_NODELETE); the plugin itself stays unloadable.
+void pin_library_of(const void* symbol) {
+  Dl_info info;
+  if (dladdr(symbol, &info) != 0 && info.dli_fname != nullptr) {
+    dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+  }
+}
+
+void pin_runtimes() {
+  static const bool pinned = [] {
+    pin_library_of(reinterpret_cast<const void*>(&omp_get_max_threads));
+    pin_library_of(reinterpret_cast<const void*>(&cblas_sgemm));
+    return true;
+  }();
+  (void)pinned;
+}
+
 std::vector<OptionSpec> cpu_options() {
   return {OptionSpec{"threads", OptionType::kInt, "0", 0.0, 4096.0,
                      "threads for OpenMP loops and OpenBLAS; 0 = OMP_NUM_THREADS or all cores"}};
@@ -38,6 +59,7 @@ Component* create_cpu(const CreateArgs& args) {
 }  // namespace
 
 CpuBackend::CpuBackend(int threads) : threads_(threads) {
+  pin_runtimes();
   if (threads_ > 0) {
     omp_set_num_threads(threads_);
     set_blas_threads(threads_);
