@@ -9,6 +9,7 @@
 #include <cmath>
 #include <numeric>
 #include <optional>
+#include <ostream>
 #include <string>
 
 #include "layer_test_util.h"
@@ -30,6 +31,11 @@ struct RouterCase {
   std::optional<double> capacity_factor;
   float dgate_scale;  // 0: the objective holds only the auxiliary losses
 };
+
+// gtest prints a failing parameter by its name rather than its bytes.
+void PrintTo(const RouterCase& c, std::ostream* os) {
+  *os << c.name;
+}
 
 std::map<std::string, std::string> options_of(const RouterCase& c) {
   return {{"top_k", std::to_string(c.top_k)},
@@ -123,13 +129,25 @@ TEST_P(RouterGradientTest, MatchesReferenceAndFiniteDifferences) {
   const AuxStats stats = router->aux_stats();
   EXPECT_NEAR(stats.aux_loss, want.aux_loss, 1e-5 * want.aux_loss);
   EXPECT_DOUBLE_EQ(stats.aux_weight, c.aux_weight);
-  if (c.z_weight > 0.0) EXPECT_NEAR(stats.z_loss, want.z_loss, 1e-5 * want.z_loss);
+  if (c.z_weight > 0.0) {
+    EXPECT_NEAR(stats.z_loss, want.z_loss, 1e-5 * want.z_loss);
+  }
   EXPECT_NEAR(stats.dropped_fraction, want.dropped_fraction, 1e-12);
   ASSERT_EQ(stats.expert_fraction.size(), want.fraction.size());
   for (size_t e = 0; e < want.fraction.size(); ++e) {
     EXPECT_NEAR(stats.expert_fraction[e], want.fraction[e], 1e-12);
   }
-  if (c.capacity_factor) EXPECT_GT(stats.dropped_fraction, 0.0) << "the case should drop slots";
+  if (c.capacity_factor) {
+    // Coverage: some token must keep one slot and lose another, so that the dropped expert's
+    // logit still shapes the kept gate through the renormalisation.
+    bool mixed = false;
+    for (int64_t n = 0; n < c.tokens; ++n) {
+      int64_t dropped = 0;
+      for (int64_t r = 0; r < c.top_k; ++r) dropped += want.index[n * c.top_k + r] < 0 ? 1 : 0;
+      mixed = mixed || (dropped > 0 && dropped < c.top_k);
+    }
+    EXPECT_TRUE(mixed) << "the case should drop some but not all slots of a token";
+  }
 
   // Objective sum(gate * r) + aux_weight * L_aux + z_weight * L_z (f_i constant: it is piecewise
   // constant, so FD sees it that way too). FD in double (eps 1e-5), analytic in fp32.
