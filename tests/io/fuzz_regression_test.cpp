@@ -31,8 +31,12 @@ int replay(const std::filesystem::path& dir) {
     } catch (const IoError&) {
       // rejected cleanly
     }
-    if (leaf.starts_with("valid_")) EXPECT_TRUE(accepted) << leaf;
-    if (leaf.starts_with("bad_")) EXPECT_FALSE(accepted) << leaf;
+    if (leaf.starts_with("valid_")) {
+      EXPECT_TRUE(accepted) << leaf;
+    }
+    if (leaf.starts_with("bad_")) {
+      EXPECT_FALSE(accepted) << leaf;
+    }
     // The file-backed path agrees with the in-memory one.
     try {
       SafetensorsFile f(entry.path());
