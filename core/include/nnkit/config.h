@@ -101,7 +101,7 @@ struct RunConfig {
   std::string source_name;
 
   // Every resolved value, defaults included, as YAML (stored in checkpoints).
-  std::string to_yaml() const;
+  NNKIT_API std::string to_yaml() const;
 };
 
 // Validates the document against the core schema and the plugins in `registry`.

@@ -25,6 +25,7 @@ struct ConfigDocument::Impl {
         return SourceLocation{"command-line override '" + it->second + "'", 0, 0};
       }
     }
+    if (!node.IsDefined()) return SourceLocation{source_name, 0, 0};  // an absent key
     const YAML::Mark mark = node.Mark();
     if (mark.line < 0) return SourceLocation{source_name, 0, 0};
     return SourceLocation{source_name, mark.line + 1, mark.column + 1};

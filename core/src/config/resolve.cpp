@@ -174,9 +174,10 @@ Options read_options(const Impl& doc, const YAML::Node& node, const std::string&
 
   Options options(component, path, map_location);
   for (const OptionSpec& spec : specs) {
-    YAML::Node value;
-    value.reset(node);
+    // reset() throws on an absent (invalid) node, so only bind to a real map.
     bool present = node.IsDefined() && node.IsMap();
+    YAML::Node value;
+    if (present) value.reset(node);
     size_t start = 0;
     while (present) {
       const size_t dot = spec.name.find('.', start);
@@ -272,6 +273,33 @@ PluginChoice resolve_slot(const Impl& doc, const Registry& registry, const YAML:
   choice.name = type;
   choice.options = read_options(doc, node, path, info.id(), info.options, {"type"});
   return choice;
+}
+
+// Creates each configured component once and drops it, so that checks only a plugin can make
+// (n_heads divisible by n_kv_heads, top_k <= n_experts, temperature > 0, ...) fail at config
+// time with their YAML position. Layers allocate nothing when created; backends are skipped
+// because creating one may claim a device.
+void probe_plugins(const RunConfig& cfg, const Registry& registry) {
+  const ModelConfig& m = cfg.model;
+  ModelDims dims{m.vocab_size, m.hidden_dim, m.n_layers, m.max_seq_len, 0, 0};
+  auto probe = [&](const PluginChoice& c, const ModelDims& d) {
+    registry.create<Component>(c.kind, c.name, CreateArgs{c.options, d, nullptr});
+  };
+  probe(m.norm, dims);
+  probe(m.attention, dims);
+  if (m.is_moe) {
+    probe(m.experts, dims);
+    const Options& experts = m.experts.options;
+    ModelDims router_dims = dims;
+    router_dims.n_experts = experts.has("n_experts") ? experts.get_int("n_experts") : 0;
+    probe(m.router, router_dims);
+  } else {
+    probe(m.ffn, dims);
+  }
+  probe(cfg.tokenizer, dims);
+  probe(cfg.train.optimizer, dims);
+  probe(cfg.train.schedule, dims);
+  for (const PluginChoice& d : cfg.decode) probe(d, dims);
 }
 
 }  // namespace
@@ -381,6 +409,7 @@ RunConfig resolve_config(const ConfigDocument& document, const Registry& registr
   if (cfg.decode.empty()) {
     cfg.decode.push_back(resolve_slot(doc, registry, none, "decode[0]", "decode", "greedy"));
   }
+  probe_plugins(cfg, registry);
   return cfg;
 }
 

@@ -1,0 +1,63 @@
+// Purpose: `nnkit data prepare INPUT... -o FILE [--config CONFIG]`: tokenises text files with the
+// configured tokenizer (tokenizer/byte by default) into an nnkit token file for training.
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "args.h"
+#include "commands.h"
+#include "common.h"
+#include "nnkit/error.h"
+#include "nnkit/io/token_file.h"
+#include "nnkit/logging.h"
+
+namespace nnkit::cli {
+
+int run_data(const Args& raw) {
+  CommandSpec spec{
+      "data",
+      "nnkit data prepare INPUT... -o FILE [--config CONFIG]",
+      "Tokenises text files into a token file (uint16 ids up to 65536-token vocabularies, "
+      "uint32 above) with a checksum. Documents are separated by the tokenizer's EOS id.",
+      {{"--output", "FILE", "token file to write", false, "-o"},
+       {"--config", "CONFIG", "take the tokenizer from this config (default: tokenizer/byte)"}},
+      "prepare INPUT...  text files to tokenise",
+      true};
+  for (auto& f : common_flags()) spec.flags.push_back(f);
+  const ParsedArgs args = parse_args(spec, raw);
+  if (args.help()) {
+    std::cout << format_help(spec);
+    return 0;
+  }
+  const auto& pos = args.positionals();
+  if (pos.empty() || pos[0] != "prepare") {
+    throw UsageError("cli", "usage: nnkit data prepare INPUT... -o FILE (see --help)");
+  }
+  if (pos.size() < 2) throw UsageError("cli", "`nnkit data prepare` needs at least one INPUT file");
+  const auto output = args.get("--output");
+  if (!output) throw UsageError("cli", "`nnkit data prepare` needs -o FILE");
+  Session session;
+  if (auto config = args.get("--config")) {
+    session = open_session(*config, args.overrides(), args);
+  } else {
+    session = open_session_from_text(
+        "model: {vocab_size: 260, hidden_dim: 1, n_layers: 1, max_seq_len: 1,"
+        " attention: {type: mqa, n_heads: 1, head_dim: 2}, ffn: {type: swiglu, ffn_dim: 1}}\n"
+        "train: {seq_len: 1}\n",
+        "<default byte tokenizer>", args.overrides(), args);
+  }
+  auto tokenizer = create_tokenizer(session);
+  std::vector<int32_t> ids;
+  for (size_t i = 1; i < pos.size(); ++i) {
+    const std::vector<int32_t> part = load_token_ids(pos[i], *tokenizer, tokenizer->vocab_size());
+    ids.insert(ids.end(), part.begin(), part.end());
+    ids.push_back(tokenizer->eos_id());
+    logger()->info("{}: {} tokens", pos[i], part.size());
+  }
+  write_token_file(*output, ids, tokenizer->vocab_size());
+  std::cout << "wrote " << ids.size() << " tokens (vocabulary " << tokenizer->vocab_size()
+            << ") to " << *output << "\n";
+  return 0;
+}
+
+}  // namespace nnkit::cli

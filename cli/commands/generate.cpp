@@ -1,0 +1,154 @@
+// Purpose: `nnkit generate`: streams text from a trained run (--checkpoint) or a random model
+// (CONFIG --random-init) with the sampler chain from the config's `decode:` list, or from the
+// sampler flags, which replace that list (--greedy, --top-k, --top-p, --min-p, --temperature,
+// --repetition-penalty; applied in that order, penalty first, temperature last).
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "args.h"
+#include "commands.h"
+#include "common.h"
+#include "nnkit/error.h"
+#include "nnkit/generator.h"
+#include "run_loader.h"
+
+namespace nnkit::cli {
+
+namespace {
+
+// Turns sampler flags into a `decode=[...]` override, so they are validated like YAML.
+std::optional<std::string> sampler_override(const ParsedArgs& args) {
+  std::vector<std::string> steps;
+  if (auto v = args.get("--repetition-penalty")) steps.push_back("{type: repetition_penalty, penalty: " + *v + "}");
+  if (args.has("--greedy")) {
+    if (args.has("--top-k") || args.has("--top-p") || args.has("--min-p") || args.has("--temperature")) {
+      throw UsageError("cli", "--greedy picks the most likely token; it cannot be combined with "
+                              "--top-k, --top-p, --min-p or --temperature");
+    }
+    steps.push_back("{type: greedy}");
+  } else {
+    if (auto v = args.get("--top-k")) steps.push_back("{type: top_k, k: " + *v + "}");
+    if (auto v = args.get("--top-p")) steps.push_back("{type: top_p, p: " + *v + "}");
+    if (auto v = args.get("--min-p")) steps.push_back("{type: min_p, p: " + *v + "}");
+    if (auto v = args.get("--temperature")) steps.push_back("{type: temperature, value: " + *v + "}");
+  }
+  if (steps.empty()) return std::nullopt;
+  std::string text = "decode=[";
+  for (size_t i = 0; i < steps.size(); ++i) text += (i ? ", " : "") + steps[i];
+  return text + "]";
+}
+
+std::vector<std::string> read_prompts(const std::string& file) {
+  std::ifstream in(file);
+  if (!in) throw IoError("cli", "cannot read prompts file " + file);
+  std::vector<std::string> prompts;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    prompts.push_back(line);
+  }
+  if (prompts.empty()) throw IoError("cli", "prompts file " + file + " has no lines");
+  return prompts;
+}
+
+}  // namespace
+
+int run_generate(const Args& raw) {
+  CommandSpec spec{
+      "generate",
+      "nnkit generate (--checkpoint RUN_DIR | CONFIG --random-init) [--prompt TEXT | --prompts FILE] "
+      "[options]",
+      "Generates text with the KV cache and the sampler chain, streaming it as it is produced.",
+      {{"--checkpoint", "RUN_DIR", "use the newest checkpoint of a training run"},
+       {"--random-init", "", "use a randomly initialised model from CONFIG (smoke tests)"},
+       {"--prompt", "TEXT", "the prompt (empty: start from BOS)"},
+       {"--prompts", "FILE", "one prompt per line, generated as one batch"},
+       {"--max-new-tokens", "N", "tokens to generate (default 128)"},
+       {"--seed", "N", "sampling seed (default: the config's seed)"},
+       {"--stop", "STRING", "stop when STRING appears (not included)", true},
+       {"--greedy", "", "always pick the most likely token"},
+       {"--top-k", "K", "keep the K most likely tokens"},
+       {"--top-p", "P", "keep the smallest set with probability mass >= P"},
+       {"--min-p", "P", "drop tokens below P x the top probability"},
+       {"--temperature", "T", "divide logits by T (> 0)"},
+       {"--repetition-penalty", "R", "CTRL penalty for tokens already present"},
+       {"--truncate-prompt", "", "keep the end of a prompt that is longer than the context"},
+       {"--json", "", "print one JSON object per prompt (text, ids, tokens/s)"}},
+      "CONFIG  a YAML model description (with --random-init)",
+      true};
+  for (auto& f : common_flags()) spec.flags.push_back(f);
+  const ParsedArgs args = parse_args(spec, raw);
+  if (args.help()) {
+    std::cout << format_help(spec);
+    return 0;
+  }
+  std::vector<std::string> overrides = args.overrides();
+  if (auto o = sampler_override(args)) overrides.push_back(*o);
+  LoadedModel loaded;
+  const auto checkpoint = args.get("--checkpoint");
+  if (args.has("--random-init") == checkpoint.has_value()) {
+    throw UsageError("cli", "give either --checkpoint RUN_DIR or CONFIG --random-init");
+  }
+  if (checkpoint) {
+    if (!args.positionals().empty()) throw UsageError("cli", "--checkpoint takes no CONFIG");
+    loaded = load_checkpoint_model(*checkpoint, overrides, args);
+  } else {
+    if (args.positionals().size() != 1) throw UsageError("cli", "--random-init needs one CONFIG");
+    loaded = build_random_model(args.positionals()[0], overrides, args, -1);
+  }
+  if (args.has("--prompt") && args.has("--prompts")) {
+    throw UsageError("cli", "give --prompt or --prompts, not both");
+  }
+  const std::vector<std::string> prompts =
+      args.has("--prompts") ? read_prompts(*args.get("--prompts"))
+                            : std::vector<std::string>{args.get_or("--prompt", "")};
+  const RunConfig& cfg = loaded.session.config;
+  std::vector<std::shared_ptr<Sampler>> chain;
+  for (const PluginChoice& c : cfg.decode) {
+    chain.push_back(loaded.session.registry->create<Sampler>(c.kind, c.name,
+                                                             CreateArgs{c.options, {}, nullptr}));
+  }
+  GenerateOptions options;
+  options.max_new_tokens = args.get_int("--max-new-tokens", 128, 0, INT32_MAX);
+  options.seed = static_cast<uint64_t>(args.get_int("--seed", cfg.seed, 0, INT64_MAX));
+  options.stop = args.get_all("--stop");
+  options.truncate_prompt = args.has("--truncate-prompt");
+  // NTK scaling stretches RoPE so the model reads alpha times its training context.
+  double alpha = 1.0;
+  if (cfg.model.attention.options.has("rope.ntk_alpha")) {
+    alpha = cfg.model.attention.options.get_float("rope.ntk_alpha");
+  }
+  options.context_limit = static_cast<int64_t>(static_cast<double>(cfg.model.max_seq_len) * alpha);
+  const bool stream = !args.has("--json") && prompts.size() == 1;
+  const auto results = generate(*loaded.model, *loaded.tokenizer, chain, prompts, options,
+                                stream ? TextCallback([](size_t, const std::string& piece) {
+                                  std::cout << piece << std::flush;
+                                })
+                                       : TextCallback());
+  if (args.has("--json")) {
+    for (size_t i = 0; i < results.size(); ++i) {
+      const auto& r = results[i];
+      std::cout << nlohmann::json{{"prompt", prompts[i]},
+                                  {"text", r.text},
+                                  {"prompt_ids", r.prompt_ids},
+                                  {"ids", r.generated_ids},
+                                  {"stop_reason", r.stop_reason},
+                                  {"prefill_tokens_per_s", r.prefill_tokens_per_s},
+                                  {"decode_tokens_per_s", r.decode_tokens_per_s}}
+                       .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
+                << "\n";
+    }
+  } else if (stream) {
+    std::cout << "\n";
+  } else {
+    for (size_t i = 0; i < results.size(); ++i) {
+      std::cout << "=== prompt " << i + 1 << ": " << prompts[i] << "\n" << results[i].text << "\n";
+    }
+  }
+  return 0;
+}
+
+}  // namespace nnkit::cli

@@ -1,0 +1,122 @@
+// Purpose: see common.h.
+#include "common.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "nnkit/error.h"
+#include "nnkit/io/token_file.h"
+#include "nnkit/logging.h"
+
+namespace nnkit::cli {
+
+namespace fs = std::filesystem;
+
+std::vector<FlagSpec> common_flags() {
+  return {
+      {"--log-level", "LEVEL", "trace, debug, info (default), warn, error, off"},
+      {"--plugin-path", "DIR", "extra folder (or library) to search for plugins first", true},
+  };
+}
+
+std::vector<fs::path> apply_common_flags(const ParsedArgs& args) {
+  if (auto level = args.get("--log-level")) set_log_level(*level);
+  std::vector<fs::path> paths;
+  for (const std::string& p : args.get_all("--plugin-path")) paths.emplace_back(p);
+  return paths;
+}
+
+namespace {
+
+// Token files start with the magic "NNKTOK01" (see nnkit/io/token_file.h).
+bool is_token_file(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  char magic[8] = {};
+  return in.read(magic, sizeof(magic)) && std::string(magic, sizeof(magic)) == "NNKTOK01";
+}
+
+Session finish_session(ConfigDocument document, const std::vector<std::string>& overrides,
+                       const ParsedArgs& args) {
+  for (const std::string& o : overrides) document.apply_override(o);
+  std::vector<fs::path> explicit_paths = apply_common_flags(args);
+  for (const fs::path& p : document.plugin_paths()) explicit_paths.push_back(p);
+  Session session;
+  session.registry = std::make_unique<Registry>(Registry::default_search_paths(explicit_paths));
+  session.config = resolve_config(document, *session.registry);
+  return session;
+}
+
+}  // namespace
+
+Session open_session(const fs::path& config_path, const std::vector<std::string>& overrides,
+                     const ParsedArgs& args) {
+  return finish_session(ConfigDocument::load_file(config_path), overrides, args);
+}
+
+Session open_session_from_text(const std::string& yaml, const std::string& source_name,
+                               const std::vector<std::string>& overrides, const ParsedArgs& args) {
+  return finish_session(ConfigDocument::parse(yaml, source_name), overrides, args);
+}
+
+std::shared_ptr<Backend> create_backend(const Session& session) {
+  const PluginChoice& b = session.config.backend;
+  return session.registry->create<Backend>(b.kind, b.name, CreateArgs{b.options, {}, nullptr});
+}
+
+std::shared_ptr<Tokenizer> create_tokenizer(const Session& session) {
+  const PluginChoice& t = session.config.tokenizer;
+  auto tokenizer =
+      session.registry->create<Tokenizer>(t.kind, t.name, CreateArgs{t.options, {}, nullptr});
+  if (tokenizer->vocab_size() > session.config.model.vocab_size) {
+    throw ConfigError("config", "tokenizer " + t.id() + " has " +
+                                    std::to_string(tokenizer->vocab_size()) +
+                                    " ids but model.vocab_size is " +
+                                    std::to_string(session.config.model.vocab_size) +
+                                    "; raise model.vocab_size");
+  }
+  return tokenizer;
+}
+
+std::vector<int32_t> load_token_ids(const fs::path& file, const Tokenizer& tokenizer,
+                                    int64_t vocab_size) {
+  std::error_code ec;
+  if (!fs::exists(file, ec)) {
+    throw IoError("data", "data file " + file.string() + " does not exist");
+  }
+  if (fs::is_directory(file, ec)) {
+    throw IoError("data", file.string() + " is a directory; pass a text file or a token file");
+  }
+  if (is_token_file(file)) {
+    TokenFile tokens(file);
+    if (tokens.vocab_size() > vocab_size) {
+      throw IoError("data", file.string() + " was prepared for a vocabulary of " +
+                                std::to_string(tokens.vocab_size()) + " ids but the model has " +
+                                std::to_string(vocab_size));
+    }
+    std::vector<int32_t> ids(static_cast<size_t>(tokens.size()));
+    for (int64_t i = 0; i < tokens.size(); ++i) ids[static_cast<size_t>(i)] = tokens.at(i);
+    if (ids.empty()) throw IoError("data", "data file " + file.string() + " contains no tokens");
+    return ids;
+  }
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw IoError("data", "cannot read data file " + file.string());
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  const std::string text = buffer.str();
+  if (text.empty()) {
+    throw IoError("data", "data file " + file.string() + " is empty; give it some text");
+  }
+  return tokenizer.encode(text);
+}
+
+std::string group_digits(int64_t value) {
+  std::string digits = std::to_string(value < 0 ? -value : value);
+  std::string out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return value < 0 ? "-" + out : out;
+}
+
+}  // namespace nnkit::cli

@@ -1,0 +1,48 @@
+// Purpose: what every CLI command shares: flags common to all commands (--log-level,
+// --plugin-path), loading a config with overrides into a registry + RunConfig, creating the
+// backend and tokenizer it names, and reading text/token data.
+// Ownership: Session owns the registry; components created from it keep their libraries alive.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "args.h"
+#include "nnkit/backend.h"
+#include "nnkit/config.h"
+#include "nnkit/registry.h"
+#include "nnkit/tokenizer.h"
+
+namespace nnkit::cli {
+
+std::vector<FlagSpec> common_flags();
+// Applies --log-level; returns the explicit plugin paths from --plugin-path.
+std::vector<std::filesystem::path> apply_common_flags(const ParsedArgs& args);
+
+struct Session {
+  std::unique_ptr<Registry> registry;
+  RunConfig config;
+};
+
+// Loads CONFIG, applies overrides, scans plugins (--plugin-path, plugin_paths:, defaults) and
+// resolves the config. Throws ConfigError/PluginError with positions.
+Session open_session(const std::filesystem::path& config_path,
+                     const std::vector<std::string>& overrides, const ParsedArgs& args);
+// Same, from YAML text already in memory (a checkpoint's stored config).
+Session open_session_from_text(const std::string& yaml, const std::string& source_name,
+                               const std::vector<std::string>& overrides, const ParsedArgs& args);
+
+std::shared_ptr<Backend> create_backend(const Session& session);
+std::shared_ptr<Tokenizer> create_tokenizer(const Session& session);
+
+// Reads FILE as text (tokenised with `tokenizer`) or, if it is an nnkit token file, as ids.
+// Throws IoError for a missing, unreadable or empty file.
+std::vector<int32_t> load_token_ids(const std::filesystem::path& file, const Tokenizer& tokenizer,
+                                    int64_t vocab_size);
+
+// 6882678528 -> "6,882,678,528"
+std::string group_digits(int64_t value);
+
+}  // namespace nnkit::cli

@@ -1,0 +1,54 @@
+// Purpose: see run_loader.h.
+#include "run_loader.h"
+
+#include "nnkit/checkpoint.h"
+#include "nnkit/error.h"
+#include "nnkit/logging.h"
+#include "nnkit/trainer.h"
+
+namespace nnkit::cli {
+
+namespace {
+
+LoadedModel finish(Session session) {
+  LoadedModel loaded;
+  loaded.session = std::move(session);
+  loaded.backend = create_backend(loaded.session);
+  loaded.tokenizer = create_tokenizer(loaded.session);
+  loaded.model = std::make_unique<Transformer>(loaded.session.config, *loaded.session.registry,
+                                               loaded.backend);
+  loaded.model->allocate(false);
+  return loaded;
+}
+
+}  // namespace
+
+LoadedModel build_random_model(const std::filesystem::path& config,
+                               const std::vector<std::string>& overrides, const ParsedArgs& args,
+                               int64_t seed) {
+  LoadedModel loaded = finish(open_session(config, overrides, args));
+  loaded.model->init_random(static_cast<uint64_t>(seed >= 0 ? seed : loaded.session.config.seed));
+  return loaded;
+}
+
+LoadedModel load_checkpoint_model(const std::filesystem::path& run_dir,
+                                  const std::vector<std::string>& overrides,
+                                  const ParsedArgs& args) {
+  const CheckpointStore store(run_dir);
+  const CheckpointRef ref = store.require_latest();
+  const std::string yaml = CheckpointStore::read_config(ref);
+  Session stored = open_session_from_text(yaml, (ref.dir / "config.yaml").string(), {}, args);
+  Session session = open_session_from_text(yaml, (ref.dir / "config.yaml").string(), overrides, args);
+  const auto diffs = model_shape_differences(stored.config, session.config);
+  if (!diffs.empty()) {
+    std::string message = "overrides change the shape of the checkpoint's model:";
+    for (const auto& d : diffs) message += "\n  " + d;
+    throw ConfigError("cli", message);
+  }
+  LoadedModel loaded = finish(std::move(session));
+  CheckpointStore::load(ref, *loaded.model, nullptr);
+  logger()->info("loaded {} (step {})", ref.dir.string(), ref.step);
+  return loaded;
+}
+
+}  // namespace nnkit::cli

@@ -1,0 +1,34 @@
+// Purpose: getting a ready model for inference commands (eval, generate): either freshly
+// initialised from a CONFIG (--random-init) or restored from a training run's newest checkpoint.
+// Ownership: LoadedModel owns everything; members are destroyed model-first.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "args.h"
+#include "common.h"
+#include "nnkit/model.h"
+
+namespace nnkit::cli {
+
+struct LoadedModel {
+  Session session;
+  std::shared_ptr<Backend> backend;
+  std::shared_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<Transformer> model;
+};
+
+// seed < 0 uses the config's seed.
+LoadedModel build_random_model(const std::filesystem::path& config,
+                               const std::vector<std::string>& overrides, const ParsedArgs& args,
+                               int64_t seed);
+// Overrides may change inference-time options (e.g. model.attention.rope.ntk_alpha=8) but not
+// parameter shapes.
+LoadedModel load_checkpoint_model(const std::filesystem::path& run_dir,
+                                  const std::vector<std::string>& overrides,
+                                  const ParsedArgs& args);
+
+}  // namespace nnkit::cli

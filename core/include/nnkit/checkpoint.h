@@ -1,0 +1,63 @@
+// Purpose: training checkpoints in a run directory, written atomically and verified on load.
+// Layout:  RUN_DIR/checkpoints/step-00000100/
+//            model.safetensors      weights, HF-style names, f32
+//            optimizer.safetensors  optimizer state ("exp_avg.<param>", "exp_avg_sq.<param>")
+//            trainer.json           step, tokens seen, data-loader state, consecutive bad steps
+//            config.yaml            the resolved config the run used
+//            MANIFEST.json          size and CRC-32C of every file above (written last)
+// A checkpoint is first written as step-N.tmp-<pid>/ (each file fsynced), then renamed into place
+// and the folder fsynced, so a killed run leaves either a complete checkpoint or an ignorable
+// temp folder. Loading verifies sizes and checksums first and names the file (and tensor) that
+// is wrong; a complete-looking but corrupt checkpoint is an error, never a silent fresh start.
+// Ownership: CheckpointStore holds only paths; save/load borrow the model and optimizer.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "nnkit/export.h"
+#include "nnkit/model.h"
+#include "nnkit/optim.h"
+
+namespace nnkit {
+
+struct TrainerState {
+  int64_t step = 0;             // optimizer steps completed
+  int64_t tokens_seen = 0;
+  int64_t bad_steps_in_a_row = 0;
+  std::string loader_state;     // WindowLoader::State, serialised
+};
+
+struct CheckpointRef {
+  std::filesystem::path dir;
+  int64_t step = 0;
+};
+
+class NNKIT_API CheckpointStore {
+ public:
+  explicit CheckpointStore(std::filesystem::path run_dir);
+
+  const std::filesystem::path& run_dir() const { return run_dir_; }
+  // Writes a checkpoint of `step`; returns its folder. Keeps the newest `keep` checkpoints.
+  std::filesystem::path save(const TrainerState& state, Transformer& model, Optimizer* optimizer,
+                             const std::string& config_yaml, int keep = 3);
+  // Newest checkpoint with a MANIFEST (half-written temp folders are skipped and logged).
+  std::optional<CheckpointRef> latest() const;
+  // Like latest(), but throws IoError explaining what is missing when there is none.
+  CheckpointRef require_latest() const;
+
+  // Checks sizes and CRC-32C of every file in the manifest; throws IoError naming the file.
+  static void verify(const CheckpointRef& ref);
+  static std::string read_config(const CheckpointRef& ref);
+  // Verifies, then copies weights (and optimizer state when given) into already-allocated
+  // tensors; every model parameter must be present with its shape (error names the tensor).
+  static TrainerState load(const CheckpointRef& ref, Transformer& model, Optimizer* optimizer);
+
+ private:
+  std::filesystem::path run_dir_;
+};
+
+}  // namespace nnkit

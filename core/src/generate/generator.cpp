@@ -1,0 +1,174 @@
+// Purpose: see generator.h.
+#include "nnkit/generator.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <random>
+
+#include "nnkit/error.h"
+
+namespace nnkit {
+
+int32_t pick_token(std::vector<float>& row, const std::vector<std::shared_ptr<Sampler>>& chain,
+                   const std::vector<int32_t>& history, double uniform) {
+  bool argmax = false;
+  for (const auto& sampler : chain) {
+    sampler->apply(std::span<float>(row.data(), row.size()), history);
+    argmax = argmax || sampler->selects_argmax();
+  }
+  const auto best = std::max_element(row.begin(), row.end());
+  if (argmax || !std::isfinite(*best)) return static_cast<int32_t>(best - row.begin());
+  // Inverse-CDF draw from softmax(row), computed in double for a faithful distribution.
+  double total = 0.0;
+  std::vector<double> weights(row.size());
+  for (size_t i = 0; i < row.size(); ++i) {
+    weights[i] = std::isfinite(row[i]) ? std::exp(static_cast<double>(row[i] - *best)) : 0.0;
+    total += weights[i];
+  }
+  double target = uniform * total;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    if (weights[i] == 0.0) continue;
+    if (target < weights[i]) return static_cast<int32_t>(i);
+    target -= weights[i];
+  }
+  return static_cast<int32_t>(best - row.begin());  // rounding at the very top end
+}
+
+std::vector<GenerationResult> generate(Transformer& model, const Tokenizer& tokenizer,
+                                       const std::vector<std::shared_ptr<Sampler>>& chain,
+                                       const std::vector<std::string>& prompts,
+                                       const GenerateOptions& options,
+                                       const TextCallback& on_text) {
+  if (prompts.empty()) return {};
+  const int64_t batch = static_cast<int64_t>(prompts.size());
+  const int64_t limit = options.context_limit > 0 ? options.context_limit : model.config().max_seq_len;
+  if (options.max_new_tokens < 0) throw UsageError("generate", "max_new_tokens must be >= 0");
+  if (options.max_new_tokens >= limit) {
+    throw UsageError("generate", "--max-new-tokens " + std::to_string(options.max_new_tokens) +
+                                     " does not fit the context of " + std::to_string(limit) +
+                                     " tokens (raise model.attention.rope.ntk_alpha to extend it)");
+  }
+  std::vector<GenerationResult> results(static_cast<size_t>(batch));
+  int64_t longest = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    std::vector<int32_t> ids{tokenizer.bos_id()};
+    const std::vector<int32_t> body = tokenizer.encode(prompts[static_cast<size_t>(b)]);
+    ids.insert(ids.end(), body.begin(), body.end());
+    const int64_t room = limit - options.max_new_tokens;
+    if (static_cast<int64_t>(ids.size()) > room) {
+      if (!options.truncate_prompt) {
+        throw UsageError("generate", "prompt " + std::to_string(b + 1) + " has " +
+                                         std::to_string(ids.size()) + " tokens; with " +
+                                         std::to_string(options.max_new_tokens) +
+                                         " new tokens it exceeds the context of " +
+                                         std::to_string(limit) +
+                                         " (shorten it, lower --max-new-tokens, or pass "
+                                         "--truncate-prompt to keep its last tokens)");
+      }
+      std::vector<int32_t> tail{tokenizer.bos_id()};
+      tail.insert(tail.end(), ids.end() - (room - 1), ids.end());
+      ids = std::move(tail);
+    }
+    longest = std::max<int64_t>(longest, static_cast<int64_t>(ids.size()));
+    results[static_cast<size_t>(b)].prompt_ids = std::move(ids);
+  }
+  // Left padding: every prompt ends at column `longest - 1`; kv_start masks the pads.
+  std::vector<int32_t> padded(static_cast<size_t>(batch * longest), tokenizer.pad_id());
+  std::vector<int32_t> kv_start(static_cast<size_t>(batch));
+  for (int64_t b = 0; b < batch; ++b) {
+    const auto& ids = results[static_cast<size_t>(b)].prompt_ids;
+    const int64_t pad = longest - static_cast<int64_t>(ids.size());
+    kv_start[static_cast<size_t>(b)] = static_cast<int32_t>(pad);
+    std::copy(ids.begin(), ids.end(), padded.begin() + b * longest + pad);
+  }
+  const bool any_padding = std::any_of(kv_start.begin(), kv_start.end(), [](int32_t s) { return s > 0; });
+  if (!any_padding) kv_start.clear();
+
+  Backend& backend = model.backend();
+  const int64_t vocab = model.config().vocab_size;
+  model.init_cache(batch, longest + options.max_new_tokens);
+  std::vector<std::mt19937_64> rngs;
+  for (int64_t b = 0; b < batch; ++b) {
+    rngs.emplace_back(options.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(b));
+  }
+  std::uniform_real_distribution<double> uniform(0.0, 1.0);
+  size_t hold_back = 0;
+  for (const std::string& s : options.stop) hold_back = std::max(hold_back, s.size());
+
+  std::vector<std::vector<int32_t>> history(static_cast<size_t>(batch));
+  std::vector<std::string> text(static_cast<size_t>(batch));
+  std::vector<size_t> emitted(static_cast<size_t>(batch), 0);
+  std::vector<bool> done(static_cast<size_t>(batch), options.max_new_tokens == 0);
+  for (int64_t b = 0; b < batch; ++b) {
+    history[static_cast<size_t>(b)] = results[static_cast<size_t>(b)].prompt_ids;
+    if (options.max_new_tokens == 0) results[static_cast<size_t>(b)].stop_reason = "length";
+  }
+  auto flush = [&](size_t b, bool final) {
+    const size_t ready = final ? text[b].size() : (text[b].size() > hold_back ? text[b].size() - hold_back : 0);
+    if (on_text && ready > emitted[b]) on_text(b, text[b].substr(emitted[b], ready - emitted[b]));
+    emitted[b] = std::max(emitted[b], ready);
+  };
+
+  const auto t0 = std::chrono::steady_clock::now();
+  Tensor logits = model.forward_cached(padded, batch, longest, 0, kv_start, false);
+  std::vector<float> host(static_cast<size_t>(batch * vocab));
+  backend.copy_to_host(host.data(), logits);
+  const auto t1 = std::chrono::steady_clock::now();
+  int64_t cache_len = longest;
+  int64_t decode_steps = 0;
+  std::vector<int32_t> next(static_cast<size_t>(batch), tokenizer.pad_id());
+  for (int64_t step = 0; step < options.max_new_tokens; ++step) {
+    bool all_done = true;
+    for (size_t b = 0; b < static_cast<size_t>(batch); ++b) {
+      if (done[b]) continue;
+      std::vector<float> row(host.begin() + static_cast<int64_t>(b) * vocab,
+                             host.begin() + static_cast<int64_t>(b + 1) * vocab);
+      const int32_t token = pick_token(row, chain, history[b], uniform(rngs[b]));
+      next[b] = token;
+      GenerationResult& r = results[b];
+      if (token == tokenizer.eos_id()) {
+        done[b] = true;
+        r.stop_reason = "eos";
+        flush(b, true);
+        continue;
+      }
+      history[b].push_back(token);
+      r.generated_ids.push_back(token);
+      text[b] = tokenizer.decode(r.generated_ids);
+      for (const std::string& s : options.stop) {
+        const size_t at = s.empty() ? std::string::npos : text[b].find(s);
+        if (at != std::string::npos) {
+          text[b].resize(at);
+          done[b] = true;
+          r.stop_reason = "stop";
+        }
+      }
+      if (!done[b] && static_cast<int64_t>(r.generated_ids.size()) >= options.max_new_tokens) {
+        done[b] = true;
+        r.stop_reason = "length";
+      }
+      flush(b, done[b]);
+      all_done = all_done && done[b];
+    }
+    if (all_done || step + 1 == options.max_new_tokens) break;
+    logits = model.forward_cached(next, batch, 1, cache_len, kv_start, false);
+    backend.copy_to_host(host.data(), logits);
+    ++cache_len;
+    ++decode_steps;
+  }
+  const auto t2 = std::chrono::steady_clock::now();
+  const double prefill_s = std::chrono::duration<double>(t1 - t0).count();
+  const double decode_s = std::chrono::duration<double>(t2 - t1).count();
+  for (size_t b = 0; b < static_cast<size_t>(batch); ++b) {
+    results[b].text = text[b];
+    results[b].prefill_tokens_per_s = static_cast<double>(batch * longest) / std::max(prefill_s, 1e-9);
+    results[b].decode_tokens_per_s =
+        static_cast<double>(batch * std::max<int64_t>(decode_steps, 1)) / std::max(decode_s, 1e-9);
+    if (results[b].stop_reason.empty()) results[b].stop_reason = "length";
+  }
+  return results;
+}
+
+}  // namespace nnkit

@@ -1,0 +1,257 @@
+// Purpose: see checkpoint.h.
+#include "nnkit/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "nnkit/error.h"
+#include "nnkit/io/atomic_file.h"
+#include "nnkit/io/checksum.h"
+#include "nnkit/io/safetensors.h"
+#include "nnkit/logging.h"
+
+namespace nnkit {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kManifest = "MANIFEST.json";
+const char* const kFiles[] = {"model.safetensors", "optimizer.safetensors", "trainer.json",
+                              "config.yaml"};
+
+std::string step_name(int64_t step) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof(buffer), "step-%08lld", static_cast<long long>(step));
+  return buffer;
+}
+
+// CRC-32C of a file, streamed so multi-GB checkpoints need no extra memory.
+uint32_t file_crc(const fs::path& path, uint64_t* size) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw IoError("checkpoint", "cannot read " + path.string());
+  std::vector<char> buffer(1 << 20);
+  uint32_t crc = 0;
+  uint64_t total = 0;
+  while (in) {
+    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+    const std::streamsize got = in.gcount();
+    if (got <= 0) break;
+    crc = crc32c(crc, buffer.data(), static_cast<size_t>(got));
+    total += static_cast<uint64_t>(got);
+  }
+  *size = total;
+  return crc;
+}
+
+void fsync_directory(const fs::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+std::vector<NamedHostTensor> to_host(Backend& backend,
+                                     const std::vector<std::pair<std::string, Tensor>>& tensors,
+                                     std::vector<std::vector<float>>& storage) {
+  std::vector<NamedHostTensor> out;
+  storage.resize(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const Tensor& t = tensors[i].second;
+    storage[i].resize(static_cast<size_t>(t.numel()));
+    if (t.numel() > 0) backend.copy_to_host(storage[i].data(), t);
+    out.push_back(NamedHostTensor{tensors[i].first, DType::kF32, t.shape(), storage[i].data()});
+  }
+  return out;
+}
+
+void load_tensors(const fs::path& file, Backend& backend,
+                  const std::vector<std::pair<std::string, Tensor>>& targets) {
+  SafetensorsFile st(file);
+  for (const auto& [name, tensor] : targets) {
+    if (!st.has(name)) {
+      throw IoError("checkpoint", file.string() + " has no tensor '" + name +
+                                      "'; the checkpoint was written for a different model "
+                                      "(compare its config.yaml with yours)");
+    }
+    st.read_into(name, backend, tensor);
+  }
+}
+
+}  // namespace
+
+CheckpointStore::CheckpointStore(fs::path run_dir) : run_dir_(std::move(run_dir)) {}
+
+fs::path CheckpointStore::save(const TrainerState& state, Transformer& model,
+                               Optimizer* optimizer, const std::string& config_yaml, int keep) {
+  const fs::path root = run_dir_ / "checkpoints";
+  fs::create_directories(root);
+  const fs::path final_dir = root / step_name(state.step);
+  const fs::path temp_dir = root / (step_name(state.step) + ".tmp-" + std::to_string(::getpid()));
+  fs::remove_all(temp_dir);
+  fs::create_directories(temp_dir);
+  Backend& backend = model.backend();
+
+  std::vector<std::pair<std::string, Tensor>> weights;
+  for (Parameter* p : model.parameters()) weights.emplace_back(p->name, p->value);
+  std::vector<std::vector<float>> host;
+  write_safetensors(temp_dir / "model.safetensors", to_host(backend, weights, host),
+                    {{"format", "pt"}, {"producer", "nnkit"}});
+  std::vector<std::pair<std::string, Tensor>> opt_state;
+  if (optimizer != nullptr) opt_state = optimizer->state(backend, model.parameters());
+  write_safetensors(temp_dir / "optimizer.safetensors", to_host(backend, opt_state, host),
+                    {{"optimizer_steps",
+                      std::to_string(optimizer ? optimizer->step_count() : 0)}});
+  host.clear();
+  const nlohmann::json trainer{{"step", state.step},
+                               {"tokens_seen", state.tokens_seen},
+                               {"bad_steps_in_a_row", state.bad_steps_in_a_row},
+                               {"loader_state", state.loader_state}};
+  write_file_atomic(temp_dir / "trainer.json", trainer.dump(2));
+  write_file_atomic(temp_dir / "config.yaml", config_yaml);
+
+  nlohmann::json manifest{{"step", state.step}, {"files", nlohmann::json::object()}};
+  for (const char* name : kFiles) {
+    uint64_t size = 0;
+    const uint32_t crc = file_crc(temp_dir / name, &size);
+    manifest["files"][name] = {{"bytes", size}, {"crc32c", hex32(crc)}};
+  }
+  write_file_atomic(temp_dir / kManifest, manifest.dump(2));
+  fsync_directory(temp_dir);
+  fs::remove_all(final_dir);  // an older checkpoint of the same step (re-run after resume)
+  fs::rename(temp_dir, final_dir);
+  fsync_directory(root);
+
+  // Retention: keep the newest `keep` complete checkpoints.
+  std::vector<CheckpointRef> complete;
+  for (const auto& entry : fs::directory_iterator(root)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("step-", 0) == 0 && name.find(".tmp") == std::string::npos &&
+        fs::exists(entry.path() / kManifest)) {
+      complete.push_back({entry.path(), std::stoll(name.substr(5))});
+    }
+  }
+  std::sort(complete.begin(), complete.end(),
+            [](const CheckpointRef& a, const CheckpointRef& b) { return a.step > b.step; });
+  for (size_t i = static_cast<size_t>(std::max(keep, 1)); i < complete.size(); ++i) {
+    fs::remove_all(complete[i].dir);
+  }
+  return final_dir;
+}
+
+std::optional<CheckpointRef> CheckpointStore::latest() const {
+  const fs::path root = run_dir_ / "checkpoints";
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) return std::nullopt;
+  std::optional<CheckpointRef> best;
+  for (const auto& entry : fs::directory_iterator(root, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("step-", 0) != 0) continue;
+    if (name.find(".tmp") != std::string::npos || !fs::exists(entry.path() / kManifest)) {
+      logger()->warn("ignoring incomplete checkpoint {} (a run was stopped while writing it)",
+                     entry.path().string());
+      continue;
+    }
+    int64_t step = 0;
+    try {
+      step = std::stoll(name.substr(5));
+    } catch (const std::exception&) {
+      continue;
+    }
+    if (!best || step > best->step) best = CheckpointRef{entry.path(), step};
+  }
+  return best;
+}
+
+CheckpointRef CheckpointStore::require_latest() const {
+  std::error_code ec;
+  if (!fs::is_directory(run_dir_, ec)) {
+    throw IoError("checkpoint", "run directory " + run_dir_.string() + " does not exist");
+  }
+  auto ref = latest();
+  if (!ref) {
+    throw IoError("checkpoint", "no complete checkpoint in " + (run_dir_ / "checkpoints").string() +
+                                    "; train with `nnkit train CONFIG --out " + run_dir_.string() +
+                                    "` first");
+  }
+  return *ref;
+}
+
+void CheckpointStore::verify(const CheckpointRef& ref) {
+  const fs::path manifest_path = ref.dir / kManifest;
+  nlohmann::json manifest;
+  try {
+    manifest = nlohmann::json::parse(read_file(manifest_path));
+  } catch (const nlohmann::json::exception& e) {
+    throw IoError("checkpoint", manifest_path.string() + " is corrupt (" + e.what() + ")");
+  }
+  if (!manifest.contains("files") || !manifest["files"].is_object()) {
+    throw IoError("checkpoint", manifest_path.string() + " lists no files");
+  }
+  for (const char* name : kFiles) {
+    const fs::path file = ref.dir / name;
+    if (!manifest["files"].contains(name)) {
+      throw IoError("checkpoint", manifest_path.string() + " does not list " + name);
+    }
+    std::error_code ec;
+    if (!fs::exists(file, ec)) {
+      throw IoError("checkpoint", file.string() + " is missing from the checkpoint");
+    }
+    const auto& entry = manifest["files"][name];
+    uint64_t size = 0;
+    const uint32_t crc = file_crc(file, &size);
+    if (size != entry.value("bytes", uint64_t{0})) {
+      throw IoError("checkpoint", file.string() + " has " + std::to_string(size) +
+                                      " bytes but the manifest records " +
+                                      std::to_string(entry.value("bytes", uint64_t{0})) +
+                                      " (truncated or replaced)");
+    }
+    if (hex32(crc) != entry.value("crc32c", std::string())) {
+      throw IoError("checkpoint", file.string() + " fails its checksum (crc32c " + hex32(crc) +
+                                      ", manifest " + entry.value("crc32c", std::string()) +
+                                      "): the file is corrupt");
+    }
+  }
+}
+
+std::string CheckpointStore::read_config(const CheckpointRef& ref) {
+  return read_file(ref.dir / "config.yaml");
+}
+
+TrainerState CheckpointStore::load(const CheckpointRef& ref, Transformer& model,
+                                   Optimizer* optimizer) {
+  verify(ref);
+  Backend& backend = model.backend();
+  std::vector<std::pair<std::string, Tensor>> weights;
+  for (Parameter* p : model.parameters()) weights.emplace_back(p->name, p->value);
+  load_tensors(ref.dir / "model.safetensors", backend, weights);
+  TrainerState state;
+  nlohmann::json trainer;
+  try {
+    trainer = nlohmann::json::parse(read_file(ref.dir / "trainer.json"));
+    state.step = trainer.at("step").get<int64_t>();
+    state.tokens_seen = trainer.at("tokens_seen").get<int64_t>();
+    state.bad_steps_in_a_row = trainer.at("bad_steps_in_a_row").get<int64_t>();
+    state.loader_state = trainer.at("loader_state").get<std::string>();
+  } catch (const nlohmann::json::exception& e) {
+    throw IoError("checkpoint", (ref.dir / "trainer.json").string() + " is invalid: " + e.what());
+  }
+  if (optimizer != nullptr) {
+    load_tensors(ref.dir / "optimizer.safetensors", backend,
+                 optimizer->state(backend, model.parameters()));
+    SafetensorsFile st(ref.dir / "optimizer.safetensors");
+    const auto& meta = st.metadata();
+    auto it = meta.find("optimizer_steps");
+    optimizer->set_step_count(it == meta.end() ? state.step : std::stoll(it->second));
+  }
+  return state;
+}
+
+}  // namespace nnkit

@@ -1,0 +1,367 @@
+// Purpose: see trainer.h.
+#include "nnkit/trainer.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "nnkit/checkpoint.h"
+#include "nnkit/error.h"
+#include "nnkit/io/atomic_file.h"
+#include "nnkit/io/data_loader.h"
+#include "nnkit/io/token_file.h"
+#include "nnkit/logging.h"
+#include "nnkit/model.h"
+#include "nnkit/optim.h"
+
+namespace nnkit {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// "model.attention.n_heads" -> "12" for every model option; `shape` keeps only shape keys.
+std::map<std::string, std::string> flatten_model(const RunConfig& cfg) {
+  std::map<std::string, std::string> out;
+  const ModelConfig& m = cfg.model;
+  out["model.vocab_size"] = std::to_string(m.vocab_size);
+  out["model.hidden_dim"] = std::to_string(m.hidden_dim);
+  out["model.n_layers"] = std::to_string(m.n_layers);
+  out["model.feed_forward"] = m.is_moe ? "moe" : "ffn";
+  auto add = [&](const std::string& path, const PluginChoice& c) {
+    if (c.name.empty()) return;
+    out[path + ".type"] = c.name;
+    for (const auto& [name, v] : c.options.values()) {
+      std::string text;
+      if (v.is_null) text = "null";
+      else if (v.type == OptionType::kInt) text = std::to_string(v.int_value);
+      else if (v.type == OptionType::kFloat) text = std::to_string(v.float_value);
+      else if (v.type == OptionType::kBool) text = v.bool_value ? "true" : "false";
+      else text = v.string_value;
+      out[path + "." + name] = text;
+    }
+  };
+  add("model.norm", m.norm);
+  add("model.attention", m.attention);
+  add("model.moe.router", m.router);
+  add("model.moe.experts", m.experts);
+  add("model.ffn", m.ffn);
+  return out;
+}
+
+// Options that do not change any parameter's shape may differ on resume (they are logged).
+bool affects_shapes(const std::string& key) {
+  static const std::set<std::string> soft_suffixes = {
+      ".eps", ".rope.base", ".rope.ntk_alpha", ".renormalize", ".aux_loss_weight",
+      ".z_loss_weight", ".capacity_factor", ".top_k"};
+  for (const std::string& s : soft_suffixes) {
+    if (key.size() >= s.size() && key.compare(key.size() - s.size(), s.size(), s) == 0) {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::string format_duration(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "?";
+  const long s = static_cast<long>(seconds);
+  char buffer[32];
+  if (s >= 3600) std::snprintf(buffer, sizeof(buffer), "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
+  else std::snprintf(buffer, sizeof(buffer), "%ld:%02ld", s / 60, s % 60);
+  return buffer;
+}
+
+// Steps listed in NNKIT_FAULT_NAN_STEPS ("3,4,5") get a NaN loss: a test hook for the
+// non-finite-loss path, which real runs reach only through diverging numerics.
+std::set<int64_t> injected_nan_steps() {
+  std::set<int64_t> steps;
+  if (const char* env = std::getenv("NNKIT_FAULT_NAN_STEPS")) {
+    std::stringstream stream(env);
+    std::string item;
+    while (std::getline(stream, item, ',')) {
+      if (!item.empty()) steps.insert(std::stoll(item));
+    }
+  }
+  return steps;
+}
+
+// Keeps metrics lines up to `step` (a resumed run replays the steps after its checkpoint).
+void truncate_metrics(const fs::path& file, int64_t step) {
+  std::error_code ec;
+  if (!fs::exists(file, ec)) return;
+  std::ifstream in(file);
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    try {
+      const auto j = nlohmann::json::parse(line);
+      if (j.value("step", int64_t{0}) <= step) kept += line + "\n";
+    } catch (const nlohmann::json::exception&) {
+      // a line cut short by a kill: drop it
+    }
+  }
+  write_file_atomic(file, kept);
+}
+
+double validation_loss(Transformer& model, WindowLoader& loader, int64_t batch, int64_t max_batches) {
+  std::vector<int32_t> inputs, targets;
+  double total = 0.0;
+  int64_t count = 0;
+  const int64_t batches = std::min(max_batches, loader.validation_batch_count(batch));
+  for (int64_t i = 0; i < batches; ++i) {
+    const int64_t rows = loader.validation_batch(i, batch, inputs, targets);
+    total += model.forward_loss(inputs, targets, rows, loader.seq_len(), false, false);
+    ++count;
+  }
+  return count > 0 ? total / static_cast<double>(count) : std::nan("");
+}
+
+// The loader's resumable state as one string for trainer.json: "<windows drawn>\n<rng text>".
+std::string encode_loader_state(const WindowLoader::State& state) {
+  return std::to_string(state.windows_drawn) + "\n" + state.rng;
+}
+
+WindowLoader::State decode_loader_state(const std::string& text) {
+  const size_t newline = text.find('\n');
+  if (newline == std::string::npos) {
+    throw IoError("checkpoint", "trainer.json has a malformed data-loader state");
+  }
+  WindowLoader::State state;
+  state.windows_drawn = std::stoull(text.substr(0, newline));
+  state.rng = text.substr(newline + 1);
+  return state;
+}
+
+}  // namespace
+
+std::vector<std::string> model_shape_differences(const RunConfig& a, const RunConfig& b) {
+  const auto fa = flatten_model(a);
+  const auto fb = flatten_model(b);
+  std::set<std::string> keys;
+  for (const auto& [k, v] : fa) keys.insert(k);
+  for (const auto& [k, v] : fb) keys.insert(k);
+  std::vector<std::string> out;
+  for (const std::string& k : keys) {
+    const std::string va = fa.count(k) ? fa.at(k) : "(absent)";
+    const std::string vb = fb.count(k) ? fb.at(k) : "(absent)";
+    if (va != vb && affects_shapes(k)) out.push_back(k + ": " + va + " -> " + vb);
+  }
+  return out;
+}
+
+TrainSummary train(const TrainRequest& request) {
+  const RunConfig& cfg = request.config;
+  const TrainConfig& tc = cfg.train;
+  const Registry& registry = *request.registry;
+  auto log = logger();
+
+  // ---- everything that can fail on bad input happens before the first step
+  ensure_writable_directory(request.run_dir);
+  CheckpointStore store(request.run_dir);
+  std::optional<CheckpointRef> resume_from;
+  if (request.resume) {
+    resume_from = store.require_latest();
+    const std::string stored = CheckpointStore::read_config(*resume_from);
+    const RunConfig previous = resolve_config(
+        ConfigDocument::parse(stored, (resume_from->dir / "config.yaml").string()), registry);
+    const auto diffs = model_shape_differences(previous, cfg);
+    if (!diffs.empty()) {
+      std::string message = "cannot resume " + request.run_dir.string() +
+                            ": the model shape differs from the run's:";
+      for (const auto& d : diffs) message += "\n  " + d;
+      message += "\nuse the run's config (" + (resume_from->dir / "config.yaml").string() +
+                 ") or start a new run with --out";
+      throw ConfigError("train", message);
+    }
+    if (previous.train.steps != tc.steps) {
+      log->info("train.steps changed from {} to {} on resume", previous.train.steps, tc.steps);
+    }
+  } else if (store.latest()) {
+    throw ConfigError("train", request.run_dir.string() +
+                                   " already holds checkpoints; continue it with --resume " +
+                                   request.run_dir.string() + " or choose another --out");
+  }
+  fs::path data_path = request.data.empty() ? fs::path(tc.data) : request.data;
+  if (data_path.empty()) {
+    throw ConfigError("train", "no training data: pass --data FILE or set train.data (make a token "
+                               "file with `nnkit data prepare INPUT... -o FILE`)");
+  }
+  TokenFile tokens(data_path);
+  if (tokens.vocab_size() > cfg.model.vocab_size) {
+    throw IoError("data", data_path.string() + " was prepared for " +
+                              std::to_string(tokens.vocab_size()) + " token ids but model.vocab_size is " +
+                              std::to_string(cfg.model.vocab_size));
+  }
+  WindowLoader loader(tokens, tc.seq_len, tc.val_fraction, static_cast<uint64_t>(cfg.seed));
+
+  const PluginChoice& bc = cfg.backend;
+  auto backend = registry.create<Backend>(bc.kind, bc.name, CreateArgs{bc.options, {}, nullptr});
+  Transformer model(cfg, registry, backend);
+  model.allocate(true);
+  const PluginChoice& oc = tc.optimizer;
+  auto optimizer = registry.create<Optimizer>(oc.kind, oc.name, CreateArgs{oc.options, {}, backend.get()});
+  const PluginChoice& sc = tc.schedule;
+  auto schedule = registry.create<Schedule>(sc.kind, sc.name, CreateArgs{sc.options, {}, nullptr});
+  const std::vector<Parameter*> params = model.parameters();
+
+  TrainerState state;
+  if (resume_from) {
+    state = CheckpointStore::load(*resume_from, model, optimizer.get());
+    loader.restore_state(decode_loader_state(state.loader_state));
+    log->info("resumed {} from {} (step {})", request.run_dir.string(), resume_from->dir.string(),
+              state.step);
+  } else {
+    model.init_random(static_cast<uint64_t>(cfg.seed));
+  }
+  const std::string config_yaml = cfg.to_yaml();
+  write_file_atomic(request.run_dir / "config.yaml", config_yaml);
+  const fs::path metrics_path = request.run_dir / "metrics.jsonl";
+  if (resume_from) truncate_metrics(metrics_path, state.step);
+  else write_file_atomic(metrics_path, "");
+  std::ofstream metrics(metrics_path, std::ios::app);
+
+  log->info("training {} ({} parameters, {} active) on {} for {} steps; batch {}x{} tokens, "
+            "grad_accum {}", cfg.source_name, model.parameter_count(),
+            model.active_parameter_count(), bc.id(), tc.steps, tc.batch_size, tc.seq_len,
+            tc.grad_accum);
+
+  TrainSummary summary;
+  summary.first_step = state.step;
+  const std::set<int64_t> nan_steps = injected_nan_steps();
+  Tensor norm_accumulator = backend->empty({1});
+  std::vector<int32_t> inputs, targets;
+  const int64_t tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum;
+  const auto run_start = std::chrono::steady_clock::now();
+  auto window_start = run_start;
+  int64_t window_tokens = 0;
+  double tokens_per_second = 0.0;
+
+  auto save = [&](const char* why) {
+    state.loader_state = encode_loader_state(loader.save_state());
+    summary.last_checkpoint = store.save(state, model, optimizer.get(), config_yaml);
+    if (request.progress_bar) std::fprintf(stderr, "\n");
+    log->info("checkpoint ({}) at step {}: {}", why, state.step, summary.last_checkpoint.string());
+  };
+
+  while (state.step < tc.steps) {
+    const int64_t step = state.step;
+    model.zero_grads();
+    double loss = 0.0;
+    for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
+      loader.next_train_batch(tc.batch_size, inputs, targets);
+      const double micro_loss = model.forward_loss(inputs, targets, tc.batch_size, tc.seq_len, true,
+                                                   tc.activation_checkpointing);
+      model.backward(1.0f / static_cast<float>(tc.grad_accum));
+      loss += micro_loss / static_cast<double>(tc.grad_accum);
+    }
+    if (nan_steps.count(step)) loss = std::nan("");
+    const double aux = model.aux_loss();
+    backend->fill(norm_accumulator, 0.0f);
+    for (Parameter* p : params) backend->sum_squares(p->grad, norm_accumulator);
+    float norm_squared = 0.0f;
+    backend->copy_to_host(&norm_squared, norm_accumulator);
+    const double grad_norm = std::sqrt(static_cast<double>(norm_squared));
+
+    if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
+      ++state.bad_steps_in_a_row;
+      log->warn("step {}: non-finite loss ({}) or gradient norm ({}); update skipped ({} in a row)",
+                step + 1, loss, grad_norm, state.bad_steps_in_a_row);
+      metrics << nlohmann::json{{"step", step + 1}, {"skipped", true}}.dump() << "\n";
+      metrics.flush();
+      if (state.bad_steps_in_a_row >= tc.max_bad_steps) {
+        throw Error("train", std::to_string(state.bad_steps_in_a_row) +
+                                 " consecutive steps had a non-finite loss or gradient (last at step " +
+                                 std::to_string(step + 1) +
+                                 "); the run is diverging. Lower train.optimizer.lr, raise "
+                                 "train.schedule.warmup_steps or tighten train.grad_clip, then "
+                                 "--resume from the last checkpoint");
+      }
+      ++state.step;  // the data was consumed; the step counts as taken but changes nothing
+      continue;
+    }
+    state.bad_steps_in_a_row = 0;
+    const float clip_scale =
+        tc.grad_clip > 0 && grad_norm > tc.grad_clip ? static_cast<float>(tc.grad_clip / grad_norm) : 1.0f;
+    const double lr = optimizer->base_lr() * schedule->factor(step, tc.steps);
+    optimizer->step(*backend, params, lr, clip_scale);
+    ++state.step;
+    state.tokens_seen += tokens_per_step;
+    window_tokens += tokens_per_step;
+
+    const auto now = std::chrono::steady_clock::now();
+    const double window_seconds = std::chrono::duration<double>(now - window_start).count();
+    if (window_seconds > 0.5 || tokens_per_second == 0.0) {
+      tokens_per_second = static_cast<double>(window_tokens) / std::max(window_seconds, 1e-9);
+      window_start = now;
+      window_tokens = 0;
+    }
+    nlohmann::json line{{"step", state.step},     {"loss", loss},
+                        {"aux_loss", aux},        {"lr", lr},
+                        {"grad_norm", grad_norm}, {"tokens_per_s", tokens_per_second},
+                        {"tokens", state.tokens_seen}};
+    const auto stats = model.aux_stats();
+    if (!stats.empty()) {
+      nlohmann::json load = nlohmann::json::array(), aux_layers = nlohmann::json::array(),
+                     dropped = nlohmann::json::array();
+      for (const AuxStats& s : stats) {
+        load.push_back(s.expert_fraction);
+        aux_layers.push_back(s.aux_loss);
+        dropped.push_back(s.dropped_fraction);
+      }
+      line["expert_load"] = load;
+      line["aux_loss_per_layer"] = aux_layers;
+      line["dropped_fraction"] = dropped;
+    }
+    summary.last_loss = loss;
+    const bool eval_now = (tc.eval_every > 0 && state.step % tc.eval_every == 0) || state.step == tc.steps;
+    if (eval_now) {
+      summary.last_val_loss = validation_loss(model, loader, tc.batch_size, tc.eval_batches);
+      line["val_loss"] = summary.last_val_loss;
+    }
+    metrics << line.dump() << "\n";
+    metrics.flush();
+
+    const double remaining = static_cast<double>(tc.steps - state.step) *
+                             static_cast<double>(tokens_per_step) / std::max(tokens_per_second, 1e-9);
+    if (request.progress_bar) {
+      const int width = 24;
+      const int filled = static_cast<int>(width * state.step / tc.steps);
+      std::string bar(static_cast<size_t>(filled), '=');
+      bar.resize(static_cast<size_t>(width), ' ');
+      std::fprintf(stderr, "\r step %lld/%lld [%s] loss %.4f lr %.2e %.0f tok/s ETA %s   ",
+                   static_cast<long long>(state.step), static_cast<long long>(tc.steps), bar.c_str(),
+                   loss, lr, tokens_per_second, format_duration(remaining).c_str());
+      if (eval_now) std::fprintf(stderr, "\n val_loss %.4f at step %lld\n", summary.last_val_loss,
+                                 static_cast<long long>(state.step));
+      std::fflush(stderr);
+    } else if (state.step % tc.log_every == 0 || eval_now || state.step == summary.first_step + 1) {
+      log->info("step {}/{} loss {:.4f} aux {:.4f} lr {:.2e} grad_norm {:.3f} {:.0f} tok/s ETA {}{}",
+                state.step, tc.steps, loss, aux, lr, grad_norm, tokens_per_second,
+                format_duration(remaining),
+                eval_now ? fmt::format(" val_loss {:.4f}", summary.last_val_loss) : "");
+    }
+    const bool checkpoint_now = tc.checkpoint_every > 0 && state.step % tc.checkpoint_every == 0;
+    if (checkpoint_now && state.step < tc.steps) save("periodic");
+    if (request.stop_requested && request.stop_requested()) {
+      save("interrupted");
+      summary.interrupted = true;
+      break;
+    }
+  }
+  if (!summary.interrupted) save("final");
+  summary.last_step = state.step;
+  const double elapsed =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
+  summary.tokens_per_second =
+      static_cast<double>((state.step - summary.first_step) * tokens_per_step) / std::max(elapsed, 1e-9);
+  return summary;
+}
+
+}  // namespace nnkit
