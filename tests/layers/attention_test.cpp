@@ -208,6 +208,68 @@ TEST(Attention, KvCacheDecodingMatchesFullForward) {
   EXPECT_LE(worst, 1e-5);
 }
 
+// Left padding: sequence 1 starts with 2 pad rows (kv_start 2, positions counted from its first
+// real token); its real rows must equal the same 4 tokens run alone, through prefill and a step.
+TEST(Attention, LeftPaddedSequenceMatchesUnpadded) {
+  auto backend = cpu_backend();
+  constexpr int64_t kPad = 2;
+  constexpr int64_t kPrompt = 6;  // padded length
+  auto attention = make_attention(backend.get(), 2);
+  init_parameters(*backend, *attention, 35, 0.3f);
+  const std::vector<float> tokens = random_values((kPrompt - kPad + 1) * kChannels, 36);
+  auto rows = [&](int64_t begin, int64_t end) {
+    return std::vector<float>(tokens.begin() + begin * kChannels, tokens.begin() + end * kChannels);
+  };
+
+  // Alone: 4 prompt tokens, then 1 step.
+  attention->init_cache(*backend, 1, 8);
+  ForwardContext alone = make_context(*backend, 1, kPrompt - kPad, false);
+  alone.use_kv_cache = true;
+  std::vector<float> want =
+      to_vector(*backend, attention->forward(alone, tensor_from(*backend, rows(0, kPrompt - kPad),
+                                                                {kPrompt - kPad, kChannels})));
+  ForwardContext alone_step = make_context(*backend, 1, 1, false, kPrompt - kPad);
+  alone_step.use_kv_cache = true;
+  alone_step.cache_len = kPrompt - kPad;
+  const std::vector<float> want_step = to_vector(
+      *backend,
+      attention->forward(alone_step, tensor_from(*backend, rows(kPrompt - kPad, kPrompt - kPad + 1),
+                                                 {1, kChannels})));
+
+  // Batched behind a full-length neighbour: batch 0 is other data, batch 1 = 2 pads + the tokens.
+  attention->init_cache(*backend, 2, 8);
+  std::vector<float> batch = random_values(kPrompt * kChannels, 37);
+  const std::vector<float> pads = random_values(kPad * kChannels, 38, 5.0f);
+  batch.insert(batch.end(), pads.begin(), pads.end());
+  const std::vector<float> real = rows(0, kPrompt - kPad);
+  batch.insert(batch.end(), real.begin(), real.end());
+  ForwardContext padded = make_context(*backend, 2, kPrompt, false);
+  std::vector<int32_t> positions;
+  for (int64_t t = 0; t < kPrompt; ++t) positions.push_back(static_cast<int32_t>(t));
+  for (int64_t t = 0; t < kPrompt; ++t)
+    positions.push_back(static_cast<int32_t>(std::max<int64_t>(0, t - kPad)));
+  padded.positions = tensor_from_i32(*backend, positions, {2 * kPrompt});
+  padded.kv_start = tensor_from_i32(*backend, {0, static_cast<int32_t>(kPad)}, {2});
+  padded.use_kv_cache = true;
+  const std::vector<float> got = to_vector(
+      *backend, attention->forward(padded, tensor_from(*backend, batch, {2 * kPrompt, kChannels})));
+  std::vector<float> step_input = random_values(kChannels, 39);
+  const std::vector<float> real_step = rows(kPrompt - kPad, kPrompt - kPad + 1);
+  step_input.insert(step_input.end(), real_step.begin(), real_step.end());
+  ForwardContext step = make_context(*backend, 2, 1, false);
+  step.positions = tensor_from_i32(*backend, {kPrompt, kPrompt - kPad}, {2});
+  step.kv_start = padded.kv_start;
+  step.use_kv_cache = true;
+  step.cache_len = kPrompt;
+  const std::vector<float> got_step = to_vector(
+      *backend, attention->forward(step, tensor_from(*backend, step_input, {2, kChannels})));
+
+  expect_close(std::vector<float>(got.begin() + (kPrompt + kPad) * kChannels, got.end()),
+               to_double(want), 1e-5, 0.0, "padded prompt rows");
+  expect_close(std::vector<float>(got_step.begin() + kChannels, got_step.end()),
+               to_double(want_step), 1e-5, 0.0, "padded decode step");
+}
+
 TEST(Attention, SecondBackwardAccumulatesGradients) {
   auto backend = cpu_backend();
   auto attention = make_attention(backend.get(), 1);
