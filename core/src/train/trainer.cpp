@@ -234,6 +234,13 @@ TrainSummary train(const TrainRequest& request) {
 
   TrainSummary summary;
   summary.first_step = state.step;
+  if (!resume_from && tc.eval_every > 0) {
+    // The starting point of the validation curve (about ln(vocab) for a fresh model).
+    const double initial = validation_loss(model, loader, tc.batch_size, tc.eval_batches);
+    metrics << nlohmann::json{{"step", 0}, {"val_loss", initial}}.dump() << "\n";
+    log->info("step 0 val_loss {:.4f} (ln(vocab) = {:.4f})", initial,
+              std::log(static_cast<double>(cfg.model.vocab_size)));
+  }
   const std::set<int64_t> nan_steps = injected_nan_steps();
   Tensor norm_accumulator = backend->empty({1});
   std::vector<int32_t> inputs, targets;
