@@ -1,6 +1,10 @@
 // Config: YAML syntax errors with file:line:col, unknown keys with suggestions, types, ranges,
 // plugin option checks, unknown plugins, dotted overrides, defaults and the resolved dump.
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
 
 #include "nnkit/config.h"
 #include "nnkit/error.h"
@@ -164,6 +168,31 @@ TEST(Config, EditDistance) {
   EXPECT_EQ(edit_distance("top_kk", "top_k"), 1u);
   EXPECT_EQ(edit_distance("", "abc"), 3u);
   EXPECT_EQ(edit_distance("kitten", "sitting"), 3u);
+}
+
+}  // namespace
+}  // namespace nnkit
+
+namespace nnkit {
+namespace {
+
+TEST(Config, PluginPathsResolveAgainstTheConfigFolder) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("nnkit_cfg_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  {
+    std::ofstream out(dir / "c.yaml");
+    out << "plugin_paths: [my_plugins, /abs/plugins]\n" << kTiny;
+  }
+  const ConfigDocument doc = ConfigDocument::load_file(dir / "c.yaml");
+  const auto paths = doc.plugin_paths();
+  ASSERT_EQ(paths.size(), 2u);
+  EXPECT_EQ(paths[0], dir / "my_plugins");
+  EXPECT_EQ(paths[1], "/abs/plugins");
+  EXPECT_EQ(resolve_config(doc, test::registry()).plugin_paths.size(), 2u);
+  std::filesystem::remove_all(dir);
+  EXPECT_NE(error_of("plugin_paths: 3\n" + std::string(kTiny)).find("plugin_paths must be a list"),
+            std::string::npos);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // Registry: discovery of the real plugins, refusal of foreign / wrong-ABI / wrong-tag libraries
 // with a logged reason, unknown plugin names listing the alternatives, errors from factories.
 #include <gtest/gtest.h>
+#include <stdlib.h>
 
 #include <algorithm>
 
@@ -114,6 +115,32 @@ TEST(Registry, ComponentsKeepTheirLibraryAliveAfterTheRegistryIsGone) {
   float host[4];
   backend->copy_to_host(host, t);
   EXPECT_EQ(host[3], 2.5f);
+}
+
+}  // namespace
+}  // namespace nnkit
+
+namespace nnkit {
+namespace {
+
+TEST(Registry, SearchPathOrderIsExplicitThenEnvironmentThenCoreFolder) {
+  ::setenv("NNKIT_PLUGIN_PATH", "/env/one:/env/two", 1);
+  const auto paths = Registry::default_search_paths({"/explicit"});
+  ::unsetenv("NNKIT_PLUGIN_PATH");
+  ASSERT_EQ(paths.size(), 4u);
+  EXPECT_EQ(paths[0], "/explicit");
+  EXPECT_EQ(paths[1], "/env/one");
+  EXPECT_EQ(paths[2], "/env/two");
+  EXPECT_EQ(paths[3].filename(), "plugins");
+  EXPECT_EQ(paths[3].parent_path().filename(), "nnkit");
+}
+
+TEST(Registry, EnvironmentPathFindsFixturePlugins) {
+  ::setenv("NNKIT_PLUGIN_PATH", NNKIT_TEST_PLUGIN_FIXTURES, 1);
+  const Registry r(Registry::default_search_paths());
+  ::unsetenv("NNKIT_PLUGIN_PATH");
+  EXPECT_NE(r.find("norm", "always_fails"), nullptr);
+  EXPECT_NE(r.find("backend", "cpu"), nullptr);
 }
 
 }  // namespace

@@ -1,7 +1,9 @@
 // Purpose: Tensor, a typed, shaped view of backend-owned memory.
 // Ownership: a Tensor shares its Storage (std::shared_ptr); copying a Tensor copies the view, not
-// the data. Storage releases its memory through the allocator that made it, and that release keeps
-// the allocating backend (and so its plugin library) alive until the last view is gone.
+// the data. Storage releases its memory through the allocator of the backend that made it, whose
+// code lives in the backend's plugin library: release every tensor before the last owner of that
+// library (the Registry and the components it created) is gone. Holding a tensor in an object
+// that also holds its backend (as Transformer does) is the simple way to keep this rule.
 // Thread-safety: a Tensor is a value; concurrent mutation of the same storage is the caller's job.
 // Tensors are always contiguous row-major; views are reshapes or row ranges of the first dimension.
 #pragma once
