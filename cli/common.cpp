@@ -2,6 +2,7 @@
 #include "common.h"
 
 #include <fstream>
+#include <iostream>
 #include <sstream>
 
 #include "nnkit/error.h"
@@ -17,6 +18,16 @@ std::vector<FlagSpec> common_flags() {
       {"--log-level", "LEVEL", "trace, debug, info (default), warn, error, off"},
       {"--plugin-path", "DIR", "extra folder (or library) to search for plugins first", true},
   };
+}
+
+std::optional<ParsedArgs> parse_command(CommandSpec spec, const std::vector<std::string>& raw) {
+  for (FlagSpec& f : common_flags()) spec.flags.push_back(std::move(f));
+  ParsedArgs args = parse_args(spec, raw);
+  if (args.help()) {
+    std::cout << format_help(spec);
+    return std::nullopt;
+  }
+  return args;
 }
 
 std::vector<fs::path> apply_common_flags(const ParsedArgs& args) {

@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,8 @@
 namespace nnkit::cli {
 
 std::vector<FlagSpec> common_flags();
+// Adds the common flags to `spec` and parses; prints the help and returns nullopt for --help.
+std::optional<ParsedArgs> parse_command(CommandSpec spec, const std::vector<std::string>& raw);
 // Applies --log-level; returns the explicit plugin paths from --plugin-path.
 std::vector<std::filesystem::path> apply_common_flags(const ParsedArgs& args);
 

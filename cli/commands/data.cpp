@@ -23,12 +23,9 @@ int run_data(const Args& raw) {
        {"--config", "CONFIG", "take the tokenizer from this config (default: tokenizer/byte)"}},
       "prepare INPUT...  text files to tokenise",
       true};
-  for (auto& f : common_flags()) spec.flags.push_back(f);
-  const ParsedArgs args = parse_args(spec, raw);
-  if (args.help()) {
-    std::cout << format_help(spec);
-    return 0;
-  }
+  const std::optional<ParsedArgs> parsed = parse_command(spec, raw);
+  if (!parsed) return 0;  // --help was printed
+  const ParsedArgs& args = *parsed;
   const auto& pos = args.positionals();
   if (pos.empty() || pos[0] != "prepare") {
     throw UsageError("cli", "usage: nnkit data prepare INPUT... -o FILE (see --help)");

@@ -76,12 +76,9 @@ int run_eval(const Args& raw) {
        {"--json", "", "print {loss, ppl, tokens} as JSON"}},
       "CONFIG  a YAML model description (with --random-init)",
       true};
-  for (auto& f : common_flags()) spec.flags.push_back(f);
-  const ParsedArgs args = parse_args(spec, raw);
-  if (args.help()) {
-    std::cout << format_help(spec);
-    return 0;
-  }
+  const std::optional<ParsedArgs> parsed = parse_command(spec, raw);
+  if (!parsed) return 0;  // --help was printed
+  const ParsedArgs& args = *parsed;
   const auto data = args.get("--data");
   if (!data) throw UsageError("cli", "`nnkit eval` needs --data FILE");
   const bool random_init = args.has("--random-init");

@@ -79,12 +79,9 @@ int run_generate(const Args& raw) {
        {"--json", "", "print one JSON object per prompt (text, ids, tokens/s)"}},
       "CONFIG  a YAML model description (with --random-init)",
       true};
-  for (auto& f : common_flags()) spec.flags.push_back(f);
-  const ParsedArgs args = parse_args(spec, raw);
-  if (args.help()) {
-    std::cout << format_help(spec);
-    return 0;
-  }
+  const std::optional<ParsedArgs> parsed = parse_command(spec, raw);
+  if (!parsed) return 0;  // --help was printed
+  const ParsedArgs& args = *parsed;
   std::vector<std::string> overrides = args.overrides();
   if (auto o = sampler_override(args)) overrides.push_back(*o);
   LoadedModel loaded;

@@ -40,12 +40,9 @@ int run_plot(const Args& raw) {
                    "Writes an SVG loss curve (training and validation loss by step).",
                    {{"--output", "FILE", "SVG file (default: RUN_DIR/loss.svg)", false, "-o"}},
                    "RUN_DIR  a training run directory (holds metrics.jsonl)"};
-  for (auto& f : common_flags()) spec.flags.push_back(f);
-  const ParsedArgs args = parse_args(spec, raw);
-  if (args.help()) {
-    std::cout << format_help(spec);
-    return 0;
-  }
+  const std::optional<ParsedArgs> parsed = parse_command(spec, raw);
+  if (!parsed) return 0;  // --help was printed
+  const ParsedArgs& args = *parsed;
   if (args.positionals().size() != 1) throw UsageError("cli", "`nnkit plot` needs one RUN_DIR");
   const std::filesystem::path run = args.positionals()[0];
   const std::filesystem::path metrics = run / "metrics.jsonl";

@@ -41,12 +41,9 @@ int run_train(const Args& raw) {
        {"--json", "", "print a JSON summary at the end"}},
       "CONFIG  a YAML model description (optional with --resume: the run's own config is used)",
       true};
-  for (auto& f : common_flags()) spec.flags.push_back(f);
-  const ParsedArgs args = parse_args(spec, raw);
-  if (args.help()) {
-    std::cout << format_help(spec);
-    return 0;
-  }
+  const std::optional<ParsedArgs> parsed = parse_command(spec, raw);
+  if (!parsed) return 0;  // --help was printed
+  const ParsedArgs& args = *parsed;
   const auto resume = args.get("--resume");
   if (resume && args.has("--out")) {
     throw UsageError("cli", "--resume RUN_DIR continues that run in place; drop --out");

@@ -19,12 +19,9 @@ int run_validate(const Args& raw) {
                    {{"--json", "", "print {total_params, active_params, ...} as JSON"}},
                    "CONFIG  a YAML model description, e.g. configs/tiny.yaml",
                    true};
-  for (auto& f : common_flags()) spec.flags.push_back(f);
-  const ParsedArgs args = parse_args(spec, raw);
-  if (args.help()) {
-    std::cout << format_help(spec);
-    return 0;
-  }
+  const std::optional<ParsedArgs> parsed = parse_command(spec, raw);
+  if (!parsed) return 0;  // --help was printed
+  const ParsedArgs& args = *parsed;
   if (args.positionals().size() != 1) {
     throw UsageError("cli", "`nnkit validate` needs exactly one CONFIG (see --help)");
   }
