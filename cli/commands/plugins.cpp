@@ -17,7 +17,6 @@ CommandSpec plugins_spec() {
                    "the reason).",
                    {{"--json", "", "print a JSON array of {kind, name, version, path, summary}"},
                     {"--describe", "KIND/NAME", "print one plugin's options (type, default, range)"}}};
-  for (auto& f : common_flags()) spec.flags.push_back(f);
   return spec;
 }
 
@@ -37,12 +36,9 @@ std::string range_text(const OptionSpec& o) {
 }  // namespace
 
 int run_plugins(const Args& raw) {
-  const CommandSpec spec = plugins_spec();
-  const ParsedArgs args = parse_args(spec, raw);
-  if (args.help()) {
-    std::cout << format_help(spec);
-    return 0;
-  }
+  const std::optional<ParsedArgs> parsed = parse_command(plugins_spec(), raw);
+  if (!parsed) return 0;  // --help was printed
+  const ParsedArgs& args = *parsed;
   if (!args.positionals().empty()) {
     throw UsageError("cli", "`nnkit plugins` takes no positional arguments");
   }
