@@ -111,8 +111,8 @@ ParsedArgs parse_args(const CommandSpec& spec, const std::vector<std::string>& a
         slot.push_back(*inline_value);
       } else {
         if (i + 1 >= args.size()) {
-          throw UsageError("cli", flag->name + " needs a value (" + flag->name + " " +
-                                      flag->value_name + ")");
+          throw UsageError(
+              "cli", flag->name + " needs a value (" + flag->name + " " + flag->value_name + ")");
         }
         slot.push_back(args[++i]);
       }
@@ -139,8 +139,10 @@ std::string format_help(const CommandSpec& spec) {
   for (const FlagSpec& f : spec.flags) {
     std::string left = "  " + (f.short_name.empty() ? "" : f.short_name + ", ") + f.name;
     if (!f.value_name.empty()) left += " " + f.value_name;
-    if (left.size() < 28) left.resize(28, ' ');
-    else left += "  ";
+    if (left.size() < 28)
+      left.resize(28, ' ');
+    else
+      left += "  ";
     out << left << f.help << (f.repeatable ? " (repeatable)" : "") << "\n";
   }
   out << "  -h, --help                  show this help\n";

@@ -12,19 +12,19 @@
 namespace nnkit::cli {
 
 struct FlagSpec {
-  std::string name;         // "--seed"
-  std::string value_name;   // "N"; empty for boolean switches
+  std::string name;        // "--seed"
+  std::string value_name;  // "N"; empty for boolean switches
   std::string help;
   bool repeatable = false;
-  std::string short_name;   // "-o"
+  std::string short_name;  // "-o"
 };
 
 struct CommandSpec {
-  std::string name;         // "eval"
-  std::string usage;        // "nnkit eval CONFIG --random-init --data FILE [options]"
+  std::string name;   // "eval"
+  std::string usage;  // "nnkit eval CONFIG --random-init --data FILE [options]"
   std::string summary;
   std::vector<FlagSpec> flags;
-  std::string positional_help;  // how positionals are used
+  std::string positional_help;     // how positionals are used
   bool accepts_overrides = false;  // key.path=value arguments
 };
 

@@ -20,8 +20,8 @@ std::shared_ptr<spdlog::logger> logger() {
 void set_log_level(const std::string& level) {
   const spdlog::level::level_enum parsed = spdlog::level::from_str(level);
   if (parsed == spdlog::level::off && level != "off") {
-    throw UsageError("cli", "unknown log level '" + level +
-                                "'; use trace, debug, info, warn, error or off");
+    throw UsageError(
+        "cli", "unknown log level '" + level + "'; use trace, debug, info, warn, error or off");
   }
   logger()->set_level(parsed);
 }

@@ -9,10 +9,14 @@ namespace nnkit {
 
 const char* option_type_name(OptionType type) {
   switch (type) {
-    case OptionType::kInt: return "integer";
-    case OptionType::kFloat: return "number";
-    case OptionType::kBool: return "boolean";
-    case OptionType::kString: return "string";
+    case OptionType::kInt:
+      return "integer";
+    case OptionType::kFloat:
+      return "number";
+    case OptionType::kBool:
+      return "boolean";
+    case OptionType::kString:
+      return "string";
   }
   return "?";
 }
@@ -25,7 +29,9 @@ std::string SourceLocation::str() const {
 Options::Options(std::string component, std::string path, SourceLocation location)
     : component_(std::move(component)), path_(std::move(path)), location_(std::move(location)) {}
 
-void Options::set(const std::string& name, Value value) { values_[name] = std::move(value); }
+void Options::set(const std::string& name, Value value) {
+  values_[name] = std::move(value);
+}
 
 bool Options::is_null(const std::string& name) const {
   auto it = values_.find(name);
@@ -56,7 +62,9 @@ double Options::get_float(const std::string& name) const {
   return v.type == OptionType::kInt ? static_cast<double>(v.int_value) : v.float_value;
 }
 
-bool Options::get_bool(const std::string& name) const { return at(name, OptionType::kBool).bool_value; }
+bool Options::get_bool(const std::string& name) const {
+  return at(name, OptionType::kBool).bool_value;
+}
 
 const std::string& Options::get_string(const std::string& name) const {
   return at(name, OptionType::kString).string_value;

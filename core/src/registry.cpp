@@ -2,13 +2,12 @@
 #include "nnkit/registry.h"
 
 #include <algorithm>
+#include <boost/dll/runtime_symbol_info.hpp>
+#include <boost/dll/shared_library.hpp>
 #include <cstdlib>
 #include <cstring>
 #include <set>
 #include <sstream>
-
-#include <boost/dll/runtime_symbol_info.hpp>
-#include <boost/dll/shared_library.hpp>
 
 #include "nnkit/logging.h"
 #include "nnkit/plugin.h"
@@ -79,7 +78,8 @@ void Registry::scan_file(const fs::path& file) {
   };
   auto library = std::make_shared<Library>();
   try {
-    library->library.load(file, boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local);
+    library->library.load(file,
+                          boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local);
   } catch (const std::exception& e) {
     reject(std::string("cannot be loaded: ") + e.what());
     return;
@@ -101,9 +101,11 @@ void Registry::scan_file(const fs::path& file) {
            "; rebuild the plugin against this nnkit SDK");
     return;
   }
-  if (descriptor->build_tag == nullptr || std::strcmp(descriptor->build_tag, NNKIT_BUILD_TAG) != 0) {
+  if (descriptor->build_tag == nullptr ||
+      std::strcmp(descriptor->build_tag, NNKIT_BUILD_TAG) != 0) {
     reject(std::string("built with '") + (descriptor->build_tag ? descriptor->build_tag : "?") +
-           "', this nnkit was built with '" NNKIT_BUILD_TAG "'; rebuild the plugin with the same "
+           "', this nnkit was built with '" NNKIT_BUILD_TAG
+           "'; rebuild the plugin with the same "
            "compiler and standard library");
     return;
   }

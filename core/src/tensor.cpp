@@ -9,24 +9,36 @@ namespace nnkit {
 
 size_t dtype_size(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return 4;
-    case DType::kBF16: return 2;
-    case DType::kF16: return 2;
-    case DType::kI32: return 4;
-    case DType::kI64: return 8;
-    case DType::kU8: return 1;
+    case DType::kF32:
+      return 4;
+    case DType::kBF16:
+      return 2;
+    case DType::kF16:
+      return 2;
+    case DType::kI32:
+      return 4;
+    case DType::kI64:
+      return 8;
+    case DType::kU8:
+      return 1;
   }
   return 0;
 }
 
 const char* dtype_name(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return "f32";
-    case DType::kBF16: return "bf16";
-    case DType::kF16: return "f16";
-    case DType::kI32: return "i32";
-    case DType::kI64: return "i64";
-    case DType::kU8: return "u8";
+    case DType::kF32:
+      return "f32";
+    case DType::kBF16:
+      return "bf16";
+    case DType::kF16:
+      return "f16";
+    case DType::kI32:
+      return "i32";
+    case DType::kI64:
+      return "i64";
+    case DType::kU8:
+      return "u8";
   }
   return "?";
 }
@@ -50,7 +62,10 @@ std::string to_string(const Shape& shape) {
 }
 
 Tensor::Tensor(std::shared_ptr<Storage> storage, Shape shape, DType dtype, size_t byte_offset)
-    : storage_(std::move(storage)), shape_(std::move(shape)), dtype_(dtype), byte_offset_(byte_offset) {
+    : storage_(std::move(storage)),
+      shape_(std::move(shape)),
+      dtype_(dtype),
+      byte_offset_(byte_offset) {
   for (int64_t d : shape_) {
     if (d < 0) throw ShapeError("tensor", "negative dimension in shape " + to_string(shape_));
   }
@@ -71,7 +86,9 @@ int64_t Tensor::dim(int i) const {
   return shape_[static_cast<size_t>(k)];
 }
 
-Device Tensor::device() const { return storage_ ? storage_->device : Device{}; }
+Device Tensor::device() const {
+  return storage_ ? storage_->device : Device{};
+}
 
 void* Tensor::raw() const {
   if (!storage_) return nullptr;

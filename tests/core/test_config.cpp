@@ -90,8 +90,7 @@ TEST(Config, UnknownKeySuggestsTheNearestOne) {
 TEST(Config, UnknownTopLevelAndNestedKeys) {
   EXPECT_NE(error_of(std::string(kTiny) + "trian: {steps: 3}\n").find("did you mean 'train'"),
             std::string::npos);
-  const std::string m =
-      error_of(replace(kTiny, "head_dim: 8}", "head_dim: 8, rope: {bsae: 10}}"));
+  const std::string m = error_of(replace(kTiny, "head_dim: 8}", "head_dim: 8, rope: {bsae: 10}}"));
   EXPECT_NE(m.find("unknown key 'bsae' in model.attention.rope"), std::string::npos) << m;
   EXPECT_NE(m.find("did you mean 'base'"), std::string::npos) << m;
 }
@@ -101,7 +100,8 @@ TEST(Config, WrongTypesAndRanges) {
   EXPECT_NE(m.find("model.n_layers expects integer, got 'two'"), std::string::npos) << m;
   EXPECT_NE(m.find("t.yaml:5:13"), std::string::npos) << m;
   m = error_of(replace(kTiny, "hidden_dim: 32", "hidden_dim: -5"));
-  EXPECT_NE(m.find("model.hidden_dim = -5 is out of range; it must be >= 1"), std::string::npos) << m;
+  EXPECT_NE(m.find("model.hidden_dim = -5 is out of range; it must be >= 1"), std::string::npos)
+      << m;
   m = error_of(replace(kTiny, "n_layers: 2", "n_layers: 1.5"));
   EXPECT_NE(m.find("expects integer"), std::string::npos) << m;
 }
@@ -136,8 +136,8 @@ TEST(Config, MoeAndFfnAreExclusive) {
 }
 
 TEST(Config, DottedOverridesApplyAndAreBlamedForErrors) {
-  const RunConfig cfg = resolve(kTiny, {"model.n_layers=3", "model.moe.router.top_k=1",
-                                        "train.optimizer.lr=0.5"});
+  const RunConfig cfg =
+      resolve(kTiny, {"model.n_layers=3", "model.moe.router.top_k=1", "train.optimizer.lr=0.5"});
   EXPECT_EQ(cfg.model.n_layers, 3);
   EXPECT_EQ(cfg.model.router.options.get_int("top_k"), 1);
   EXPECT_DOUBLE_EQ(cfg.train.optimizer.options.get_float("lr"), 0.5);

@@ -27,11 +27,18 @@ const RejectedLibrary* rejected_named(const Registry& r, const std::string& frag
 
 TEST(Registry, FindsEveryBuiltInPluginFromTheBuildTree) {
   const Registry& r = test::registry();
-  for (const auto& [kind, name] : std::vector<std::pair<std::string, std::string>>{
-           {"backend", "cpu"}, {"attention", "mqa"}, {"moe", "topk"}, {"moe", "swiglu"},
-           {"ffn", "swiglu"}, {"norm", "rmsnorm"}, {"optim", "adamw"},
-           {"schedule", "warmup_cosine"}, {"decode", "greedy"}, {"decode", "top_p"},
-           {"tokenizer", "byte"}}) {
+  for (const auto& [kind, name] :
+       std::vector<std::pair<std::string, std::string>>{{"backend", "cpu"},
+                                                        {"attention", "mqa"},
+                                                        {"moe", "topk"},
+                                                        {"moe", "swiglu"},
+                                                        {"ffn", "swiglu"},
+                                                        {"norm", "rmsnorm"},
+                                                        {"optim", "adamw"},
+                                                        {"schedule", "warmup_cosine"},
+                                                        {"decode", "greedy"},
+                                                        {"decode", "top_p"},
+                                                        {"tokenizer", "byte"}}) {
     EXPECT_TRUE(has_plugin(r, kind, name)) << kind << "/" << name;
   }
   for (const PluginInfo& p : r.plugins()) {
@@ -48,7 +55,8 @@ TEST(Registry, SkipsForeignAndMismatchedLibrariesWithReasons) {
   const RejectedLibrary* abi = rejected_named(r, "wrong_abi");
   ASSERT_NE(abi, nullptr);
   EXPECT_NE(abi->reason.find("ABI version 999"), std::string::npos) << abi->reason;
-  EXPECT_NE(abi->reason.find("ABI version " + std::to_string(kPluginAbiVersion)), std::string::npos);
+  EXPECT_NE(abi->reason.find("ABI version " + std::to_string(kPluginAbiVersion)),
+            std::string::npos);
   const RejectedLibrary* tag = rejected_named(r, "bad_tag");
   ASSERT_NE(tag, nullptr);
   EXPECT_NE(tag->reason.find("gcc-1;libstdc++-1"), std::string::npos) << tag->reason;
@@ -81,7 +89,8 @@ TEST(Registry, FactoryErrorsCrossTheLibraryBoundaryAsConfigErrors) {
     FAIL() << "expected ConfigError";
   } catch (const ConfigError& e) {
     const std::string m = e.what();
-    EXPECT_NE(m.find("[norm/always_fails] model.norm.level is always wrong"), std::string::npos) << m;
+    EXPECT_NE(m.find("[norm/always_fails] model.norm.level is always wrong"), std::string::npos)
+        << m;
     EXPECT_NE(m.find("f.yaml:2:10"), std::string::npos) << m;
   }
 }

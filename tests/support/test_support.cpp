@@ -24,10 +24,18 @@ Options::Value parse_value(const OptionSpec& spec, const std::string& text) {
     return v;
   }
   switch (spec.type) {
-    case OptionType::kInt: v.int_value = std::stoll(text); break;
-    case OptionType::kFloat: v.float_value = std::stod(text); break;
-    case OptionType::kBool: v.bool_value = (text == "true"); break;
-    case OptionType::kString: v.string_value = text; break;
+    case OptionType::kInt:
+      v.int_value = std::stoll(text);
+      break;
+    case OptionType::kFloat:
+      v.float_value = std::stod(text);
+      break;
+    case OptionType::kBool:
+      v.bool_value = (text == "true");
+      break;
+    case OptionType::kString:
+      v.string_value = text;
+      break;
   }
   return v;
 }

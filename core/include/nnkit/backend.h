@@ -28,7 +28,7 @@ struct AttentionShape {
   int64_t n_kv_heads = 0;
   int64_t head_dim = 0;
   int64_t q_offset = 0;
-  float scale = 1.0f;       // usually 1/sqrt(head_dim)
+  float scale = 1.0f;  // usually 1/sqrt(head_dim)
 };
 
 // One AdamW step: m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;

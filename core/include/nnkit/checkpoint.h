@@ -25,10 +25,10 @@
 namespace nnkit {
 
 struct TrainerState {
-  int64_t step = 0;             // optimizer steps completed
+  int64_t step = 0;  // optimizer steps completed
   int64_t tokens_seen = 0;
   int64_t bad_steps_in_a_row = 0;
-  std::string loader_state;     // WindowLoader::State, serialised
+  std::string loader_state;  // WindowLoader::State, serialised
 };
 
 struct CheckpointRef {

@@ -62,7 +62,7 @@ class NNKIT_API UsageError : public Error {
 }  // namespace nnkit
 
 // Throws ShapeError tagged with `component` unless `cond` holds.
-#define NNKIT_CHECK_SHAPE(cond, component, message) \
-  do {                                              \
+#define NNKIT_CHECK_SHAPE(cond, component, message)                 \
+  do {                                                              \
     if (!(cond)) throw ::nnkit::ShapeError((component), (message)); \
   } while (0)

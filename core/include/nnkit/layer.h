@@ -19,27 +19,27 @@
 namespace nnkit {
 
 struct Parameter {
-  std::string name;         // relative to the owner, HF style: "q_proj.weight"
+  std::string name;  // relative to the owner, HF style: "q_proj.weight"
   Shape shape;
   float init_std = 0.02f;   // Normal(0, init_std) when > 0 ...
   float init_value = 0.0f;  // ... else filled with init_value (norm weights: 1)
   bool decay = true;        // AdamW weight decay applies (false for norms/embeddings by default)
   bool is_embedding = false;
-  Tensor value;             // (shape) allocated by the model builder
-  Tensor grad;              // (shape) same, zeroed by the trainer between steps
+  Tensor value;  // (shape) allocated by the model builder
+  Tensor grad;   // (shape) same, zeroed by the trainer between steps
 };
 
 // Per-call facts shared by every layer of one forward/backward pass.
 struct ForwardContext {
   Backend* backend = nullptr;
-  int64_t batch = 0;         // B
-  int64_t seq = 0;           // T (rows of x are B*T, batch-major)
-  Tensor positions;          // (B*T) i32 absolute positions for RoPE
-  Tensor kv_start;           // (B) i32 first valid key per sequence (left padding) or undefined
-  bool training = false;     // save activations for backward
-  bool use_kv_cache = false; // incremental decoding: append K/V at cache_len, attend to the cache
-  int64_t cache_len = 0;     // tokens already in the KV cache
-  float loss_scale = 1.0f;   // d(objective)/d(this pass's loss); auxiliary losses scale by it
+  int64_t batch = 0;          // B
+  int64_t seq = 0;            // T (rows of x are B*T, batch-major)
+  Tensor positions;           // (B*T) i32 absolute positions for RoPE
+  Tensor kv_start;            // (B) i32 first valid key per sequence (left padding) or undefined
+  bool training = false;      // save activations for backward
+  bool use_kv_cache = false;  // incremental decoding: append K/V at cache_len, attend to the cache
+  int64_t cache_len = 0;      // tokens already in the KV cache
+  float loss_scale = 1.0f;    // d(objective)/d(this pass's loss); auxiliary losses scale by it
 };
 
 class NNKIT_API Layer : public Component {
@@ -90,11 +90,11 @@ class NNKIT_API Attention : public Layer {
 
 // Statistics of one layer's auxiliary losses and expert load, read after forward.
 struct AuxStats {
-  double aux_loss = 0.0;         // unweighted load-balancing loss of this layer
-  double aux_weight = 0.0;       // its weight in the objective
-  double z_loss = 0.0;           // unweighted router z-loss (0 when disabled)
+  double aux_loss = 0.0;    // unweighted load-balancing loss of this layer
+  double aux_weight = 0.0;  // its weight in the objective
+  double z_loss = 0.0;      // unweighted router z-loss (0 when disabled)
   double z_weight = 0.0;
-  double dropped_fraction = 0.0; // token-slots dropped by the capacity limit
+  double dropped_fraction = 0.0;        // token-slots dropped by the capacity limit
   std::vector<double> expert_fraction;  // f_i: share of routed slots per expert
 };
 

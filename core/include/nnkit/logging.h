@@ -3,10 +3,10 @@
 // Ownership: the logger lives in the core library for the life of the process.
 #pragma once
 
+#include <spdlog/spdlog.h>
+
 #include <memory>
 #include <string>
-
-#include <spdlog/spdlog.h>
 
 #include "nnkit/export.h"
 

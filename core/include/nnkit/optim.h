@@ -27,8 +27,8 @@ class NNKIT_API Optimizer : public Component {
   virtual void set_step_count(int64_t steps) = 0;
   // Named state tensors ("exp_avg.<param name>", ...), allocating them if needed, in a fixed
   // order; checkpoints save them and restore by copying into the same tensors.
-  virtual std::vector<std::pair<std::string, Tensor>> state(Backend& backend,
-                                                            const std::vector<Parameter*>& params) = 0;
+  virtual std::vector<std::pair<std::string, Tensor>> state(
+      Backend& backend, const std::vector<Parameter*>& params) = 0;
 };
 
 class NNKIT_API Schedule : public Component {

@@ -20,7 +20,7 @@ enum class OptionType : uint8_t { kInt, kFloat, kBool, kString };
 NNKIT_API const char* option_type_name(OptionType type);
 
 struct OptionSpec {
-  std::string name;           // dotted for nested maps: "rope.base"
+  std::string name;  // dotted for nested maps: "rope.base"
   OptionType type = OptionType::kInt;
   std::string default_value;  // YAML text; "" = required, "null" = optional with no value
   std::optional<double> min;  // inclusive bounds for numbers
@@ -39,7 +39,8 @@ struct SourceLocation {
 class NNKIT_API Options {
  public:
   Options() = default;
-  // `component` tags errors ("attention/mqa"); `path` is the YAML path of the map ("model.attention").
+  // `component` tags errors ("attention/mqa"); `path` is the YAML path of the map
+  // ("model.attention").
   Options(std::string component, std::string path, SourceLocation location);
 
   struct Value {

@@ -21,10 +21,10 @@ namespace nnkit {
 struct TrainRequest {
   RunConfig config;
   const Registry* registry = nullptr;
-  std::filesystem::path run_dir;       // created if missing; must be writable
-  bool resume = false;                 // continue from the newest checkpoint in run_dir
-  std::filesystem::path data;          // token file; empty = config.train.data
-  bool progress_bar = false;           // redraw one line on a TTY instead of log lines
+  std::filesystem::path run_dir;         // created if missing; must be writable
+  bool resume = false;                   // continue from the newest checkpoint in run_dir
+  std::filesystem::path data;            // token file; empty = config.train.data
+  bool progress_bar = false;             // redraw one line on a TTY instead of log lines
   std::function<bool()> stop_requested;  // polled after every step (Ctrl-C)
 };
 

@@ -28,8 +28,9 @@
 #endif
 
 // Identifies everything that must match for C++ objects to cross the plugin boundary safely.
-#define NNKIT_BUILD_TAG \
-  NNKIT_COMPILER_TAG ";" NNKIT_STDLIB_TAG ";nnkit-" NNKIT_VERSION_STRING ";cxx" NNKIT_STRINGIFY(__cplusplus)
+#define NNKIT_BUILD_TAG                                                  \
+  NNKIT_COMPILER_TAG ";" NNKIT_STDLIB_TAG ";nnkit-" NNKIT_VERSION_STRING \
+                     ";cxx" NNKIT_STRINGIFY(__cplusplus)
 
 namespace nnkit {
 

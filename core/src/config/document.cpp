@@ -32,8 +32,9 @@ ConfigDocument ConfigDocument::parse(const std::string& text, const std::string&
   }
   if (doc.impl_->root.IsNull()) doc.impl_->root = YAML::Node(YAML::NodeType::Map);
   if (!doc.impl_->root.IsMap()) {
-    throw ConfigError("config", source_name + " must be a YAML mapping (key: value lines) at the "
-                                              "top level, like configs/tiny.yaml");
+    throw ConfigError("config", source_name +
+                                    " must be a YAML mapping (key: value lines) at the "
+                                    "top level, like configs/tiny.yaml");
   }
   return doc;
 }
@@ -44,8 +45,9 @@ ConfigDocument ConfigDocument::load_file(const std::filesystem::path& path) {
     throw ConfigError("config", "config file " + path.string() + " does not exist");
   }
   if (std::filesystem::is_directory(path, ec)) {
-    throw ConfigError("config", path.string() + " is a directory; pass a YAML file such as "
-                                                "configs/tiny.yaml");
+    throw ConfigError("config", path.string() +
+                                    " is a directory; pass a YAML file such as "
+                                    "configs/tiny.yaml");
   }
   std::ifstream in(path, std::ios::binary);
   if (!in) throw ConfigError("config", "cannot read config file " + path.string());
@@ -116,7 +118,9 @@ std::vector<std::filesystem::path> ConfigDocument::plugin_paths() const {
   return paths;
 }
 
-const std::string& ConfigDocument::source_name() const { return impl_->source_name; }
+const std::string& ConfigDocument::source_name() const {
+  return impl_->source_name;
+}
 
 std::string ConfigDocument::dump() const {
   YAML::Emitter out;

@@ -2,10 +2,10 @@
 // yaml-cpp tree and the origin of values that came from the command line.
 #pragma once
 
+#include <yaml-cpp/yaml.h>
+
 #include <map>
 #include <string>
-
-#include <yaml-cpp/yaml.h>
 
 #include "nnkit/config.h"
 
@@ -13,9 +13,9 @@ namespace nnkit {
 
 struct ConfigDocument::Impl {
   YAML::Node root;
-  std::string source_name;                               // file path or "<string>"
-  std::filesystem::path base_dir;                        // for relative plugin paths
-  std::map<std::string, std::string> override_text;      // dotted path -> "a.b=1"
+  std::string source_name;                           // file path or "<string>"
+  std::filesystem::path base_dir;                    // for relative plugin paths
+  std::map<std::string, std::string> override_text;  // dotted path -> "a.b=1"
 
   // Where the node at dotted `path` came from.
   SourceLocation location(const YAML::Node& node, const std::string& path) const {

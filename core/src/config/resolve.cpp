@@ -61,7 +61,8 @@ void check_keys(const Impl& doc, const YAML::Node& node, const std::string& path
         const size_t d = edit_distance(key, candidate);
         if (d < best_distance) best_distance = d, best = candidate;
       }
-      std::string message = "unknown key '" + key + "' in " + (path.empty() ? "the top level" : path);
+      std::string message =
+          "unknown key '" + key + "' in " + (path.empty() ? "the top level" : path);
       if (!best.empty() && best_distance <= std::max<size_t>(2, key.size() / 3)) {
         message += "; did you mean '" + best + "'?";
       } else if (!allowed.empty()) {
@@ -108,13 +109,16 @@ Options::Value parse_value(const YAML::Node& node, const OptionSpec& spec, const
     return v;
   }
   if (!node.IsScalar()) {
-    fail_at(component, key + " expects " + std::string(option_type_name(spec.type)) + ", got " +
-                           node_kind(node), where);
+    fail_at(
+        component,
+        key + " expects " + std::string(option_type_name(spec.type)) + ", got " + node_kind(node),
+        where);
   }
   const std::string text = node.Scalar();
   auto wrong = [&]() {
-    fail_at(component, key + " expects " + std::string(option_type_name(spec.type)) + ", got '" +
-                           text + "'", where);
+    fail_at(component,
+            key + " expects " + std::string(option_type_name(spec.type)) + ", got '" + text + "'",
+            where);
   };
   double number = 0.0;
   switch (spec.type) {
@@ -135,12 +139,17 @@ Options::Value parse_value(const YAML::Node& node, const OptionSpec& spec, const
     }
     case OptionType::kBool: {
       const std::string t = lower(text);
-      if (t == "true" || t == "yes" || t == "on") v.bool_value = true;
-      else if (t == "false" || t == "no" || t == "off") v.bool_value = false;
-      else wrong();
+      if (t == "true" || t == "yes" || t == "on")
+        v.bool_value = true;
+      else if (t == "false" || t == "no" || t == "off")
+        v.bool_value = false;
+      else
+        wrong();
       break;
     }
-    case OptionType::kString: v.string_value = text; break;
+    case OptionType::kString:
+      v.string_value = text;
+      break;
   }
   if (spec.type == OptionType::kInt || spec.type == OptionType::kFloat) {
     const bool below = spec.min && number < *spec.min;
@@ -262,12 +271,12 @@ PluginChoice resolve_slot(const Impl& doc, const Registry& registry, const YAML:
     }
   }
   if (type.empty()) {
-    fail_at("config", "missing required key '" + path + ".type' (which " + kind +
-                          " plugin to use; `nnkit plugins` lists them)",
+    fail_at("config",
+            "missing required key '" + path + ".type' (which " + kind +
+                " plugin to use; `nnkit plugins` lists them)",
             doc.location(node, path));
   }
-  const PluginInfo& info =
-      registry.require(kind, type, path + ".type at " + type_location.str());
+  const PluginInfo& info = registry.require(kind, type, path + ".type at " + type_location.str());
   PluginChoice choice;
   choice.kind = kind;
   choice.name = type;
@@ -313,10 +322,9 @@ RunConfig resolve_config(const ConfigDocument& document, const Registry& registr
   cfg.source_name = doc.source_name;
   cfg.plugin_paths = document.plugin_paths();
 
-  const Options top = read_options(doc, root, "", "config",
-                                   {int_spec("seed", "1234", 0, "random seed")},
-                                   {"model", "backend", "tokenizer", "train", "decode",
-                                    "plugin_paths"});
+  const Options top =
+      read_options(doc, root, "", "config", {int_spec("seed", "1234", 0, "random seed")},
+                   {"model", "backend", "tokenizer", "train", "decode", "plugin_paths"});
   cfg.seed = top.get_int("seed");
 
   // ---- model
@@ -341,9 +349,10 @@ RunConfig resolve_config(const ConfigDocument& document, const Registry& registr
   const bool has_moe = model["moe"].IsDefined() && !model["moe"].IsNull();
   const bool has_ffn = model["ffn"].IsDefined() && !model["ffn"].IsNull();
   if (has_moe == has_ffn) {
-    fail_at("config", has_moe ? "model has both 'moe' and 'ffn'; a block uses one of them"
-                              : "model needs a feed-forward: either 'moe' (router + experts) or "
-                                "'ffn' (dense)",
+    fail_at("config",
+            has_moe ? "model has both 'moe' and 'ffn'; a block uses one of them"
+                    : "model needs a feed-forward: either 'moe' (router + experts) or "
+                      "'ffn' (dense)",
             doc.location(model, "model"));
   }
   m.is_moe = has_moe;
@@ -366,8 +375,8 @@ RunConfig resolve_config(const ConfigDocument& document, const Registry& registr
 
   // ---- training
   const YAML::Node train = root["train"];
-  const Options to = read_options(doc, train, "train", "config", train_specs(),
-                                  {"optimizer", "schedule"});
+  const Options to =
+      read_options(doc, train, "train", "config", train_specs(), {"optimizer", "schedule"});
   TrainConfig& t = cfg.train;
   t.steps = to.get_int("steps");
   t.batch_size = to.get_int("batch_size");
@@ -397,8 +406,9 @@ RunConfig resolve_config(const ConfigDocument& document, const Registry& registr
   const YAML::Node decode = root["decode"];
   if (decode.IsDefined() && !decode.IsNull()) {
     if (!decode.IsSequence()) {
-      fail_at("config", "decode must be a list of samplers, e.g. [{type: top_k, k: 50}, "
-                        "{type: temperature, value: 0.8}]",
+      fail_at("config",
+              "decode must be a list of samplers, e.g. [{type: top_k, k: 50}, "
+              "{type: temperature, value: 0.8}]",
               doc.location(decode, "decode"));
     }
     for (size_t i = 0; i < decode.size(); ++i) {
@@ -418,10 +428,14 @@ namespace {
 YAML::Node scalar_node(const Options::Value& v) {
   if (v.is_null) return YAML::Node(YAML::NodeType::Null);
   switch (v.type) {
-    case OptionType::kInt: return YAML::Node(v.int_value);
-    case OptionType::kFloat: return YAML::Node(format_number(v.float_value));
-    case OptionType::kBool: return YAML::Node(v.bool_value);
-    case OptionType::kString: return YAML::Node(v.string_value);
+    case OptionType::kInt:
+      return YAML::Node(v.int_value);
+    case OptionType::kFloat:
+      return YAML::Node(format_number(v.float_value));
+    case OptionType::kBool:
+      return YAML::Node(v.bool_value);
+    case OptionType::kString:
+      return YAML::Node(v.string_value);
   }
   return YAML::Node();
 }
