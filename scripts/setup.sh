@@ -11,6 +11,7 @@ packages=(
   libyaml-cpp-dev libspdlog-dev libfmt-dev nlohmann-json3-dev
   libopenblas-openmp-dev  # the OpenMP build of OpenBLAS: one threading runtime with our loops
   libgtest-dev libgmock-dev
+  libsentencepiece-dev    # tokenizer/sentencepiece (optional: skipped when missing)
   fortunes fortunes-min   # the demo corpus: real English text
 )
 if [ "${NNKIT_SKIP_APT:-0}" != "1" ]; then

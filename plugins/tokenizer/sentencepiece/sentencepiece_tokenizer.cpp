@@ -1,0 +1,122 @@
+// Purpose: `tokenizer/sentencepiece`: a SentencePiece model file (unigram or BPE; the ones
+// `nnkit tokenizer train` writes, or a Llama/Mistral `tokenizer.model`) through Debian's
+// libsentencepiece. Special ids are the model's own: models trained by nnkit use pad 0, unk 1,
+// bos 2, eos 3; HF Llama-family models use unk 0, bos 1, eos 2 and have no pad, in which case
+// pad_id() reports the unk id (pad positions are never predicted, only skipped).
+// `model:` may be absolute, relative to the folder of the config file that names it (so a run
+// directory can be moved), or relative to the working directory, tried in that order.
+// Ownership: the tokenizer owns its SentencePieceProcessor; encode/decode are const and
+// thread-safe (SentencePieceProcessor's encode/decode are const and keep no per-call state).
+#include <sentencepiece_processor.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+#include "nnkit/error.h"
+#include "nnkit/plugin.h"
+#include "nnkit/tokenizer.h"
+
+namespace nnkit::tokenizer {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Where `model` points: see the header comment for the order.
+fs::path resolve_model_path(const Options& options) {
+  const fs::path given = options.get_string("model");
+  if (given.empty())
+    options.fail("model", "is empty; give the path of a SentencePiece .model file");
+  if (given.is_absolute()) return given;
+  std::error_code ec;
+  const fs::path config_file = options.location_of("model").file;
+  if (!config_file.empty() && fs::is_regular_file(config_file, ec)) {
+    const fs::path beside = config_file.parent_path() / given;
+    if (fs::exists(beside, ec)) return beside;
+  }
+  return given;
+}
+
+class SentencePieceTokenizer final : public Tokenizer {
+ public:
+  explicit SentencePieceTokenizer(const Options& options) {
+    const fs::path path = resolve_model_path(options);
+    std::error_code ec;
+    if (!fs::is_regular_file(path, ec)) {
+      options.fail("model", "SentencePiece model file " + path.string() +
+                                " does not exist (train one with `nnkit tokenizer train`)");
+    }
+    const auto status = processor_.Load(path.string());
+    if (!status.ok()) {
+      options.fail("model",
+                   "cannot load SentencePiece model " + path.string() + ": " + status.ToString());
+    }
+    vocab_size_ = processor_.GetPieceSize();
+    unk_id_ = processor_.unk_id();
+    bos_id_ = processor_.bos_id();
+    eos_id_ = processor_.eos_id();
+    pad_id_ = processor_.pad_id() >= 0 ? processor_.pad_id() : unk_id_;
+    if (bos_id_ < 0 || eos_id_ < 0) {
+      options.fail("model", "SentencePiece model " + path.string() +
+                                " has no BOS or EOS piece; nnkit needs both (train with "
+                                "`nnkit tokenizer train`, which sets pad 0, unk 1, bos 2, eos 3)");
+    }
+  }
+
+  int64_t vocab_size() const override { return vocab_size_; }
+  int32_t pad_id() const override { return pad_id_; }
+  int32_t unk_id() const override { return unk_id_; }
+  int32_t bos_id() const override { return bos_id_; }
+  int32_t eos_id() const override { return eos_id_; }
+
+  std::vector<int32_t> encode(std::string_view text) const override {
+    std::vector<int> ids;
+    const auto status = processor_.Encode(text, &ids);
+    if (!status.ok()) throw Error(id(), "cannot encode text: " + status.ToString());
+    return {ids.begin(), ids.end()};
+  }
+
+  std::string decode(const std::vector<int32_t>& ids) const override {
+    // Ids past this vocabulary (a model head larger than the tokenizer) carry no text; the
+    // library would refuse the whole sequence for one of them.
+    std::vector<int> kept;
+    kept.reserve(ids.size());
+    for (int32_t id : ids) {
+      if (id >= 0 && id < vocab_size_) kept.push_back(id);
+    }
+    std::string text;
+    const auto status = processor_.Decode(kept, &text);
+    if (!status.ok()) throw Error(id(), "cannot decode ids: " + status.ToString());
+    return text;
+  }
+
+ private:
+  sentencepiece::SentencePieceProcessor processor_;
+  int32_t vocab_size_ = 0;
+  int32_t pad_id_ = 0;
+  int32_t unk_id_ = 0;
+  int32_t bos_id_ = 0;
+  int32_t eos_id_ = 0;
+};
+
+std::vector<OptionSpec> sentencepiece_options() {
+  return {
+      {"model", OptionType::kString, "", std::nullopt, std::nullopt,
+       "path of the SentencePiece .model file (absolute, beside the config, or from the working "
+       "directory)"},
+  };
+}
+
+Component* create_sentencepiece(const CreateArgs& args) {
+  return new SentencePieceTokenizer(args.options);
+}
+
+}  // namespace
+}  // namespace nnkit::tokenizer
+
+NNKIT_PLUGIN(tokenizer, sentencepiece, "0.1.0",
+             "SentencePiece unigram/BPE model file (libsentencepiece)",
+             &nnkit::tokenizer::sentencepiece_options, &nnkit::tokenizer::create_sentencepiece)
