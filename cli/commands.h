@@ -16,5 +16,8 @@ int run_train(const Args& args);
 int run_generate(const Args& args);
 int run_data(const Args& args);
 int run_plot(const Args& args);
+int run_tokenizer(const Args& args);
+int run_convert(const Args& args);
+int run_logits(const Args& args);
 
 }  // namespace nnkit::cli

@@ -28,6 +28,9 @@ const std::map<std::string, CommandEntry>& commands() {
       {"generate", {nnkit::cli::run_generate, "generate text with a sampler chain"}},
       {"data", {nnkit::cli::run_data, "prepare token files (data prepare)"}},
       {"plot", {nnkit::cli::run_plot, "loss curve of a run as SVG"}},
+      {"tokenizer", {nnkit::cli::run_tokenizer, "train / inspect SentencePiece tokenizers"}},
+      {"convert", {nnkit::cli::run_convert, "Hugging Face folders <-> run directories"}},
+      {"logits", {nnkit::cli::run_logits, "raw logits of a few ids (parity checks)"}},
   };
   return table;
 }
