@@ -166,6 +166,7 @@ TrainSummary train(const TrainRequest& request) {
   ensure_writable_directory(request.run_dir);
   CheckpointStore store(request.run_dir);
   std::optional<CheckpointRef> resume_from;
+  std::string previous_data;  // the token file the run trained on (its stored train.data)
   if (request.resume) {
     resume_from = store.require_latest();
     const std::string stored = CheckpointStore::read_config(*resume_from);
@@ -180,6 +181,7 @@ TrainSummary train(const TrainRequest& request) {
                  ") or start a new run with --out";
       throw ConfigError("train", message);
     }
+    previous_data = previous.train.data;
     if (previous.train.steps != tc.steps) {
       log->info("train.steps changed from {} to {} on resume", previous.train.steps, tc.steps);
     }
@@ -189,6 +191,7 @@ TrainSummary train(const TrainRequest& request) {
                                    request.run_dir.string() + " or choose another --out");
   }
   fs::path data_path = request.data.empty() ? fs::path(tc.data) : request.data;
+  if (data_path.empty()) data_path = previous_data;  // `--resume RUN` keeps the run's data
   if (data_path.empty()) {
     throw ConfigError("train", "no training data: pass --data FILE or set train.data (make a token "
                                "file with `nnkit data prepare INPUT... -o FILE`)");
@@ -220,7 +223,11 @@ TrainSummary train(const TrainRequest& request) {
   } else {
     model.init_random(static_cast<uint64_t>(cfg.seed));
   }
-  const std::string config_yaml = cfg.to_yaml();
+  // The stored config names the data actually used (also when it came from --data), as an
+  // absolute path, so that `nnkit train --resume RUN` finds it again from any directory.
+  RunConfig stored_config = cfg;
+  stored_config.train.data = fs::absolute(data_path).string();
+  const std::string config_yaml = stored_config.to_yaml();
   write_file_atomic(request.run_dir / "config.yaml", config_yaml);
   const fs::path metrics_path = request.run_dir / "metrics.jsonl";
   if (resume_from) truncate_metrics(metrics_path, state.step);
