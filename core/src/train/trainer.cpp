@@ -264,6 +264,18 @@ TrainSummary train(const TrainRequest& request) {
     log->info("checkpoint ({}) at step {}: {}", why, state.step, summary.last_checkpoint.string());
   };
 
+  // After every step, taken or skipped: the periodic checkpoint and the Ctrl-C check. Returns
+  // true when the run was interrupted.
+  auto end_of_step = [&]() {
+    const bool checkpoint_now = tc.checkpoint_every > 0 && state.step % tc.checkpoint_every == 0;
+    if (checkpoint_now && state.step < tc.steps) save("periodic");
+    if (request.stop_requested && request.stop_requested()) {
+      save("interrupted");
+      summary.interrupted = true;
+    }
+    return summary.interrupted;
+  };
+
   while (state.step < tc.steps) {
     const int64_t step = state.step;
     model.zero_grads();
@@ -298,6 +310,7 @@ TrainSummary train(const TrainRequest& request) {
                                  "--resume from the last checkpoint");
       }
       ++state.step;  // the data was consumed; the step counts as taken but changes nothing
+      if (end_of_step()) break;
       continue;
     }
     state.bad_steps_in_a_row = 0;
@@ -361,13 +374,7 @@ TrainSummary train(const TrainRequest& request) {
                 format_duration(remaining),
                 eval_now ? fmt::format(" val_loss {:.4f}", summary.last_val_loss) : "");
     }
-    const bool checkpoint_now = tc.checkpoint_every > 0 && state.step % tc.checkpoint_every == 0;
-    if (checkpoint_now && state.step < tc.steps) save("periodic");
-    if (request.stop_requested && request.stop_requested()) {
-      save("interrupted");
-      summary.interrupted = true;
-      break;
-    }
+    if (end_of_step()) break;
   }
   if (!summary.interrupted) save("final");
   summary.last_step = state.step;
