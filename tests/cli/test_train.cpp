@@ -207,6 +207,16 @@ TEST_F(Train, NonFiniteStepsAreSkipped) {
   EXPECT_TRUE(fs::exists(run / "checkpoints" / "step-00000010" / "MANIFEST.json"));
 }
 
+TEST_F(Train, ASkippedStepStillWritesItsPeriodicCheckpoint) {
+  const fs::path run = path("run");
+  // 0-based index 4 is step 5, the first periodic checkpoint (checkpoint_every 5).
+  ASSERT_NO_FATAL_FAILURE(train_ok(run, {}, {"NNKIT_FAULT_NAN_STEPS=4"}));
+  const fs::path five = run / "checkpoints" / "step-00000005";
+  ASSERT_TRUE(fs::exists(five / "MANIFEST.json"));
+  EXPECT_EQ(Json::parse(read_text(five / "trainer.json")).at("bad_steps_in_a_row").get<int64_t>(),
+            1);
+}
+
 TEST_F(Train, TooManyConsecutiveNonFiniteStepsStopTheRun) {
   const fs::path run = path("run");
   const RunResult r = run_nnkit({"train", config_.string(), "--data", tokens_.string(), "--out",
