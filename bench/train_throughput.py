@@ -43,9 +43,10 @@ def nnkit_train(args, extra):
         lines = [l for l in lines if "tokens_per_s" in l]
         per_step = lines[0]["tokens"]  # tokens per optimiser step
         # Window boundaries: the line where the reported rate changes closes a window.
+        # The last window is left out too: the final step runs the end-of-training validation.
         tokens = seconds = 0.0
         prev_rate, first_step_of_window = None, 1
-        for l in lines:
+        for l in lines[:-1]:
             rate = l["tokens_per_s"]
             if rate != prev_rate:  # this step closed a window [first_step_of_window, step]
                 n = l["step"] - first_step_of_window + 1

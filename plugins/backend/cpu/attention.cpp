@@ -6,10 +6,12 @@
 // scale Q K^T over the keys its last row can see, and its output P V, are two strided sgemm calls
 // (single-threaded inside our parallel region); masking and the softmax happen on the block in
 // between. Only keys a block can see are multiplied, so the causal half of the work is mostly
-// skipped. Backward recomputes P from lse (nothing of size T^2 is stored between passes). It runs
-// one task per (batch, query head); with GQA/MQA several heads feed one dk/dv slice, so each head
-// accumulates into its own scratch slice and a final pass sums the group in head order
-// (race-free and deterministic).
+// skipped. With one KV head (MQA) all query heads of a block are folded into the same products
+// (see Geometry::fold). Backward recomputes P from lse (nothing of size T^2 is stored between
+// passes). It runs one task per (batch, query head), or per batch row when folded (the task then
+// owns the KV head's dk/dv); with GQA several heads feed one dk/dv slice, so each head accumulates
+// into its own scratch slice and a final pass sums the group in head order (race-free and
+// deterministic). Small calls (decoding) run on the calling thread.
 #include <cblas.h>
 #include <omp.h>
 
@@ -28,13 +30,29 @@ namespace {
 
 constexpr int64_t kBlockQ = 64;
 
+// Multiply-adds below which a call runs on the calling thread: a decode step (one query row per
+// sequence) is a few microseconds of work, less than waking and joining a thread team.
+constexpr int64_t kParallelWork = int64_t{1} << 18;
+
+inline int64_t work_estimate(const AttentionShape& s) {
+  return s.batch * s.n_heads * s.q_len * std::max<int64_t>(s.kv_len, 1) * s.head_dim;
+}
+
 // The validated geometry with the derived strides.
 struct Geometry {
   int64_t batch, q_len, kv_len, cap, heads, kv_heads, dim, group, q_offset;
   float scale;
   int64_t q_ld;    // H * D: row stride of q, out, dout, dq
   int64_t kv_ld;   // Hkv * D: row stride of k, v, dk, dv
-  int64_t blocks;  // query blocks per (b, h)
+  // Query heads folded into one matrix (MQA): with one KV head, row t of q holds all H heads
+  // back to back, so q read as (T*H, D) with row stride D stacks every head of a block of
+  // positions into one product against the shared K and V (one sgemm instead of H, K/V packed
+  // once, and dk/dv summed inside the product). fold = H when n_kv_heads == 1, else 1.
+  int64_t fold;
+  int64_t row_ld;  // stride between consecutive matrix rows of q/out/dq: D folded, q_ld otherwise
+  int64_t vheads;  // H / fold: independent head tasks per batch row
+  int64_t bq;      // query positions per block
+  int64_t blocks;  // query blocks per (b, vhead)
 };
 
 Geometry check_geometry(const char* op, const AttentionShape& s, const Tensor& q, const Tensor& k,
@@ -62,7 +80,11 @@ Geometry check_geometry(const char* op, const AttentionShape& s, const Tensor& q
   g.scale = s.scale;
   g.q_ld = s.n_heads * s.head_dim;
   g.kv_ld = s.n_kv_heads * s.head_dim;
-  g.blocks = (s.q_len + kBlockQ - 1) / kBlockQ;
+  g.fold = (s.n_kv_heads == 1 && s.n_heads > 1) ? s.n_heads : 1;
+  g.row_ld = g.fold > 1 ? g.dim : g.q_ld;
+  g.vheads = g.heads / g.fold;
+  g.bq = std::max<int64_t>(1, std::min<int64_t>(kBlockQ, 4 * kBlockQ / g.fold));
+  g.blocks = (s.q_len + g.bq - 1) / g.bq;
   expect_tensor(op, "q", q, DType::kF32, {g.batch * g.q_len, g.q_ld});
   expect_tensor(op, "k", k, DType::kF32, {g.batch * g.cap, g.kv_ld});
   expect_tensor(op, "v", v, DType::kF32, {g.batch * g.cap, g.kv_ld});
@@ -129,38 +151,44 @@ void CpuBackend::attention_forward(const Tensor& q, const Tensor& k, const Tenso
   float* plse = ptr<float>(lse);
   const int64_t width = std::max<int64_t>(g.kv_len, 1);
   const int64_t workers = omp_get_max_threads();
-  Tensor scratch = empty({workers, kBlockQ * width});  // S/P block per thread
+  const int64_t max_rows = g.bq * g.fold;
+  Tensor scratch = empty({workers, max_rows * width});  // S/P block per thread
   float* pscratch = ptr<float>(scratch);
-  const int64_t tasks = g.batch * g.heads * g.blocks;
+  const int64_t tasks = g.batch * g.vheads * g.blocks;
+  const bool parallel = tasks > 1 && work_estimate(shape) > kParallelWork;
 
-#pragma omp parallel for schedule(dynamic, 1) if (tasks > 1)
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
   for (int64_t task = 0; task < tasks; ++task) {
     // Latest blocks first: they see the most keys, so the dynamic schedule balances better.
     const int64_t qb = g.blocks - 1 - task % g.blocks;
-    const int64_t h = (task / g.blocks) % g.heads;
-    const int64_t b = task / (g.blocks * g.heads);
-    const int64_t kvh = h / g.group;
-    const int64_t t0 = qb * kBlockQ, t1 = std::min(g.q_len, t0 + kBlockQ), m = t1 - t0;
+    const int64_t vh = (task / g.blocks) % g.vheads;
+    const int64_t b = task / (g.blocks * g.vheads);
+    const int64_t h0 = vh * g.fold;  // first query head of this task
+    const int64_t kvh = h0 / g.group;
+    const int64_t t0 = qb * g.bq, t1 = std::min(g.q_len, t0 + g.bq);
+    const int64_t m = (t1 - t0) * g.fold;  // matrix rows: row r is position t0 + r / fold
     const int64_t ks = key_begin(pstart, b);
     const int64_t nk = std::max<int64_t>(0, key_end(g, t1 - 1) - ks);
-    const float* Q = pq + (b * g.q_len + t0) * g.q_ld + h * g.dim;
+    const float* Q = pq + (b * g.q_len + t0) * g.q_ld + h0 * g.dim;
     const float* K = pk + (b * g.cap + ks) * g.kv_ld + kvh * g.dim;
     const float* V = pv + (b * g.cap + ks) * g.kv_ld + kvh * g.dim;
-    float* O = pout + (b * g.q_len + t0) * g.q_ld + h * g.dim;
-    float* L = plse + (b * g.q_len + t0) * g.heads + h;
+    float* O = pout + (b * g.q_len + t0) * g.q_ld + h0 * g.dim;
+    float* L = plse + (b * g.q_len + t0) * g.heads + h0;
+    // lse of matrix row r: L[(r / fold) * H + r % fold] (= L[r] folded, L[r * H] otherwise).
+    auto lse_at = [&](int64_t r) -> float& { return L[(r / g.fold) * g.heads + r % g.fold]; };
     if (nk == 0) {  // kv_start past every key this block may see
       for (int64_t r = 0; r < m; ++r) {
-        std::fill(O + r * g.q_ld, O + r * g.q_ld + g.dim, 0.0f);
-        L[r * g.heads] = -std::numeric_limits<float>::infinity();
+        std::fill(O + r * g.row_ld, O + r * g.row_ld + g.dim, 0.0f);
+        lse_at(r) = -std::numeric_limits<float>::infinity();
       }
       continue;
     }
-    float* S = pscratch + omp_get_thread_num() * kBlockQ * width;  // (m, nk)
-    sgemm(false, true, m, nk, g.dim, g.scale, Q, g.q_ld, K, g.kv_ld, 0.0f, S, nk);
+    float* S = pscratch + omp_get_thread_num() * max_rows * width;  // (m, nk)
+    sgemm(false, true, m, nk, g.dim, g.scale, Q, g.row_ld, K, g.kv_ld, 0.0f, S, nk);
     for (int64_t r = 0; r < m; ++r) {
-      L[r * g.heads] = softmax_prefix(S + r * nk, key_end(g, t0 + r) - ks, nk);
+      lse_at(r) = softmax_prefix(S + r * nk, key_end(g, t0 + r / g.fold) - ks, nk);
     }
-    sgemm(false, false, m, g.dim, nk, 1.0f, S, nk, V, g.kv_ld, 0.0f, O, g.q_ld);
+    sgemm(false, false, m, g.dim, nk, 1.0f, S, nk, V, g.kv_ld, 0.0f, O, g.row_ld);
   }
 }
 
@@ -192,8 +220,9 @@ void CpuBackend::attention_backward(const Tensor& dout, const Tensor& q, const T
     return;
   }
 
-  const bool shared_kv = g.group > 1;
-  // GQA/MQA: per-query-head dk/dv slices (B, H, kv_len, D), reduced over each group below.
+  // GQA with several KV heads: per-query-head dk/dv slices (B, H, kv_len, D), reduced over each
+  // group below. MHA writes dk/dv directly; so does MQA, whose folded task owns the KV head.
+  const bool shared_kv = g.group > 1 && g.fold == 1;
   Tensor head_grads;
   float* phk = nullptr;
   float* phv = nullptr;
@@ -204,18 +233,21 @@ void CpuBackend::attention_backward(const Tensor& dout, const Tensor& q, const T
     phv = phk + g.batch * g.heads * head_slice;
   }
   const int64_t width = std::max<int64_t>(g.kv_len, 1);
-  const int64_t per_worker = 2 * kBlockQ * width + kBlockQ;  // P, dP/dS, rowsum(dout * out)
+  const int64_t max_rows = g.bq * g.fold;
+  const int64_t per_worker = 2 * max_rows * width + max_rows;  // P, dP/dS, rowsum(dout * out)
   Tensor scratch = empty({static_cast<int64_t>(omp_get_max_threads()), per_worker});
   float* pscratch = ptr<float>(scratch);
-  const int64_t tasks = g.batch * g.heads;
+  const int64_t tasks = g.batch * g.vheads;
+  const bool parallel = tasks > 1 && work_estimate(shape) > kParallelWork;
 
-#pragma omp parallel for schedule(dynamic, 1) if (tasks > 1)
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
   for (int64_t task = 0; task < tasks; ++task) {
-    const int64_t h = task % g.heads, b = task / g.heads, kvh = h / g.group;
+    const int64_t vh = task % g.vheads, b = task / g.vheads;
+    const int64_t h0 = vh * g.fold, kvh = h0 / g.group;
     float* P = pscratch + omp_get_thread_num() * per_worker;
-    float* dS = P + kBlockQ * width;
-    float* delta = dS + kBlockQ * width;
-    // This task's dk/dv target: the (b, kvh) slice itself for MHA, its own scratch slice otherwise.
+    float* dS = P + max_rows * width;
+    float* delta = dS + max_rows * width;
+    // This task's dk/dv target: the (b, kvh) slice itself (MHA, MQA), its own scratch slice (GQA).
     float* dK;
     float* dV;
     int64_t ld;
@@ -236,38 +268,41 @@ void CpuBackend::attention_backward(const Tensor& dout, const Tensor& q, const T
     }
     const int64_t ks = key_begin(pstart, b);
     for (int64_t qb = 0; qb < g.blocks; ++qb) {
-      const int64_t t0 = qb * kBlockQ, t1 = std::min(g.q_len, t0 + kBlockQ), m = t1 - t0;
+      const int64_t t0 = qb * g.bq, t1 = std::min(g.q_len, t0 + g.bq);
+      const int64_t m = (t1 - t0) * g.fold;  // matrix rows: row r is position t0 + r / fold
       const int64_t row0 = b * g.q_len + t0;
-      const float* Q = pq + row0 * g.q_ld + h * g.dim;
-      const float* O = pout + row0 * g.q_ld + h * g.dim;
-      const float* dO = pdout + row0 * g.q_ld + h * g.dim;
-      const float* L = plse + row0 * g.heads + h;
-      float* dQ = pdq + row0 * g.q_ld + h * g.dim;
+      const float* Q = pq + row0 * g.q_ld + h0 * g.dim;
+      const float* O = pout + row0 * g.q_ld + h0 * g.dim;
+      const float* dO = pdout + row0 * g.q_ld + h0 * g.dim;
+      const float* L = plse + row0 * g.heads + h0;
+      float* dQ = pdq + row0 * g.q_ld + h0 * g.dim;
+      const int64_t rl = g.row_ld;
       const int64_t nk = std::max<int64_t>(0, key_end(g, t1 - 1) - ks);
       if (nk == 0) {
-        for (int64_t r = 0; r < m; ++r) std::fill(dQ + r * g.q_ld, dQ + r * g.q_ld + g.dim, 0.0f);
+        for (int64_t r = 0; r < m; ++r) std::fill(dQ + r * rl, dQ + r * rl + g.dim, 0.0f);
         continue;
       }
       const float* K = pk + (b * g.cap + ks) * g.kv_ld + kvh * g.dim;
       const float* V = pv + (b * g.cap + ks) * g.kv_ld + kvh * g.dim;
       // P = exp(scale Q K^T - lse) on the visible keys (forward's probabilities, recomputed).
-      sgemm(false, true, m, nk, g.dim, g.scale, Q, g.q_ld, K, g.kv_ld, 0.0f, P, nk);
+      sgemm(false, true, m, nk, g.dim, g.scale, Q, rl, K, g.kv_ld, 0.0f, P, nk);
       for (int64_t r = 0; r < m; ++r) {
         float* row = P + r * nk;
-        const float l = L[r * g.heads];
-        const int64_t count = std::isinf(l) ? 0 : std::max<int64_t>(0, key_end(g, t0 + r) - ks);
+        const float l = L[(r / g.fold) * g.heads + r % g.fold];
+        const int64_t count =
+            std::isinf(l) ? 0 : std::max<int64_t>(0, key_end(g, t0 + r / g.fold) - ks);
 #pragma omp simd
         for (int64_t c = 0; c < count; ++c) row[c] = fast_exp(row[c] - l);
         std::fill(row + count, row + nk, 0.0f);
-        const float* orow = O + r * g.q_ld;
-        const float* dorow = dO + r * g.q_ld;
+        const float* orow = O + r * rl;
+        const float* dorow = dO + r * rl;
         float d = 0.0f;
 #pragma omp simd reduction(+ : d)
         for (int64_t c = 0; c < g.dim; ++c) d += orow[c] * dorow[c];
         delta[r] = d;
       }
       // dP = dO V^T; dS = P (dP - rowsum(dO * O)).
-      sgemm(false, true, m, nk, g.dim, 1.0f, dO, g.q_ld, V, g.kv_ld, 0.0f, dS, nk);
+      sgemm(false, true, m, nk, g.dim, 1.0f, dO, rl, V, g.kv_ld, 0.0f, dS, nk);
       for (int64_t r = 0; r < m; ++r) {
         float* ds = dS + r * nk;
         const float* p = P + r * nk;
@@ -276,10 +311,11 @@ void CpuBackend::attention_backward(const Tensor& dout, const Tensor& q, const T
         for (int64_t c = 0; c < nk; ++c) ds[c] = p[c] * (ds[c] - d);
       }
       // dQ = scale dS K (each query row is written by exactly this task);
-      // dK += scale dS^T Q; dV += P^T dO (accumulated over query blocks).
-      sgemm(false, false, m, g.dim, nk, g.scale, dS, nk, K, g.kv_ld, 0.0f, dQ, g.q_ld);
-      sgemm(true, false, nk, g.dim, m, g.scale, dS, nk, Q, g.q_ld, 1.0f, dK + ks * ld, ld);
-      sgemm(true, false, nk, g.dim, m, 1.0f, P, nk, dO, g.q_ld, 1.0f, dV + ks * ld, ld);
+      // dK += scale dS^T Q; dV += P^T dO (accumulated over query blocks; folded heads are summed
+      // inside these products).
+      sgemm(false, false, m, g.dim, nk, g.scale, dS, nk, K, g.kv_ld, 0.0f, dQ, rl);
+      sgemm(true, false, nk, g.dim, m, g.scale, dS, nk, Q, rl, 1.0f, dK + ks * ld, ld);
+      sgemm(true, false, nk, g.dim, m, 1.0f, P, nk, dO, rl, 1.0f, dV + ks * ld, ld);
     }
   }
 

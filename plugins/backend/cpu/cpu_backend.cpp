@@ -6,9 +6,12 @@
 #include <dlfcn.h>
 #include <omp.h>
 
+#include <bit>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
+#include <unordered_map>
 
 #include "checks.h"
 #include "nnkit/plugin.h"
@@ -18,6 +21,64 @@ namespace nnkit::cpu {
 namespace {
 
 constexpr size_t kAlignment = 64;  // a cache line, and enough for any vector load
+
+// Size class of a request: multiples of 64 bytes up to 4 KiB, then four classes per power of two
+// (at most 25% slack). Training and decoding ask for the same few shapes every step, so after the
+// first step nearly every request is served from the cache.
+size_t size_class(size_t bytes) {
+  if (bytes <= 4096) return bytes == 0 ? kAlignment : (bytes + kAlignment - 1) / kAlignment * kAlignment;
+  const int top = std::bit_width(bytes - 1) - 1;  // 2^top < bytes <= 2^(top+1)
+  const size_t quarter = size_t{1} << (top - 2);
+  return (bytes + quarter - 1) / quarter * quarter;
+}
+
+}  // namespace
+
+// Free blocks by size class. Thread-safe (a tensor may be released on any thread). Bounded: a
+// release that would take the cached total past kMaxCachedBytes goes back to the system.
+class BlockCache {
+ public:
+  static constexpr size_t kMaxCachedBytes = size_t{1} << 30;
+
+  ~BlockCache() {
+    for (auto& [size, blocks] : free_) {
+      for (void* p : blocks) std::free(p);
+    }
+  }
+
+  void* acquire(size_t size) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = free_.find(size);
+      if (it != free_.end() && !it->second.empty()) {
+        void* p = it->second.back();
+        it->second.pop_back();
+        cached_ -= size;
+        return p;
+      }
+    }
+    return std::aligned_alloc(kAlignment, size);
+  }
+
+  void release(void* p, size_t size) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (cached_ + size <= kMaxCachedBytes) {
+        free_[size].push_back(p);
+        cached_ += size;
+        return;
+      }
+    }
+    std::free(p);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::unordered_map<size_t, std::vector<void*>> free_;
+  size_t cached_ = 0;
+};
+
+namespace {
 
 // OpenBLAS's thread setter, looked up at run time so a netlib/other BLAS still links and loads.
 void set_blas_threads(int threads) {
@@ -58,7 +119,7 @@ Component* create_cpu(const CreateArgs& args) {
 
 }  // namespace
 
-CpuBackend::CpuBackend(int threads) : threads_(threads) {
+CpuBackend::CpuBackend(int threads) : threads_(threads), cache_(std::make_shared<BlockCache>()) {
   pin_runtimes();
   if (threads_ > 0) {
     omp_set_num_threads(threads_);
@@ -75,17 +136,17 @@ Tensor CpuBackend::empty(const Shape& shape, DType dtype) {
     if (d < 0) shape_fail("empty", "negative dimension in shape " + to_string(shape));
   }
   const size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
-  // Round up to the alignment (aligned_alloc requires it) and never ask for 0 bytes, so even an
-  // empty tensor has a real, freeable address.
-  const size_t padded =
-      bytes == 0 ? kAlignment : (bytes + kAlignment - 1) / kAlignment * kAlignment;
-  void* memory = std::aligned_alloc(kAlignment, padded);
+  // A size class: a multiple of the alignment (aligned_alloc requires it), never 0 bytes, so even
+  // an empty tensor has a real, freeable address.
+  const size_t padded = size_class(bytes);
+  void* memory = cache_->acquire(padded);
   if (memory == nullptr) {
     shape_fail("empty", "out of host memory allocating " + std::to_string(padded) + " bytes for " +
                             dtype_name(dtype) + to_string(shape));
   }
   auto storage = std::make_shared<Storage>();
-  storage->data = std::shared_ptr<void>(memory, [](void* p) { std::free(p); });
+  storage->data = std::shared_ptr<void>(
+      memory, [cache = cache_, padded](void* p) { cache->release(p, padded); });
   storage->bytes = bytes;
   storage->device = device();
   return Tensor(std::move(storage), shape, dtype);

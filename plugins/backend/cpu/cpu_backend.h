@@ -1,8 +1,11 @@
 // Purpose: backend/cpu, the fp32 host implementation of nnkit::Backend. Host loops run under
 // OpenMP (parallel over rows, heads or columns), matrix products go to OpenBLAS sgemm (the OpenMP
 // build, so both share one thread pool). Ops run synchronously: "enqueue" means "run now".
-// Ownership: tensors from empty() own 64-byte aligned malloc memory released with free(); they
-// stay valid after the backend object is destroyed (the registry keeps the library mapped).
+// Ownership: tensors from empty() own 64-byte aligned malloc memory. Released blocks go back to a
+// per-backend cache of free blocks (by size class, bounded), so the steady state of a training
+// step or a decode step allocates nothing from the system; the cache is shared with the storage
+// deleters, so tensors stay valid after the backend object is destroyed (the registry keeps the
+// library mapped).
 // Thread-safety: one thread drives a backend (the Backend contract); the rope table cache is the
 // only mutable state besides the thread setting.
 // The op bodies live in one file per idea: elementwise, gemm, norm_activation, softmax_topk, rope,
@@ -10,11 +13,14 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "nnkit/backend.h"
 
 namespace nnkit::cpu {
+
+class BlockCache;  // cpu_backend.cpp
 
 class CpuBackend final : public Backend {
  public:
@@ -97,6 +103,9 @@ class CpuBackend final : public Backend {
 
   int threads_ = 0;  // the option as given; 0 = runtime default
   std::vector<RopeTable> rope_tables_;
+  // Freed blocks kept for reuse by size class (see cpu_backend.cpp); shared with the deleters of
+  // the storage it hands out, so it outlives the backend while tensors do.
+  std::shared_ptr<BlockCache> cache_;
 };
 
 }  // namespace nnkit::cpu

@@ -1,12 +1,62 @@
 // Purpose: backend/cpu gemm, a checked front for row-major cblas_sgemm. Owned by backend/cpu.
 // OpenBLAS (OpenMP build) threads large products itself and runs single-threaded when called from
 // inside our parallel regions (attention uses it that way).
+// Products with few rows in op(a) (decoding: one row per sequence) skip OpenBLAS: its sgemm packs
+// the whole of b on every call, which for a handful of rows costs more than the product itself.
+// Those run as direct dot products / row updates here (fixed order: deterministic).
 #include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
 
 #include "checks.h"
 #include "cpu_backend.h"
 
 namespace nnkit::cpu {
+
+namespace {
+
+constexpr int64_t kSmallRows = 16;  // op(a) rows at or below which the direct path runs
+
+// c (m, n) = alpha * a (m, k) @ b^T + beta * c, with b (n, k) row-major: dot products of rows.
+void small_gemm_nt(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+                   const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+#pragma omp parallel for schedule(static) if (m * n * k > (int64_t{1} << 21))
+  for (int64_t j = 0; j < n; ++j) {
+    const float* bj = b + j * ldb;
+    for (int64_t i = 0; i < m; ++i) {
+      const float* ai = a + i * lda;
+      float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+      for (int64_t p = 0; p < k; ++p) s += ai[p] * bj[p];
+      float& out = c[i * ldc + j];
+      out = beta == 0.0f ? alpha * s : alpha * s + beta * out;
+    }
+  }
+}
+
+// c (m, n) = alpha * a (m, k) @ b + beta * c, with b (k, n) row-major: row updates.
+void small_gemm_nn(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+                   const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  for (int64_t i = 0; i < m; ++i) {
+    float* ci = c + i * ldc;
+    if (beta == 0.0f) {
+      std::fill(ci, ci + n, 0.0f);
+    } else if (beta != 1.0f) {
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) ci[j] *= beta;
+    }
+    const float* ai = a + i * lda;
+    for (int64_t p = 0; p < k; ++p) {
+      const float w = alpha * ai[p];
+      const float* bp = b + p * ldb;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) ci[j] += w * bp[j];
+    }
+  }
+}
+
+}  // namespace
 
 void CpuBackend::gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
                       float alpha, float beta) {
@@ -34,6 +84,14 @@ void CpuBackend::gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans
     // BLAS rejects zero leading dimensions; the product is empty, only beta * c remains.
     const int64_t total = m * n;
     for (int64_t i = 0; i < total; ++i) pc[i] = beta == 0.0f ? 0.0f : beta * pc[i];
+    return;
+  }
+  if (!trans_a && m <= kSmallRows) {
+    if (trans_b) {
+      small_gemm_nt(m, n, k, alpha, ptr<float>(a), a.dim(1), ptr<float>(b), b.dim(1), beta, pc, n);
+    } else {
+      small_gemm_nn(m, n, k, alpha, ptr<float>(a), a.dim(1), ptr<float>(b), b.dim(1), beta, pc, n);
+    }
     return;
   }
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
