@@ -18,19 +18,50 @@ namespace {
 
 constexpr int64_t kSmallRows = 16;  // op(a) rows at or below which the direct path runs
 
+inline void store(float* out, float s, float alpha, float beta) {
+  *out = beta == 0.0f ? alpha * s : alpha * s + beta * *out;
+}
+
 // c (m, n) = alpha * a (m, k) @ b^T + beta * c, with b (n, k) row-major: dot products of rows.
+// Four rows of b at a time give four independent accumulator chains (one chain is FMA-latency
+// bound); the rows are split across threads when the product is large enough to pay for waking
+// the team (each c element is still one fixed-order dot product: deterministic).
 void small_gemm_nt(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
                    const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-#pragma omp parallel for schedule(static) if (m * n * k > (int64_t{1} << 21))
-  for (int64_t j = 0; j < n; ++j) {
+  const int64_t quads = n / 4;
+#pragma omp parallel for schedule(static) if (m * n * k > (int64_t{1} << 16))
+  for (int64_t q = 0; q < quads; ++q) {
+    const int64_t j = 4 * q;
+    const float* b0 = b + j * ldb;
+    const float* b1 = b0 + ldb;
+    const float* b2 = b1 + ldb;
+    const float* b3 = b2 + ldb;
+    for (int64_t i = 0; i < m; ++i) {
+      const float* ai = a + i * lda;
+      float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+      for (int64_t p = 0; p < k; ++p) {
+        const float x = ai[p];
+        s0 += x * b0[p];
+        s1 += x * b1[p];
+        s2 += x * b2[p];
+        s3 += x * b3[p];
+      }
+      float* ci = c + i * ldc + j;
+      store(ci, s0, alpha, beta);
+      store(ci + 1, s1, alpha, beta);
+      store(ci + 2, s2, alpha, beta);
+      store(ci + 3, s3, alpha, beta);
+    }
+  }
+  for (int64_t j = 4 * quads; j < n; ++j) {
     const float* bj = b + j * ldb;
     for (int64_t i = 0; i < m; ++i) {
       const float* ai = a + i * lda;
       float s = 0.0f;
 #pragma omp simd reduction(+ : s)
       for (int64_t p = 0; p < k; ++p) s += ai[p] * bj[p];
-      float& out = c[i * ldc + j];
-      out = beta == 0.0f ? alpha * s : alpha * s + beta * out;
+      store(c + i * ldc + j, s, alpha, beta);
     }
   }
 }
