@@ -1,6 +1,6 @@
 // Purpose: the `nnkit` command: dispatches to sub-commands and turns every nnkit::Error into one
-// clear line on stderr and a non-zero exit code (2 for usage and configuration errors, 1 for the
-// rest), never a crash.
+// clear line on stderr and a non-zero exit code (2 for usage, configuration and plugin errors, 1
+// for the rest), never a crash.
 #include <cstring>
 #include <iostream>
 #include <map>
@@ -70,6 +70,9 @@ int main(int argc, char** argv) {
     std::cerr << "error: " << e.what() << "\n";
     return 2;
   } catch (const nnkit::ConfigError& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 2;
+  } catch (const nnkit::PluginError& e) {  // an unknown plugin name is bad input, like a bad key
     std::cerr << "error: " << e.what() << "\n";
     return 2;
   } catch (const nnkit::Error& e) {

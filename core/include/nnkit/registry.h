@@ -2,7 +2,7 @@
 // by kind and name. Libraries that are not nnkit plugins, or were built for another ABI or
 // toolchain, are skipped and remembered with the reason (`nnkit plugins` prints them).
 // Search order (first match of a kind/name wins, later ones are recorded as shadowed):
-//   1. paths given explicitly (YAML `plugin_paths:`, CLI --plugin-path), in order
+//   1. paths given explicitly, in order (the CLI passes --plugin-path, then YAML `plugin_paths:`)
 //   2. NNKIT_PLUGIN_PATH (colon-separated)
 //   3. <directory of libnnkit_core>/nnkit/plugins (the build tree and the install prefix alike)
 // Ownership: the Registry keeps every accepted library loaded; each created component holds a
