@@ -79,11 +79,10 @@ std::shared_ptr<Tokenizer> create_tokenizer(const Session& session) {
   auto tokenizer =
       session.registry->create<Tokenizer>(t.kind, t.name, CreateArgs{t.options, {}, nullptr});
   if (tokenizer->vocab_size() > session.config.model.vocab_size) {
-    throw ConfigError("config", "tokenizer " + t.id() + " has " +
-                                    std::to_string(tokenizer->vocab_size()) +
-                                    " ids but model.vocab_size is " +
-                                    std::to_string(session.config.model.vocab_size) +
-                                    "; raise model.vocab_size");
+    throw ConfigError(
+        "config", "tokenizer " + t.id() + " has " + std::to_string(tokenizer->vocab_size()) +
+                      " ids but model.vocab_size is " +
+                      std::to_string(session.config.model.vocab_size) + "; raise model.vocab_size");
   }
   return tokenizer;
 }

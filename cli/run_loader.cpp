@@ -38,7 +38,8 @@ LoadedModel load_checkpoint_model(const std::filesystem::path& run_dir,
   const CheckpointRef ref = store.require_latest();
   const std::string yaml = CheckpointStore::read_config(ref);
   Session stored = open_session_from_text(yaml, (ref.dir / "config.yaml").string(), {}, args);
-  Session session = open_session_from_text(yaml, (ref.dir / "config.yaml").string(), overrides, args);
+  Session session =
+      open_session_from_text(yaml, (ref.dir / "config.yaml").string(), overrides, args);
   const auto diffs = model_shape_differences(stored.config, session.config);
   if (!diffs.empty()) {
     std::string message = "overrides change the shape of the checkpoint's model:";

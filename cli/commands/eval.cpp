@@ -3,7 +3,6 @@
 // a CONFIG (--random-init) or loaded from a run directory (--checkpoint).
 #include <cmath>
 #include <iostream>
-
 #include <nlohmann/json.hpp>
 
 #include "args.h"
@@ -100,14 +99,15 @@ int run_eval(const Args& raw) {
     loaded = load_checkpoint_model(*checkpoint, args.overrides(), args);
   }
   const RunConfig& cfg = loaded.session.config;
-  const std::vector<int32_t> ids =
-      load_token_ids(*data, *loaded.tokenizer, cfg.model.vocab_size);
+  const std::vector<int32_t> ids = load_token_ids(*data, *loaded.tokenizer, cfg.model.vocab_size);
   const int64_t max_tokens = args.get_int("--max-tokens", 0, 1, INT64_MAX);
   const EvalResult result =
       evaluate(*loaded.model, ids, cfg.train.seq_len, cfg.train.batch_size, max_tokens);
   const double ppl = std::exp(result.loss);
   if (args.has("--json")) {
-    std::cout << nlohmann::json{{"loss", result.loss}, {"ppl", ppl}, {"tokens", result.tokens},
+    std::cout << nlohmann::json{{"loss", result.loss},
+                                {"ppl", ppl},
+                                {"tokens", result.tokens},
                                 {"ln_vocab", std::log(double(cfg.model.vocab_size))}}
                      .dump()
               << "\n";

@@ -4,9 +4,8 @@
 // --repetition-penalty; applied in that order, penalty first, temperature last).
 #include <fstream>
 #include <iostream>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "args.h"
 #include "commands.h"
@@ -22,18 +21,22 @@ namespace {
 // Turns sampler flags into a `decode=[...]` override, so they are validated like YAML.
 std::optional<std::string> sampler_override(const ParsedArgs& args) {
   std::vector<std::string> steps;
-  if (auto v = args.get("--repetition-penalty")) steps.push_back("{type: repetition_penalty, penalty: " + *v + "}");
+  if (auto v = args.get("--repetition-penalty"))
+    steps.push_back("{type: repetition_penalty, penalty: " + *v + "}");
   if (args.has("--greedy")) {
-    if (args.has("--top-k") || args.has("--top-p") || args.has("--min-p") || args.has("--temperature")) {
-      throw UsageError("cli", "--greedy picks the most likely token; it cannot be combined with "
-                              "--top-k, --top-p, --min-p or --temperature");
+    if (args.has("--top-k") || args.has("--top-p") || args.has("--min-p") ||
+        args.has("--temperature")) {
+      throw UsageError("cli",
+                       "--greedy picks the most likely token; it cannot be combined with "
+                       "--top-k, --top-p, --min-p or --temperature");
     }
     steps.push_back("{type: greedy}");
   } else {
     if (auto v = args.get("--top-k")) steps.push_back("{type: top_k, k: " + *v + "}");
     if (auto v = args.get("--top-p")) steps.push_back("{type: top_p, p: " + *v + "}");
     if (auto v = args.get("--min-p")) steps.push_back("{type: min_p, p: " + *v + "}");
-    if (auto v = args.get("--temperature")) steps.push_back("{type: temperature, value: " + *v + "}");
+    if (auto v = args.get("--temperature"))
+      steps.push_back("{type: temperature, value: " + *v + "}");
   }
   if (steps.empty()) return std::nullopt;
   std::string text = "decode=[";
@@ -59,7 +62,8 @@ std::vector<std::string> read_prompts(const std::string& file) {
 int run_generate(const Args& raw) {
   CommandSpec spec{
       "generate",
-      "nnkit generate (--checkpoint RUN_DIR | CONFIG --random-init) [--prompt TEXT | --prompts FILE] "
+      "nnkit generate (--checkpoint RUN_DIR | CONFIG --random-init) [--prompt TEXT | --prompts "
+      "FILE] "
       "[options]",
       "Generates text with the KV cache and the sampler chain, streaming it as it is produced.",
       {{"--checkpoint", "RUN_DIR", "use the newest checkpoint of a training run"},

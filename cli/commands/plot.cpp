@@ -4,9 +4,8 @@
 #include <cmath>
 #include <fstream>
 #include <iostream>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "args.h"
 #include "commands.h"
@@ -36,7 +35,8 @@ std::string polyline(const Series& s, double x0, double x1, double y0, double y1
 }  // namespace
 
 int run_plot(const Args& raw) {
-  CommandSpec spec{"plot", "nnkit plot RUN_DIR [-o FILE]",
+  CommandSpec spec{"plot",
+                   "nnkit plot RUN_DIR [-o FILE]",
                    "Writes an SVG loss curve (training and validation loss by step).",
                    {{"--output", "FILE", "SVG file (default: RUN_DIR/loss.svg)", false, "-o"}},
                    "RUN_DIR  a training run directory (holds metrics.jsonl)"};
@@ -47,7 +47,9 @@ int run_plot(const Args& raw) {
   const std::filesystem::path run = args.positionals()[0];
   const std::filesystem::path metrics = run / "metrics.jsonl";
   std::ifstream in(metrics);
-  if (!in) throw IoError("plot", metrics.string() + " does not exist; is " + run.string() + " a run directory?");
+  if (!in)
+    throw IoError("plot",
+                  metrics.string() + " does not exist; is " + run.string() + " a run directory?");
   Series train, val;
   std::string line;
   while (std::getline(in, line)) {
@@ -80,13 +82,14 @@ int run_plot(const Args& raw) {
   const double w = 800, h = 480, pad = 60, x0 = 0;
   std::ostringstream svg;
   svg << "<svg xmlns='http://www.w3.org/2000/svg' width='" << w << "' height='" << h
-      << "' font-family='sans-serif' font-size='13'>\n<rect width='100%' height='100%' fill='white'/>\n";
+      << "' font-family='sans-serif' font-size='13'>\n<rect width='100%' height='100%' "
+         "fill='white'/>\n";
   for (int i = 0; i <= 5; ++i) {
     const double v = y0 + (y1 - y0) * i / 5;
     const double y = h - pad - (h - 2 * pad) * i / 5;
     svg << "<line x1='" << pad << "' x2='" << w - pad << "' y1='" << y << "' y2='" << y
-        << "' stroke='#ddd'/><text x='" << pad - 8 << "' y='" << y + 4
-        << "' text-anchor='end'>" << std::round(v * 100) / 100 << "</text>\n";
+        << "' stroke='#ddd'/><text x='" << pad - 8 << "' y='" << y + 4 << "' text-anchor='end'>"
+        << std::round(v * 100) / 100 << "</text>\n";
     const double xs = x0 + (x1 - x0) * i / 5;
     const double x = pad + (w - 2 * pad) * i / 5;
     svg << "<text x='" << x << "' y='" << h - pad + 18 << "' text-anchor='middle'>"
@@ -102,8 +105,10 @@ int run_plot(const Args& raw) {
       << "<text x='18' y='" << h / 2 << "' transform='rotate(-90 18 " << h / 2
       << ")' text-anchor='middle'>loss (nats/token)</text>\n"
       << "<text x='" << w / 2 << "' y='30' text-anchor='middle' font-size='16'>" << run.string()
-      << "</text>\n<text x='" << w - pad - 150 << "' y='" << pad << "' fill='#1f77b4'>train loss</text>\n"
-      << "<text x='" << w - pad - 150 << "' y='" << pad + 18 << "' fill='#d62728'>validation loss</text>\n"
+      << "</text>\n<text x='" << w - pad - 150 << "' y='" << pad
+      << "' fill='#1f77b4'>train loss</text>\n"
+      << "<text x='" << w - pad - 150 << "' y='" << pad + 18
+      << "' fill='#d62728'>validation loss</text>\n"
       << "</svg>\n";
   const std::filesystem::path out = args.get_or("--output", (run / "loss.svg").string());
   write_file_atomic(out, svg.str());

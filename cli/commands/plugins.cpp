@@ -1,6 +1,5 @@
 // Purpose: `nnkit plugins`: what the registry found, where it looked, and what it skipped and why.
 #include <iostream>
-
 #include <nlohmann/json.hpp>
 
 #include "args.h"
@@ -12,11 +11,13 @@ namespace nnkit::cli {
 namespace {
 
 CommandSpec plugins_spec() {
-  CommandSpec spec{"plugins", "nnkit plugins [--json] [--describe KIND/NAME] [--plugin-path DIR]",
-                   "Lists the plugins found in the search paths (and the libraries skipped, with "
-                   "the reason).",
-                   {{"--json", "", "print a JSON array of {kind, name, version, path, summary}"},
-                    {"--describe", "KIND/NAME", "print one plugin's options (type, default, range)"}}};
+  CommandSpec spec{
+      "plugins",
+      "nnkit plugins [--json] [--describe KIND/NAME] [--plugin-path DIR]",
+      "Lists the plugins found in the search paths (and the libraries skipped, with "
+      "the reason).",
+      {{"--json", "", "print a JSON array of {kind, name, version, path, summary}"},
+       {"--describe", "KIND/NAME", "print one plugin's options (type, default, range)"}}};
   return spec;
 }
 
@@ -52,11 +53,13 @@ int run_plugins(const Args& raw) {
     if (args.has("--json")) {
       nlohmann::json options = nlohmann::json::array();
       for (const OptionSpec& o : info.options) {
-        options.push_back({{"name", o.name}, {"type", option_type_name(o.type)},
-                           {"default", o.default_value}, {"range", range_text(o)},
+        options.push_back({{"name", o.name},
+                           {"type", option_type_name(o.type)},
+                           {"default", o.default_value},
+                           {"range", range_text(o)},
                            {"help", o.help}});
       }
-      std::cout << nlohmann::json{{"kind", info.kind}, {"name", info.name},
+      std::cout << nlohmann::json{{"kind", info.kind},       {"name", info.name},
                                   {"version", info.version}, {"path", info.path},
                                   {"summary", info.summary}, {"options", options}}
                        .dump(2)
@@ -76,8 +79,11 @@ int run_plugins(const Args& raw) {
   if (args.has("--json")) {
     nlohmann::json list = nlohmann::json::array();
     for (const PluginInfo& p : registry.plugins()) {
-      list.push_back({{"kind", p.kind}, {"name", p.name}, {"version", p.version},
-                      {"path", p.path}, {"summary", p.summary}});
+      list.push_back({{"kind", p.kind},
+                      {"name", p.name},
+                      {"version", p.version},
+                      {"path", p.path},
+                      {"summary", p.summary}});
     }
     std::cout << list.dump(2) << "\n";
     return 0;

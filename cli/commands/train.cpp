@@ -5,7 +5,6 @@
 #include <atomic>
 #include <csignal>
 #include <iostream>
-
 #include <nlohmann/json.hpp>
 
 #include "args.h"
@@ -22,7 +21,9 @@ namespace {
 
 std::atomic<bool> g_stop{false};
 
-extern "C" void on_stop_signal(int) { g_stop.store(true); }
+extern "C" void on_stop_signal(int) {
+  g_stop.store(true);
+}
 
 }  // namespace
 

@@ -2,7 +2,6 @@
 // it names, builds the model without allocating weights and prints the resolved config and the
 // parameter counts.
 #include <iostream>
-
 #include <nlohmann/json.hpp>
 
 #include "args.h"
@@ -13,7 +12,8 @@
 namespace nnkit::cli {
 
 int run_validate(const Args& raw) {
-  CommandSpec spec{"validate", "nnkit validate CONFIG [key.path=value ...] [--json]",
+  CommandSpec spec{"validate",
+                   "nnkit validate CONFIG [key.path=value ...] [--json]",
                    "Checks a model description: YAML, keys, types, ranges and plugins; builds the "
                    "model (no weights are allocated) and prints parameter counts.",
                    {{"--json", "", "print {total_params, active_params, ...} as JSON"}},

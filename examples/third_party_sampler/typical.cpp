@@ -4,12 +4,12 @@
 // -inf; the generator then samples from what is left (or takes the argmax if the chain has
 // decode/greedy).
 // Ownership: stateless apart from its option; const and thread-safe, as the Sampler contract asks.
+#include <nnkit/plugin.h>
+#include <nnkit/sampler.h>
+
 #include <cstdint>
 #include <span>
 #include <vector>
-
-#include <nnkit/plugin.h>
-#include <nnkit/sampler.h>
 
 #include "typical_filter.h"
 

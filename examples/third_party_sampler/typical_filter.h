@@ -38,8 +38,10 @@ inline size_t filter(std::span<float> logits, double mass) {
     // +inf entries hold all the mass (and share it equally): they are the typical set.
     size_t kept = 0;
     for (float& x : logits) {
-      if (x == max_logit) ++kept;
-      else x = kFiltered;
+      if (x == max_logit)
+        ++kept;
+      else
+        x = kFiltered;
     }
     return kept;
   }

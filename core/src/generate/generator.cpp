@@ -43,7 +43,8 @@ std::vector<GenerationResult> generate(Transformer& model, const Tokenizer& toke
                                        const TextCallback& on_text) {
   if (prompts.empty()) return {};
   const int64_t batch = static_cast<int64_t>(prompts.size());
-  const int64_t limit = options.context_limit > 0 ? options.context_limit : model.config().max_seq_len;
+  const int64_t limit =
+      options.context_limit > 0 ? options.context_limit : model.config().max_seq_len;
   if (options.max_new_tokens < 0) throw UsageError("generate", "max_new_tokens must be >= 0");
   if (options.max_new_tokens >= limit) {
     throw UsageError("generate", "--max-new-tokens " + std::to_string(options.max_new_tokens) +
@@ -59,13 +60,12 @@ std::vector<GenerationResult> generate(Transformer& model, const Tokenizer& toke
     const int64_t room = limit - options.max_new_tokens;
     if (static_cast<int64_t>(ids.size()) > room) {
       if (!options.truncate_prompt) {
-        throw UsageError("generate", "prompt " + std::to_string(b + 1) + " has " +
-                                         std::to_string(ids.size()) + " tokens; with " +
-                                         std::to_string(options.max_new_tokens) +
-                                         " new tokens it exceeds the context of " +
-                                         std::to_string(limit) +
-                                         " (shorten it, lower --max-new-tokens, or pass "
-                                         "--truncate-prompt to keep its last tokens)");
+        throw UsageError("generate",
+                         "prompt " + std::to_string(b + 1) + " has " + std::to_string(ids.size()) +
+                             " tokens; with " + std::to_string(options.max_new_tokens) +
+                             " new tokens it exceeds the context of " + std::to_string(limit) +
+                             " (shorten it, lower --max-new-tokens, or pass "
+                             "--truncate-prompt to keep its last tokens)");
       }
       std::vector<int32_t> tail{tokenizer.bos_id()};
       tail.insert(tail.end(), ids.end() - (room - 1), ids.end());
@@ -83,7 +83,8 @@ std::vector<GenerationResult> generate(Transformer& model, const Tokenizer& toke
     kv_start[static_cast<size_t>(b)] = static_cast<int32_t>(pad);
     std::copy(ids.begin(), ids.end(), padded.begin() + b * longest + pad);
   }
-  const bool any_padding = std::any_of(kv_start.begin(), kv_start.end(), [](int32_t s) { return s > 0; });
+  const bool any_padding =
+      std::any_of(kv_start.begin(), kv_start.end(), [](int32_t s) { return s > 0; });
   if (!any_padding) kv_start.clear();
 
   Backend& backend = model.backend();
@@ -106,7 +107,8 @@ std::vector<GenerationResult> generate(Transformer& model, const Tokenizer& toke
     if (options.max_new_tokens == 0) results[static_cast<size_t>(b)].stop_reason = "length";
   }
   auto flush = [&](size_t b, bool final) {
-    const size_t ready = final ? text[b].size() : (text[b].size() > hold_back ? text[b].size() - hold_back : 0);
+    const size_t ready =
+        final ? text[b].size() : (text[b].size() > hold_back ? text[b].size() - hold_back : 0);
     if (on_text && ready > emitted[b]) on_text(b, text[b].substr(emitted[b], ready - emitted[b]));
     emitted[b] = std::max(emitted[b], ready);
   };
@@ -163,7 +165,8 @@ std::vector<GenerationResult> generate(Transformer& model, const Tokenizer& toke
   const double decode_s = std::chrono::duration<double>(t2 - t1).count();
   for (size_t b = 0; b < static_cast<size_t>(batch); ++b) {
     results[b].text = text[b];
-    results[b].prefill_tokens_per_s = static_cast<double>(batch * longest) / std::max(prefill_s, 1e-9);
+    results[b].prefill_tokens_per_s =
+        static_cast<double>(batch * longest) / std::max(prefill_s, 1e-9);
     results[b].decode_tokens_per_s =
         static_cast<double>(batch * std::max<int64_t>(decode_steps, 1)) / std::max(decode_s, 1e-9);
     if (results[b].stop_reason.empty()) results[b].stop_reason = "length";

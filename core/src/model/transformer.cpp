@@ -196,7 +196,9 @@ void Transformer::allocate(bool with_grads) {
   }
 }
 
-bool Transformer::allocated() const { return own_params_[0].value.defined(); }
+bool Transformer::allocated() const {
+  return own_params_[0].value.defined();
+}
 
 void Transformer::init_random(uint64_t seed) {
   for (Parameter* p : parameters()) {
@@ -392,7 +394,8 @@ Tensor Transformer::forward_cached(const std::vector<int32_t>& ids, int64_t batc
   Tensor hidden = run_trunk(ctx, id_tensor, false);
   if (!all_positions && seq > 1) {
     std::vector<int32_t> last(static_cast<size_t>(batch));
-    for (int64_t b = 0; b < batch; ++b) last[static_cast<size_t>(b)] = static_cast<int32_t>(b * seq + seq - 1);
+    for (int64_t b = 0; b < batch; ++b)
+      last[static_cast<size_t>(b)] = static_cast<int32_t>(b * seq + seq - 1);
     Tensor index = be.from_host(last.data(), {batch}, DType::kI32);
     Tensor picked = be.empty({batch, config_.hidden_dim});
     be.gather_rows(hidden, index, picked);

@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
-
 #include <nlohmann/json.hpp>
 
 #include "nnkit/error.h"
@@ -89,8 +88,8 @@ void load_tensors(const fs::path& file, Backend& backend,
 
 CheckpointStore::CheckpointStore(fs::path run_dir) : run_dir_(std::move(run_dir)) {}
 
-fs::path CheckpointStore::save(const TrainerState& state, Transformer& model,
-                               Optimizer* optimizer, const std::string& config_yaml, int keep) {
+fs::path CheckpointStore::save(const TrainerState& state, Transformer& model, Optimizer* optimizer,
+                               const std::string& config_yaml, int keep) {
   const fs::path root = run_dir_ / "checkpoints";
   fs::create_directories(root);
   const fs::path final_dir = root / step_name(state.step);
@@ -107,8 +106,7 @@ fs::path CheckpointStore::save(const TrainerState& state, Transformer& model,
   std::vector<std::pair<std::string, Tensor>> opt_state;
   if (optimizer != nullptr) opt_state = optimizer->state(backend, model.parameters());
   write_safetensors(temp_dir / "optimizer.safetensors", to_host(backend, opt_state, host),
-                    {{"optimizer_steps",
-                      std::to_string(optimizer ? optimizer->step_count() : 0)}});
+                    {{"optimizer_steps", std::to_string(optimizer ? optimizer->step_count() : 0)}});
   host.clear();
   const nlohmann::json trainer{{"step", state.step},
                                {"tokens_seen", state.tokens_seen},

@@ -8,10 +8,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
-
-#include <nlohmann/json.hpp>
 
 #include "nnkit/checkpoint.h"
 #include "nnkit/error.h"
@@ -41,11 +40,16 @@ std::map<std::string, std::string> flatten_model(const RunConfig& cfg) {
     out[path + ".type"] = c.name;
     for (const auto& [name, v] : c.options.values()) {
       std::string text;
-      if (v.is_null) text = "null";
-      else if (v.type == OptionType::kInt) text = std::to_string(v.int_value);
-      else if (v.type == OptionType::kFloat) text = std::to_string(v.float_value);
-      else if (v.type == OptionType::kBool) text = v.bool_value ? "true" : "false";
-      else text = v.string_value;
+      if (v.is_null)
+        text = "null";
+      else if (v.type == OptionType::kInt)
+        text = std::to_string(v.int_value);
+      else if (v.type == OptionType::kFloat)
+        text = std::to_string(v.float_value);
+      else if (v.type == OptionType::kBool)
+        text = v.bool_value ? "true" : "false";
+      else
+        text = v.string_value;
       out[path + "." + name] = text;
     }
   };
@@ -60,7 +64,7 @@ std::map<std::string, std::string> flatten_model(const RunConfig& cfg) {
 // Options that do not change any parameter's shape may differ on resume (they are logged).
 bool affects_shapes(const std::string& key) {
   static const std::set<std::string> soft_suffixes = {
-      ".eps", ".rope.base", ".rope.ntk_alpha", ".renormalize", ".aux_loss_weight",
+      ".eps",           ".rope.base",       ".rope.ntk_alpha", ".renormalize", ".aux_loss_weight",
       ".z_loss_weight", ".capacity_factor", ".top_k"};
   for (const std::string& s : soft_suffixes) {
     if (key.size() >= s.size() && key.compare(key.size() - s.size(), s.size(), s) == 0) {
@@ -74,8 +78,10 @@ std::string format_duration(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "?";
   const long s = static_cast<long>(seconds);
   char buffer[32];
-  if (s >= 3600) std::snprintf(buffer, sizeof(buffer), "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
-  else std::snprintf(buffer, sizeof(buffer), "%ld:%02ld", s / 60, s % 60);
+  if (s >= 3600)
+    std::snprintf(buffer, sizeof(buffer), "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
+  else
+    std::snprintf(buffer, sizeof(buffer), "%ld:%02ld", s / 60, s % 60);
   return buffer;
 }
 
@@ -110,7 +116,8 @@ void truncate_metrics(const fs::path& file, int64_t step) {
   write_file_atomic(file, kept);
 }
 
-double validation_loss(Transformer& model, WindowLoader& loader, int64_t batch, int64_t max_batches) {
+double validation_loss(Transformer& model, WindowLoader& loader, int64_t batch,
+                       int64_t max_batches) {
   std::vector<int32_t> inputs, targets;
   double total = 0.0;
   int64_t count = 0;
@@ -174,8 +181,8 @@ TrainSummary train(const TrainRequest& request) {
         ConfigDocument::parse(stored, (resume_from->dir / "config.yaml").string()), registry);
     const auto diffs = model_shape_differences(previous, cfg);
     if (!diffs.empty()) {
-      std::string message = "cannot resume " + request.run_dir.string() +
-                            ": the model shape differs from the run's:";
+      std::string message =
+          "cannot resume " + request.run_dir.string() + ": the model shape differs from the run's:";
       for (const auto& d : diffs) message += "\n  " + d;
       message += "\nuse the run's config (" + (resume_from->dir / "config.yaml").string() +
                  ") or start a new run with --out";
@@ -193,14 +200,15 @@ TrainSummary train(const TrainRequest& request) {
   fs::path data_path = request.data.empty() ? fs::path(tc.data) : request.data;
   if (data_path.empty()) data_path = previous_data;  // `--resume RUN` keeps the run's data
   if (data_path.empty()) {
-    throw ConfigError("train", "no training data: pass --data FILE or set train.data (make a token "
-                               "file with `nnkit data prepare INPUT... -o FILE`)");
+    throw ConfigError("train",
+                      "no training data: pass --data FILE or set train.data (make a token "
+                      "file with `nnkit data prepare INPUT... -o FILE`)");
   }
   TokenFile tokens(data_path);
   if (tokens.vocab_size() > cfg.model.vocab_size) {
-    throw IoError("data", data_path.string() + " was prepared for " +
-                              std::to_string(tokens.vocab_size()) + " token ids but model.vocab_size is " +
-                              std::to_string(cfg.model.vocab_size));
+    throw IoError("data",
+                  data_path.string() + " was prepared for " + std::to_string(tokens.vocab_size()) +
+                      " token ids but model.vocab_size is " + std::to_string(cfg.model.vocab_size));
   }
   WindowLoader loader(tokens, tc.seq_len, tc.val_fraction, static_cast<uint64_t>(cfg.seed));
 
@@ -209,7 +217,8 @@ TrainSummary train(const TrainRequest& request) {
   Transformer model(cfg, registry, backend);
   model.allocate(true);
   const PluginChoice& oc = tc.optimizer;
-  auto optimizer = registry.create<Optimizer>(oc.kind, oc.name, CreateArgs{oc.options, {}, backend.get()});
+  auto optimizer =
+      registry.create<Optimizer>(oc.kind, oc.name, CreateArgs{oc.options, {}, backend.get()});
   const PluginChoice& sc = tc.schedule;
   auto schedule = registry.create<Schedule>(sc.kind, sc.name, CreateArgs{sc.options, {}, nullptr});
   const std::vector<Parameter*> params = model.parameters();
@@ -230,14 +239,17 @@ TrainSummary train(const TrainRequest& request) {
   const std::string config_yaml = stored_config.to_yaml();
   write_file_atomic(request.run_dir / "config.yaml", config_yaml);
   const fs::path metrics_path = request.run_dir / "metrics.jsonl";
-  if (resume_from) truncate_metrics(metrics_path, state.step);
-  else write_file_atomic(metrics_path, "");
+  if (resume_from)
+    truncate_metrics(metrics_path, state.step);
+  else
+    write_file_atomic(metrics_path, "");
   std::ofstream metrics(metrics_path, std::ios::app);
 
-  log->info("training {} ({} parameters, {} active) on {} for {} steps; batch {}x{} tokens, "
-            "grad_accum {}", cfg.source_name, model.parameter_count(),
-            model.active_parameter_count(), bc.id(), tc.steps, tc.batch_size, tc.seq_len,
-            tc.grad_accum);
+  log->info(
+      "training {} ({} parameters, {} active) on {} for {} steps; batch {}x{} tokens, "
+      "grad_accum {}",
+      cfg.source_name, model.parameter_count(), model.active_parameter_count(), bc.id(), tc.steps,
+      tc.batch_size, tc.seq_len, tc.grad_accum);
 
   TrainSummary summary;
   summary.first_step = state.step;
@@ -302,20 +314,22 @@ TrainSummary train(const TrainRequest& request) {
       metrics << nlohmann::json{{"step", step + 1}, {"skipped", true}}.dump() << "\n";
       metrics.flush();
       if (state.bad_steps_in_a_row >= tc.max_bad_steps) {
-        throw Error("train", std::to_string(state.bad_steps_in_a_row) +
-                                 " consecutive steps had a non-finite loss or gradient (last at step " +
-                                 std::to_string(step + 1) +
-                                 "); the run is diverging. Lower train.optimizer.lr, raise "
-                                 "train.schedule.warmup_steps or tighten train.grad_clip, then "
-                                 "--resume from the last checkpoint");
+        throw Error("train",
+                    std::to_string(state.bad_steps_in_a_row) +
+                        " consecutive steps had a non-finite loss or gradient (last at step " +
+                        std::to_string(step + 1) +
+                        "); the run is diverging. Lower train.optimizer.lr, raise "
+                        "train.schedule.warmup_steps or tighten train.grad_clip, then "
+                        "--resume from the last checkpoint");
       }
       ++state.step;  // the data was consumed; the step counts as taken but changes nothing
       if (end_of_step()) break;
       continue;
     }
     state.bad_steps_in_a_row = 0;
-    const float clip_scale =
-        tc.grad_clip > 0 && grad_norm > tc.grad_clip ? static_cast<float>(tc.grad_clip / grad_norm) : 1.0f;
+    const float clip_scale = tc.grad_clip > 0 && grad_norm > tc.grad_clip
+                                 ? static_cast<float>(tc.grad_clip / grad_norm)
+                                 : 1.0f;
     const double lr = optimizer->base_lr() * schedule->factor(step, tc.steps);
     optimizer->step(*backend, params, lr, clip_scale);
     ++state.step;
@@ -329,9 +343,12 @@ TrainSummary train(const TrainRequest& request) {
       window_start = now;
       window_tokens = 0;
     }
-    nlohmann::json line{{"step", state.step},     {"loss", loss},
-                        {"aux_loss", aux},        {"lr", lr},
-                        {"grad_norm", grad_norm}, {"tokens_per_s", tokens_per_second},
+    nlohmann::json line{{"step", state.step},
+                        {"loss", loss},
+                        {"aux_loss", aux},
+                        {"lr", lr},
+                        {"grad_norm", grad_norm},
+                        {"tokens_per_s", tokens_per_second},
                         {"tokens", state.tokens_seen}};
     const auto stats = model.aux_stats();
     if (!stats.empty()) {
@@ -347,7 +364,8 @@ TrainSummary train(const TrainRequest& request) {
       line["dropped_fraction"] = dropped;
     }
     summary.last_loss = loss;
-    const bool eval_now = (tc.eval_every > 0 && state.step % tc.eval_every == 0) || state.step == tc.steps;
+    const bool eval_now =
+        (tc.eval_every > 0 && state.step % tc.eval_every == 0) || state.step == tc.steps;
     if (eval_now) {
       summary.last_val_loss = validation_loss(model, loader, tc.batch_size, tc.eval_batches);
       line["val_loss"] = summary.last_val_loss;
@@ -356,23 +374,26 @@ TrainSummary train(const TrainRequest& request) {
     metrics.flush();
 
     const double remaining = static_cast<double>(tc.steps - state.step) *
-                             static_cast<double>(tokens_per_step) / std::max(tokens_per_second, 1e-9);
+                             static_cast<double>(tokens_per_step) /
+                             std::max(tokens_per_second, 1e-9);
     if (request.progress_bar) {
       const int width = 24;
       const int filled = static_cast<int>(width * state.step / tc.steps);
       std::string bar(static_cast<size_t>(filled), '=');
       bar.resize(static_cast<size_t>(width), ' ');
       std::fprintf(stderr, "\r step %lld/%lld [%s] loss %.4f lr %.2e %.0f tok/s ETA %s   ",
-                   static_cast<long long>(state.step), static_cast<long long>(tc.steps), bar.c_str(),
-                   loss, lr, tokens_per_second, format_duration(remaining).c_str());
-      if (eval_now) std::fprintf(stderr, "\n val_loss %.4f at step %lld\n", summary.last_val_loss,
-                                 static_cast<long long>(state.step));
+                   static_cast<long long>(state.step), static_cast<long long>(tc.steps),
+                   bar.c_str(), loss, lr, tokens_per_second, format_duration(remaining).c_str());
+      if (eval_now)
+        std::fprintf(stderr, "\n val_loss %.4f at step %lld\n", summary.last_val_loss,
+                     static_cast<long long>(state.step));
       std::fflush(stderr);
     } else if (state.step % tc.log_every == 0 || eval_now || state.step == summary.first_step + 1) {
-      log->info("step {}/{} loss {:.4f} aux {:.4f} lr {:.2e} grad_norm {:.3f} {:.0f} tok/s ETA {}{}",
-                state.step, tc.steps, loss, aux, lr, grad_norm, tokens_per_second,
-                format_duration(remaining),
-                eval_now ? fmt::format(" val_loss {:.4f}", summary.last_val_loss) : "");
+      log->info(
+          "step {}/{} loss {:.4f} aux {:.4f} lr {:.2e} grad_norm {:.3f} {:.0f} tok/s ETA {}{}",
+          state.step, tc.steps, loss, aux, lr, grad_norm, tokens_per_second,
+          format_duration(remaining),
+          eval_now ? fmt::format(" val_loss {:.4f}", summary.last_val_loss) : "");
     }
     if (end_of_step()) break;
   }
@@ -381,7 +402,8 @@ TrainSummary train(const TrainRequest& request) {
   const double elapsed =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
   summary.tokens_per_second =
-      static_cast<double>((state.step - summary.first_step) * tokens_per_step) / std::max(elapsed, 1e-9);
+      static_cast<double>((state.step - summary.first_step) * tokens_per_step) /
+      std::max(elapsed, 1e-9);
   return summary;
 }
 

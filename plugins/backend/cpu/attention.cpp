@@ -42,8 +42,8 @@ inline int64_t work_estimate(const AttentionShape& s) {
 struct Geometry {
   int64_t batch, q_len, kv_len, cap, heads, kv_heads, dim, group, q_offset;
   float scale;
-  int64_t q_ld;    // H * D: row stride of q, out, dout, dq
-  int64_t kv_ld;   // Hkv * D: row stride of k, v, dk, dv
+  int64_t q_ld;   // H * D: row stride of q, out, dout, dq
+  int64_t kv_ld;  // Hkv * D: row stride of k, v, dk, dv
   // Query heads folded into one matrix (MQA): with one KV head, row t of q holds all H heads
   // back to back, so q read as (T*H, D) with row stride D stacks every head of a block of
   // positions into one product against the shared K and V (one sgemm instead of H, K/V packed

@@ -26,7 +26,8 @@ constexpr size_t kAlignment = 64;  // a cache line, and enough for any vector lo
 // (at most 25% slack). Training and decoding ask for the same few shapes every step, so after the
 // first step nearly every request is served from the cache.
 size_t size_class(size_t bytes) {
-  if (bytes <= 4096) return bytes == 0 ? kAlignment : (bytes + kAlignment - 1) / kAlignment * kAlignment;
+  if (bytes <= 4096)
+    return bytes == 0 ? kAlignment : (bytes + kAlignment - 1) / kAlignment * kAlignment;
   const int top = std::bit_width(bytes - 1) - 1;  // 2^top < bytes <= 2^(top+1)
   const size_t quarter = size_t{1} << (top - 2);
   return (bytes + quarter - 1) / quarter * quarter;
