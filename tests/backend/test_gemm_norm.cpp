@@ -9,11 +9,26 @@
 namespace nnkit::test {
 namespace {
 
-using BackendGemm = CpuBackendTest;
+class BackendGemm : public CpuBackendTest {
+ protected:
+  // c = 0.5 * op(a) @ op(b) + c for all four transpose pairs against a double reference.
+  void check_gemm_all_transposes(int64_t M, int64_t K, int64_t N);
+};
 using BackendNorm = CpuBackendTest;
 
+// Sizes pick each path of the CPU gemm: the direct few-row kernel (7 rows), one OpenBLAS call
+// (transposed a of 7 columns), and the per-thread slabs of c split by rows (131 x 37) and by
+// columns (40 x 150), with edges that are not multiples of the slab alignment.
 TEST_F(BackendGemm, AllTransposesAlphaBeta) {
-  const int64_t M = 7, K = 13, N = 5;
+  struct Size {
+    int64_t M, K, N;
+  };
+  for (const Size size : {Size{7, 13, 5}, Size{131, 70, 37}, Size{40, 90, 150}}) {
+    check_gemm_all_transposes(size.M, size.K, size.N);
+  }
+}
+
+void BackendGemm::check_gemm_all_transposes(int64_t M, int64_t K, int64_t N) {
   for (int ta = 0; ta < 2; ++ta) {
     for (int tb = 0; tb < 2; ++tb) {
       std::vector<float> ha, hb, hc;
@@ -33,8 +48,10 @@ TEST_F(BackendGemm, AllTransposesAlphaBeta) {
           want[size_t(m * N + n)] = 0.5 * acc + hc[size_t(m * N + n)];
         }
       }
-      expect_close(host(c), want, 1e-5, 1e-6,
-                   "gemm ta=" + std::to_string(ta) + " tb=" + std::to_string(tb));
+      expect_close(host(c), want, 1e-5, 1e-5,
+                   "gemm " + std::to_string(M) + "x" + std::to_string(K) + "x" +
+                       std::to_string(N) + " ta=" + std::to_string(ta) +
+                       " tb=" + std::to_string(tb));
     }
   }
 }

@@ -1,6 +1,7 @@
 // Purpose: backend/cpu gemm, a checked front for row-major cblas_sgemm. Owned by backend/cpu.
-// OpenBLAS (OpenMP build) threads large products itself and runs single-threaded when called from
-// inside our parallel regions (attention uses it that way).
+// Large products are split into one slab of c per thread, each a single-threaded OpenBLAS call
+// (OpenBLAS, OpenMP build, runs single-threaded inside an active parallel region; attention
+// calls it that way too).
 // Products with few rows in op(a) (decoding: one row per sequence) skip OpenBLAS: its sgemm packs
 // the whole of b on every call, which for a handful of rows costs more than the product itself.
 // Those run as direct dot products / row updates here (fixed order: deterministic).
@@ -87,6 +88,44 @@ void small_gemm_nn(int64_t m, int64_t n, int64_t k, float alpha, const float* a,
   }
 }
 
+// One single-threaded OpenBLAS call per thread on its own slab of c (rows when c is at least as
+// tall as wide, columns otherwise). OpenBLAS's own threading of these small products (a few
+// hundred rows or columns) splits every call into panels that the threads exchange through
+// spin-then-yield flags; measured in training, that synchronisation and the cold start of each
+// call cost about half of the gemm time. Slabs share nothing, so there is no waiting inside a
+// call, and each c element is still computed by one fixed-order call: deterministic for a given
+// thread count. OpenBLAS runs single-threaded when called inside an active parallel region.
+void blocked_sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                   const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                   int64_t ldc) {
+  const auto call = [&](int64_t rows, int64_t cols, const float* pa, const float* pb, float* pc) {
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(rows),
+                static_cast<int>(cols), static_cast<int>(k), alpha, pa, static_cast<int>(lda), pb,
+                static_cast<int>(ldb), beta, pc, static_cast<int>(ldc));
+  };
+  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  constexpr int64_t kAlign = 16;  // slab edges on micro-kernel multiples
+  const bool split_rows = m >= n;
+  const int64_t extent = split_rows ? m : n;
+  const int64_t slabs = std::min<int64_t>(threads, std::max<int64_t>(1, extent / (2 * kAlign)));
+  if (slabs <= 1 || m * n * k < (int64_t{1} << 18)) {
+    call(m, n, a, b, c);
+    return;
+  }
+#pragma omp parallel for schedule(static, 1) num_threads(static_cast<int>(slabs))
+  for (int64_t s = 0; s < slabs; ++s) {
+    const int64_t begin = (extent * s / slabs) / kAlign * kAlign;
+    const int64_t end = s + 1 == slabs ? extent : (extent * (s + 1) / slabs) / kAlign * kAlign;
+    if (end <= begin) continue;
+    if (split_rows) {
+      call(end - begin, n, trans_a ? a + begin : a + begin * lda, b, c + begin * ldc);
+    } else {
+      call(m, end - begin, a, trans_b ? b + begin * ldb : b + begin, c + begin);
+    }
+  }
+}
+
 }  // namespace
 
 void CpuBackend::gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
@@ -125,10 +164,8 @@ void CpuBackend::gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans
     }
     return;
   }
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-              trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
-              static_cast<int>(k), alpha, ptr<float>(a), static_cast<int>(a.dim(1)), ptr<float>(b),
-              static_cast<int>(b.dim(1)), beta, pc, static_cast<int>(n));
+  blocked_sgemm(trans_a, trans_b, m, n, k, alpha, ptr<float>(a), a.dim(1), ptr<float>(b), b.dim(1),
+                beta, pc, n);
 }
 
 }  // namespace nnkit::cpu
