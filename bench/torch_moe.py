@@ -106,7 +106,7 @@ class MQA(nn.Module):
         scores = torch.matmul(qg, k.transpose(-1, -2)) * self.scale  # (B, Hkv, g*T, S)
         scores = scores.view(B, Hkv, g, T, S)
         if T > 1:
-            mask = torch.ones(T, S, dtype=torch.bool).triu(S - T + 1)
+            mask = torch.ones(T, S, dtype=torch.bool, device=scores.device).triu(S - T + 1)
             scores = scores.masked_fill(mask, float("-inf"))
         p = torch.softmax(scores, -1).view(B, Hkv, g * T, S)
         out = torch.matmul(p, v).view(B, H, T, D).transpose(1, 2).reshape(B, T, H * D)

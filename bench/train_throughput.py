@@ -3,6 +3,7 @@
 
   /usr/bin/python3 bench/train_throughput.py [--config configs/tiny.yaml] [--steps 60]
       [--warmup 10] [--threads 2] [--repeats 1] [--nnkit build-perf/bin/nnkit] [--only nnkit|torch]
+      [--device cpu|cuda]
 
 nnkit: `nnkit train CONFIG --data DATA --out TMP train.steps=N train.eval_every=0
 train.checkpoint_every=0 train.log_every=1000`; tokens/s is taken from metrics.jsonl: the trainer
@@ -11,6 +12,10 @@ tokens and seconds over the windows that start after the warm-up steps.
 PyTorch: bench/torch_moe.py, one step = forward, CE + aux loss, backward, grad-norm clip, AdamW,
 loss.item(); timed with perf_counter over the steps after the warm-up steps.
 Both get OMP_NUM_THREADS=threads (and torch.set_num_threads(threads)).
+--device cuda runs PyTorch with the model and batches on cuda:0; nnkit follows the config's
+`backend:` (use a config with `backend: {type: cuda}`, e.g. bench/gpu-medium.yaml). Both are
+fp32: PyTorch keeps TF32 off for fp32 matmuls by default, as backend/cuda does unless
+`tf32: true`.
 Must run under Debian's /usr/bin/python3 (python3-torch).
 """
 import argparse
@@ -33,6 +38,7 @@ def nnkit_train(args, extra):
     cmd = [args.nnkit, "train", args.config, "--data", args.data, "--out", out + "/run",
            f"train.steps={args.steps}", "train.eval_every=0", "train.checkpoint_every=0",
            "train.log_every=1000", "--json"] + extra
+
     try:
         t0 = time.perf_counter()
         res = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -85,7 +91,8 @@ def torch_train(args):
     torch.manual_seed(1234)
     c = torch_moe.load_config(args.config)
     B, T = c["batch"], c["seq"]
-    model = torch_moe.Transformer(c)
+    device = torch.device(args.device)
+    model = torch_moe.Transformer(c).to(device)
     model.train()
     opt = torch_moe.make_optimizer(model, c)
     tokens = read_tokens(args.data)
@@ -97,8 +104,8 @@ def torch_train(args):
         t0 = time.perf_counter()
         starts = rng.integers(0, len(tokens) - T - 1, size=B)
         window = np.stack([tokens[s:s + T + 1] for s in starts])
-        ids = torch.from_numpy(window[:, :-1].copy())
-        tgt = torch.from_numpy(window[:, 1:].copy())
+        ids = torch.from_numpy(window[:, :-1].copy()).to(device)
+        tgt = torch.from_numpy(window[:, 1:].copy()).to(device)
         for g in opt.param_groups:
             g["lr"] = c["lr"] * torch_moe.lr_factor(step, args.steps, c["warmup"], c["min_lr_ratio"])
         opt.zero_grad(set_to_none=True)
@@ -123,6 +130,7 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--only", choices=["nnkit", "torch"])
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("extra", nargs="*", help="key=value overrides passed to nnkit")
     args = p.parse_args()
@@ -136,7 +144,7 @@ def main():
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         cmd = [sys.executable, os.path.abspath(__file__), "--child", "--config", args.config,
                "--data", args.data, "--steps", str(args.steps), "--warmup", str(args.warmup),
-               "--threads", str(args.threads)]
+               "--threads", str(args.threads), "--device", args.device]
         res = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if res.returncode != 0:
             sys.exit(f"torch failed:\n{res.stderr[-3000:]}")

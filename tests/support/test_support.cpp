@@ -69,6 +69,11 @@ std::shared_ptr<Backend> cpu_backend(int threads) {
   return create<Backend>("backend", "cpu", {{"threads", std::to_string(threads)}});
 }
 
+std::shared_ptr<Backend> cuda_backend(int device, bool tf32) {
+  return create<Backend>("backend", "cuda",
+                         {{"device", std::to_string(device)}, {"tf32", tf32 ? "true" : "false"}});
+}
+
 Tensor tensor_from(Backend& backend, const std::vector<float>& values, const Shape& shape) {
   if (static_cast<int64_t>(values.size()) != shape_numel(shape)) {
     throw std::invalid_argument("tensor_from: size mismatch");

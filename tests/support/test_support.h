@@ -33,6 +33,9 @@ std::shared_ptr<T> create(const std::string& kind, const std::string& name,
 
 // The CPU backend plugin with `threads` threads.
 std::shared_ptr<Backend> cpu_backend(int threads = 2);
+// The CUDA backend plugin (backend/cuda) on `device`. Throws nnkit::Error (PluginError when the
+// plugin is missing or failed to load, Error when there is no usable device or driver).
+std::shared_ptr<Backend> cuda_backend(int device = 0, bool tf32 = false);
 
 // Host <-> tensor conveniences (f32 / i32).
 Tensor tensor_from(Backend& backend, const std::vector<float>& values, const Shape& shape);

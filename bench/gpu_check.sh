@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One pass of GPU work for a machine with an NVIDIA GPU (the project's H200 lease runs exactly
+# this): build Release with the CUDA backend, run the CUDA parity tests, train the demo model on
+# the GPU for a few steps, and time training against PyTorch on the GPU.
+#   bash bench/gpu_check.sh [OUT_DIR]     (needs data/demo.tokens: scripts/setup.sh makes it)
+# Logs go to OUT_DIR (default build-gpu/out): cuda_tests.txt, tiny_cuda.txt, bench_gpu.txt.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-build-gpu/out}
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$out/gpu.txt" 2>&1
+
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
+  -DNNKIT_TEST_AREAS="backend_cuda" > "$out/build.txt" 2>&1 &&
+  cmake --build build-gpu -j "$(nproc)" >> "$out/build.txt" 2>&1 || { tail -50 "$out/build.txt"; exit 1; }
+
+build-gpu/bin/test_backend_cuda > "$out/cuda_tests.txt" 2>&1
+echo "test_backend_cuda exit $?" >> "$out/cuda_tests.txt"
+tail -5 "$out/cuda_tests.txt"
+
+# The demo model on the GPU: loss must fall like on the CPU.
+build-gpu/bin/nnkit train configs/tiny.yaml 'backend={type: cuda}' \
+  --data data/demo.tokens --out build-gpu/runs/tiny train.steps=100 train.eval_every=50 \
+  train.checkpoint_every=0 > "$out/tiny_cuda.txt" 2>&1
+echo "tiny train exit $?" >> "$out/tiny_cuda.txt"
+tail -4 "$out/tiny_cuda.txt"
+
+python3 bench/train_throughput.py --config bench/gpu-medium.yaml --device cuda --steps 30 \
+  --warmup 10 --repeats 2 --nnkit build-gpu/bin/nnkit > "$out/bench_gpu.txt" 2>&1
+tail -8 "$out/bench_gpu.txt"

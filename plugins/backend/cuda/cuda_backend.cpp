@@ -1,0 +1,258 @@
+// Purpose: backend/cuda's plugin entry, options, device memory, copies, synchronisation and the
+// kernel-fault report. Owned by backend/cuda.
+// Memory: cudaMalloc costs tens of microseconds and synchronises the device, and a training step
+// allocates and frees the same few hundred activation sizes every step, so freed blocks go to a
+// cache keyed by size class and are handed out again. Reuse is safe without events because every
+// op of this backend runs on its one stream: a block freed by the host after enqueueing its last
+// use is only reused by work enqueued later on the same stream.
+#include "cuda_backend.h"
+
+#include <cublas_v2.h>
+
+#include <algorithm>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "cuda_check.h"
+#include "nnkit/error.h"
+#include "nnkit/plugin.h"
+
+namespace nnkit::cuda {
+
+void throw_cuda_error(cudaError_t status, const char* call, const char* file, int line) {
+  throw Error("backend/cuda", std::string(call) + " failed: " + cudaGetErrorName(status) + " (" +
+                                  cudaGetErrorString(status) + ") at " + file + ":" +
+                                  std::to_string(line));
+}
+
+void throw_cublas_error(int status, const char* call, const char* file, int line) {
+  throw Error("backend/cuda", std::string(call) + " failed: cuBLAS status " +
+                                  std::to_string(status) + " (" +
+                                  cublasGetStatusString(static_cast<cublasStatus_t>(status)) +
+                                  ") at " + file + ":" + std::to_string(line));
+}
+
+// Freed device blocks by size class, reused in stream order (see the file comment). Bounded: past
+// kMaxCachedBytes a freed block goes back to the driver.
+class DeviceBlockCache {
+ public:
+  explicit DeviceBlockCache(int device) : device_(device) {}
+  DeviceBlockCache(const DeviceBlockCache&) = delete;
+  DeviceBlockCache& operator=(const DeviceBlockCache&) = delete;
+
+  ~DeviceBlockCache() {
+    // No throwing here: a failing cudaFree at teardown (driver shutting down) is ignored.
+    cudaSetDevice(device_);
+    for (auto& [size, blocks] : free_) {
+      for (void* p : blocks) cudaFree(p);
+    }
+  }
+
+  // Bytes rounded up to a class: 512 B steps to 1 MiB, then 2 MiB steps.
+  static size_t size_class(size_t bytes) {
+    constexpr size_t kSmallStep = 512, kLargeStep = size_t{2} << 20;
+    if (bytes <= (size_t{1} << 20))
+      return std::max(kSmallStep, (bytes + kSmallStep - 1) / kSmallStep * kSmallStep);
+    return (bytes + kLargeStep - 1) / kLargeStep * kLargeStep;
+  }
+
+  // A block of `size` (a size class) or throws with the sizes when the device is out of memory
+  // even after returning the cached blocks to the driver.
+  void* acquire(size_t size) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = free_.find(size);
+      if (it != free_.end() && !it->second.empty()) {
+        void* p = it->second.back();
+        it->second.pop_back();
+        cached_ -= size;
+        return p;
+      }
+    }
+    void* p = nullptr;
+    if (cudaMalloc(&p, size) == cudaSuccess) return p;
+    cudaGetLastError();  // clear the sticky-free allocation error
+    trim();
+    const cudaError_t status = cudaMalloc(&p, size);
+    if (status != cudaSuccess) {
+      cudaGetLastError();
+      size_t free_bytes = 0, total_bytes = 0;
+      cudaMemGetInfo(&free_bytes, &total_bytes);
+      throw Error("backend/cuda", "out of device memory allocating " + std::to_string(size) +
+                                      " bytes on cuda:" + std::to_string(device_) + " (" +
+                                      std::to_string(free_bytes >> 20) + " MiB free of " +
+                                      std::to_string(total_bytes >> 20) +
+                                      " MiB); reduce train.batch_size or train.seq_len");
+    }
+    return p;
+  }
+
+  void release(void* p, size_t size) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (cached_ + size <= kMaxCachedBytes) {
+        free_[size].push_back(p);
+        cached_ += size;
+        return;
+      }
+    }
+    cudaFree(p);
+  }
+
+ private:
+  static constexpr size_t kMaxCachedBytes = size_t{8} << 30;
+
+  // Returns every cached block to the driver (before retrying a failed allocation).
+  void trim() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    cudaDeviceSynchronize();  // blocks may still be read by enqueued work
+    for (auto& [size, blocks] : free_) {
+      for (void* p : blocks) cudaFree(p);
+      blocks.clear();
+    }
+    cached_ = 0;
+  }
+
+  int device_;
+  std::mutex mutex_;
+  std::unordered_map<size_t, std::vector<void*>> free_;
+  size_t cached_ = 0;
+};
+
+namespace {
+
+std::vector<OptionSpec> cuda_options() {
+  return {OptionSpec{"device", OptionType::kInt, "0", 0.0, 1024.0, "CUDA device index"},
+          OptionSpec{"tf32", OptionType::kBool, "false", std::nullopt, std::nullopt,
+                     "let cuBLAS use TF32 tensor cores for fp32 products (faster, ~1e-3 "
+                     "relative error)"}};
+}
+
+Component* create_cuda(const CreateArgs& args) {
+  return new CudaBackend(static_cast<int>(args.options.get_int("device")),
+                         args.options.get_bool("tf32"));
+}
+
+const char* fault_op_name(int32_t op) {
+  switch (static_cast<FaultOp>(op)) {
+    case FaultOp::kGatherRows:
+      return "gather_rows";
+    case FaultOp::kScatterAddRows:
+      return "scatter_add_rows";
+    case FaultOp::kCrossEntropy:
+      return "cross_entropy";
+  }
+  return "an indexed op";
+}
+
+}  // namespace
+
+CudaBackend::CudaBackend(int device, bool tf32) : device_(device) {
+  int count = 0;
+  const cudaError_t status = cudaGetDeviceCount(&count);
+  if (status != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    throw Error("backend/cuda",
+                std::string("no CUDA device available (") +
+                    (status != cudaSuccess ? cudaGetErrorString(status) : "0 devices found") +
+                    "); use `backend: {type: cpu}` on this machine");
+  }
+  if (device < 0 || device >= count) {
+    throw Error("backend/cuda", "device " + std::to_string(device) +
+                                    " does not exist; this machine has " + std::to_string(count) +
+                                    " CUDA device(s) (0.." + std::to_string(count - 1) + ")");
+  }
+  NNKIT_CUDA_CHECK(cudaSetDevice(device_));
+  NNKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  NNKIT_CUBLAS_CHECK(cublasCreate(&cublas_));
+  NNKIT_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+  NNKIT_CUBLAS_CHECK(
+      cublasSetMathMode(cublas_, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_PEDANTIC_MATH));
+  NNKIT_CUDA_CHECK(cudaMalloc(&fault_, sizeof(DeviceFault)));
+  NNKIT_CUDA_CHECK(cudaMemsetAsync(fault_, 0, sizeof(DeviceFault), stream_));
+  cache_ = std::make_shared<DeviceBlockCache>(device_);
+}
+
+CudaBackend::~CudaBackend() {
+  // Destructors never throw: wait for the stream, then release what this object owns. Tensors
+  // still alive keep the block cache (and their memory) until they go.
+  cudaSetDevice(device_);
+  if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+  if (cublas_ != nullptr) cublasDestroy(cublas_);
+  if (fault_ != nullptr) cudaFree(fault_);
+  if (stream_ != nullptr) cudaStreamDestroy(stream_);
+}
+
+Tensor CudaBackend::empty(const Shape& shape, DType dtype) {
+  for (int64_t d : shape) {
+    if (d < 0) kChecks.fail("empty", "negative dimension in shape " + to_string(shape));
+  }
+  const size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
+  const size_t size = DeviceBlockCache::size_class(bytes);
+  void* memory = cache_->acquire(size);
+  auto storage = std::make_shared<Storage>();
+  storage->data =
+      std::shared_ptr<void>(memory, [cache = cache_, size](void* p) { cache->release(p, size); });
+  storage->bytes = bytes;
+  storage->device = device();
+  return Tensor(std::move(storage), shape, dtype);
+}
+
+void CudaBackend::copy_from_host(const Tensor& dst, const void* src) {
+  if (!dst.defined() || dst.device() != device()) {
+    kChecks.fail("copy_from_host",
+                 "dst is " + describe(dst) + "; expected a tensor on " + to_string(device()));
+  }
+  if (dst.nbytes() == 0) return;
+  // From pageable host memory this returns once the source has been staged, so the caller may
+  // reuse `src` right away (the Backend contract).
+  NNKIT_CUDA_CHECK(cudaMemcpyAsync(dst.raw(), src, dst.nbytes(), cudaMemcpyHostToDevice, stream_));
+}
+
+void CudaBackend::copy_to_host(void* dst, const Tensor& src) {
+  if (!src.defined() || src.device() != device()) {
+    kChecks.fail("copy_to_host",
+                 "src is " + describe(src) + "; expected a tensor on " + to_string(device()));
+  }
+  if (src.nbytes() > 0) {
+    NNKIT_CUDA_CHECK(
+        cudaMemcpyAsync(dst, src.raw(), src.nbytes(), cudaMemcpyDeviceToHost, stream_));
+  }
+  synchronize();
+}
+
+void CudaBackend::copy(const Tensor& dst, const Tensor& src) {
+  if (!dst.defined() || !src.defined() || dst.device() != device() || src.device() != device() ||
+      dst.dtype() != src.dtype() || dst.numel() != src.numel()) {
+    kChecks.fail("copy", "dst is " + describe(dst) + " and src is " + describe(src) +
+                             "; expected tensors on " + to_string(device()) +
+                             " of one dtype and element count");
+  }
+  if (dst.nbytes() > 0 && dst.raw() != src.raw()) {
+    NNKIT_CUDA_CHECK(
+        cudaMemcpyAsync(dst.raw(), src.raw(), dst.nbytes(), cudaMemcpyDeviceToDevice, stream_));
+  }
+}
+
+void CudaBackend::synchronize() {
+  NNKIT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  raise_fault();
+}
+
+void CudaBackend::raise_fault() {
+  DeviceFault fault{};
+  NNKIT_CUDA_CHECK(cudaMemcpy(&fault, fault_, sizeof(fault), cudaMemcpyDeviceToHost));
+  if (fault.op == 0) return;
+  NNKIT_CUDA_CHECK(cudaMemset(fault_, 0, sizeof(DeviceFault)));
+  kChecks.fail(fault_op_name(fault.op - 1),
+               "index " + std::to_string(fault.index) + " at row " + std::to_string(fault.row) +
+                   " is outside [0, " + std::to_string(fault.limit) +
+                   "); the row was skipped. Check token ids against the model's vocab_size");
+}
+
+}  // namespace nnkit::cuda
+
+NNKIT_PLUGIN(backend, cuda, "0.1.0",
+             "fp32 CUDA backend: cuBLAS products, fused attention, deterministic kernels",
+             &nnkit::cuda::cuda_options, &nnkit::cuda::create_cuda)

@@ -1,0 +1,136 @@
+// Purpose: backend/cuda, the fp32 CUDA implementation of nnkit::Backend: cuBLAS for matrix
+// products, one kernel file per idea (elementwise, norm_activation, softmax_topk, rope,
+// attention, gather_loss, optimizer) for the rest.
+// Execution: every op is enqueued on the backend's own non-blocking stream and returns at once;
+// copy_to_host and synchronize wait for the stream. Results are deterministic: no op uses
+// floating-point atomics (scatter_add_rows sorts by destination first, reductions use fixed
+// trees), so a run repeats bit for bit on the same GPU.
+// Faults: index-carrying ops (gather_rows, scatter_add_rows, cross-entropy targets) cannot throw
+// from a kernel. An out-of-range index is skipped and recorded in a device-side fault word; the
+// next synchronize() or copy_to_host() reads it and throws a ShapeError naming the op, the index
+// and the valid range, instead of corrupting memory.
+// Ownership: tensors from empty() hold device memory from a per-backend cache of freed blocks
+// (by size class, stream-ordered reuse, bounded); the cache is shared with the storage deleters,
+// so tensors may outlive the backend object. The CUDA context, stream and cuBLAS handle live as
+// long as the backend.
+// Thread-safety: one thread drives a backend (the Backend contract).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "../common/op_checks.h"
+#include "nnkit/backend.h"
+
+typedef struct cublasContext* cublasHandle_t;
+
+namespace nnkit::cuda {
+
+class DeviceBlockCache;  // cuda_backend.cpp
+
+// Where a kernel records the first out-of-range index it met (device memory, see above).
+struct DeviceFault {
+  int32_t op;  // FaultOp + 1; 0 = no fault
+  int32_t pad;
+  int64_t index;  // the offending value
+  int64_t limit;  // valid range [0, limit)
+  int64_t row;    // where it was found
+};
+
+enum class FaultOp : int32_t { kGatherRows = 0, kScatterAddRows = 1, kCrossEntropy = 2 };
+
+class CudaBackend final : public Backend {
+ public:
+  // `device` is the CUDA device index; `tf32` lets cuBLAS use TF32 tensor cores for fp32
+  // products (faster, ~1e-3 relative error; off by default so results match the CPU backend).
+  CudaBackend(int device, bool tf32);
+  ~CudaBackend() override;
+
+  // ---- device and memory (cuda_backend.cpp) -------------------------------------------------
+  Device device() const override { return Device{DeviceType::kCuda, device_}; }
+  Tensor empty(const Shape& shape, DType dtype = DType::kF32) override;
+  void copy_from_host(const Tensor& dst, const void* src) override;
+  void copy_to_host(void* dst, const Tensor& src) override;
+  void copy(const Tensor& dst, const Tensor& src) override;
+  void synchronize() override;
+  int threads() const override { return 1; }
+
+  // ---- initialisation and elementwise (elementwise.cu) --------------------------------------
+  void fill(const Tensor& t, float value) override;
+  void fill_normal(const Tensor& t, float mean, float std, uint64_t seed) override;
+  void add(const Tensor& out, const Tensor& a, const Tensor& b) override;
+  void axpy(const Tensor& y, float alpha, const Tensor& x) override;
+  void scale(const Tensor& t, float alpha) override;
+  void scale_rows(const Tensor& x, const Tensor& w) override;
+  void row_dot(const Tensor& a, const Tensor& b, const Tensor& out) override;
+  void sum_squares(const Tensor& x, const Tensor& out) override;
+
+  // ---- matrix products (gemm.cpp) -----------------------------------------------------------
+  void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
+            float alpha = 1.0f, float beta = 0.0f) override;
+
+  // ---- normalisation and activations (norm_activation.cu, softmax_topk.cu) ------------------
+  void rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, const Tensor& y,
+                       const Tensor& rstd) override;
+  void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& rstd,
+                        const Tensor& dx, const Tensor& dweight) override;
+  void swiglu_forward(const Tensor& gate, const Tensor& up, const Tensor& out) override;
+  void swiglu_backward(const Tensor& dout, const Tensor& gate, const Tensor& up,
+                       const Tensor& dgate, const Tensor& dup) override;
+  void softmax_rows(const Tensor& x, const Tensor& y) override;
+  void softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) override;
+  void topk_rows(const Tensor& x, int64_t k, const Tensor& values, const Tensor& indices) override;
+
+  // ---- positions and attention (rope.cu, attention.cu) --------------------------------------
+  void rope(const Tensor& x, const Tensor& positions, int64_t n_heads, int64_t head_dim, float base,
+            bool inverse) override;
+  void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& kv_start,
+                         const Tensor& out, const Tensor& lse,
+                         const AttentionShape& shape) override;
+  void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                          const Tensor& kv_start, const Tensor& out, const Tensor& lse,
+                          const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                          const AttentionShape& shape) override;
+
+  // ---- gather / scatter and losses (gather_loss.cu) -----------------------------------------
+  void gather_rows(const Tensor& src, const Tensor& index, const Tensor& dst) override;
+  void scatter_add_rows(const Tensor& src, const Tensor& index, const Tensor& weight,
+                        const Tensor& dst) override;
+  void cross_entropy_forward(const Tensor& logits, const Tensor& targets,
+                             const Tensor& losses) override;
+  void cross_entropy_backward(const Tensor& logits, const Tensor& targets, float scale,
+                              const Tensor& dlogits) override;
+
+  // ---- optimizer (optimizer.cu) -------------------------------------------------------------
+  void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                    const AdamWStep& step) override;
+
+  // ---- for the kernel files -----------------------------------------------------------------
+  cudaStream_t stream() const { return stream_; }
+  DeviceFault* fault() const { return fault_; }
+  // Scratch device memory of at least `bytes`, valid until the next op (stream-ordered reuse).
+  Tensor scratch(size_t bytes) { return empty({static_cast<int64_t>(bytes)}, DType::kU8); }
+
+ private:
+  // Throws the recorded kernel fault, if any, and clears it (after the stream has drained).
+  void raise_fault();
+
+  int device_ = 0;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  DeviceFault* fault_ = nullptr;  // device memory, one record
+  std::shared_ptr<DeviceBlockCache> cache_;
+};
+
+inline constexpr backend_common::OpChecks kChecks{"backend/cuda", DeviceType::kCuda};
+
+// The first element as a typed device pointer (the tensor has been checked).
+template <typename T>
+T* ptr(const Tensor& t) {
+  return static_cast<T*>(t.raw());
+}
+
+}  // namespace nnkit::cuda

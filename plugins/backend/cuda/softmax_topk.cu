@@ -1,0 +1,163 @@
+// Purpose: backend/cuda row softmax (forward, backward) and row top-k. Owned by backend/cuda.
+// Softmax: one block per row (max, sum of exp, scale), y may alias x. Top-k: the MoE router asks
+// for k <= 8 of at most a few dozen experts per token, so each row is one warp: every lane keeps
+// a sorted list of the best k of its strided columns, then k rounds of a warp arg-max merge the
+// 32 lists. Ranking is the CPU's: larger value first, ties to the lower index. Large k (more than
+// kWarpTopK, e.g. sampling over a vocabulary) takes one thread per row with insertion into the
+// output row itself.
+#include "cuda_check.h"
+#include "kernel_utils.cuh"
+
+namespace nnkit::cuda {
+
+namespace {
+
+constexpr int kWarpTopK = 16;
+
+__global__ void softmax_rows_kernel(const float* x, float* y, int64_t cols) {
+  __shared__ float shared_max[32];
+  __shared__ float shared_sum[32];
+  const int64_t row = blockIdx.x;
+  const float* xr = x + row * cols;
+  float* yr = y + row * cols;
+  float mx = -INFINITY;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) mx = fmaxf(mx, xr[c]);
+  mx = block_max(mx, shared_max);
+  float sum = 0.0f;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float e = expf(xr[c] - mx);
+    yr[c] = e;
+    sum += e;
+  }
+  sum = block_sum(sum, shared_sum);
+  const float inv = 1.0f / sum;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) yr[c] *= inv;
+}
+
+__global__ void softmax_backward_kernel(const float* y, const float* dy, float* dx, int64_t cols) {
+  __shared__ double shared[32];
+  const int64_t row = blockIdx.x;
+  const float* yr = y + row * cols;
+  const float* dyr = dy + row * cols;
+  float* dxr = dx + row * cols;
+  double dot = 0.0;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) dot += double(yr[c]) * dyr[c];
+  const float d = static_cast<float>(block_sum(dot, shared));
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) dxr[c] = yr[c] * (dyr[c] - d);
+}
+
+__device__ __forceinline__ bool ranks_before(float va, int32_t ia, float vb, int32_t ib) {
+  return va > vb || (va == vb && ia < ib);
+}
+
+// Inserts (v, idx) into the sorted list (vals, idxs) of capacity k holding `filled` entries.
+__device__ __forceinline__ void insert_sorted(float* vals, int32_t* idxs, int k, int& filled,
+                                              float v, int32_t idx) {
+  if (filled == k && !ranks_before(v, idx, vals[k - 1], idxs[k - 1])) return;
+  int pos = filled < k ? filled++ : k - 1;
+  while (pos > 0 && ranks_before(v, idx, vals[pos - 1], idxs[pos - 1])) {
+    vals[pos] = vals[pos - 1];
+    idxs[pos] = idxs[pos - 1];
+    --pos;
+  }
+  vals[pos] = v;
+  idxs[pos] = idx;
+}
+
+// One warp per row, k <= kWarpTopK.
+__global__ void topk_warp_kernel(const float* x, int64_t rows, int64_t cols, int k, float* values,
+                                 int32_t* indices) {
+  const int64_t row = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  const float* xr = x + row * cols;
+  float vals[kWarpTopK];
+  int32_t idxs[kWarpTopK];
+  int filled = 0;
+  for (int64_t c = lane; c < cols; c += 32) {
+    insert_sorted(vals, idxs, k, filled, xr[c], static_cast<int32_t>(c));
+  }
+  int head = 0;  // next unconsumed entry of this lane's list
+  for (int j = 0; j < k; ++j) {
+    float best_v = head < filled ? vals[head] : -INFINITY;
+    int32_t best_i = head < filled ? idxs[head] : INT32_MAX;
+    bool has = head < filled;
+    // Warp arg-max under ranks_before; lanes without entries never win.
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, best_v, offset);
+      const int32_t oi = __shfl_xor_sync(0xffffffffu, best_i, offset);
+      const bool ohas = __shfl_xor_sync(0xffffffffu, has, offset);
+      if (ohas && (!has || ranks_before(ov, oi, best_v, best_i))) {
+        best_v = ov;
+        best_i = oi;
+        has = true;
+      }
+    }
+    if (head < filled && idxs[head] == best_i) ++head;  // the winning lane consumes its head
+    if (lane == 0) {
+      values[row * k + j] = best_v;
+      indices[row * k + j] = best_i;
+    }
+  }
+}
+
+// One thread per row, any k: insertion straight into the output row.
+__global__ void topk_row_kernel(const float* x, int64_t rows, int64_t cols, int k, float* values,
+                                int32_t* indices) {
+  const int64_t row = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (row >= rows) return;
+  const float* xr = x + row * cols;
+  float* vr = values + row * k;
+  int32_t* ir = indices + row * k;
+  int filled = 0;
+  for (int64_t c = 0; c < cols; ++c) insert_sorted(vr, ir, k, filled, xr[c], int32_t(c));
+}
+
+}  // namespace
+
+void CudaBackend::softmax_rows(const Tensor& x, const Tensor& y) {
+  const backend_common::RowShape s = kChecks.rows("softmax_rows", "x", x, DType::kF32);
+  kChecks.dtype("softmax_rows", "y", y, DType::kF32);
+  kChecks.same_shape("softmax_rows", "x", x, "y", y);
+  if (s.rows == 0 || s.cols == 0) return;
+  softmax_rows_kernel<<<static_cast<unsigned>(s.rows), kThreads, 0, stream_>>>(
+      ptr<float>(x), ptr<float>(y), s.cols);
+  NNKIT_CUDA_CHECK_LAUNCH(softmax_rows_kernel);
+}
+
+void CudaBackend::softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) {
+  const backend_common::RowShape s = kChecks.rows("softmax_backward", "y", y, DType::kF32);
+  kChecks.dtype("softmax_backward", "dy", dy, DType::kF32);
+  kChecks.dtype("softmax_backward", "dx", dx, DType::kF32);
+  kChecks.same_shape("softmax_backward", "y", y, "dy", dy);
+  kChecks.same_shape("softmax_backward", "y", y, "dx", dx);
+  if (s.rows == 0 || s.cols == 0) return;
+  softmax_backward_kernel<<<static_cast<unsigned>(s.rows), kThreads, 0, stream_>>>(
+      ptr<float>(y), ptr<float>(dy), ptr<float>(dx), s.cols);
+  NNKIT_CUDA_CHECK_LAUNCH(softmax_backward_kernel);
+}
+
+void CudaBackend::topk_rows(const Tensor& x, int64_t k, const Tensor& values,
+                            const Tensor& indices) {
+  const backend_common::RowShape s = kChecks.rows("topk_rows", "x", x, DType::kF32);
+  if (k < 0 || k > s.cols) {
+    kChecks.fail("topk_rows", "k = " + std::to_string(k) + " is outside [0, " +
+                                  std::to_string(s.cols) + "] for x " + describe(x));
+  }
+  kChecks.tensor("topk_rows", "values", values, DType::kF32, {s.rows, k});
+  kChecks.tensor("topk_rows", "indices", indices, DType::kI32, {s.rows, k});
+  if (s.rows == 0 || k == 0) return;
+  if (k <= kWarpTopK) {
+    const int64_t warps_per_block = kThreads / 32;
+    const unsigned blocks = static_cast<unsigned>((s.rows + warps_per_block - 1) / warps_per_block);
+    topk_warp_kernel<<<blocks, kThreads, 0, stream_>>>(ptr<float>(x), s.rows, s.cols, int(k),
+                                                       ptr<float>(values), ptr<int32_t>(indices));
+    NNKIT_CUDA_CHECK_LAUNCH(topk_warp_kernel);
+  } else {
+    topk_row_kernel<<<grid_for(s.rows, 64), 64, 0, stream_>>>(
+        ptr<float>(x), s.rows, s.cols, int(k), ptr<float>(values), ptr<int32_t>(indices));
+    NNKIT_CUDA_CHECK_LAUNCH(topk_row_kernel);
+  }
+}
+
+}  // namespace nnkit::cuda
