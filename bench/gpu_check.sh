@@ -3,7 +3,8 @@
 # this): build Release with the CUDA backend, run the CUDA parity tests, train the demo model on
 # the GPU for a few steps, and time training against PyTorch on the GPU.
 #   bash bench/gpu_check.sh [OUT_DIR]     (needs data/demo.tokens: scripts/setup.sh makes it)
-# Logs go to OUT_DIR (default build-gpu/out): cuda_tests.txt, tiny_cuda.txt, bench_gpu.txt.
+# Logs go to OUT_DIR (default build-gpu/out): cuda_tests.txt, tiny_cuda.txt, generate_cuda.txt,
+# profile.txt (per-op GPU time, NNKIT_CUDA_PROFILE=1), bench_gpu.txt (fp32), bench_gpu_tf32.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-build-gpu/out}
@@ -28,3 +29,17 @@ tail -4 "$out/tiny_cuda.txt"
 python3 bench/train_throughput.py --config bench/gpu-medium.yaml --device cuda --steps 30 \
   --warmup 10 --repeats 2 --nnkit build-gpu/bin/nnkit > "$out/bench_gpu.txt" 2>&1
 tail -8 "$out/bench_gpu.txt"
+
+# Sampling from the GPU-trained checkpoint (KV-cache decoding on the GPU).
+build-gpu/bin/nnkit generate --checkpoint build-gpu/runs/tiny --prompt "The meaning of life is" \
+  --max-new-tokens 200 --seed 7 --json > "$out/generate_cuda.txt" 2>&1
+echo "generate exit $?" >> "$out/generate_cuda.txt"
+
+# Where the GPU time of a training step goes.
+NNKIT_CUDA_PROFILE=1 build-gpu/bin/nnkit train bench/gpu-medium.yaml --data data/demo.tokens \
+  --out build-gpu/runs/profile train.steps=20 train.log_every=10 > "$out/profile.txt" 2>&1
+grep -A40 "op profile" "$out/profile.txt" | head -40
+
+python3 bench/train_throughput.py --config bench/gpu-medium.yaml --device cuda --tf32 --steps 30 \
+  --warmup 10 --repeats 2 --nnkit build-gpu/bin/nnkit > "$out/bench_gpu_tf32.txt" 2>&1
+tail -4 "$out/bench_gpu_tf32.txt"

@@ -15,7 +15,8 @@ Both get OMP_NUM_THREADS=threads (and torch.set_num_threads(threads)).
 --device cuda runs PyTorch with the model and batches on cuda:0; nnkit follows the config's
 `backend:` (use a config with `backend: {type: cuda}`, e.g. bench/gpu-medium.yaml). Both are
 fp32: PyTorch keeps TF32 off for fp32 matmuls by default, as backend/cuda does unless
-`tf32: true`.
+`tf32: true`. --tf32 turns TF32 tensor-core products on for both (PyTorch's
+allow_tf32 flags; nnkit `backend={type: cuda, tf32: true}`).
 Must run under Debian's /usr/bin/python3 (python3-torch).
 """
 import argparse
@@ -92,6 +93,9 @@ def torch_train(args):
     c = torch_moe.load_config(args.config)
     B, T = c["batch"], c["seq"]
     device = torch.device(args.device)
+    if args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     model = torch_moe.Transformer(c).to(device)
     model.train()
     opt = torch_moe.make_optimizer(model, c)
@@ -131,6 +135,7 @@ def main():
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--only", choices=["nnkit", "torch"])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--tf32", action="store_true", help="TF32 tensor-core products on both sides")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("extra", nargs="*", help="key=value overrides passed to nnkit")
     args = p.parse_args()
@@ -144,7 +149,7 @@ def main():
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         cmd = [sys.executable, os.path.abspath(__file__), "--child", "--config", args.config,
                "--data", args.data, "--steps", str(args.steps), "--warmup", str(args.warmup),
-               "--threads", str(args.threads), "--device", args.device]
+               "--threads", str(args.threads), "--device", args.device] + (["--tf32"] if args.tf32 else [])
         res = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if res.returncode != 0:
             sys.exit(f"torch failed:\n{res.stderr[-3000:]}")
@@ -156,7 +161,7 @@ def main():
     nn_rates, pt_rates = [], []
     for r in range(args.repeats):
         if args.only != "torch":
-            n = nnkit_train(args, args.extra)
+            n = nnkit_train(args, args.extra + (["backend={type: cuda, tf32: true}"] if args.tf32 else []))
             nn_rates.append(n["tokens_per_s"])
             print(f"  [{r + 1}] nnkit   {n['tokens_per_s']:9.0f} tok/s  (whole run incl. warm-up "
                   f"{n['whole_run_tokens_per_s']:.0f}, final loss {n['final_loss']:.3f})")

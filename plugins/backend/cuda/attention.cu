@@ -842,6 +842,7 @@ void launch_forward(CudaBackend& backend, const char* op, AttentionArgs a,
 void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                     const Tensor& kv_start, const Tensor& out, const Tensor& lse,
                                     const AttentionShape& shape) {
+  OpScope op_scope(profiler_.get(), "attention_forward");
   const char* op = "attention_forward";
   AttentionArgs a = check_geometry(op, shape, q, k, v, kv_start, lse);
   kChecks.tensor(op, "out", out, DType::kF32, q.shape());
@@ -866,6 +867,7 @@ void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const 
                                      const Tensor& v, const Tensor& kv_start, const Tensor& out,
                                      const Tensor& lse, const Tensor& dq, const Tensor& dk,
                                      const Tensor& dv, const AttentionShape& shape) {
+  OpScope op_scope(profiler_.get(), "attention_backward");
   const char* op = "attention_backward";
   AttentionArgs a = check_geometry(op, shape, q, k, v, kv_start, lse);
   kChecks.tensor(op, "out", out, DType::kF32, q.shape());

@@ -10,12 +10,15 @@
 #include <cublas_v2.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
 
 #include "cuda_check.h"
 #include "nnkit/error.h"
+#include "nnkit/logging.h"
 #include "nnkit/plugin.h"
 
 namespace nnkit::cuda {
@@ -172,6 +175,10 @@ CudaBackend::CudaBackend(int device, bool tf32) : device_(device) {
   NNKIT_CUDA_CHECK(cudaMalloc(&fault_, sizeof(DeviceFault)));
   NNKIT_CUDA_CHECK(cudaMemsetAsync(fault_, 0, sizeof(DeviceFault), stream_));
   cache_ = std::make_shared<DeviceBlockCache>(device_);
+  if (const char* flag = std::getenv("NNKIT_CUDA_PROFILE");
+      flag != nullptr && std::strcmp(flag, "1") == 0) {
+    profiler_ = std::make_unique<OpProfiler>(stream_);
+  }
 }
 
 CudaBackend::~CudaBackend() {
@@ -179,6 +186,14 @@ CudaBackend::~CudaBackend() {
   // still alive keep the block cache (and their memory) until they go.
   cudaSetDevice(device_);
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+  if (profiler_ != nullptr) {
+    try {
+      profiler_->collect();
+      logger()->info("{}", profiler_->report());
+    } catch (...) {  // a profile that cannot be read is not worth a crash at teardown
+    }
+    profiler_.reset();
+  }
   if (cublas_ != nullptr) cublasDestroy(cublas_);
   if (fault_ != nullptr) cudaFree(fault_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
@@ -223,6 +238,7 @@ void CudaBackend::copy_to_host(void* dst, const Tensor& src) {
 }
 
 void CudaBackend::copy(const Tensor& dst, const Tensor& src) {
+  OpScope op_scope(profiler_.get(), "copy");
   if (!dst.defined() || !src.defined() || dst.device() != device() || src.device() != device() ||
       dst.dtype() != src.dtype() || dst.numel() != src.numel()) {
     kChecks.fail("copy", "dst is " + describe(dst) + " and src is " + describe(src) +
@@ -237,6 +253,7 @@ void CudaBackend::copy(const Tensor& dst, const Tensor& src) {
 
 void CudaBackend::synchronize() {
   NNKIT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  if (profiler_ != nullptr) profiler_->collect();
   raise_fault();
 }
 

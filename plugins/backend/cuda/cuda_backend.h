@@ -24,6 +24,7 @@
 
 #include "../common/op_checks.h"
 #include "nnkit/backend.h"
+#include "op_profiler.h"
 
 typedef struct cublasContext* cublasHandle_t;
 
@@ -121,7 +122,8 @@ class CudaBackend final : public Backend {
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
-  DeviceFault* fault_ = nullptr;  // device memory, one record
+  DeviceFault* fault_ = nullptr;          // device memory, one record
+  std::unique_ptr<OpProfiler> profiler_;  // null unless NNKIT_CUDA_PROFILE=1
   std::shared_ptr<DeviceBlockCache> cache_;
 };
 

@@ -107,6 +107,7 @@ void launch_fill(cudaStream_t stream, const Tensor& t, T value) {
 }  // namespace
 
 void CudaBackend::fill(const Tensor& t, float value) {
+  OpScope op_scope(profiler_.get(), "fill");
   if (!t.defined() || t.device() != device()) {
     kChecks.fail("fill", "t is " + describe(t) + "; expected a tensor on " + to_string(device()));
   }
@@ -127,6 +128,7 @@ void CudaBackend::fill(const Tensor& t, float value) {
 }
 
 void CudaBackend::fill_normal(const Tensor& t, float mean, float std, uint64_t seed) {
+  OpScope op_scope(profiler_.get(), "fill_normal");
   kChecks.dtype("fill_normal", "t", t, DType::kF32);
   const int64_t n = t.numel();
   if (n == 0) return;
@@ -136,6 +138,7 @@ void CudaBackend::fill_normal(const Tensor& t, float mean, float std, uint64_t s
 }
 
 void CudaBackend::add(const Tensor& out, const Tensor& a, const Tensor& b) {
+  OpScope op_scope(profiler_.get(), "add");
   kChecks.dtype("add", "out", out, DType::kF32);
   kChecks.dtype("add", "a", a, DType::kF32);
   kChecks.dtype("add", "b", b, DType::kF32);
@@ -149,6 +152,7 @@ void CudaBackend::add(const Tensor& out, const Tensor& a, const Tensor& b) {
 }
 
 void CudaBackend::axpy(const Tensor& y, float alpha, const Tensor& x) {
+  OpScope op_scope(profiler_.get(), "axpy");
   kChecks.dtype("axpy", "y", y, DType::kF32);
   kChecks.dtype("axpy", "x", x, DType::kF32);
   kChecks.same_shape("axpy", "y", y, "x", x);
@@ -159,6 +163,7 @@ void CudaBackend::axpy(const Tensor& y, float alpha, const Tensor& x) {
 }
 
 void CudaBackend::scale(const Tensor& t, float alpha) {
+  OpScope op_scope(profiler_.get(), "scale");
   kChecks.dtype("scale", "t", t, DType::kF32);
   const int64_t n = t.numel();
   if (n == 0) return;
@@ -167,6 +172,7 @@ void CudaBackend::scale(const Tensor& t, float alpha) {
 }
 
 void CudaBackend::scale_rows(const Tensor& x, const Tensor& w) {
+  OpScope op_scope(profiler_.get(), "scale_rows");
   const backend_common::RowShape s = kChecks.rows("scale_rows", "x", x, DType::kF32);
   kChecks.tensor("scale_rows", "w", w, DType::kF32, {s.rows});
   if (s.rows * s.cols == 0) return;
@@ -176,6 +182,7 @@ void CudaBackend::scale_rows(const Tensor& x, const Tensor& w) {
 }
 
 void CudaBackend::row_dot(const Tensor& a, const Tensor& b, const Tensor& out) {
+  OpScope op_scope(profiler_.get(), "row_dot");
   const backend_common::RowShape s = kChecks.rows("row_dot", "a", a, DType::kF32);
   kChecks.dtype("row_dot", "b", b, DType::kF32);
   kChecks.same_shape("row_dot", "a", a, "b", b);
@@ -189,6 +196,7 @@ void CudaBackend::row_dot(const Tensor& a, const Tensor& b, const Tensor& out) {
 }
 
 void CudaBackend::sum_squares(const Tensor& x, const Tensor& out) {
+  OpScope op_scope(profiler_.get(), "sum_squares");
   kChecks.dtype("sum_squares", "x", x, DType::kF32);
   kChecks.dtype("sum_squares", "out", out, DType::kF32);
   if (out.numel() != 1) kChecks.fail("sum_squares", "out is " + describe(out) + "; expected (1)");

@@ -145,6 +145,7 @@ int key_bits(int64_t max_key) {
 }  // namespace
 
 void CudaBackend::gather_rows(const Tensor& src, const Tensor& index, const Tensor& dst) {
+  OpScope op_scope(profiler_.get(), "gather_rows");
   const backend_common::RowShape s = kChecks.rows("gather_rows", "src", src, DType::kF32);
   kChecks.dtype("gather_rows", "index", index, DType::kI32);
   if (index.rank() != 1) {
@@ -160,6 +161,7 @@ void CudaBackend::gather_rows(const Tensor& src, const Tensor& index, const Tens
 
 void CudaBackend::scatter_add_rows(const Tensor& src, const Tensor& index, const Tensor& weight,
                                    const Tensor& dst) {
+  OpScope op_scope(profiler_.get(), "scatter_add_rows");
   const char* op = "scatter_add_rows";
   const backend_common::RowShape s = kChecks.rows(op, "src", src, DType::kF32);
   const backend_common::RowShape d = kChecks.rows(op, "dst", dst, DType::kF32);
@@ -203,6 +205,7 @@ void CudaBackend::scatter_add_rows(const Tensor& src, const Tensor& index, const
 
 void CudaBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targets,
                                         const Tensor& losses) {
+  OpScope op_scope(profiler_.get(), "cross_entropy_forward");
   const char* op = "cross_entropy_forward";
   const backend_common::RowShape s = kChecks.rows(op, "logits", logits, DType::kF32);
   kChecks.tensor(op, "targets", targets, DType::kI32, {s.rows});
@@ -215,6 +218,7 @@ void CudaBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targ
 
 void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targets, float scale,
                                          const Tensor& dlogits) {
+  OpScope op_scope(profiler_.get(), "cross_entropy_backward");
   const char* op = "cross_entropy_backward";
   const backend_common::RowShape s = kChecks.rows(op, "logits", logits, DType::kF32);
   kChecks.tensor(op, "targets", targets, DType::kI32, {s.rows});

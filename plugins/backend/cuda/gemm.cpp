@@ -12,6 +12,7 @@ namespace nnkit::cuda {
 
 void CudaBackend::gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b,
                        const Tensor& c, float alpha, float beta) {
+  OpScope op_scope(profiler_.get(), "gemm");
   kChecks.dtype("gemm", "a", a, DType::kF32);
   kChecks.dtype("gemm", "b", b, DType::kF32);
   kChecks.dtype("gemm", "c", c, DType::kF32);

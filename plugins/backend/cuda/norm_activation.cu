@@ -96,6 +96,7 @@ __global__ void swiglu_backward_kernel(const float* dout, const float* gate, con
 
 void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, const Tensor& y,
                                   const Tensor& rstd) {
+  OpScope op_scope(profiler_.get(), "rmsnorm_forward");
   const char* op = "rmsnorm_forward";
   const backend_common::RowShape s = kChecks.rows(op, "x", x, DType::kF32);
   kChecks.tensor(op, "weight", weight, DType::kF32, {s.cols});
@@ -110,6 +111,7 @@ void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float e
 
 void CudaBackend::rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
                                    const Tensor& rstd, const Tensor& dx, const Tensor& dweight) {
+  OpScope op_scope(profiler_.get(), "rmsnorm_backward");
   const char* op = "rmsnorm_backward";
   const backend_common::RowShape s = kChecks.rows(op, "x", x, DType::kF32);
   kChecks.dtype(op, "dy", dy, DType::kF32);
@@ -137,6 +139,7 @@ void CudaBackend::rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tens
 }
 
 void CudaBackend::swiglu_forward(const Tensor& gate, const Tensor& up, const Tensor& out) {
+  OpScope op_scope(profiler_.get(), "swiglu_forward");
   const char* op = "swiglu_forward";
   kChecks.dtype(op, "gate", gate, DType::kF32);
   kChecks.dtype(op, "up", up, DType::kF32);
@@ -152,6 +155,7 @@ void CudaBackend::swiglu_forward(const Tensor& gate, const Tensor& up, const Ten
 
 void CudaBackend::swiglu_backward(const Tensor& dout, const Tensor& gate, const Tensor& up,
                                   const Tensor& dgate, const Tensor& dup) {
+  OpScope op_scope(profiler_.get(), "swiglu_backward");
   const char* op = "swiglu_backward";
   kChecks.dtype(op, "dout", dout, DType::kF32);
   kChecks.dtype(op, "gate", gate, DType::kF32);

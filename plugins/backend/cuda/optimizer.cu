@@ -32,6 +32,7 @@ __global__ void adamw_kernel(float* p, const float* g, float* m, float* v, int64
 
 void CudaBackend::adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m,
                                const Tensor& v, const AdamWStep& step) {
+  OpScope op_scope(profiler_.get(), "adamw_update");
   const char* op = "adamw_update";
   kChecks.dtype(op, "param", param, DType::kF32);
   kChecks.dtype(op, "grad", grad, DType::kF32);

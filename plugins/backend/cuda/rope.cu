@@ -41,6 +41,7 @@ __global__ void rope_kernel(float* x, const int32_t* positions, int64_t rows, in
 
 void CudaBackend::rope(const Tensor& x, const Tensor& positions, int64_t n_heads, int64_t head_dim,
                        float base, bool inverse) {
+  OpScope op_scope(profiler_.get(), "rope");
   kChecks.dtype("rope", "x", x, DType::kF32);
   if (n_heads <= 0 || head_dim <= 0 || head_dim % 2 != 0 || head_dim > 2 * kMaxHalf) {
     kChecks.fail("rope", "n_heads = " + std::to_string(n_heads) +

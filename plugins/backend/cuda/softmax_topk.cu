@@ -116,6 +116,7 @@ __global__ void topk_row_kernel(const float* x, int64_t rows, int64_t cols, int 
 }  // namespace
 
 void CudaBackend::softmax_rows(const Tensor& x, const Tensor& y) {
+  OpScope op_scope(profiler_.get(), "softmax_rows");
   const backend_common::RowShape s = kChecks.rows("softmax_rows", "x", x, DType::kF32);
   kChecks.dtype("softmax_rows", "y", y, DType::kF32);
   kChecks.same_shape("softmax_rows", "x", x, "y", y);
@@ -126,6 +127,7 @@ void CudaBackend::softmax_rows(const Tensor& x, const Tensor& y) {
 }
 
 void CudaBackend::softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) {
+  OpScope op_scope(profiler_.get(), "softmax_backward");
   const backend_common::RowShape s = kChecks.rows("softmax_backward", "y", y, DType::kF32);
   kChecks.dtype("softmax_backward", "dy", dy, DType::kF32);
   kChecks.dtype("softmax_backward", "dx", dx, DType::kF32);
@@ -139,6 +141,7 @@ void CudaBackend::softmax_backward(const Tensor& y, const Tensor& dy, const Tens
 
 void CudaBackend::topk_rows(const Tensor& x, int64_t k, const Tensor& values,
                             const Tensor& indices) {
+  OpScope op_scope(profiler_.get(), "topk_rows");
   const backend_common::RowShape s = kChecks.rows("topk_rows", "x", x, DType::kF32);
   if (k < 0 || k > s.cols) {
     kChecks.fail("topk_rows", "k = " + std::to_string(k) + " is outside [0, " +

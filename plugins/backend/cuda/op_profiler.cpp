@@ -1,0 +1,93 @@
+// Purpose: see op_profiler.h. Owned by backend/cuda.
+#include "op_profiler.h"
+
+#include <algorithm>
+#include <cstdio>
+
+#include "cuda_check.h"
+
+namespace nnkit::cuda {
+
+OpProfiler::~OpProfiler() {
+  for (Pending& p : pending_) {
+    cudaEventDestroy(p.start);
+    cudaEventDestroy(p.stop);
+  }
+  for (cudaEvent_t e : pool_) cudaEventDestroy(e);
+  if (first_ != nullptr) cudaEventDestroy(first_);
+  if (last_ != nullptr) cudaEventDestroy(last_);
+}
+
+cudaEvent_t OpProfiler::take_event() {
+  if (!pool_.empty()) {
+    cudaEvent_t e = pool_.back();
+    pool_.pop_back();
+    return e;
+  }
+  cudaEvent_t e = nullptr;
+  NNKIT_CUDA_CHECK(cudaEventCreate(&e));
+  return e;
+}
+
+void OpProfiler::begin(const char* op) {
+  if (depth_++ > 0) return;
+  Pending p{op, take_event(), take_event()};
+  NNKIT_CUDA_CHECK(cudaEventRecord(p.start, stream_));
+  if (first_ == nullptr) {
+    first_ = take_event();
+    NNKIT_CUDA_CHECK(cudaEventRecord(first_, stream_));
+  }
+  pending_.push_back(p);
+}
+
+void OpProfiler::end() {
+  if (--depth_ > 0) return;
+  // Destructors call this: no throwing (a failed record only loses one sample).
+  cudaEventRecord(pending_.back().stop, stream_);
+}
+
+void OpProfiler::collect() {
+  for (Pending& p : pending_) {
+    float ms = 0.0f;
+    if (cudaEventElapsedTime(&ms, p.start, p.stop) == cudaSuccess) {
+      Totals& t = totals_[p.op];
+      ++t.calls;
+      t.ms += ms;
+    }
+    pool_.push_back(p.start);
+    if (last_ != nullptr) pool_.push_back(last_);
+    last_ = p.stop;
+  }
+  pending_.clear();
+  float span = 0.0f;
+  if (first_ != nullptr && last_ != nullptr &&
+      cudaEventElapsedTime(&span, first_, last_) == cudaSuccess) {
+    span_ms_ = span;
+  }
+}
+
+std::string OpProfiler::report() {
+  std::vector<std::pair<std::string, Totals>> rows(totals_.begin(), totals_.end());
+  std::sort(rows.begin(), rows.end(),
+            [](const auto& a, const auto& b) { return a.second.ms > b.second.ms; });
+  double busy = 0.0;
+  for (const auto& [op, t] : rows) busy += t.ms;
+  std::string out = "backend/cuda op profile (GPU time per op, NNKIT_CUDA_PROFILE=1):\n";
+  char line[160];
+  std::snprintf(line, sizeof(line), "  %-24s %10s %12s %7s\n", "op", "calls", "GPU ms", "share");
+  out += line;
+  for (const auto& [op, t] : rows) {
+    std::snprintf(line, sizeof(line), "  %-24s %10lld %12.2f %6.1f%%\n", op.c_str(),
+                  static_cast<long long>(t.calls), t.ms, busy > 0 ? 100.0 * t.ms / busy : 0.0);
+    out += line;
+  }
+  std::snprintf(line, sizeof(line),
+                "  busy %.2f ms of a %.2f ms span: the stream idled %.2f ms (%.1f%%) waiting for "
+                "the host\n",
+                busy, span_ms_, std::max(0.0, span_ms_ - busy),
+                span_ms_ > 0 ? 100.0 * std::max(0.0, span_ms_ - busy) / span_ms_ : 0.0);
+  out += line;
+  return out;
+}
+
+}  // namespace nnkit::cuda

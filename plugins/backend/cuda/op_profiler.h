@@ -1,0 +1,70 @@
+// Purpose: optional per-op GPU timing for backend/cuda (NNKIT_CUDA_PROFILE=1). Each op records a
+// CUDA event pair around its work on the stream; the pairs are read back whenever the stream
+// has drained anyway (synchronize, copy_to_host), so profiling adds no synchronisation of its
+// own. At backend destruction a table goes to the log: per op the calls, GPU milliseconds and
+// share, plus the stream's idle time (wall time between the first and last event minus the sum
+// of op times: host work the GPU waited for, such as a host round trip).
+// Ownership: owned by CudaBackend; events are pooled and destroyed with the profiler.
+// Thread-safety: one thread, like the backend.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace nnkit::cuda {
+
+class OpProfiler {
+ public:
+  explicit OpProfiler(cudaStream_t stream) : stream_(stream) {}
+  OpProfiler(const OpProfiler&) = delete;
+  OpProfiler& operator=(const OpProfiler&) = delete;
+  ~OpProfiler();
+
+  void begin(const char* op);
+  void end();
+  // Reads the finished event pairs (the stream has drained).
+  void collect();
+  // The table described above, one string.
+  std::string report();
+
+ private:
+  struct Pending {
+    const char* op;
+    cudaEvent_t start, stop;
+  };
+  struct Totals {
+    int64_t calls = 0;
+    double ms = 0.0;
+  };
+  cudaEvent_t take_event();
+
+  cudaStream_t stream_;
+  std::vector<Pending> pending_;
+  std::vector<cudaEvent_t> pool_;
+  std::map<std::string, Totals> totals_;
+  cudaEvent_t first_ = nullptr;  // start of the first op ever profiled
+  cudaEvent_t last_ = nullptr;   // stop of the latest collected op
+  double span_ms_ = 0.0;         // first_ -> last_
+  int depth_ = 0;                // ops calling ops (gemm -> fill) count once, as the outer op
+};
+
+// Times one op while in scope; does nothing when the profiler is off (null).
+class OpScope {
+ public:
+  OpScope(OpProfiler* profiler, const char* op) : profiler_(profiler) {
+    if (profiler_ != nullptr) profiler_->begin(op);
+  }
+  ~OpScope() {
+    if (profiler_ != nullptr) profiler_->end();
+  }
+  OpScope(const OpScope&) = delete;
+  OpScope& operator=(const OpScope&) = delete;
+
+ private:
+  OpProfiler* profiler_;
+};
+
+}  // namespace nnkit::cuda
