@@ -46,4 +46,28 @@ RowShape OpChecks::rows(const char* op, const char* name, const Tensor& t, DType
   return s;
 }
 
+GemmDims OpChecks::gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b,
+                        const Tensor& c) const {
+  dtype("gemm", "a", a, DType::kF32);
+  dtype("gemm", "b", b, DType::kF32);
+  dtype("gemm", "c", c, DType::kF32);
+  if (a.rank() != 2 || b.rank() != 2 || c.rank() != 2) {
+    fail("gemm", "a is " + describe(a) + ", b is " + describe(b) + ", c is " + describe(c) +
+                     "; all must be 2-D");
+  }
+  GemmDims d;
+  d.m = trans_a ? a.dim(1) : a.dim(0);
+  d.k = trans_a ? a.dim(0) : a.dim(1);
+  const int64_t kb = trans_b ? b.dim(1) : b.dim(0);
+  d.n = trans_b ? b.dim(0) : b.dim(1);
+  if (d.k != kb || c.dim(0) != d.m || c.dim(1) != d.n) {
+    fail("gemm", std::string("op(a) = ") + (trans_a ? "a^T" : "a") + " is (" +
+                     std::to_string(d.m) + ", " + std::to_string(d.k) + "), op(b) = " +
+                     (trans_b ? "b^T" : "b") + " is (" + std::to_string(kb) + ", " +
+                     std::to_string(d.n) + "), c is " + describe(c) + "; a is " + describe(a) +
+                     ", b is " + describe(b));
+  }
+  return d;
+}
+
 }  // namespace nnkit::backend_common

@@ -21,6 +21,11 @@ struct RowShape {
   int64_t cols = 0;
 };
 
+// The sizes of c (m, n) = op(a) (m, k) @ op(b) (k, n).
+struct GemmDims {
+  int64_t m = 0, n = 0, k = 0;
+};
+
 struct OpChecks {
   const char* component;  // "backend/cpu"
   DeviceType device;      // where every tensor of this backend must live
@@ -37,6 +42,9 @@ struct OpChecks {
                   const Tensor& b) const;
   // dtype() and the (rows, cols) reading of `t`.
   RowShape rows(const char* op, const char* name, const Tensor& t, DType dtype) const;
+  // gemm's arguments: f32 2-D tensors on this device whose shapes agree (see Backend::gemm).
+  GemmDims gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b,
+                const Tensor& c) const;
 };
 
 }  // namespace nnkit::backend_common

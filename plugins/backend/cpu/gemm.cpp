@@ -130,24 +130,7 @@ void blocked_sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
 
 void CpuBackend::gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
                       float alpha, float beta) {
-  expect_dtype("gemm", "a", a, DType::kF32);
-  expect_dtype("gemm", "b", b, DType::kF32);
-  expect_dtype("gemm", "c", c, DType::kF32);
-  if (a.rank() != 2 || b.rank() != 2 || c.rank() != 2) {
-    shape_fail("gemm", "a is " + describe(a) + ", b is " + describe(b) + ", c is " + describe(c) +
-                           "; all must be 2-D");
-  }
-  const int64_t m = trans_a ? a.dim(1) : a.dim(0);
-  const int64_t k = trans_a ? a.dim(0) : a.dim(1);
-  const int64_t kb = trans_b ? b.dim(1) : b.dim(0);
-  const int64_t n = trans_b ? b.dim(0) : b.dim(1);
-  if (k != kb || c.dim(0) != m || c.dim(1) != n) {
-    shape_fail("gemm", std::string("op(a) = ") + (trans_a ? "a^T" : "a") + " is (" +
-                           std::to_string(m) + ", " + std::to_string(k) +
-                           "), op(b) = " + (trans_b ? "b^T" : "b") + " is (" + std::to_string(kb) +
-                           ", " + std::to_string(n) + "), c is " + describe(c) + "; a is " +
-                           describe(a) + ", b is " + describe(b));
-  }
+  const auto [m, n, k] = kChecks.gemm(a, trans_a, b, trans_b, c);
   if (m == 0 || n == 0) return;
   float* pc = ptr<float>(c);
   if (k == 0) {
