@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "cli_support.h"
+#include "support/test_support.h"
 
 namespace nnkit::clitest {
 namespace {
@@ -98,6 +99,32 @@ TEST_F(Checkpoints, ResumeFromAMiddleCheckpointIsBitExact) {
   const fs::path straight = path("straight"), copy = path("copy");
   ASSERT_NO_FATAL_FAILURE(
       train_ok(straight, {"train.steps=20", "train.checkpoint_every=10", "train.eval_every=10"}));
+  fs::copy(straight, copy, fs::copy_options::recursive);
+  fs::remove_all(checkpoint(copy, 20));
+  const RunResult r = resume(copy);
+  ASSERT_EXIT_CODE(r, 0);
+  EXPECT_MENTIONS(r.err, "(step 10)");
+  expect_same_file(checkpoint(straight, 20) / "model.safetensors",
+                   checkpoint(copy, 20) / "model.safetensors");
+  EXPECT_EQ(losses_by_step(straight / "metrics.jsonl"), losses_by_step(copy / "metrics.jsonl"));
+}
+
+// The same guarantees on the GPU (backend/cuda is deterministic: no float atomics): two runs
+// give the same weights, and a resume from the middle checkpoint reproduces the straight run.
+// Skipped without a usable CUDA device or plugin.
+TEST_F(Checkpoints, CudaRunsRepeatAndResumeBitExactly) {
+  try {
+    (void)nnkit::test::cuda_backend();
+  } catch (const std::exception& e) {
+    GTEST_SKIP() << "no CUDA device: " << e.what();
+  }
+  const std::vector<std::string> overrides = {"backend={type: cuda}", "train.steps=20",
+                                              "train.checkpoint_every=10", "train.eval_every=10"};
+  const fs::path straight = path("straight"), again = path("again"), copy = path("copy");
+  ASSERT_NO_FATAL_FAILURE(train_ok(straight, overrides));
+  ASSERT_NO_FATAL_FAILURE(train_ok(again, overrides));
+  expect_same_file(checkpoint(straight, 20) / "model.safetensors",
+                   checkpoint(again, 20) / "model.safetensors");
   fs::copy(straight, copy, fs::copy_options::recursive);
   fs::remove_all(checkpoint(copy, 20));
   const RunResult r = resume(copy);
