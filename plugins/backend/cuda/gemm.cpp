@@ -2,11 +2,14 @@
 // cuBLAS is column-major; a row-major (m, n) matrix is the column-major (n, m) matrix with the
 // same memory, so c = op(a) op(b) is computed as c^T = op(b)^T op(a)^T with a and b swapped and
 // their transpose flags kept. Pedantic math (the default) keeps full fp32 products; the `tf32`
-// option switches to TF32 tensor cores.
+// option switches to TF32 tensor cores. Products with at most kSmallGemmRows rows in op(a)
+// (every decode step) go to gemm_small.cu instead, one plain launch each: on an H200 that took
+// tiny.yaml's batch-1 GPU decoding from 765 to 1,091 tokens/s (bench/RESULTS.md).
 #include <cublas_v2.h>
 
 #include "cuda_backend.h"
 #include "cuda_check.h"
+#include "gemm_small.h"
 
 namespace nnkit::cuda {
 
@@ -22,6 +25,10 @@ void CudaBackend::gemm(const Tensor& a, bool trans_a, const Tensor& b, bool tran
     } else {
       scale(c, beta);
     }
+    return;
+  }
+  if (!trans_a && m <= kSmallGemmRows) {
+    small_gemm(trans_b, m, n, k, alpha, ptr<float>(a), ptr<float>(b), beta, ptr<float>(c), stream_);
     return;
   }
   NNKIT_CUBLAS_CHECK(

@@ -72,9 +72,9 @@ std::string OpProfiler::report() {
             [](const auto& a, const auto& b) { return a.second.ms > b.second.ms; });
   double busy = 0.0;
   for (const auto& [op, t] : rows) busy += t.ms;
-  std::string out = "backend/cuda op profile (GPU time per op, NNKIT_CUDA_PROFILE=1):\n";
+  std::string out = "backend/cuda op profile (stream time per op, NNKIT_CUDA_PROFILE=1):\n";
   char line[160];
-  std::snprintf(line, sizeof(line), "  %-24s %10s %12s %7s\n", "op", "calls", "GPU ms", "share");
+  std::snprintf(line, sizeof(line), "  %-24s %10s %12s %7s\n", "op", "calls", "stream ms", "share");
   out += line;
   for (const auto& [op, t] : rows) {
     std::snprintf(line, sizeof(line), "  %-24s %10lld %12.2f %6.1f%%\n", op.c_str(),

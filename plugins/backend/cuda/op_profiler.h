@@ -1,9 +1,11 @@
-// Purpose: optional per-op GPU timing for backend/cuda (NNKIT_CUDA_PROFILE=1). Each op records a
+// Purpose: optional per-op stream timing for backend/cuda (NNKIT_CUDA_PROFILE=1). Each op records a
 // CUDA event pair around its work on the stream; the pairs are read back whenever the stream
 // has drained anyway (synchronize, copy_to_host), so profiling adds no synchronisation of its
-// own. At backend destruction a table goes to the log: per op the calls, GPU milliseconds and
+// own. At backend destruction a table goes to the log: per op the calls, stream milliseconds and
 // share, plus the stream's idle time (wall time between the first and last event minus the sum
-// of op times: host work the GPU waited for, such as a host round trip).
+// of op times: host work the GPU waited for, such as a host round trip). An op's time runs from
+// its start event to its stop event, so when the GPU outruns the host (small decode steps) it
+// includes the launch latency of the op's kernels, not only their execution.
 // Ownership: owned by CudaBackend; events are pooled and destroyed with the profiler.
 // Thread-safety: one thread, like the backend.
 #pragma once
