@@ -49,9 +49,8 @@ void BackendGemm::check_gemm_all_transposes(int64_t M, int64_t K, int64_t N) {
         }
       }
       expect_close(host(c), want, 1e-5, 1e-5,
-                   "gemm " + std::to_string(M) + "x" + std::to_string(K) + "x" +
-                       std::to_string(N) + " ta=" + std::to_string(ta) +
-                       " tb=" + std::to_string(tb));
+                   "gemm " + std::to_string(M) + "x" + std::to_string(K) + "x" + std::to_string(N) +
+                       " ta=" + std::to_string(ta) + " tb=" + std::to_string(tb));
     }
   }
 }

@@ -61,11 +61,10 @@ GemmDims OpChecks::gemm(const Tensor& a, bool trans_a, const Tensor& b, bool tra
   const int64_t kb = trans_b ? b.dim(1) : b.dim(0);
   d.n = trans_b ? b.dim(0) : b.dim(1);
   if (d.k != kb || c.dim(0) != d.m || c.dim(1) != d.n) {
-    fail("gemm", std::string("op(a) = ") + (trans_a ? "a^T" : "a") + " is (" +
-                     std::to_string(d.m) + ", " + std::to_string(d.k) + "), op(b) = " +
-                     (trans_b ? "b^T" : "b") + " is (" + std::to_string(kb) + ", " +
-                     std::to_string(d.n) + "), c is " + describe(c) + "; a is " + describe(a) +
-                     ", b is " + describe(b));
+    fail("gemm", std::string("op(a) = ") + (trans_a ? "a^T" : "a") + " is (" + std::to_string(d.m) +
+                     ", " + std::to_string(d.k) + "), op(b) = " + (trans_b ? "b^T" : "b") +
+                     " is (" + std::to_string(kb) + ", " + std::to_string(d.n) + "), c is " +
+                     describe(c) + "; a is " + describe(a) + ", b is " + describe(b));
   }
   return d;
 }

@@ -100,9 +100,9 @@ void blocked_sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
                    int64_t ldc) {
   const auto call = [&](int64_t rows, int64_t cols, const float* pa, const float* pb, float* pc) {
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-                trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(rows),
-                static_cast<int>(cols), static_cast<int>(k), alpha, pa, static_cast<int>(lda), pb,
-                static_cast<int>(ldb), beta, pc, static_cast<int>(ldc));
+                trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(rows), static_cast<int>(cols),
+                static_cast<int>(k), alpha, pa, static_cast<int>(lda), pb, static_cast<int>(ldb),
+                beta, pc, static_cast<int>(ldc));
   };
   const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
   constexpr int64_t kAlign = 16;  // slab edges on micro-kernel multiples
@@ -113,7 +113,7 @@ void blocked_sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
     call(m, n, a, b, c);
     return;
   }
-#pragma omp parallel for schedule(static, 1) num_threads(static_cast<int>(slabs))
+#pragma omp parallel for schedule(static, 1) num_threads(static_cast <int>(slabs))
   for (int64_t s = 0; s < slabs; ++s) {
     const int64_t begin = (extent * s / slabs) / kAlign * kAlign;
     const int64_t end = s + 1 == slabs ? extent : (extent * (s + 1) / slabs) / kAlign * kAlign;
