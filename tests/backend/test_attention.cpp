@@ -4,43 +4,11 @@
 // Owned by the backend/cpu tests.
 #include <cmath>
 
+#include "attention_cases.h"
 #include "reference.h"
 
 namespace nnkit::test {
 namespace {
-
-struct AttentionCase {
-  const char* name;
-  AttentionShape shape;
-  std::vector<int32_t> kv_start;  // empty = undefined tensor
-};
-
-AttentionShape make_shape(int64_t B, int64_t Tq, int64_t kv_len, int64_t cap, int64_t H,
-                          int64_t Hkv, int64_t D, int64_t q_offset) {
-  AttentionShape s;
-  s.batch = B;
-  s.q_len = Tq;
-  s.kv_len = kv_len;
-  s.kv_capacity = cap;
-  s.n_heads = H;
-  s.n_kv_heads = Hkv;
-  s.head_dim = D;
-  s.q_offset = q_offset;
-  s.scale = static_cast<float>(1.0 / std::sqrt(double(D)));
-  return s;
-}
-
-std::vector<AttentionCase> cases() {
-  return {
-      {"mha_two_query_blocks", make_shape(2, 70, 70, 70, 2, 2, 8, 0), {}},
-      {"gqa", make_shape(2, 67, 67, 67, 4, 2, 16, 0), {}},
-      {"mqa_odd_head_dim", make_shape(1, 9, 9, 9, 3, 1, 5, 0), {}},
-      {"cache_offset_spare_capacity", make_shape(2, 3, 13, 20, 4, 2, 8, 10), {}},
-      {"kv_start", make_shape(2, 12, 12, 12, 2, 1, 4, 0), {0, 5}},
-      {"decode_with_empty_row", make_shape(3, 1, 7, 16, 2, 2, 6, 6), {0, 2, 7}},
-      {"queries_past_kv_len", make_shape(1, 70, 40, 80, 2, 1, 4, 5), {}},
-  };
-}
 
 class BackendAttention : public CpuBackendTest,
                          public ::testing::WithParamInterface<AttentionCase> {};
@@ -135,7 +103,7 @@ TEST_P(BackendAttention, GradientsMatchFiniteDifferences) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Cases, BackendAttention, ::testing::ValuesIn(cases()),
+INSTANTIATE_TEST_SUITE_P(Cases, BackendAttention, ::testing::ValuesIn(common_attention_cases()),
                          [](const ::testing::TestParamInfo<AttentionCase>& info) {
                            return std::string(info.param.name);
                          });

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/attention_cases.h"
 #include "cuda_parity.h"
 
 namespace nnkit::test {
@@ -59,48 +60,19 @@ TEST_F(CudaRopeParity, ManyRowsOfATrainingBatch) {
   expect_matches_cpu(x, kRope, "rope 2048 rows");
 }
 
-struct AttentionCase {
-  const char* name;
-  AttentionShape shape;
-  std::vector<int32_t> kv_start;  // empty = undefined tensor
-  bool nan_in_spare_capacity = false;
-};
-
-// gtest prints the case by name (test listings, ctest names, failure messages).
-void PrintTo(const AttentionCase& c, std::ostream* os) {
-  *os << c.name;
-}
-
-AttentionShape make_shape(int64_t B, int64_t Tq, int64_t kv_len, int64_t cap, int64_t H,
-                          int64_t Hkv, int64_t D, int64_t q_offset) {
-  AttentionShape s;
-  s.batch = B;
-  s.q_len = Tq;
-  s.kv_len = kv_len;
-  s.kv_capacity = cap;
-  s.n_heads = H;
-  s.n_kv_heads = Hkv;
-  s.head_dim = D;
-  s.q_offset = q_offset;
-  s.scale = static_cast<float>(1.0 / std::sqrt(double(D)));
-  return s;
-}
-
-// The cases of tests/backend/test_attention.cpp, plus head dims of real models and spare cache
-// rows holding NaN (rows at or past kv_len are "not in use" and must never be read).
+// The backend tests' common cases, plus head dims of real models and spare cache rows holding NaN
+// (rows at or past kv_len are "not in use" and must never be read).
 std::vector<AttentionCase> attention_cases() {
-  return {
-      {"mha_two_query_blocks", make_shape(2, 70, 70, 70, 2, 2, 8, 0), {}},
-      {"gqa", make_shape(2, 67, 67, 67, 4, 2, 16, 0), {}},
-      {"mqa_odd_head_dim", make_shape(1, 9, 9, 9, 3, 1, 5, 0), {}},
-      {"cache_offset_spare_capacity", make_shape(2, 3, 13, 20, 4, 2, 8, 10), {}},
-      {"kv_start", make_shape(2, 12, 12, 12, 2, 1, 4, 0), {0, 5}},
-      {"decode_with_empty_row", make_shape(3, 1, 7, 16, 2, 2, 6, 6), {0, 2, 7}},
-      {"queries_past_kv_len", make_shape(1, 70, 40, 80, 2, 1, 4, 5), {}},
-      {"gqa_head_dim_64", make_shape(2, 130, 130, 130, 8, 2, 64, 0), {}},
-      {"mqa_head_dim_128_chunked_prefill", make_shape(1, 65, 200, 256, 8, 1, 128, 135), {}},
-      {"decode_spare_capacity_holds_nan", make_shape(2, 1, 37, 64, 4, 2, 64, 36), {0, 3}, true},
-  };
+  std::vector<AttentionCase> cases = common_attention_cases();
+  cases.push_back({"gqa_head_dim_64", make_attention_shape(2, 130, 130, 130, 8, 2, 64, 0), {}});
+  cases.push_back({"mqa_head_dim_128_chunked_prefill",
+                   make_attention_shape(1, 65, 200, 256, 8, 1, 128, 135),
+                   {}});
+  cases.push_back({"decode_spare_capacity_holds_nan",
+                   make_attention_shape(2, 1, 37, 64, 4, 2, 64, 36),
+                   {0, 3},
+                   true});
+  return cases;
 }
 
 class CudaAttentionParity : public CudaParityTest,
