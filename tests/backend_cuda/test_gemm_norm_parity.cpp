@@ -22,8 +22,8 @@ struct GemmSize {
   }
 };
 
-// 1, 7, 16 and 23 rows take the few-row kernels (23 = chunks of 16, 4, 2 and 1 rows; K 1000
-// spans many warp strides); the others go to cuBLAS.
+// With b transposed, 1, 7, 16 and 23 rows take the few-row kernel (23 = chunks of 16, 4, 2 and
+// 1 rows; K 1000 spans many warp strides); everything else goes to cuBLAS.
 const std::vector<GemmSize> kGemmSizes = {{1, 1000, 300}, {7, 13, 5},    {16, 129, 70},
                                           {23, 64, 33},   {131, 70, 37}, {300, 257, 129}};
 

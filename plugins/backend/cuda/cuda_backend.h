@@ -116,13 +116,14 @@ class CudaBackend final : public Backend {
   Tensor scratch(size_t bytes) { return empty({static_cast<int64_t>(bytes)}, DType::kU8); }
 
  private:
-  // Throws the recorded kernel fault, if any, and clears it (after the stream has drained).
+  // Throws the fault copied to fault_host_ by the last drain, if any, and clears it.
   void raise_fault();
 
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   DeviceFault* fault_ = nullptr;          // device memory, one record
+  DeviceFault* fault_host_ = nullptr;     // pinned host copy, refreshed by every synchronize()
   std::unique_ptr<OpProfiler> profiler_;  // null unless NNKIT_CUDA_PROFILE=1
   std::shared_ptr<DeviceBlockCache> cache_;
 };

@@ -2,9 +2,9 @@
 // cuBLAS is column-major; a row-major (m, n) matrix is the column-major (n, m) matrix with the
 // same memory, so c = op(a) op(b) is computed as c^T = op(b)^T op(a)^T with a and b swapped and
 // their transpose flags kept. Pedantic math (the default) keeps full fp32 products; the `tf32`
-// option switches to TF32 tensor cores. Products with at most kSmallGemmRows rows in op(a)
-// (every decode step) go to gemm_small.cu instead, one plain launch each: on an H200 that took
-// tiny.yaml's batch-1 GPU decoding from 765 to 1,091 tokens/s (bench/RESULTS.md).
+// option switches to TF32 tensor cores. x W^T products with at most kSmallGemmRows rows in x
+// (every decode-step product) go to gemm_small.cu instead, one plain launch each: on an H200 that
+// took tiny.yaml's batch-1 GPU decoding from 765 to 1,091 tokens/s (bench/RESULTS.md).
 #include <cublas_v2.h>
 
 #include "cuda_backend.h"
@@ -27,8 +27,8 @@ void CudaBackend::gemm(const Tensor& a, bool trans_a, const Tensor& b, bool tran
     }
     return;
   }
-  if (!trans_a && m <= kSmallGemmRows) {
-    small_gemm(trans_b, m, n, k, alpha, ptr<float>(a), ptr<float>(b), beta, ptr<float>(c), stream_);
+  if (!trans_a && trans_b && m <= kSmallGemmRows) {
+    small_gemm_nt(m, n, k, alpha, ptr<float>(a), ptr<float>(b), beta, ptr<float>(c), stream_);
     return;
   }
   NNKIT_CUBLAS_CHECK(

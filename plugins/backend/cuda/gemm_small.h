@@ -1,5 +1,5 @@
-// Purpose: backend/cuda's gemm for products with few rows in op(a) (decoding: one row per
-// sequence), see gemm_small.cu. Owned by backend/cuda.
+// Purpose: backend/cuda's gemm for a b^T with few rows in a (decoding: one row per sequence),
+// see gemm_small.cu. Owned by backend/cuda.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -8,11 +8,11 @@
 
 namespace nnkit::cuda {
 
-inline constexpr int64_t kSmallGemmRows = 16;  // rows of op(a) at or below which gemm_small runs
+inline constexpr int64_t kSmallGemmRows = 16;  // rows of a at or below which gemm_small runs
 
-// c (m, n) = alpha * a (m, k) @ op(b) + beta * c, row-major, m <= kSmallGemmRows; op(b) = b^T
-// (b is (n, k)) when trans_b, else b (k, n). beta = 0 never reads c.
-void small_gemm(bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
-                const float* b, float beta, float* c, cudaStream_t stream);
+// c (m, n) = alpha * a (m, k) @ b^T + beta * c with b (n, k), row-major, m <= kSmallGemmRows.
+// beta = 0 never reads c.
+void small_gemm_nt(int64_t m, int64_t n, int64_t k, float alpha, const float* a, const float* b,
+                   float beta, float* c, cudaStream_t stream);
 
 }  // namespace nnkit::cuda

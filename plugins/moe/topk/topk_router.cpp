@@ -97,8 +97,11 @@ class TopKRouter final : public Router {
     routing.host_expert_index.resize(static_cast<size_t>(n_slots));
     if (n_slots > 0) backend.copy_to_host(routing.host_expert_index.data(), top_index);
 
-    // Statistics of the full softmax, before any capacity dropping.
-    const std::vector<double> row_lse = compute_statistics(backend, logits, probs, routing);
+    // Statistics of the full softmax, before any capacity dropping. Incremental decoding (KV
+    // cache) has no loss to balance: skipping them saves copying the (N, E) probabilities to the
+    // host, a device round trip per layer per token on the GPU. Expert fractions stay zero then.
+    const std::vector<double> row_lse =
+        compute_statistics(backend, logits, probs, routing, /*full=*/!ctx.use_kv_cache);
 
     // Capacity: walk the slots token by token (rank order within a token); an expert takes at most
     // `capacity` of them, the rest are dropped.
@@ -208,16 +211,17 @@ class TopKRouter final : public Router {
   };
 
   // Fills stats_ (f_i, P_i, L_aux, L_z) from host copies; returns the rows' logsumexp when the
-  // z-loss is on (its backward needs them), else an empty vector.
+  // z-loss is on (its backward needs them), else an empty vector. `full` = false leaves the
+  // statistics zero (decoding).
   std::vector<double> compute_statistics(Backend& backend, const Tensor& logits,
-                                         const Tensor& probs, const Routing& routing) {
+                                         const Tensor& probs, const Routing& routing, bool full) {
     const int64_t n_tokens = routing.n_tokens;
     const auto n_experts = static_cast<size_t>(n_experts_);
     stats_ = AuxStats{};
     stats_.aux_weight = aux_loss_weight_;
     stats_.z_weight = z_loss_weight_;
     stats_.expert_fraction.assign(n_experts, 0.0);
-    if (n_tokens == 0) return {};
+    if (n_tokens == 0 || !full) return {};
 
     for (int32_t expert : routing.host_expert_index) {
       stats_.expert_fraction[static_cast<size_t>(expert)] += 1.0;
