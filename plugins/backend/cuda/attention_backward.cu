@@ -277,26 +277,24 @@ void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const 
   a.dq = ptr<float>(dq);
   a.dk = ptr<float>(dk);
   a.dv = ptr<float>(dv);
-  const DeviceLimits limits = device_limits(device().index);
 
   const int64_t pairs = static_cast<int64_t>(a.batch) * a.q_len * a.heads;
   Tensor delta = scratch(static_cast<size_t>(pairs) * sizeof(float));
   a.delta = ptr<float>(delta);
   constexpr int kPairsPerBlock = kAttentionThreads / 32;
-  launch(op, attention_delta_kernel, ceil_div(pairs, kPairsPerBlock), 0, limits, stream(), a,
-         pairs);
+  launch(op, attention_delta_kernel, ceil_div(pairs, kPairsPerBlock), 0, *this, a, pairs);
 
   with_head_dim_bucket(a.dim, [&](auto bucket) {
     constexpr int kD = decltype(bucket)::value;
     constexpr int kDqRows = dq_query_tile(kD), kDqKeys = dq_key_tile(kD);
     launch(op, attention_dq_kernel<kD, kDqRows, kDqKeys>,
            static_cast<int64_t>(a.batch) * a.kv_heads * ceil_div(a.rows, kDqRows),
-           DqTiles<kD, kDqRows, kDqKeys>::kSharedBytes, limits, stream(), a);
+           DqTiles<kD, kDqRows, kDqKeys>::kSharedBytes, *this, a);
     if (a.kv_capacity == 0) return;
     constexpr int kGradKeys = key_grad_key_tile(kD), kGradRows = key_grad_query_tile(kD);
     launch(op, attention_dkdv_kernel<kD, kGradKeys, kGradRows>,
            static_cast<int64_t>(a.batch) * a.kv_heads * ceil_div(a.kv_capacity, kGradKeys),
-           KeyGradTiles<kD, kGradKeys, kGradRows>::kSharedBytes, limits, stream(), a);
+           KeyGradTiles<kD, kGradKeys, kGradRows>::kSharedBytes, *this, a);
   });
 }
 

@@ -294,41 +294,30 @@ constexpr int key_grad_query_tile(int d) {
 
 // ---- launchers --------------------------------------------------------------------------------
 
-struct DeviceLimits {
-  int sms;
-  int shared_bytes;  // dynamic shared memory one block may opt into
-};
-
-inline DeviceLimits device_limits(int device) {
-  DeviceLimits limits{};
-  NNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&limits.sms, cudaDevAttrMultiProcessorCount, device));
-  NNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&limits.shared_bytes,
-                                          cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  return limits;
-}
-
 inline int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
 }
 
 template <typename Kernel, typename... Args>
 void launch(const char* op, Kernel kernel, int64_t blocks, size_t shared_bytes,
-            const DeviceLimits& limits, cudaStream_t stream, const Args&... args) {
-  if (shared_bytes > static_cast<size_t>(limits.shared_bytes)) {
+            CudaBackend& backend, const Args&... args) {
+  const DeviceLimits& limits = backend.limits();
+  if (shared_bytes > static_cast<size_t>(limits.shared_optin_bytes)) {
     kChecks.fail(op, "this head_dim needs " + std::to_string(shared_bytes) +
                          " bytes of shared memory per block; the GPU allows " +
-                         std::to_string(limits.shared_bytes));
+                         std::to_string(limits.shared_optin_bytes));
   }
   if (blocks > INT_MAX) {
     kChecks.fail(op, std::to_string(blocks) + " thread blocks exceed the CUDA grid limit");
   }
-  if (shared_bytes > 48 * 1024) {
+  if (shared_bytes > 48 * 1024 && backend.first_launch_of(reinterpret_cast<const void*>(kernel))) {
     NNKIT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(shared_bytes)));
     NNKIT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                                           cudaSharedmemCarveoutMaxShared));
   }
-  kernel<<<static_cast<unsigned>(blocks), kAttentionThreads, shared_bytes, stream>>>(args...);
+  kernel<<<static_cast<unsigned>(blocks), kAttentionThreads, shared_bytes, backend.stream()>>>(
+      args...);
   NNKIT_CUDA_CHECK_LAUNCH(kernel);
 }
 

@@ -174,8 +174,8 @@ __global__ void attention_combine_splits_kernel(const AttentionArgs a) {
 }
 
 template <int kD, int kBQ, int kBK>
-void launch_forward(CudaBackend& backend, const char* op, AttentionArgs a,
-                    const DeviceLimits& limits) {
+void launch_forward(CudaBackend& backend, const char* op, AttentionArgs a) {
+  const DeviceLimits& limits = backend.limits();
   const int64_t row_tiles = ceil_div(a.rows, kBQ);
   const int64_t blocks = static_cast<int64_t>(a.batch) * a.kv_heads * row_tiles;
   // Keys a row tile may see at most (from key 0; kv_start only shortens the range).
@@ -199,11 +199,11 @@ void launch_forward(CudaBackend& backend, const char* op, AttentionArgs a,
     a.partial_out = reinterpret_cast<float*>(a.partial_ml + slots);
   }
   launch(op, attention_forward_kernel<kD, kBQ, kBK>, blocks * a.splits,
-         ForwardTiles<kD, kBQ, kBK>::kSharedBytes, limits, backend.stream(), a);
+         ForwardTiles<kD, kBQ, kBK>::kSharedBytes, backend, a);
   if (a.splits > 1) {
     constexpr int kRowsPerBlock = kAttentionThreads / 32;
-    launch(op, attention_combine_splits_kernel, ceil_div(a.total_rows, kRowsPerBlock), 0, limits,
-           backend.stream(), a);
+    launch(op, attention_combine_splits_kernel, ceil_div(a.total_rows, kRowsPerBlock), 0, backend,
+           a);
   }
 }
 
@@ -222,13 +222,12 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
   a.v = ptr<float>(v);
   a.out = ptr<float>(out);
   a.lse = ptr<float>(lse);
-  const DeviceLimits limits = device_limits(device().index);
   with_head_dim_bucket(a.dim, [&](auto bucket) {
     constexpr int kD = decltype(bucket)::value;
     if (a.rows <= kDecodeRows) {  // decoding: one query position per sequence (times the group)
-      launch_forward<kD, kDecodeRows, decode_key_tile(kD)>(*this, op, a, limits);
+      launch_forward<kD, kDecodeRows, decode_key_tile(kD)>(*this, op, a);
     } else {
-      launch_forward<kD, forward_query_tile(kD), forward_key_tile(kD)>(*this, op, a, limits);
+      launch_forward<kD, forward_query_tile(kD), forward_key_tile(kD)>(*this, op, a);
     }
   });
 }

@@ -167,6 +167,9 @@ CudaBackend::CudaBackend(int device, bool tf32) : device_(device) {
                                     " CUDA device(s) (0.." + std::to_string(count - 1) + ")");
   }
   NNKIT_CUDA_CHECK(cudaSetDevice(device_));
+  NNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&limits_.sms, cudaDevAttrMultiProcessorCount, device_));
+  NNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&limits_.shared_optin_bytes,
+                                          cudaDevAttrMaxSharedMemoryPerBlockOptin, device_));
   NNKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   NNKIT_CUBLAS_CHECK(cublasCreate(&cublas_));
   NNKIT_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));

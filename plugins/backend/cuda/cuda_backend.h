@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_set>
 
 #include "../common/op_checks.h"
 #include "nnkit/backend.h"
@@ -39,6 +40,12 @@ struct DeviceFault {
   int64_t index;  // the offending value
   int64_t limit;  // valid range [0, limit)
   int64_t row;    // where it was found
+};
+
+// Properties of the backend's device that kernels size their launches by, queried once.
+struct DeviceLimits {
+  int sms = 0;                 // streaming multiprocessors
+  int shared_optin_bytes = 0;  // dynamic shared memory one block may opt into
 };
 
 enum class FaultOp : int32_t { kGatherRows = 0, kScatterAddRows = 1, kCrossEntropy = 2 };
@@ -112,6 +119,10 @@ class CudaBackend final : public Backend {
   // ---- for the kernel files -----------------------------------------------------------------
   cudaStream_t stream() const { return stream_; }
   DeviceFault* fault() const { return fault_; }
+  const DeviceLimits& limits() const { return limits_; }
+  // True the first time it is asked about `kernel` (per backend, hence per device): kernels that
+  // opt into more than 48 KB of shared memory set that attribute once, not on every launch.
+  bool first_launch_of(const void* kernel) { return configured_kernels_.insert(kernel).second; }
   // Scratch device memory of at least `bytes`, valid until the next op (stream-ordered reuse).
   Tensor scratch(size_t bytes) { return empty({static_cast<int64_t>(bytes)}, DType::kU8); }
 
@@ -122,8 +133,10 @@ class CudaBackend final : public Backend {
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
-  DeviceFault* fault_ = nullptr;          // device memory, one record
-  DeviceFault* fault_host_ = nullptr;     // pinned host copy, refreshed by every synchronize()
+  DeviceFault* fault_ = nullptr;       // device memory, one record
+  DeviceFault* fault_host_ = nullptr;  // pinned host copy, refreshed by every synchronize()
+  DeviceLimits limits_;
+  std::unordered_set<const void*> configured_kernels_;
   std::unique_ptr<OpProfiler> profiler_;  // null unless NNKIT_CUDA_PROFILE=1
   std::shared_ptr<DeviceBlockCache> cache_;
 };
