@@ -1,5 +1,7 @@
 // Purpose: out-of-line anchors (destructors) for every interface crossing the plugin boundary, so
 // their vtables and type info live once, in the core library; plus the Backend conveniences.
+#include <cmath>
+
 #include "nnkit/backend.h"
 #include "nnkit/component.h"
 #include "nnkit/error.h"
@@ -22,6 +24,23 @@ Tokenizer::~Tokenizer() = default;
 Optimizer::~Optimizer() = default;
 Schedule::~Schedule() = default;
 Sampler::~Sampler() = default;
+
+void Optimizer::step_on_device(Backend& backend, const std::vector<Parameter*>& params, double lr,
+                               const Tensor& grad_sum_squares, float max_grad_norm,
+                               float inv_loss_scale) {
+  // The portable path for optimizers without a fused kernel: one host read of the norm.
+  float sum_squares = 0.0f;
+  backend.copy_to_host(&sum_squares, grad_sum_squares);
+  const double norm = std::sqrt(static_cast<double>(sum_squares)) * inv_loss_scale;
+  if (std::isfinite(norm)) {
+    const double clip = max_grad_norm > 0.0f && norm > max_grad_norm ? max_grad_norm / norm : 1.0;
+    step(backend, params, lr, static_cast<float>(clip * inv_loss_scale));
+    for (Parameter* p : params) {
+      if (p->compute.defined()) backend.convert(p->compute, p->value);
+      if (p->grad.defined()) backend.fill(p->grad, 0.0f);
+    }
+  }
+}
 
 Tensor Backend::zeros(const Shape& shape, DType dtype) {
   Tensor t = empty(shape, dtype);

@@ -63,12 +63,29 @@ class ExpertsTest : public ::testing::Test {
       if (kExpertIndex[s] < 0) gate_host[s] = 0.0f;
     }
     r_host = random_values(kTokens * kChannels, 84);
-    routing.n_tokens = kTokens;
-    routing.top_k = kTopK;
-    routing.n_experts = kExperts;
-    routing.host_expert_index = kExpertIndex;
-    routing.expert_index = tensor_from_i32(*backend, kExpertIndex, {kTokens, kTopK});
-    routing.gate = tensor_from(*backend, gate_host, {kTokens, kTopK});
+    routing = make_routing(kExpertIndex, tensor_from(*backend, gate_host, {kTokens, kTopK}));
+  }
+
+  // A Routing as a router builds it: the chosen experts sorted by the backend's dispatch op.
+  Routing make_routing(const std::vector<int32_t>& index, const Tensor& gate) const {
+    Routing r;
+    r.n_tokens = kTokens;
+    r.top_k = kTopK;
+    r.n_experts = kExperts;
+    r.expert_index = tensor_from_i32(*backend, index, {kTokens, kTopK});
+    r.gate = gate;
+    const int64_t slots = kTokens * kTopK;
+    r.token = backend->empty({slots}, DType::kI32);
+    r.slot = backend->empty({slots}, DType::kI32);
+    Tensor offsets = backend->empty({kExperts + 1}, DType::kI32);
+    Tensor load = backend->empty({kExperts});
+    backend->moe_sort_by_expert(r.expert_index.view({slots}), kExperts, kTopK, -1, Tensor(),
+                                r.token, r.slot, offsets, load);
+    std::vector<int32_t> host(static_cast<size_t>(kExperts) + 1);
+    backend->copy_to_host(host.data(), offsets);
+    r.offsets.assign(host.begin(), host.end());
+    r.n_routed = r.offsets.back();
+    return r;
   }
 
   std::shared_ptr<Backend> backend;
@@ -137,10 +154,9 @@ TEST_F(ExpertsTest, SecondBackwardAccumulatesGradients) {
 }
 
 TEST_F(ExpertsTest, AllSlotsDroppedGivesZeros) {
-  Routing empty = routing;
-  empty.host_expert_index.assign(kTokens * kTopK, -1);
-  empty.expert_index = tensor_from_i32(*backend, empty.host_expert_index, {kTokens, kTopK});
-  empty.gate = backend->zeros({kTokens, kTopK});
+  const Routing empty = make_routing(std::vector<int32_t>(kTokens * kTopK, -1),
+                                     backend->zeros({kTokens, kTopK}));
+  ASSERT_EQ(empty.n_routed, 0);
   ForwardContext ctx = make_context(*backend, 1, kTokens, true);
   Tensor y =
       experts->forward_routed(ctx, tensor_from(*backend, x_host, {kTokens, kChannels}), empty);

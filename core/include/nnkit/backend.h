@@ -4,12 +4,18 @@
 // except through copy_to_host (which synchronises). All tensors are contiguous row-major and must
 // live on this backend's device. Unless an op says "accumulates", outputs are overwritten.
 // Shapes are written next to each argument; N = rows (tokens), C = channels.
+// Dtypes: "float" means f32 or the backend's compute_dtype() (bf16/f16 on a CUDA backend run at
+// that precision; the CPU backend computes in f32 only). Low-precision inputs are widened to f32
+// inside the op, all arithmetic and accumulation is f32, results are rounded once when stored.
+// Unless an op names other dtypes, its tensors share one float dtype. An op given a dtype it does
+// not support throws a ShapeError naming the op, the tensor and the dtypes it takes.
 // Ownership: tensors returned by empty() share storage released through this backend's allocator;
 // that storage keeps the backend alive. The backend is not thread-safe: one thread drives it.
 // Table discipline: new ops are appended at the end of the class (ABI version guards the rest).
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "nnkit/component.h"
 #include "nnkit/tensor.h"
@@ -44,6 +50,16 @@ struct AdamWStep {
   int64_t step = 1;  // 1-based, for bias correction
 };
 
+// One tensor of a multi-tensor AdamW update (adamw_update_multi).
+struct AdamWTensor {
+  Tensor param;         // f32 master weights, updated in place
+  Tensor grad;          // f32, read then zeroed
+  Tensor exp_avg;       // f32 m
+  Tensor exp_avg_sq;    // f32 v
+  Tensor compute_copy;  // compute_dtype() copy of param, rewritten after the update; may be undefined
+  float weight_decay = 0.0f;
+};
+
 class NNKIT_API Backend : public Component {
  public:
   ~Backend() override;
@@ -74,21 +90,23 @@ class NNKIT_API Backend : public Component {
   virtual void axpy(const Tensor& y, float alpha, const Tensor& x) = 0;
   // t *= alpha.
   virtual void scale(const Tensor& t, float alpha) = 0;
-  // x: (N, C), w: (N) -> x[n, :] *= w[n] in place.
+  // x: (N, C) float, w: (N) f32 -> x[n, :] *= w[n] in place.
   virtual void scale_rows(const Tensor& x, const Tensor& w) = 0;
-  // a, b: (N, C) -> out: (N) = sum_c a[n, c] * b[n, c].
+  // a, b: (N, C) float -> out: (N) f32 = sum_c a[n, c] * b[n, c].
   virtual void row_dot(const Tensor& a, const Tensor& b, const Tensor& out) = 0;
-  // out: (1) += sum(x^2) (accumulates; used for the global gradient norm).
+  // out: (1) f32 += sum(x^2) (accumulates; used for the global gradient norm). x: float.
   virtual void sum_squares(const Tensor& x, const Tensor& out) = 0;
 
   // ---- matrix products ----------------------------------------------------------------------
   // c = alpha * op(a) @ op(b) + beta * c, 2-D tensors; op(x) = x^T when the flag is set.
-  // beta = 1 accumulates (used for parameter gradients).
+  // beta = 1 accumulates (used for parameter gradients). a and b share a float dtype; c is f32 or
+  // that dtype (bf16 x bf16 -> f32 is how low-precision products accumulate into f32 gradients).
   virtual void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
                     float alpha = 1.0f, float beta = 0.0f) = 0;
 
   // ---- normalisation and activations --------------------------------------------------------
   // x, y: (N, C); weight: (C); rstd: (N) = 1 / sqrt(mean(x^2) + eps); y = x * rstd * weight.
+  // x, y, dy, dx share a float dtype; weight is f32 or that dtype; rstd and dweight are f32.
   virtual void rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, const Tensor& y,
                                const Tensor& rstd) = 0;
   // dx: (N, C) overwritten; dweight: (C) accumulates.
@@ -99,11 +117,11 @@ class NNKIT_API Backend : public Component {
   // dgate, dup overwritten (may not alias inputs).
   virtual void swiglu_backward(const Tensor& dout, const Tensor& gate, const Tensor& up,
                                const Tensor& dgate, const Tensor& dup) = 0;
-  // x, y: (N, C); softmax over C (y may alias x).
+  // x, y: (N, C); softmax over C (y may alias x). x and y: float, independently.
   virtual void softmax_rows(const Tensor& x, const Tensor& y) = 0;
   // y = softmax output, dy: (N, C) -> dx = y * (dy - sum(dy * y)) (dx may alias dy).
   virtual void softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) = 0;
-  // x: (N, C) -> values (N, k) descending, indices (N, k) i32. Ties: lower index first.
+  // x: (N, C) f32 -> values (N, k) f32 descending, indices (N, k) i32. Ties: lower index first.
   virtual void topk_rows(const Tensor& x, int64_t k, const Tensor& values,
                          const Tensor& indices) = 0;
 
@@ -114,6 +132,7 @@ class NNKIT_API Backend : public Component {
                     float base, bool inverse) = 0;
   // q: (B*Tq, H*D); k, v: (B*kv_capacity, Hkv*D); out: (B*Tq, H*D); lse: (B*Tq, H) f32
   // log-sum-exp of the scaled scores (kept for backward). kv_start: (B) i32 or undefined.
+  // q, k, v, out (and dout, dq, dk, dv) share a float dtype; lse is f32.
   virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                  const Tensor& kv_start, const Tensor& out, const Tensor& lse,
                                  const AttentionShape& shape) = 0;
@@ -125,25 +144,74 @@ class NNKIT_API Backend : public Component {
 
   // ---- gather / scatter ---------------------------------------------------------------------
   // src: (R, C), index: (N) i32 -> dst: (N, C) = src[index[n]]. (Embedding lookup, MoE dispatch.)
+  // src and dst share a dtype (any).
   virtual void gather_rows(const Tensor& src, const Tensor& index, const Tensor& dst) = 0;
   // dst[index[n], :] += weight[n] * src[n, :] (accumulates; weight (N) may be undefined = 1).
   // Deterministic: rows are added in order of n. (Embedding backward, MoE combine.)
+  // src and dst: float, independently (bf16 rows accumulate into an f32 gradient); weight f32.
+  // Each destination row is summed in f32 and rounded once.
   virtual void scatter_add_rows(const Tensor& src, const Tensor& index, const Tensor& weight,
                                 const Tensor& dst) = 0;
 
   // ---- losses -------------------------------------------------------------------------------
-  // logits: (N, V), targets: (N) i32 -> losses: (N) = -log softmax(logits)[target]; target < 0
-  // is ignored (loss 0).
+  // logits: (N, V) float, targets: (N) i32 -> losses: (N) f32 = -log softmax(logits)[target];
+  // target < 0 is ignored (loss 0).
   virtual void cross_entropy_forward(const Tensor& logits, const Tensor& targets,
                                      const Tensor& losses) = 0;
   // dlogits: (N, V) = scale * (softmax(logits) - onehot(target)); ignored rows are 0.
+  // logits and dlogits: float, independently.
   virtual void cross_entropy_backward(const Tensor& logits, const Tensor& targets, float scale,
                                       const Tensor& dlogits) = 0;
 
   // ---- optimizer ----------------------------------------------------------------------------
-  // In place on param, m, v (all same shape); grad read only.
+  // In place on param, m, v (all same shape, f32); grad read only.
   virtual void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m,
                             const Tensor& v, const AdamWStep& step) = 0;
+
+  // ---- appended in ABI 2: mixed precision, device-resident MoE and fused optimizer -----------
+  // The dtype activations and compute copies of the weights use on this backend: f32 on the CPU,
+  // the `precision` option on CUDA (bf16 by default). Master weights, gradients and optimizer
+  // state are always f32.
+  virtual DType compute_dtype() const = 0;
+  // dst <- src converted (same numel; any float dtypes; rounding to nearest even).
+  virtual void convert(const Tensor& dst, const Tensor& src) = 0;
+  // Enqueues a copy of src to host memory at dst and returns at once; dst holds the data after
+  // the next await_host_copies(), which waits for the copies enqueued so far only (work enqueued
+  // after them keeps running). For small reads (per-expert counts) inside a step.
+  virtual void copy_to_host_async(void* dst, const Tensor& src) = 0;
+  virtual void await_host_copies() = 0;
+
+  // MoE dispatch: a stable sort of the N*k routed slots by expert, on the device.
+  // expert_index: (N*k) i32 in [0, E) (or -1 = already dropped), modified in place when the
+  // capacity drops slots. capacity >= 0 keeps only an expert's first `capacity` slots in slot
+  // order (token-major, rank order within a token); the dropped ones get index -1 and gate 0.
+  // Outputs: token, slot: (N*k) i32; rows [offsets[e], offsets[e+1]) are expert e's routed
+  // slots in ascending slot order, token = slot / k; rows past offsets[E] hold token 0, slot -1.
+  // offsets: (E + 1) i32. load: (E) f32 = slots that chose expert e BEFORE dropping, divided by
+  // N*k (the f_i of the load-balancing loss). gate: (N*k) f32, zeroed at dropped slots (may be
+  // undefined when capacity < 0).
+  virtual void moe_sort_by_expert(const Tensor& expert_index, int64_t n_experts, int64_t top_k,
+                                  int64_t capacity, const Tensor& gate, const Tensor& token,
+                                  const Tensor& slot, const Tensor& offsets,
+                                  const Tensor& load) = 0;
+
+  // out: (1) f32 += sum over every tensor of sum(x^2) (float tensors); one pass, few launches.
+  virtual void sum_squares_multi(const std::vector<Tensor>& xs, const Tensor& out) = 0;
+  // AdamW over many tensors in few launches. Each element's gradient is
+  //   g = grad * step.grad_scale * clip,  clip = min(1, max_grad_norm / norm),
+  //   norm = sqrt(grad_sum_squares) * step.grad_scale
+  // (max_grad_norm <= 0: clip = 1). grad_sum_squares: (1) f32 on the device (sum_squares_multi
+  // of the grads as stored). When it is not finite the whole update is skipped on the device:
+  // params, moments, compute copies AND grads are left untouched (so the caller can find the
+  // offending parameter, then zero the grads itself). Otherwise every grad is zeroed afterwards
+  // (ready for the next step's accumulation). The compute copy, when defined, is
+  // rewritten from the updated f32 value (the low-precision weights the next forward reads).
+  virtual void adamw_update_multi(const std::vector<AdamWTensor>& tensors, const AdamWStep& step,
+                                  const Tensor& grad_sum_squares, float max_grad_norm) = 0;
+  // src: (N, k) f32, index: (N, k) i32 column of each entry (-1 = skip) -> dst: (N, C) f32,
+  // dst[n, index[n, j]] += src[n, j] (accumulates, in order of j). The transpose of picking k
+  // columns per row: how top-k gate gradients reach the router's (N, E) scores on the device.
+  virtual void scatter_add_columns(const Tensor& src, const Tensor& index, const Tensor& dst) = 0;
 
   // ---- conveniences (non-virtual) -----------------------------------------------------------
   Tensor zeros(const Shape& shape, DType dtype = DType::kF32);

@@ -25,8 +25,10 @@ struct Parameter {
   float init_value = 0.0f;  // ... else filled with init_value (norm weights: 1)
   bool decay = true;        // AdamW weight decay applies (false for norms/embeddings by default)
   bool is_embedding = false;
-  Tensor value;  // (shape) allocated by the model builder
-  Tensor grad;   // (shape) same, zeroed by the trainer between steps
+  Tensor value;    // (shape) f32 master weights, allocated by the model builder
+  Tensor grad;     // (shape) f32, zeroed between steps (by the fused optimizer or the trainer)
+  Tensor compute;  // (shape) Backend::compute_dtype() copy of value when that is not f32 (bf16
+                   // / f16 on CUDA), else undefined; the model builder keeps it in step with value
 };
 
 // Per-call facts shared by every layer of one forward/backward pass.
@@ -63,7 +65,13 @@ class NNKIT_API Layer : public Component {
   // Returns the index of the new parameter; call only from the constructor.
   size_t add_parameter(std::string name, Shape shape, float init_std, float init_value = 0.0f,
                        bool decay = true);
-  const Tensor& value(size_t index) const { return params_[index].value; }
+  // The weights forward and backward compute with: the low-precision compute copy when the
+  // backend has one, else the f32 master. Components that must compute in f32 (routers) read
+  // params_[index].value directly.
+  const Tensor& value(size_t index) const {
+    const Parameter& p = params_[index];
+    return p.compute.defined() ? p.compute : p.value;
+  }
   const Tensor& grad(size_t index) const { return params_[index].grad; }
 
   std::vector<Parameter> params_;
@@ -88,7 +96,8 @@ class NNKIT_API Attention : public Layer {
   virtual double rope_base() const = 0;
 };
 
-// Statistics of one layer's auxiliary losses and expert load, read after forward.
+// Statistics of one layer's auxiliary losses and expert load, read after forward. On a device
+// backend reading them copies from the device: the trainer asks on logged steps only.
 struct AuxStats {
   double aux_loss = 0.0;    // unweighted load-balancing loss of this layer
   double aux_weight = 0.0;  // its weight in the objective
@@ -107,14 +116,21 @@ class NNKIT_API FeedForward : public Layer {
   virtual AuxStats aux_stats() const { return {}; }
 };
 
-// The router's decision for N tokens, on the backend's device plus a host copy for dispatch.
+// The router's decision for N tokens and its dispatch, on the backend's device. The router
+// builds the dispatch with Backend::moe_sort_by_expert; the only host data is the per-expert row
+// offsets, which size the experts' matrix products (one small copy per MoE layer).
 struct Routing {
   int64_t n_tokens = 0;
   int64_t top_k = 0;
   int64_t n_experts = 0;
   Tensor expert_index;  // (N, k) i32; -1 marks a slot dropped by the capacity limit
   Tensor gate;          // (N, k) f32 combine weights (0 for dropped slots)
-  std::vector<int32_t> host_expert_index;  // (N * k) copy of expert_index
+  // The kept (token, slot) pairs grouped by expert: rows [offsets[e], offsets[e+1]) of token and
+  // slot are expert e's, in ascending slot order. n_routed = offsets[E] = M.
+  int64_t n_routed = 0;
+  Tensor token;                  // (N*k) i32 token row of each routed slot; first M rows valid
+  Tensor slot;                   // (N*k) i32 flat slot n*k + rank (index into the (N*k) gates)
+  std::vector<int64_t> offsets;  // (E + 1) host copy of the per-expert row offsets
 };
 
 // `moe/<router>`: scores experts per token. Its parameters are named "gate.weight" (HF Mixtral).

@@ -53,6 +53,18 @@ class NNKIT_API Transformer {
   // cross-entropy over non-ignored targets. With `training`, keeps what backward() needs.
   double forward_loss(const std::vector<int32_t>& ids, const std::vector<int32_t>& targets,
                       int64_t batch, int64_t seq, bool training, bool activation_checkpointing);
+  // The training loop's device-resident variant: enqueues a training forward and adds
+  // weight * (mean CE of this batch) to loss_sum ((1) f32 on the backend) without reading
+  // anything back; backward() follows as after forward_loss.
+  void forward_loss_into(const std::vector<int32_t>& ids, const std::vector<int32_t>& targets,
+                         int64_t batch, int64_t seq, bool activation_checkpointing,
+                         const Tensor& loss_sum, float weight);
+  // Rewrites every Parameter::compute copy from its f32 value; call after changing values
+  // outside the optimizer (loading a checkpoint or HF weights). init_random() calls it.
+  void refresh_compute_copies();
+  // The dtype of activations: the backend's compute dtype (f32 on the CPU, bf16 by default on
+  // CUDA).
+  DType activation_dtype() const;
   // Backpropagates loss_scale * (mean CE + weighted auxiliary losses) of the last forward_loss;
   // parameter gradients accumulate (so micro-batches add up).
   void backward(float loss_scale);
@@ -76,6 +88,10 @@ class NNKIT_API Transformer {
   struct Activations;
   Tensor run_trunk(ForwardContext& ctx, const Tensor& ids, bool checkpointing);
   Tensor head_logits(ForwardContext& ctx, const Tensor& hidden);
+  // Per-row losses (B*T) f32 on the device; valid_targets gets the count of non-ignored targets.
+  Tensor forward_losses(const std::vector<int32_t>& ids, const std::vector<int32_t>& targets,
+                        int64_t batch, int64_t seq, bool training, bool activation_checkpointing,
+                        int64_t& valid_targets);
   void for_each_parameter(const std::function<void(const std::string&, Parameter&)>& fn);
 
   ModelConfig config_;
@@ -85,6 +101,10 @@ class NNKIT_API Transformer {
   std::vector<std::unique_ptr<Block>> blocks_;
   std::unique_ptr<Activations> saved_;
   bool qualified_names_ = false;
+  Tensor positions_;  // (B*T) i32 training positions for positions_batch_ x positions_seq_
+  int64_t positions_batch_ = 0;
+  int64_t positions_seq_ = 0;
+  Tensor ones_;  // (1, B*T) f32 ones: sums the per-row losses on the device
 };
 
 }  // namespace nnkit

@@ -22,6 +22,18 @@ class NNKIT_API Optimizer : public Component {
   // One update of every parameter from its grad, multiplied by grad_scale first.
   virtual void step(Backend& backend, const std::vector<Parameter*>& params, double lr,
                     float grad_scale) = 0;
+  // One update with the global gradient norm and clip factor computed on the device (nothing
+  // crosses to the host). grad_sum_squares: (1) f32 = sum of g^2 over every parameter's grad as
+  // stored; grads are multiplied by inv_loss_scale first (fp16 loss scaling, else 1), then
+  // clipped to max_grad_norm (<= 0: no clipping). A non-finite sum skips the update on the
+  // device: parameters, moments and grads are untouched (the caller learns it by reading the sum
+  // afterwards, restores the step count it had before with set_step_count, and zeroes the
+  // grads). After a taken step every grad is zero and every Parameter::compute copy matches its
+  // value. The default reads the sum to the host, then calls step(), refreshes the compute
+  // copies and zeroes the grads: correct for any optimizer, fused for none.
+  virtual void step_on_device(Backend& backend, const std::vector<Parameter*>& params, double lr,
+                              const Tensor& grad_sum_squares, float max_grad_norm,
+                              float inv_loss_scale);
   // Updates taken so far (restored from checkpoints).
   virtual int64_t step_count() const = 0;
   virtual void set_step_count(int64_t steps) = 0;

@@ -20,10 +20,10 @@ struct Transformer::Block {
   Tensor forward(ForwardContext& ctx, const Tensor& x) {
     Backend& be = *ctx.backend;
     Tensor attn_out = attention->forward(ctx, attn_norm->forward(ctx, x));
-    Tensor mid = be.empty(x.shape());
+    Tensor mid = be.empty(x.shape(), x.dtype());
     be.add(mid, x, attn_out);
     Tensor ffn_out = ffn->forward(ctx, ffn_norm->forward(ctx, mid));
-    Tensor out = be.empty(x.shape());
+    Tensor out = be.empty(x.shape(), x.dtype());
     be.add(out, mid, ffn_out);
     return out;
   }
@@ -190,10 +190,23 @@ double Transformer::rope_base() const {
 
 void Transformer::allocate(bool with_grads) {
   Backend& be = *backend_;
+  const DType compute = be.compute_dtype();
   for (Parameter* p : parameters()) {
     p->value = be.empty(p->shape);
     if (with_grads) p->grad = be.zeros(p->shape);
+    // Low-precision backends compute with a rounded copy; the f32 value stays the master.
+    if (compute != DType::kF32) p->compute = be.empty(p->shape, compute);
   }
+}
+
+void Transformer::refresh_compute_copies() {
+  for (Parameter* p : parameters()) {
+    if (p->compute.defined()) backend_->convert(p->compute, p->value);
+  }
+}
+
+DType Transformer::activation_dtype() const {
+  return backend_->compute_dtype();
 }
 
 bool Transformer::allocated() const {
@@ -208,6 +221,7 @@ void Transformer::init_random(uint64_t seed) {
       backend_->fill(p->value, p->init_value);
     }
   }
+  refresh_compute_copies();
 }
 
 void Transformer::zero_grads() {
@@ -218,8 +232,10 @@ void Transformer::zero_grads() {
 
 Tensor Transformer::run_trunk(ForwardContext& ctx, const Tensor& ids, bool checkpointing) {
   Backend& be = *backend_;
-  Tensor x = be.empty({ids.numel(), config_.hidden_dim});
-  be.gather_rows(own_params_[0].value, ids, x);
+  const Parameter& embed = own_params_[0];
+  const Tensor& table = embed.compute.defined() ? embed.compute : embed.value;
+  Tensor x = be.empty({ids.numel(), config_.hidden_dim}, table.dtype());
+  be.gather_rows(table, ids, x);
   for (auto& block : blocks_) {
     if (checkpointing && ctx.training) {
       // Keep only the block input; backward recomputes the block with activations saved.
@@ -235,8 +251,12 @@ Tensor Transformer::run_trunk(ForwardContext& ctx, const Tensor& ids, bool check
 }
 
 Tensor Transformer::head_logits(ForwardContext& ctx, const Tensor& hidden) {
+  // Logits are f32 on every backend (the loss and the samplers read them); with bf16 weights the
+  // product accumulates in f32 and is stored without a low-precision rounding.
+  const Parameter& head = own_params_[1];
   Tensor logits = ctx.backend->empty({hidden.dim(0), config_.vocab_size});
-  ctx.backend->gemm(hidden, false, own_params_[1].value, true, logits);
+  ctx.backend->gemm(hidden, false, head.compute.defined() ? head.compute : head.value, true,
+                    logits);
   return logits;
 }
 
@@ -267,9 +287,10 @@ std::vector<int32_t> default_positions(int64_t batch, int64_t seq, int64_t offse
 
 }  // namespace
 
-double Transformer::forward_loss(const std::vector<int32_t>& ids,
-                                 const std::vector<int32_t>& targets, int64_t batch, int64_t seq,
-                                 bool training, bool activation_checkpointing) {
+Tensor Transformer::forward_losses(const std::vector<int32_t>& ids,
+                                   const std::vector<int32_t>& targets, int64_t batch, int64_t seq,
+                                   bool training, bool activation_checkpointing,
+                                   int64_t& valid_targets) {
   const int64_t n = batch * seq;
   if (static_cast<int64_t>(ids.size()) != n || static_cast<int64_t>(targets.size()) != n) {
     throw ShapeError("model", "forward_loss expects " + std::to_string(n) + " ids and targets");
@@ -291,8 +312,14 @@ double Transformer::forward_loss(const std::vector<int32_t>& ids,
   ctx.backend = &be;
   ctx.batch = batch;
   ctx.seq = seq;
-  const std::vector<int32_t> positions = default_positions(batch, seq, 0, {});
-  ctx.positions = be.from_host(positions.data(), {n}, DType::kI32);
+  // Training positions are the same every step: uploaded once per (batch, seq).
+  if (!positions_.defined() || positions_batch_ != batch || positions_seq_ != seq) {
+    const std::vector<int32_t> positions = default_positions(batch, seq, 0, {});
+    positions_ = be.from_host(positions.data(), {n}, DType::kI32);
+    positions_batch_ = batch;
+    positions_seq_ = seq;
+  }
+  ctx.positions = positions_;
   ctx.training = training;
   saved->ids = be.from_host(ids.data(), {n}, DType::kI32);
   saved->targets = be.from_host(targets.data(), {n}, DType::kI32);
@@ -302,12 +329,41 @@ double Transformer::forward_loss(const std::vector<int32_t>& ids,
   saved->logits = head_logits(ctx, saved->hidden);
   Tensor losses = be.empty({n});
   be.cross_entropy_forward(saved->logits, saved->targets, losses);
-  std::vector<float> host(static_cast<size_t>(n));
-  be.copy_to_host(host.data(), losses);
+  saved_ = training ? std::move(saved) : nullptr;
+  valid_targets = valid;
+  return losses;
+}
+
+double Transformer::forward_loss(const std::vector<int32_t>& ids,
+                                 const std::vector<int32_t>& targets, int64_t batch, int64_t seq,
+                                 bool training, bool activation_checkpointing) {
+  int64_t valid = 0;
+  const Tensor losses =
+      forward_losses(ids, targets, batch, seq, training, activation_checkpointing, valid);
+  std::vector<float> host(static_cast<size_t>(losses.numel()));
+  backend_->copy_to_host(host.data(), losses);
   double sum = 0.0;
   for (float l : host) sum += l;
-  saved_ = training ? std::move(saved) : nullptr;
   return valid > 0 ? sum / static_cast<double>(valid) : 0.0;
+}
+
+void Transformer::forward_loss_into(const std::vector<int32_t>& ids,
+                                    const std::vector<int32_t>& targets, int64_t batch,
+                                    int64_t seq, bool activation_checkpointing,
+                                    const Tensor& loss_sum, float weight) {
+  int64_t valid = 0;
+  const Tensor losses =
+      forward_losses(ids, targets, batch, seq, true, activation_checkpointing, valid);
+  if (valid == 0) return;
+  // loss_sum += weight / valid * sum(losses), as ones(1, N) @ losses(N, 1) on the device.
+  Backend& be = *backend_;
+  const int64_t n = losses.numel();
+  if (!ones_.defined() || ones_.numel() != n) {
+    ones_ = be.empty({1, n});
+    be.fill(ones_, 1.0f);
+  }
+  be.gemm(ones_, false, losses.view({n, 1}), false, loss_sum.view({1, 1}),
+          weight / static_cast<float>(valid), 1.0f);
 }
 
 void Transformer::backward(float loss_scale) {
@@ -319,14 +375,15 @@ void Transformer::backward(float loss_scale) {
   Parameter& head = own_params_[1];
   Parameter& embed = own_params_[0];
   // loss = mean CE -> dlogits = loss_scale / valid * (softmax - onehot)   (N, V)
-  Tensor dlogits = be.empty(s.logits.shape());
+  const DType dtype = s.hidden.dtype();  // the compute dtype: products read bf16 dlogits
+  Tensor dlogits = be.empty(s.logits.shape(), dtype);
   const float ce_scale = s.valid_targets > 0 ? loss_scale / static_cast<float>(s.valid_targets) : 0;
   be.cross_entropy_backward(s.logits, s.targets, ce_scale, dlogits);
   s.logits = Tensor();
   // logits = hidden @ W^T: dW += dlogits^T hidden (accumulates); dhidden = dlogits @ W
   be.gemm(dlogits, true, s.hidden, false, head.grad, 1.0f, 1.0f);
-  Tensor dhidden = be.empty(s.hidden.shape());
-  be.gemm(dlogits, false, head.value, false, dhidden);
+  Tensor dhidden = be.empty(s.hidden.shape(), dtype);
+  be.gemm(dlogits, false, head.compute.defined() ? head.compute : head.value, false, dhidden);
   Tensor dx = final_norm_->backward(ctx, dhidden);
   for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) {
     Block& block = **it;
@@ -397,7 +454,7 @@ Tensor Transformer::forward_cached(const std::vector<int32_t>& ids, int64_t batc
     for (int64_t b = 0; b < batch; ++b)
       last[static_cast<size_t>(b)] = static_cast<int32_t>(b * seq + seq - 1);
     Tensor index = be.from_host(last.data(), {batch}, DType::kI32);
-    Tensor picked = be.empty({batch, config_.hidden_dim});
+    Tensor picked = be.empty({batch, config_.hidden_dim}, hidden.dtype());
     be.gather_rows(hidden, index, picked);
     hidden = picked;
   }

@@ -111,7 +111,8 @@ fs::path CheckpointStore::save(const TrainerState& state, Transformer& model, Op
   const nlohmann::json trainer{{"step", state.step},
                                {"tokens_seen", state.tokens_seen},
                                {"bad_steps_in_a_row", state.bad_steps_in_a_row},
-                               {"loader_state", state.loader_state}};
+                               {"loader_state", state.loader_state},
+                               {"loss_scaler", state.loss_scaler_state}};
   write_file_atomic(temp_dir / "trainer.json", trainer.dump(2));
   write_file_atomic(temp_dir / "config.yaml", config_yaml);
 
@@ -230,6 +231,7 @@ TrainerState CheckpointStore::load(const CheckpointRef& ref, Transformer& model,
   std::vector<std::pair<std::string, Tensor>> weights;
   for (Parameter* p : model.parameters()) weights.emplace_back(p->name, p->value);
   load_tensors(ref.dir / "model.safetensors", backend, weights);
+  model.refresh_compute_copies();  // the saved f32 masters -> this backend's compute copies
   TrainerState state;
   nlohmann::json trainer;
   try {
@@ -238,6 +240,8 @@ TrainerState CheckpointStore::load(const CheckpointRef& ref, Transformer& model,
     state.tokens_seen = trainer.at("tokens_seen").get<int64_t>();
     state.bad_steps_in_a_row = trainer.at("bad_steps_in_a_row").get<int64_t>();
     state.loader_state = trainer.at("loader_state").get<std::string>();
+    // Absent in checkpoints of runs without fp16 loss scaling (and of older versions).
+    state.loss_scaler_state = trainer.value("loss_scaler", std::string());
   } catch (const nlohmann::json::exception& e) {
     throw IoError("checkpoint", (ref.dir / "trainer.json").string() + " is invalid: " + e.what());
   }

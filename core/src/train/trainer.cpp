@@ -20,6 +20,7 @@
 #include "nnkit/logging.h"
 #include "nnkit/model.h"
 #include "nnkit/optim.h"
+#include "train/loss_scaler.h"
 
 namespace nnkit {
 
@@ -261,7 +262,19 @@ TrainSummary train(const TrainRequest& request) {
               std::log(static_cast<double>(cfg.model.vocab_size)));
   }
   const std::set<int64_t> nan_steps = injected_nan_steps();
-  Tensor norm_accumulator = backend->empty({1});
+  // fp16 needs dynamic loss scaling (its range is too small for small gradients); bf16 and f32
+  // have f32's exponent range and run with scale 1.
+  const bool fp16 = backend->compute_dtype() == DType::kF16;
+  LossScaler scaler(fp16);
+  if (fp16 && !state.loss_scaler_state.empty()) {
+    scaler = LossScaler::restore(state.loss_scaler_state);
+  }
+  // Per step only the loss and the gradient norm come back, in one read that does not wait for
+  // the optimizer update behind it; the MoE statistics come back on logged steps only.
+  Tensor loss_sum = backend->empty({1});          // (1) f32: mean CE over the micro-batches
+  Tensor norm_accumulator = backend->empty({1});  // (1) f32: sum of squared gradients
+  std::vector<Tensor> grads;
+  for (Parameter* p : params) grads.push_back(p->grad);
   std::vector<int32_t> inputs, targets;
   const int64_t tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum;
   const auto run_start = std::chrono::steady_clock::now();
@@ -271,6 +284,7 @@ TrainSummary train(const TrainRequest& request) {
 
   auto save = [&](const char* why) {
     state.loader_state = encode_loader_state(loader.save_state());
+    state.loss_scaler_state = fp16 ? scaler.save() : std::string();
     summary.last_checkpoint = store.save(state, model, optimizer.get(), config_yaml);
     if (request.progress_bar) std::fprintf(stderr, "\n");
     log->info("checkpoint ({}) at step {}: {}", why, state.step, summary.last_checkpoint.string());
@@ -288,50 +302,86 @@ TrainSummary train(const TrainRequest& request) {
     return summary.interrupted;
   };
 
+  // The first parameter whose gradient is not finite (a host read per parameter: only after a
+  // skipped step, to say where the run broke).
+  auto first_non_finite_gradient = [&]() -> std::string {
+    Tensor partial = backend->empty({1});
+    for (Parameter* p : params) {
+      backend->fill(partial, 0.0f);
+      backend->sum_squares(p->grad, partial);
+      float value = 0.0f;
+      backend->copy_to_host(&value, partial);
+      if (!std::isfinite(value)) return p->name;
+    }
+    return "";
+  };
+
   while (state.step < tc.steps) {
     const int64_t step = state.step;
-    model.zero_grads();
-    double loss = 0.0;
+    const float loss_scale = scaler.scale();
+    backend->fill(loss_sum, 0.0f);
     for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
       loader.next_train_batch(tc.batch_size, inputs, targets);
-      const double micro_loss = model.forward_loss(inputs, targets, tc.batch_size, tc.seq_len, true,
-                                                   tc.activation_checkpointing);
-      model.backward(1.0f / static_cast<float>(tc.grad_accum));
-      loss += micro_loss / static_cast<double>(tc.grad_accum);
+      model.forward_loss_into(inputs, targets, tc.batch_size, tc.seq_len,
+                              tc.activation_checkpointing, loss_sum,
+                              1.0f / static_cast<float>(tc.grad_accum));
+      model.backward(loss_scale / static_cast<float>(tc.grad_accum));
     }
-    if (nan_steps.count(step)) loss = std::nan("");
-    const double aux = model.aux_loss();
     backend->fill(norm_accumulator, 0.0f);
-    for (Parameter* p : params) backend->sum_squares(p->grad, norm_accumulator);
-    float norm_squared = 0.0f;
-    backend->copy_to_host(&norm_squared, norm_accumulator);
-    const double grad_norm = std::sqrt(static_cast<double>(norm_squared));
+    backend->sum_squares_multi(grads, norm_accumulator);
+    // Test hook: a poisoned norm makes the device skip the update like a real overflow would.
+    if (nan_steps.count(step)) backend->fill(norm_accumulator, std::nanf(""));
+    float host_loss = 0.0f, host_sum_squares = 0.0f;
+    backend->copy_to_host_async(&host_loss, loss_sum);
+    backend->copy_to_host_async(&host_sum_squares, norm_accumulator);
+    const double lr = optimizer->base_lr() * schedule->factor(step, tc.steps);
+    const int64_t optimizer_steps_before = optimizer->step_count();
+    optimizer->step_on_device(*backend, params, lr, norm_accumulator,
+                              static_cast<float>(tc.grad_clip), 1.0f / loss_scale);
+    backend->await_host_copies();
+    double loss = nan_steps.count(step) ? std::nan("") : static_cast<double>(host_loss);
+    const double grad_norm =
+        std::sqrt(static_cast<double>(host_sum_squares)) / static_cast<double>(loss_scale);
 
-    if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
-      ++state.bad_steps_in_a_row;
-      log->warn("step {}: non-finite loss ({}) or gradient norm ({}); update skipped ({} in a row)",
-                step + 1, loss, grad_norm, state.bad_steps_in_a_row);
-      metrics << nlohmann::json{{"step", step + 1}, {"skipped", true}}.dump() << "\n";
+    if (!std::isfinite(host_sum_squares)) {
+      // The device skipped the update (parameters and moments untouched); undo the count.
+      optimizer->set_step_count(optimizer_steps_before);
+      const std::string culprit = nan_steps.count(step) ? "" : first_non_finite_gradient();
+      model.zero_grads();
+      nlohmann::json skipped{{"step", step + 1}, {"skipped", true}};
+      if (fp16) {
+        scaler.update(true);
+        skipped["loss_scale"] = scaler.scale();
+        skipped["skipped_steps"] = scaler.skipped_steps();
+      }
+      metrics << skipped.dump() << "\n";
       metrics.flush();
-      if (state.bad_steps_in_a_row >= tc.max_bad_steps) {
-        throw Error("train",
-                    std::to_string(state.bad_steps_in_a_row) +
-                        " consecutive steps had a non-finite loss or gradient (last at step " +
-                        std::to_string(step + 1) +
-                        "); the run is diverging. Lower train.optimizer.lr, raise "
-                        "train.schedule.warmup_steps or tighten train.grad_clip, then "
-                        "--resume from the last checkpoint");
+      const std::string where = culprit.empty() ? "" : " (first in " + culprit + ")";
+      if (fp16 && scaler.scale() >= 1.0f) {
+        // An fp16 overflow: the scaler halves the scale and the step is retried on new data.
+        log->info("step {}: fp16 gradients overflowed{}; loss scale lowered to {}", step + 1,
+                  where, scaler.scale());
+      } else {
+        ++state.bad_steps_in_a_row;
+        log->warn("step {}: non-finite loss ({}) or gradient norm ({}){}; update skipped ({} in "
+                  "a row)",
+                  step + 1, loss, grad_norm, where, state.bad_steps_in_a_row);
+        if (state.bad_steps_in_a_row >= tc.max_bad_steps) {
+          throw Error("train",
+                      std::to_string(state.bad_steps_in_a_row) +
+                          " consecutive steps had a non-finite loss or gradient (last at step " +
+                          std::to_string(step + 1) + where +
+                          "); the run is diverging. Lower train.optimizer.lr, raise "
+                          "train.schedule.warmup_steps or tighten train.grad_clip, then "
+                          "--resume from the last checkpoint");
+        }
       }
       ++state.step;  // the data was consumed; the step counts as taken but changes nothing
       if (end_of_step()) break;
       continue;
     }
     state.bad_steps_in_a_row = 0;
-    const float clip_scale = tc.grad_clip > 0 && grad_norm > tc.grad_clip
-                                 ? static_cast<float>(tc.grad_clip / grad_norm)
-                                 : 1.0f;
-    const double lr = optimizer->base_lr() * schedule->factor(step, tc.steps);
-    optimizer->step(*backend, params, lr, clip_scale);
+    scaler.update(false);
     ++state.step;
     state.tokens_seen += tokens_per_step;
     window_tokens += tokens_per_step;
@@ -345,27 +395,35 @@ TrainSummary train(const TrainRequest& request) {
     }
     nlohmann::json line{{"step", state.step},
                         {"loss", loss},
-                        {"aux_loss", aux},
                         {"lr", lr},
                         {"grad_norm", grad_norm},
                         {"tokens_per_s", tokens_per_second},
                         {"tokens", state.tokens_seen}};
-    const auto stats = model.aux_stats();
-    if (!stats.empty()) {
-      nlohmann::json load = nlohmann::json::array(), aux_layers = nlohmann::json::array(),
-                     dropped = nlohmann::json::array();
-      for (const AuxStats& s : stats) {
-        load.push_back(s.expert_fraction);
-        aux_layers.push_back(s.aux_loss);
-        dropped.push_back(s.dropped_fraction);
-      }
-      line["expert_load"] = load;
-      line["aux_loss_per_layer"] = aux_layers;
-      line["dropped_fraction"] = dropped;
-    }
-    summary.last_loss = loss;
+    if (fp16) line["loss_scale"] = loss_scale;
     const bool eval_now =
         (tc.eval_every > 0 && state.step % tc.eval_every == 0) || state.step == tc.steps;
+    const bool logged_step = state.step % tc.log_every == 0 || eval_now ||
+                             state.step == summary.first_step + 1;
+    // The auxiliary losses and the expert load live on the device: read on logged steps.
+    double aux = std::nan("");
+    if (logged_step) {
+      aux = model.aux_loss();
+      line["aux_loss"] = aux;
+      const auto stats = model.aux_stats();
+      if (!stats.empty()) {
+        nlohmann::json load = nlohmann::json::array(), aux_layers = nlohmann::json::array(),
+                       dropped = nlohmann::json::array();
+        for (const AuxStats& s : stats) {
+          load.push_back(s.expert_fraction);
+          aux_layers.push_back(s.aux_loss);
+          dropped.push_back(s.dropped_fraction);
+        }
+        line["expert_load"] = load;
+        line["aux_loss_per_layer"] = aux_layers;
+        line["dropped_fraction"] = dropped;
+      }
+    }
+    summary.last_loss = loss;
     if (eval_now) {
       summary.last_val_loss = validation_loss(model, loader, tc.batch_size, tc.eval_batches);
       line["val_loss"] = summary.last_val_loss;
@@ -388,7 +446,7 @@ TrainSummary train(const TrainRequest& request) {
         std::fprintf(stderr, "\n val_loss %.4f at step %lld\n", summary.last_val_loss,
                      static_cast<long long>(state.step));
       std::fflush(stderr);
-    } else if (state.step % tc.log_every == 0 || eval_now || state.step == summary.first_step + 1) {
+    } else if (logged_step) {
       log->info(
           "step {}/{} loss {:.4f} aux {:.4f} lr {:.2e} grad_norm {:.3f} {:.0f} tok/s ETA {}{}",
           state.step, tc.steps, loss, aux, lr, grad_norm, tokens_per_second,

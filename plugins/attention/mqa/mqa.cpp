@@ -25,6 +25,7 @@ class MultiQueryAttention final : public Attention {
         n_kv_heads_(args.options.get_int("n_kv_heads")),
         head_dim_(args.options.get_int("head_dim")),
         hidden_(args.dims.hidden_dim) {
+    if (args.backend != nullptr) cache_dtype_ = args.backend->compute_dtype();
     const Options& options = args.options;
     if (n_heads_ < 1) options.fail("n_heads", "must be >= 1");
     if (n_kv_heads_ < 1) options.fail("n_kv_heads", "must be >= 1");
@@ -66,9 +67,12 @@ class MultiQueryAttention final : public Attention {
       throw ShapeError(id(), "init_cache needs batch >= 1 and capacity >= 1, got " +
                                  std::to_string(batch) + " and " + std::to_string(capacity));
     }
-    if (cache_batch_ != batch || cache_capacity_ != capacity || !k_cache_.defined()) {
-      k_cache_ = backend.empty({batch * capacity, kv_width()});
-      v_cache_ = backend.empty({batch * capacity, kv_width()});
+    cache_dtype_ = backend.compute_dtype();
+    if (cache_batch_ != batch || cache_capacity_ != capacity || !k_cache_.defined() ||
+        k_cache_.dtype() != cache_dtype_) {
+      // The cache holds K/V in the compute dtype (bf16 on a bf16 CUDA backend).
+      k_cache_ = backend.empty({batch * capacity, kv_width()}, backend.compute_dtype());
+      v_cache_ = backend.empty({batch * capacity, kv_width()}, backend.compute_dtype());
       cache_batch_ = batch;
       cache_capacity_ = capacity;
     }
@@ -85,7 +89,7 @@ class MultiQueryAttention final : public Attention {
   }
 
   int64_t cache_bytes_per_token() const override {
-    return 2 * kv_width() * static_cast<int64_t>(sizeof(float));
+    return 2 * kv_width() * static_cast<int64_t>(dtype_size(cache_dtype_));
   }
 
   double rope_base() const override { return rope_base_; }
@@ -106,9 +110,9 @@ class MultiQueryAttention final : public Attention {
     }
 
     // Projections: q = x Wq^T (N, H*D); k = x Wk^T, v = x Wv^T (N, Hkv*D).
-    Tensor q = backend.empty({rows, q_width()});
-    Tensor k = backend.empty({rows, kv_width()});
-    Tensor v = backend.empty({rows, kv_width()});
+    Tensor q = backend.empty({rows, q_width()}, x.dtype());
+    Tensor k = backend.empty({rows, kv_width()}, x.dtype());
+    Tensor v = backend.empty({rows, kv_width()}, x.dtype());
     backend.gemm(x, false, value(q_proj_), true, q);
     backend.gemm(x, false, value(k_proj_), true, k);
     backend.gemm(x, false, value(v_proj_), true, v);
@@ -127,11 +131,11 @@ class MultiQueryAttention final : public Attention {
       shape.kv_capacity = cache_capacity_;
       shape.q_offset = ctx.cache_len;
     }
-    Tensor attended = backend.empty({rows, q_width()});  // (N, H*D)
-    Tensor lse = backend.empty({rows, n_heads_});        // (N, H)
+    Tensor attended = backend.empty({rows, q_width()}, x.dtype());  // (N, H*D)
+    Tensor lse = backend.empty({rows, n_heads_});                   // (N, H) f32
     backend.attention_forward(q, keys, values, ctx.kv_start, attended, lse, shape);
 
-    Tensor y = backend.empty({rows, hidden_});  // (N, C) = attended Wo^T
+    Tensor y = backend.empty({rows, hidden_}, x.dtype());  // (N, C) = attended Wo^T
     backend.gemm(attended, false, value(o_proj_), true, y);
 
     release_saved();
@@ -159,14 +163,15 @@ class MultiQueryAttention final : public Attention {
 
     // y = attended Wo^T: dWo += dy^T attended (accumulates); dattended = dy Wo.
     backend.gemm(dy, true, saved_.attended, false, grad(o_proj_), 1.0f, 1.0f);
-    Tensor dattended = backend.empty({rows, q_width()});
+    const DType dtype = saved_.x.dtype();
+    Tensor dattended = backend.empty({rows, q_width()}, dtype);
     backend.gemm(dy, false, value(o_proj_), false, dattended);
 
     // attended = attention(q, k, v): dq, dk, dv are overwritten (dk, dv summed over the query
     // heads that share a KV head).
-    Tensor dq = backend.empty({rows, q_width()});
-    Tensor dk = backend.empty({rows, kv_width()});
-    Tensor dv = backend.empty({rows, kv_width()});
+    Tensor dq = backend.empty({rows, q_width()}, dtype);
+    Tensor dk = backend.empty({rows, kv_width()}, dtype);
+    Tensor dv = backend.empty({rows, kv_width()}, dtype);
     backend.attention_backward(dattended, saved_.q, saved_.k, saved_.v, saved_.kv_start,
                                saved_.attended, saved_.lse, dq, dk, dv, saved_.shape);
 
@@ -178,7 +183,7 @@ class MultiQueryAttention final : public Attention {
     backend.gemm(dq, true, saved_.x, false, grad(q_proj_), 1.0f, 1.0f);
     backend.gemm(dk, true, saved_.x, false, grad(k_proj_), 1.0f, 1.0f);
     backend.gemm(dv, true, saved_.x, false, grad(v_proj_), 1.0f, 1.0f);
-    Tensor dx = backend.empty({rows, hidden_});
+    Tensor dx = backend.empty({rows, hidden_}, dtype);
     backend.gemm(dq, false, value(q_proj_), false, dx);
     backend.gemm(dk, false, value(k_proj_), false, dx, 1.0f, 1.0f);
     backend.gemm(dv, false, value(v_proj_), false, dx, 1.0f, 1.0f);
@@ -257,6 +262,7 @@ class MultiQueryAttention final : public Attention {
   Tensor v_cache_;  // (B*capacity, Hkv*D)
   int64_t cache_batch_ = 0;
   int64_t cache_capacity_ = 0;
+  DType cache_dtype_ = DType::kF32;  // the backend's compute dtype (K/V cache entries)
 };
 
 std::vector<OptionSpec> mqa_options() {

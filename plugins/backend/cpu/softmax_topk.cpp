@@ -126,3 +126,33 @@ void CpuBackend::topk_rows(const Tensor& x, int64_t k, const Tensor& values,
 }
 
 }  // namespace nnkit::cpu
+
+namespace nnkit::cpu {
+
+void CpuBackend::scatter_add_columns(const Tensor& src, const Tensor& index, const Tensor& dst) {
+  const char* op = "scatter_add_columns";
+  const RowShape s = expect_rows(op, "src", src, DType::kF32);
+  const RowShape i = expect_rows(op, "index", index, DType::kI32);
+  const RowShape d = expect_rows(op, "dst", dst, DType::kF32);
+  if (i.rows != s.rows || i.cols != s.cols || d.rows != s.rows) {
+    shape_fail(op, "src is " + describe(src) + ", index " + describe(index) + ", dst " +
+                       describe(dst) + "; expected src and index (N, k) and dst (N, C)");
+  }
+  const float* ps = ptr<float>(src);
+  const int32_t* pi = ptr<int32_t>(index);
+  float* pd = ptr<float>(dst);
+  for (int64_t n = 0; n < s.rows; ++n) {
+    for (int64_t j = 0; j < s.cols; ++j) {
+      const int32_t column = pi[n * s.cols + j];
+      if (column < 0) continue;
+      if (column >= d.cols) {
+        shape_fail(op, "index " + std::to_string(column) + " at (" + std::to_string(n) + ", " +
+                           std::to_string(j) + ") is outside [0, " + std::to_string(d.cols) +
+                           ") columns of dst");
+      }
+      pd[n * d.cols + column] += ps[n * s.cols + j];
+    }
+  }
+}
+
+}  // namespace nnkit::cpu

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "cuda_check.h"
+#include "host_copies.h"
 #include "nnkit/error.h"
 #include "nnkit/logging.h"
 #include "nnkit/plugin.h"
@@ -127,14 +128,26 @@ namespace {
 
 std::vector<OptionSpec> cuda_options() {
   return {OptionSpec{"device", OptionType::kInt, "0", 0.0, 1024.0, "CUDA device index"},
+          OptionSpec{"precision", OptionType::kString, "bf16", std::nullopt, std::nullopt,
+                     "compute precision: bf16 | fp16 | fp32 (weights and activations; master "
+                     "weights, gradients, optimizer state and statistics stay fp32)"},
           OptionSpec{"tf32", OptionType::kBool, "false", std::nullopt, std::nullopt,
-                     "let cuBLAS use TF32 tensor cores for fp32 products (faster, ~1e-3 "
-                     "relative error)"}};
+                     "with precision fp32: let cuBLAS use TF32 tensor cores for fp32 products "
+                     "(faster, ~1e-3 relative error)"}};
+}
+
+// The `precision` option as a dtype; anything else is refused with the valid values.
+DType parse_precision(const Options& options) {
+  const std::string value = options.get_string("precision");
+  if (value == "bf16") return DType::kBF16;
+  if (value == "fp16") return DType::kF16;
+  if (value == "fp32") return DType::kF32;
+  options.fail("precision", "is '" + value + "'; valid values: bf16, fp16, fp32");
 }
 
 Component* create_cuda(const CreateArgs& args) {
   return new CudaBackend(static_cast<int>(args.options.get_int("device")),
-                         args.options.get_bool("tf32"));
+                         args.options.get_bool("tf32"), parse_precision(args.options));
 }
 
 const char* fault_op_name(int32_t op) {
@@ -145,13 +158,16 @@ const char* fault_op_name(int32_t op) {
       return "scatter_add_rows";
     case FaultOp::kCrossEntropy:
       return "cross_entropy";
+    case FaultOp::kMoeSort:
+      return "moe_sort_by_expert";
   }
   return "an indexed op";
 }
 
 }  // namespace
 
-CudaBackend::CudaBackend(int device, bool tf32) : device_(device) {
+CudaBackend::CudaBackend(int device, bool tf32, DType compute_dtype)
+    : device_(device), compute_dtype_(compute_dtype) {
   int count = 0;
   const cudaError_t status = cudaGetDeviceCount(&count);
   if (status != cudaSuccess || count == 0) {
@@ -167,6 +183,14 @@ CudaBackend::CudaBackend(int device, bool tf32) : device_(device) {
                                     " CUDA device(s) (0.." + std::to_string(count - 1) + ")");
   }
   NNKIT_CUDA_CHECK(cudaSetDevice(device_));
+  int major = 0;
+  NNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device_));
+  if (compute_dtype_ == DType::kBF16 && major < 8) {
+    throw Error("backend/cuda", "precision bf16 needs a GPU of compute capability 8.0 or newer; "
+                                "cuda:" + std::to_string(device_) + " is " +
+                                    std::to_string(major) +
+                                    ".x. Use `backend.precision=fp16` (with loss scaling) or fp32");
+  }
   NNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&limits_.sms, cudaDevAttrMultiProcessorCount, device_));
   NNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&limits_.shared_optin_bytes,
                                           cudaDevAttrMaxSharedMemoryPerBlockOptin, device_));
@@ -179,6 +203,8 @@ CudaBackend::CudaBackend(int device, bool tf32) : device_(device) {
   NNKIT_CUDA_CHECK(cudaMallocHost(&fault_host_, sizeof(DeviceFault)));
   NNKIT_CUDA_CHECK(cudaMemsetAsync(fault_, 0, sizeof(DeviceFault), stream_));
   cache_ = std::make_shared<DeviceBlockCache>(device_);
+  readbacks_ = std::make_unique<HostReadbacks>();
+  uploads_ = std::make_unique<HostUploads>();
   if (const char* flag = std::getenv("NNKIT_CUDA_PROFILE");
       flag != nullptr && std::strcmp(flag, "1") == 0) {
     profiler_ = std::make_unique<OpProfiler>(stream_);
@@ -198,6 +224,8 @@ CudaBackend::~CudaBackend() {
     }
     profiler_.reset();
   }
+  readbacks_.reset();
+  uploads_.reset();
   if (cublas_ != nullptr) cublasDestroy(cublas_);
   if (fault_ != nullptr) cudaFree(fault_);
   if (fault_host_ != nullptr) cudaFreeHost(fault_host_);
@@ -225,6 +253,11 @@ void CudaBackend::copy_from_host(const Tensor& dst, const void* src) {
                  "dst is " + describe(dst) + "; expected a tensor on " + to_string(device()));
   }
   if (dst.nbytes() == 0) return;
+  if (dst.nbytes() <= HostUploads::kMaxStagedBytes) {
+    // Through pinned memory: returns at once, without waiting for the stream (host_copies.h).
+    uploads_->enqueue(dst.raw(), src, dst.nbytes(), stream_);
+    return;
+  }
   // From pageable host memory this returns once the source has been staged, so the caller may
   // reuse `src` right away (the Backend contract).
   NNKIT_CUDA_CHECK(cudaMemcpyAsync(dst.raw(), src, dst.nbytes(), cudaMemcpyHostToDevice, stream_));
@@ -274,11 +307,14 @@ void CudaBackend::raise_fault() {
   kChecks.fail(fault_op_name(fault.op - 1),
                "index " + std::to_string(fault.index) + " at row " + std::to_string(fault.row) +
                    " is outside [0, " + std::to_string(fault.limit) +
-                   "); the row was skipped. Check token ids against the model's vocab_size");
+                   "); the row was skipped. " +
+                   (fault.op - 1 == static_cast<int32_t>(FaultOp::kMoeSort)
+                        ? std::string("The router chose an expert outside [0, n_experts)")
+                        : std::string("Check token ids against the model's vocab_size")));
 }
 
 }  // namespace nnkit::cuda
 
 NNKIT_PLUGIN(backend, cuda, "0.1.0",
-             "fp32 CUDA backend: cuBLAS products, fused attention, deterministic kernels",
+             "CUDA backend: bf16/fp16/fp32 compute, cuBLAS products, fused attention, device MoE dispatch, fused AdamW",
              &nnkit::cuda::cuda_options, &nnkit::cuda::create_cuda)

@@ -32,6 +32,8 @@ typedef struct cublasContext* cublasHandle_t;
 namespace nnkit::cuda {
 
 class DeviceBlockCache;  // cuda_backend.cpp
+class HostReadbacks;     // host_copies.cpp
+class HostUploads;       // host_copies.cpp
 
 // Where a kernel records the first out-of-range index it met (device memory, see above).
 struct DeviceFault {
@@ -48,13 +50,20 @@ struct DeviceLimits {
   int shared_optin_bytes = 0;  // dynamic shared memory one block may opt into
 };
 
-enum class FaultOp : int32_t { kGatherRows = 0, kScatterAddRows = 1, kCrossEntropy = 2 };
+enum class FaultOp : int32_t {
+  kGatherRows = 0,
+  kScatterAddRows = 1,
+  kCrossEntropy = 2,
+  kMoeSort = 3,
+};
 
 class CudaBackend final : public Backend {
  public:
   // `device` is the CUDA device index; `tf32` lets cuBLAS use TF32 tensor cores for fp32
   // products (faster, ~1e-3 relative error; off by default so results match the CPU backend).
-  CudaBackend(int device, bool tf32);
+  // `compute_dtype` (the `precision` option): kBF16, kF16 or kF32, what activations and the
+  // weights' compute copies use (see docs/cuda.md).
+  CudaBackend(int device, bool tf32, DType compute_dtype);
   ~CudaBackend() override;
 
   // ---- device and memory (cuda_backend.cpp) -------------------------------------------------
@@ -116,6 +125,21 @@ class CudaBackend final : public Backend {
   void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
                     const AdamWStep& step) override;
 
+  // ---- appended in ABI 2 (compute dtype, conversions, host reads, MoE dispatch, fused AdamW) ---
+  DType compute_dtype() const override { return compute_dtype_; }
+  void convert(const Tensor& dst, const Tensor& src) override;               // elementwise.cu
+  void copy_to_host_async(void* dst, const Tensor& src) override;           // host_copies.cpp
+  void await_host_copies() override;                                         // host_copies.cpp
+  void moe_sort_by_expert(const Tensor& expert_index, int64_t n_experts, int64_t top_k,
+                          int64_t capacity, const Tensor& gate, const Tensor& token,
+                          const Tensor& slot, const Tensor& offsets,
+                          const Tensor& load) override;                      // moe_dispatch.cu
+  void sum_squares_multi(const std::vector<Tensor>& xs, const Tensor& out) override;  // optimizer.cu
+  void adamw_update_multi(const std::vector<AdamWTensor>& tensors, const AdamWStep& step,
+                          const Tensor& grad_sum_squares, float max_grad_norm) override;  // optimizer.cu
+  void scatter_add_columns(const Tensor& src, const Tensor& index,
+                           const Tensor& dst) override;  // scatter_columns.cu
+
   // ---- for the kernel files -----------------------------------------------------------------
   cudaStream_t stream() const { return stream_; }
   DeviceFault* fault() const { return fault_; }
@@ -131,6 +155,9 @@ class CudaBackend final : public Backend {
   void raise_fault();
 
   int device_ = 0;
+  DType compute_dtype_ = DType::kF32;
+  std::unique_ptr<HostReadbacks> readbacks_;  // copy_to_host_async staging (host_copies.cpp)
+  std::unique_ptr<HostUploads> uploads_;      // copy_from_host staging (host_copies.cpp)
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   DeviceFault* fault_ = nullptr;       // device memory, one record

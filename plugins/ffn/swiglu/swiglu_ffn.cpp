@@ -35,13 +35,13 @@ class SwiGluFeedForward final : public FeedForward {
         x.rank() == 2 && x.dim(1) == hidden_, id(),
         "forward expects x of shape (N, " + std::to_string(hidden_) + "), got " + describe(x));
     const int64_t rows = x.dim(0);
-    Tensor h_gate = backend.empty({rows, ffn_dim_});     // (N, F) = x Wg^T
-    Tensor h_up = backend.empty({rows, ffn_dim_});       // (N, F) = x Wu^T
-    Tensor activated = backend.empty({rows, ffn_dim_});  // (N, F) = silu(h_gate) * h_up
+    Tensor h_gate = backend.empty({rows, ffn_dim_}, x.dtype());     // (N, F) = x Wg^T
+    Tensor h_up = backend.empty({rows, ffn_dim_}, x.dtype());       // (N, F) = x Wu^T
+    Tensor activated = backend.empty({rows, ffn_dim_}, x.dtype());  // (N, F) = silu(h_gate) * h_up
     backend.gemm(x, false, value(gate_proj_), true, h_gate);
     backend.gemm(x, false, value(up_proj_), true, h_up);
     backend.swiglu_forward(h_gate, h_up, activated);
-    Tensor y = backend.empty({rows, hidden_});  // (N, C) = activated Wd^T
+    Tensor y = backend.empty({rows, hidden_}, x.dtype());  // (N, C) = activated Wd^T
     backend.gemm(activated, false, value(down_proj_), true, y);
     if (ctx.training) {
       saved_ = Saved{x, h_gate, h_up, activated};
@@ -59,16 +59,17 @@ class SwiGluFeedForward final : public FeedForward {
                       "backward expects dy shaped like x, got " + describe(dy));
     // Forward read in reverse. y = a Wd^T: dWd += dy^T a (accumulates); da = dy Wd.
     backend.gemm(dy, true, saved_.activated, false, grad(down_proj_), 1.0f, 1.0f);
-    Tensor dactivated = backend.empty({rows, ffn_dim_});
+    const DType dtype = saved_.x.dtype();
+    Tensor dactivated = backend.empty({rows, ffn_dim_}, dtype);
     backend.gemm(dy, false, value(down_proj_), false, dactivated);
     // a = silu(h_gate) * h_up.
-    Tensor dh_gate = backend.empty({rows, ffn_dim_});
-    Tensor dh_up = backend.empty({rows, ffn_dim_});
+    Tensor dh_gate = backend.empty({rows, ffn_dim_}, dtype);
+    Tensor dh_up = backend.empty({rows, ffn_dim_}, dtype);
     backend.swiglu_backward(dactivated, saved_.h_gate, saved_.h_up, dh_gate, dh_up);
     // h_gate = x Wg^T, h_up = x Wu^T: dWg, dWu accumulate; dx = dh_gate Wg + dh_up Wu.
     backend.gemm(dh_gate, true, saved_.x, false, grad(gate_proj_), 1.0f, 1.0f);
     backend.gemm(dh_up, true, saved_.x, false, grad(up_proj_), 1.0f, 1.0f);
-    Tensor dx = backend.empty({rows, hidden_});
+    Tensor dx = backend.empty({rows, hidden_}, dtype);
     backend.gemm(dh_gate, false, value(gate_proj_), false, dx);
     backend.gemm(dh_up, false, value(up_proj_), false, dx, 1.0f, 1.0f);
     return dx;

@@ -1,9 +1,10 @@
 // Purpose: `moe/swiglu`: E SwiGLU expert FFNs, expert_e(x) = W2_e (silu(W1_e x) * (W3_e x)), with
 // HF Mixtral names ("experts.<e>.w1.weight" gate, "w3" up, "w2" down). Dispatch and combine:
-// the routed (token, slot) pairs are sorted by expert (token order within an expert) on the host
-// from Routing::host_expert_index; one gather brings their rows together, each expert runs dense
-// GEMMs on its contiguous block, and one weighted scatter-add combines y[n] += gate * y_e.
-// Every computation is a Backend op; only the small index lists travel host -> device.
+// the router has sorted the routed (token, slot) pairs by expert on the device (Routing::token,
+// slot, offsets); one gather brings their rows together, each expert runs dense products on its
+// contiguous block (sized by the host copy of the offsets), and one weighted scatter-add
+// combines y[n] += gate * y_e. Every computation is a Backend op; nothing per token touches the
+// host. Activations are in x's dtype (bf16 on a bf16 CUDA backend); gates and dgate are f32.
 // Ownership: owns its parameter descriptors and, after forward_routed(training), the dispatch
 // lists and activations backward needs (until the next forward or release_saved()).
 // Thread-safety: none; one thread drives a layer.
@@ -49,27 +50,37 @@ class SwiGluExperts final : public Experts {
     NNKIT_CHECK_SHAPE(x.rank() == 2 && x.dim(1) == hidden_ && x.dim(0) == routing.n_tokens, id(),
                       "forward_routed expects x of shape (N, " + std::to_string(hidden_) +
                           ") with N = routing.n_tokens, got " + describe(x));
-    NNKIT_CHECK_SHAPE(
-        routing.n_experts == n_experts_ && static_cast<int64_t>(routing.host_expert_index.size()) ==
-                                               routing.n_tokens * routing.top_k,
-        id(), "routing does not match " + std::to_string(n_experts_) + " experts");
+    NNKIT_CHECK_SHAPE(routing.n_experts == n_experts_ &&
+                          static_cast<int64_t>(routing.offsets.size()) == n_experts_ + 1 &&
+                          routing.n_routed == routing.offsets.back() &&
+                          (routing.n_routed == 0 || routing.token.numel() >= routing.n_routed),
+                      id(),
+                      "routing does not match " + std::to_string(n_experts_) +
+                          " experts (expected offsets for each expert and the routed rows)");
     const int64_t n_tokens = routing.n_tokens;
-    Dispatch dispatch = make_dispatch(backend, routing);
+    Dispatch dispatch;
+    dispatch.n_routed = routing.n_routed;
+    dispatch.offset = routing.offsets;
+    if (dispatch.n_routed > 0) {
+      dispatch.token = routing.token.slice_rows(0, dispatch.n_routed);
+      dispatch.slot = routing.slot.slice_rows(0, dispatch.n_routed);
+    }
+    const DType dtype = x.dtype();
 
-    Tensor y = backend.zeros({n_tokens, hidden_});  // (N, C)
+    Tensor y = backend.zeros({n_tokens, hidden_}, dtype);  // (N, C)
     Saved saved;
     if (dispatch.n_routed > 0) {
       const int64_t m = dispatch.n_routed;
       // Dispatch: the routed rows of x and their gates, grouped by expert.
-      saved.x_routed = backend.empty({m, hidden_});
+      saved.x_routed = backend.empty({m, hidden_}, dtype);
       backend.gather_rows(x, dispatch.token, saved.x_routed);
       saved.gate_routed = backend.empty({m, 1});
       backend.gather_rows(routing.gate.view({n_tokens * routing.top_k, 1}), dispatch.slot,
                           saved.gate_routed);
-      saved.h_gate = backend.empty({m, ffn_dim_});
-      saved.h_up = backend.empty({m, ffn_dim_});
-      saved.activated = backend.empty({m, ffn_dim_});
-      saved.y_routed = backend.empty({m, hidden_});
+      saved.h_gate = backend.empty({m, ffn_dim_}, dtype);
+      saved.h_up = backend.empty({m, ffn_dim_}, dtype);
+      saved.activated = backend.empty({m, ffn_dim_}, dtype);
+      saved.y_routed = backend.empty({m, hidden_}, dtype);
       for (int64_t e = 0; e < n_experts_; ++e) {
         const int64_t begin = dispatch.offset[e];
         const int64_t end = dispatch.offset[e + 1];
@@ -109,7 +120,8 @@ class SwiGluExperts final : public Experts {
     NNKIT_CHECK_SHAPE(dy.rank() == 2 && dy.dim(0) == n_tokens && dy.dim(1) == hidden_, id(),
                       "backward_routed expects dy of shape (N, C), got " + describe(dy));
     const Dispatch& dispatch = saved_.dispatch;
-    Tensor dx = backend.zeros({n_tokens, hidden_});   // (N, C)
+    const DType dtype = saved_.x_routed.defined() ? saved_.x_routed.dtype() : dy.dtype();
+    Tensor dx = backend.zeros({n_tokens, hidden_}, dtype);  // (N, C)
     Tensor dgate_flat = backend.zeros({n_slots, 1});  // (N*k, 1); dropped slots stay 0
     dgate = dgate_flat.view({n_tokens, saved_.top_k});
     if (dispatch.n_routed == 0) return dx;
@@ -117,17 +129,17 @@ class SwiGluExperts final : public Experts {
 
     // Forward read in reverse. Combine y[token] += gate * y_routed:
     //   dgate[slot] = <dy[token], y_routed>;  dy_routed = gate * dy[token].
-    Tensor dy_routed = backend.empty({m, hidden_});
+    Tensor dy_routed = backend.empty({m, hidden_}, dtype);
     backend.gather_rows(dy, dispatch.token, dy_routed);
     Tensor dgate_routed = backend.empty({m});
     backend.row_dot(dy_routed, saved_.y_routed, dgate_routed);
     backend.scatter_add_rows(dgate_routed.view({m, 1}), dispatch.slot, Tensor(), dgate_flat);
     backend.scale_rows(dy_routed, saved_.gate_routed.view({m}));
 
-    Tensor dactivated = backend.empty({m, ffn_dim_});
-    Tensor dh_gate = backend.empty({m, ffn_dim_});
-    Tensor dh_up = backend.empty({m, ffn_dim_});
-    Tensor dx_routed = backend.empty({m, hidden_});
+    Tensor dactivated = backend.empty({m, ffn_dim_}, dtype);
+    Tensor dh_gate = backend.empty({m, ffn_dim_}, dtype);
+    Tensor dh_up = backend.empty({m, ffn_dim_}, dtype);
+    Tensor dx_routed = backend.empty({m, hidden_}, dtype);
     for (int64_t e = 0; e < n_experts_; ++e) {
       const int64_t begin = dispatch.offset[e];
       const int64_t end = dispatch.offset[e + 1];
@@ -166,7 +178,8 @@ class SwiGluExperts final : public Experts {
     size_t up_proj = 0;    // "experts.<e>.w3.weight" (F, C)
   };
 
-  // The kept (token, slot) pairs grouped by expert; expert e owns rows [offset[e], offset[e+1]).
+  // The kept (token, slot) pairs grouped by expert (from Routing); expert e owns rows
+  // [offset[e], offset[e+1]).
   struct Dispatch {
     int64_t n_routed = 0;         // M = kept slots
     std::vector<int64_t> offset;  // (E + 1)
@@ -185,37 +198,6 @@ class SwiGluExperts final : public Experts {
     Tensor activated;    // (M, F)
     Tensor y_routed;     // (M, C) expert outputs before the gate
   };
-
-  Dispatch make_dispatch(Backend& backend, const Routing& routing) const {
-    const std::vector<int32_t>& chosen = routing.host_expert_index;  // (N*k)
-    Dispatch dispatch;
-    dispatch.offset.assign(static_cast<size_t>(n_experts_) + 1, 0);
-    for (int32_t expert : chosen) {
-      if (expert < 0) continue;
-      if (expert >= n_experts_) {
-        throw ShapeError(id(), "routing chose expert " + std::to_string(expert) + " of " +
-                                   std::to_string(n_experts_));
-      }
-      ++dispatch.offset[static_cast<size_t>(expert) + 1];
-    }
-    for (size_t e = 0; e < static_cast<size_t>(n_experts_); ++e) {
-      dispatch.offset[e + 1] += dispatch.offset[e];
-    }
-    dispatch.n_routed = dispatch.offset.back();
-    if (dispatch.n_routed == 0) return dispatch;
-    std::vector<int32_t> token(static_cast<size_t>(dispatch.n_routed));
-    std::vector<int32_t> slot(token.size());
-    std::vector<int64_t> next(dispatch.offset.begin(), dispatch.offset.end() - 1);
-    for (size_t s = 0; s < chosen.size(); ++s) {  // token-major walk keeps token order per expert
-      if (chosen[s] < 0) continue;
-      const auto row = static_cast<size_t>(next[static_cast<size_t>(chosen[s])]++);
-      token[row] = static_cast<int32_t>(static_cast<int64_t>(s) / routing.top_k);
-      slot[row] = static_cast<int32_t>(s);
-    }
-    dispatch.token = backend.from_host(token.data(), {dispatch.n_routed}, DType::kI32);
-    dispatch.slot = backend.from_host(slot.data(), {dispatch.n_routed}, DType::kI32);
-    return dispatch;
-  }
 
   int64_t n_experts_;                   // E
   int64_t ffn_dim_;                     // F

@@ -7,8 +7,11 @@
 //   load balancing (Switch): L_aux = E * sum_i f_i * P_i, f_i = share of the N*k routed slots that
 //     chose expert i, P_i = mean_n probs[n, i];
 //   z-loss (ST-MoE): L_z = mean_n logsumexp(logits[n])^2.
-// Routing metadata (indices, statistics) crosses to the host in small explicit copies; the
-// tensors themselves are computed with Backend ops only.
+// Everything stays on the device: routing, the sort by expert (Backend::moe_sort_by_expert, which
+// also applies the capacity), gates and the load statistics. The host reads the per-expert row
+// offsets (one small copy per layer, which the experts' products need) and, when asked through
+// aux_stats() on logged steps, the statistics. The z-loss (off by default) still reads the
+// logits to the host.
 // Ownership: owns the gate parameter descriptor, the last route()'s statistics and, after a
 // training route(), what backward_routing() needs (until the next route() or release_saved()).
 // Thread-safety: none; one thread drives a layer.
@@ -61,7 +64,6 @@ class TopKRouter final : public Router {
 
   int64_t top_k() const override { return top_k_; }
   int64_t n_experts() const override { return n_experts_; }
-  AuxStats aux_stats() const override { return stats_; }
   void release_saved() override { saved_ = Saved{}; }
 
   Routing route(ForwardContext& ctx, const Tensor& x) override {
@@ -71,79 +73,103 @@ class TopKRouter final : public Router {
         "route expects x of shape (N, " + std::to_string(hidden_) + "), got " + describe(x));
     const int64_t n_tokens = x.dim(0);
     const int64_t n_slots = n_tokens * top_k_;
+    stats_backend_ = &backend;
 
-    // Scores over all experts.
+    // The router computes in f32 (logits, probabilities and gates decide the routing; a bf16
+    // rounding would flip near-ties): x widened once, the f32 master weight used directly.
+    Tensor x32 = x;
+    if (x.dtype() != DType::kF32) {
+      x32 = backend.empty(x.shape());
+      backend.convert(x32, x);
+    }
+    const Tensor& weight = params_[gate_].value;             // (E, C) f32 master
     Tensor logits = backend.empty({n_tokens, n_experts_});  // (N, E) = x W^T
-    backend.gemm(x, false, value(gate_), true, logits);
+    backend.gemm(x32, false, weight, true, logits);
     Tensor probs = backend.empty({n_tokens, n_experts_});  // (N, E)
     backend.softmax_rows(logits, probs);
 
     // Top-k. Renormalised gates p_i / sum_kept p_j equal a softmax over the kept logits, so they
     // come from the top-k logits (softmax is monotonic: the same experts win).
-    Tensor top_index = backend.empty({n_tokens, top_k_}, DType::kI32);  // (N, k)
-    Tensor kept_gate = backend.empty({n_tokens, top_k_});               // (N, k) before dropping
+    Tensor chosen = backend.empty({n_tokens, top_k_}, DType::kI32);  // (N, k) before dropping
+    Tensor kept_gate = backend.empty({n_tokens, top_k_});            // (N, k) before dropping
     if (renormalize_) {
       Tensor top_logits = backend.empty({n_tokens, top_k_});
-      backend.topk_rows(logits, top_k_, top_logits, top_index);
+      backend.topk_rows(logits, top_k_, top_logits, chosen);
       backend.softmax_rows(top_logits, kept_gate);
     } else {
-      backend.topk_rows(probs, top_k_, kept_gate, top_index);
+      backend.topk_rows(probs, top_k_, kept_gate, chosen);
     }
 
     Routing routing;
     routing.n_tokens = n_tokens;
     routing.top_k = top_k_;
     routing.n_experts = n_experts_;
-    routing.host_expert_index.resize(static_cast<size_t>(n_slots));
-    if (n_slots > 0) backend.copy_to_host(routing.host_expert_index.data(), top_index);
-
-    // Statistics of the full softmax, before any capacity dropping. Incremental decoding (KV
-    // cache) has no loss to balance: skipping them saves copying the (N, E) probabilities to the
-    // host, a device round trip per layer per token on the GPU. Expert fractions stay zero then.
-    const std::vector<double> row_lse =
-        compute_statistics(backend, logits, probs, routing, /*full=*/!ctx.use_kv_cache);
-
-    // Capacity: walk the slots token by token (rank order within a token); an expert takes at most
-    // `capacity` of them, the rest are dropped.
-    const std::vector<int32_t> chosen = routing.host_expert_index;  // (N*k) before dropping
-    std::vector<float> keep(static_cast<size_t>(n_slots), 1.0f);    // (N*k) 1 kept, 0 dropped
-    int64_t dropped = 0;
+    // Capacity: an expert takes at most `capacity` slots in slot order (token by token, rank
+    // order within a token); the sort drops the rest (index -1, gate 0; the residual carries
+    // the token). Dropless: nothing is dropped and the gates are the kept gates.
+    int64_t capacity = -1;
     if (capacity_factor_) {
-      const auto capacity = static_cast<int64_t>(std::ceil(
+      capacity = static_cast<int64_t>(std::ceil(
           *capacity_factor_ * static_cast<double>(n_slots) / static_cast<double>(n_experts_)));
-      std::vector<int64_t> taken(static_cast<size_t>(n_experts_), 0);
-      for (size_t slot = 0; slot < keep.size(); ++slot) {
-        int32_t& expert = routing.host_expert_index[slot];
-        if (taken[static_cast<size_t>(expert)]++ < capacity) continue;
-        expert = -1;
-        keep[slot] = 0.0f;
-        ++dropped;
-      }
     }
-    stats_.dropped_fraction =
-        n_slots > 0 ? static_cast<double>(dropped) / static_cast<double>(n_slots) : 0.0;
-
-    Tensor keep_mask;  // (N*k) f32, only when something was dropped
-    if (dropped > 0) {
-      routing.expert_index =
-          backend.from_host(routing.host_expert_index.data(), {n_tokens, top_k_}, DType::kI32);
-      keep_mask = backend.from_host(keep.data(), {n_slots}, DType::kF32);
+    routing.expert_index = backend.empty({n_tokens, top_k_}, DType::kI32);
+    backend.copy(routing.expert_index, chosen);
+    if (capacity >= 0) {
       routing.gate = backend.empty({n_tokens, top_k_});
       backend.copy(routing.gate, kept_gate);
-      backend.scale_rows(routing.gate.view({n_slots, 1}), keep_mask);
     } else {
-      routing.expert_index = top_index;
       routing.gate = kept_gate;
     }
+    routing.token = backend.empty({n_slots}, DType::kI32);
+    routing.slot = backend.empty({n_slots}, DType::kI32);
+    Tensor offsets = backend.empty({n_experts_ + 1}, DType::kI32);
+    Tensor load = backend.empty({n_experts_});  // f_i, before dropping
+    if (n_slots > 0) {
+      backend.moe_sort_by_expert(routing.expert_index.view({n_slots}), n_experts_, top_k_,
+                                 capacity, capacity >= 0 ? routing.gate.view({n_slots}) : Tensor(),
+                                 routing.token, routing.slot, offsets, load);
+    } else {
+      backend.fill(offsets, 0.0f);
+      backend.fill(load, 0.0f);
+    }
+    // The one host read of the layer: the per-expert row counts size the experts' products.
+    std::vector<int32_t> host_offsets(static_cast<size_t>(n_experts_) + 1, 0);
+    if (n_slots > 0) backend.copy_to_host_async(host_offsets.data(), offsets);
+
+    // Statistics of the full softmax, before any capacity dropping, kept on the device until
+    // aux_stats() is asked (logged steps). Decoding (KV cache) has no loss to balance.
+    const bool full = !ctx.use_kv_cache && n_tokens > 0;
+    stats_ = DeviceStats{};
+    stats_.n_slots = n_slots;
+    if (full) stats_.values = device_statistics(backend, probs, load);
+    std::vector<double> row_lse;
+    if (full && z_loss_weight_ > 0.0) row_lse = z_loss_statistics(backend, logits);
+
+    backend.await_host_copies();
+    routing.offsets.assign(host_offsets.begin(), host_offsets.end());
+    routing.n_routed = routing.offsets.back();
+    stats_.dropped = n_slots - routing.n_routed;
 
     release_saved();
+    if (ctx.training && capacity >= 0) {
+      // keep[slot] = 1 for the routed slots, 0 for the dropped ones, built on the device by
+      // scattering ones to the routed slots (backward masks the gate gradient with it).
+      saved_.keep_mask = backend.zeros({n_slots, 1});
+      if (routing.n_routed > 0) {
+        Tensor ones = backend.empty({routing.n_routed, 1});
+        backend.fill(ones, 1.0f);
+        backend.scatter_add_rows(ones, routing.slot.slice_rows(0, routing.n_routed), Tensor(),
+                                 saved_.keep_mask);
+      }
+    }
     if (ctx.training) {
-      saved_.x = x;
+      saved_.x = x32;
+      saved_.x_dtype = x.dtype();
       saved_.probs = probs;
       saved_.kept_gate = kept_gate;
-      saved_.keep_mask = keep_mask;
-      saved_.slot_logit = slot_logit_index(backend, chosen);
-      saved_.row_lse = row_lse;
+      saved_.chosen = chosen;
+      saved_.load = load;
+      saved_.row_lse = std::move(row_lse);
     }
     return routing;
   }
@@ -155,28 +181,26 @@ class TopKRouter final : public Router {
     Backend& backend = *ctx.backend;
     const int64_t n_tokens = saved_.x.dim(0);
     const int64_t n_slots = n_tokens * top_k_;
-    const int64_t n_scores = n_tokens * n_experts_;
-    NNKIT_CHECK_SHAPE(dgate.numel() == n_slots, id(),
-                      "backward_routing expects dgate of shape (N, k), got " + describe(dgate));
+    NNKIT_CHECK_SHAPE(dgate.numel() == n_slots && dgate.dtype() == DType::kF32, id(),
+                      "backward_routing expects dgate of shape (N, k) f32, got " +
+                          describe(dgate));
 
     // Forward read in reverse. gate = keep * kept_gate: dropped slots pass no gradient.
     Tensor dkept = dgate.view({n_tokens, top_k_});  // (N, k)
     if (saved_.keep_mask.defined()) {
       dkept = backend.empty({n_tokens, top_k_});
       backend.copy(dkept, dgate.view({n_tokens, top_k_}));
-      backend.scale_rows(dkept.view({n_slots, 1}), saved_.keep_mask);
+      backend.scale_rows(dkept.view({n_slots, 1}), saved_.keep_mask.view({n_slots}));
     }
 
     // Gate gradients land at the chosen (token, expert) entries of an (N, E) score matrix.
     Tensor dscores = backend.zeros({n_tokens, n_experts_});  // (N, E)
-    Tensor dscores_flat = dscores.view({n_scores, 1});
-    Tensor dlogits;  // (N, E)
+    Tensor dlogits;                                          // (N, E)
     if (renormalize_) {
       // kept_gate = softmax(kept logits): the gate path reaches the kept logits directly.
       Tensor dkept_logits = backend.empty({n_tokens, top_k_});
       backend.softmax_backward(saved_.kept_gate, dkept, dkept_logits);
-      backend.scatter_add_rows(dkept_logits.view({n_slots, 1}), saved_.slot_logit, Tensor(),
-                               dscores_flat);
+      backend.scatter_add_columns(dkept_logits, saved_.chosen, dscores);
       dlogits = dscores;
       if (aux_loss_weight_ > 0.0) {
         Tensor dprobs = backend.zeros({n_tokens, n_experts_});
@@ -186,60 +210,83 @@ class TopKRouter final : public Router {
       }
     } else {
       // kept_gate = probs[kept]: the gate path joins the aux path on probs, then the softmax.
-      backend.scatter_add_rows(dkept.view({n_slots, 1}), saved_.slot_logit, Tensor(), dscores_flat);
+      backend.scatter_add_columns(dkept, saved_.chosen, dscores);
       if (aux_loss_weight_ > 0.0) add_aux_gradient(ctx, dscores);
       dlogits = backend.empty({n_tokens, n_experts_});
       backend.softmax_backward(saved_.probs, dscores, dlogits);
     }
     if (z_loss_weight_ > 0.0) add_z_loss_gradient(ctx, dlogits);
 
-    // logits = x W^T: dW += dlogits^T x (accumulates); dx = dlogits W.
+    // logits = x W^T: dW += dlogits^T x (accumulates); dx = dlogits W, in x's dtype.
+    const Tensor& weight = params_[gate_].value;
     backend.gemm(dlogits, true, saved_.x, false, grad(gate_), 1.0f, 1.0f);
     Tensor dx = backend.empty({n_tokens, hidden_});
-    backend.gemm(dlogits, false, value(gate_), false, dx);
-    return dx;
+    backend.gemm(dlogits, false, weight, false, dx);
+    if (saved_.x_dtype == DType::kF32) return dx;
+    Tensor dx_low = backend.empty({n_tokens, hidden_}, saved_.x_dtype);
+    backend.convert(dx_low, dx);
+    return dx_low;
+  }
+
+  AuxStats aux_stats() const override {
+    // Reads the device statistics of the last route() (a copy to the host: logged steps only).
+    AuxStats out;
+    out.aux_weight = aux_loss_weight_;
+    out.z_weight = z_loss_weight_;
+    out.z_loss = stats_.z_loss;
+    out.expert_fraction.assign(static_cast<size_t>(n_experts_), 0.0);
+    out.dropped_fraction = stats_.n_slots > 0 ? static_cast<double>(stats_.dropped) /
+                                                    static_cast<double>(stats_.n_slots)
+                                              : 0.0;
+    if (!stats_.values.defined() || stats_backend_ == nullptr) return out;
+    std::vector<float> host(static_cast<size_t>(stats_.values.numel()));
+    stats_backend_->copy_to_host(host.data(), stats_.values);
+    for (size_t e = 0; e < out.expert_fraction.size(); ++e) out.expert_fraction[e] = host[e];
+    out.aux_loss = host[2 * static_cast<size_t>(n_experts_)];
+    return out;
   }
 
  private:
   struct Saved {
-    Tensor x;                     // (N, C)
-    Tensor probs;                 // (N, E) softmax over all experts
-    Tensor kept_gate;             // (N, k) gates before dropping
-    Tensor keep_mask;             // (N*k) 1 kept / 0 dropped; undefined when nothing dropped
-    Tensor slot_logit;            // (N*k) i32: n*E + chosen expert
-    std::vector<double> row_lse;  // (N) logsumexp(logits[n]), only with the z-loss
+    Tensor x;                       // (N, C) f32 (widened input)
+    DType x_dtype = DType::kF32;    // the input's dtype (dx is returned in it)
+    Tensor probs;                   // (N, E) softmax over all experts
+    Tensor kept_gate;               // (N, k) gates before dropping
+    Tensor chosen;                  // (N, k) i32 chosen experts before dropping
+    Tensor load;                    // (E) f32 f_i (share of slots per expert, before dropping)
+    Tensor keep_mask;               // (N*k, 1) f32 1 kept / 0 dropped; only with a capacity
+    std::vector<double> row_lse;    // (N) logsumexp(logits[n]), only with the z-loss
   };
 
-  // Fills stats_ (f_i, P_i, L_aux, L_z) from host copies; returns the rows' logsumexp when the
-  // z-loss is on (its backward needs them), else an empty vector. `full` = false leaves the
-  // statistics zero (decoding).
-  std::vector<double> compute_statistics(Backend& backend, const Tensor& logits,
-                                         const Tensor& probs, const Routing& routing, bool full) {
-    const int64_t n_tokens = routing.n_tokens;
+  // The last route()'s statistics: the device part read by aux_stats() on demand.
+  struct DeviceStats {
+    Tensor values;        // (2E + 1) f32: f_i (E), P_i (E), L_aux; undefined when not computed
+    int64_t n_slots = 0;  // N*k
+    int64_t dropped = 0;  // slots dropped by the capacity limit
+    double z_loss = 0.0;  // L_z (host-computed, only with the z-loss)
+  };
+
+  // [f (E), P (E), L_aux (1)] on the device: P_i = mean_n probs[n, i] as ones(1, N) @ probs / N,
+  // L_aux = E * <f, P>.
+  Tensor device_statistics(Backend& backend, const Tensor& probs, const Tensor& load) const {
+    const int64_t n_tokens = probs.dim(0);
+    Tensor values = backend.empty({2 * n_experts_ + 1});
+    backend.copy(values.slice_rows(0, n_experts_), load);
+    Tensor ones = backend.empty({1, n_tokens});
+    backend.fill(ones, 1.0f);
+    Tensor mean_prob = values.slice_rows(n_experts_, 2 * n_experts_).view({1, n_experts_});
+    backend.gemm(ones, false, probs, false, mean_prob, 1.0f / static_cast<float>(n_tokens), 0.0f);
+    Tensor aux = values.slice_rows(2 * n_experts_, 2 * n_experts_ + 1);
+    backend.row_dot(load.view({1, n_experts_}), mean_prob, aux);
+    backend.scale(aux, static_cast<float>(n_experts_));
+    return values;
+  }
+
+  // The z-loss needs each row's logsumexp; it is computed on the host from a copy of the logits
+  // (the one statistic not kept on the device: the z-loss is off by default). Sets stats_.z_loss.
+  std::vector<double> z_loss_statistics(Backend& backend, const Tensor& logits) {
+    const int64_t n_tokens = logits.dim(0);
     const auto n_experts = static_cast<size_t>(n_experts_);
-    stats_ = AuxStats{};
-    stats_.aux_weight = aux_loss_weight_;
-    stats_.z_weight = z_loss_weight_;
-    stats_.expert_fraction.assign(n_experts, 0.0);
-    if (n_tokens == 0 || !full) return {};
-
-    for (int32_t expert : routing.host_expert_index) {
-      stats_.expert_fraction[static_cast<size_t>(expert)] += 1.0;
-    }
-    const double n_slots = static_cast<double>(routing.host_expert_index.size());
-    for (double& f : stats_.expert_fraction) f /= n_slots;
-
-    std::vector<float> host_probs(static_cast<size_t>(probs.numel()));  // (N, E)
-    backend.copy_to_host(host_probs.data(), probs);
-    std::vector<double> mean_prob(n_experts, 0.0);  // P_i
-    for (size_t i = 0; i < host_probs.size(); ++i) mean_prob[i % n_experts] += host_probs[i];
-    double aux = 0.0;
-    for (size_t e = 0; e < n_experts; ++e) {
-      aux += stats_.expert_fraction[e] * mean_prob[e] / static_cast<double>(n_tokens);
-    }
-    stats_.aux_loss = static_cast<double>(n_experts_) * aux;
-
-    if (!(z_loss_weight_ > 0.0)) return {};
     std::vector<float> host_logits(static_cast<size_t>(logits.numel()));  // (N, E)
     backend.copy_to_host(host_logits.data(), logits);
     std::vector<double> row_lse(static_cast<size_t>(n_tokens));
@@ -257,32 +304,17 @@ class TopKRouter final : public Router {
     return row_lse;
   }
 
-  // Flat position n*E + expert of each chosen slot in an (N, E) score matrix (N*k) i32. Dropped
-  // slots keep their chosen expert: with renormalisation its logit still shapes the kept gates.
-  Tensor slot_logit_index(Backend& backend, const std::vector<int32_t>& chosen) const {
-    std::vector<int32_t> flat(chosen.size());
-    for (size_t slot = 0; slot < flat.size(); ++slot) {
-      const int64_t n = static_cast<int64_t>(slot) / top_k_;
-      flat[slot] = static_cast<int32_t>(n * n_experts_ + chosen[slot]);
-    }
-    return backend.from_host(flat.data(), {static_cast<int64_t>(flat.size())}, DType::kI32);
-  }
-
   // dprobs[n, i] += aux_weight * loss_scale * E * f_i / N for every token n (f_i held constant,
-  // the Switch convention), as a rank-1 update ones(N, 1) @ row(1, E).
+  // the Switch convention), as a rank-1 update ones(N, 1) @ f(1, E) on the device.
   void add_aux_gradient(const ForwardContext& ctx, const Tensor& dprobs) const {
     Backend& backend = *ctx.backend;
     const int64_t n_tokens = dprobs.dim(0);
     const double factor = aux_loss_weight_ * ctx.loss_scale * static_cast<double>(n_experts_) /
                           static_cast<double>(n_tokens);
-    std::vector<float> row(static_cast<size_t>(n_experts_));
-    for (size_t e = 0; e < row.size(); ++e) {
-      row[e] = static_cast<float>(factor * stats_.expert_fraction[e]);
-    }
-    Tensor row_tensor = backend.from_host(row.data(), {1, n_experts_}, DType::kF32);
     Tensor ones = backend.empty({n_tokens, 1});
     backend.fill(ones, 1.0f);
-    backend.gemm(ones, false, row_tensor, false, dprobs, 1.0f, 1.0f);
+    backend.gemm(ones, false, saved_.load.view({1, n_experts_}), false, dprobs,
+                 static_cast<float>(factor), 1.0f);
   }
 
   // L_z = mean_n lse_n^2: dlogits[n, :] += z_weight * loss_scale * (2 lse_n / N) * probs[n, :].
@@ -308,7 +340,8 @@ class TopKRouter final : public Router {
   int64_t n_experts_;                      // E
   int64_t hidden_;                         // C
   size_t gate_ = 0;                        // "gate.weight" (E, C)
-  AuxStats stats_;
+  DeviceStats stats_;
+  Backend* stats_backend_ = nullptr;  // the backend of the last route() (for aux_stats())
   Saved saved_;
 };
 

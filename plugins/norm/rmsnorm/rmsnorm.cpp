@@ -31,8 +31,8 @@ class RmsNorm final : public Norm {
     NNKIT_CHECK_SHAPE(
         x.rank() == 2 && x.dim(1) == hidden_, id(),
         "forward expects x of shape (N, " + std::to_string(hidden_) + "), got " + describe(x));
-    Tensor y = backend.empty(x.shape());      // (N, C)
-    Tensor rstd = backend.empty({x.dim(0)});  // (N)
+    Tensor y = backend.empty(x.shape(), x.dtype());  // (N, C) in x's dtype
+    Tensor rstd = backend.empty({x.dim(0)});          // (N) f32 statistics
     backend.rmsnorm_forward(x, value(weight_), eps_, y, rstd);
     if (ctx.training) {
       saved_x_ = x;
@@ -48,7 +48,7 @@ class RmsNorm final : public Norm {
     NNKIT_CHECK_SHAPE(dy.shape() == saved_x_.shape(), id(),
                       "backward expects dy shaped like x, got " + describe(dy));
     // Forward read in reverse: y = x * rstd * weight. dx is overwritten; dweight accumulates.
-    Tensor dx = ctx.backend->empty(saved_x_.shape());  // (N, C)
+    Tensor dx = ctx.backend->empty(saved_x_.shape(), saved_x_.dtype());  // (N, C)
     ctx.backend->rmsnorm_backward(dy, saved_x_, value(weight_), saved_rstd_, dx, grad(weight_));
     return dx;
   }

@@ -1,5 +1,6 @@
 // Purpose: `optim/adamw`: Adam with decoupled weight decay (Loshchilov & Hutter). The arithmetic
-// is the backend's adamw_update (one fused pass per parameter on its device); this plugin owns
+// is the backend's: adamw_update_multi (every parameter in a few launches, clip factor from the
+// device-side gradient norm) in training, adamw_update per tensor through step(); this plugin owns
 // the hyperparameters, the step count and the moment tensors, and decides which parameters decay.
 // Ownership: owns m ("exp_avg") and v ("exp_avg_sq") per parameter, keyed by parameter name and
 // allocated lazily (zeros, f32) on the backend it is first given; never owns the parameters.
@@ -63,6 +64,38 @@ class AdamW final : public Optimizer {
       update.weight_decay = decays(*param) ? static_cast<float>(weight_decay_) : 0.0f;
       backend.adamw_update(param->value, param->grad, moments.exp_avg, moments.exp_avg_sq, update);
     }
+  }
+
+  void step_on_device(Backend& backend, const std::vector<Parameter*>& params, double lr,
+                      const Tensor& grad_sum_squares, float max_grad_norm,
+                      float inv_loss_scale) override {
+    // All parameters in one multi-tensor update: the clip factor comes from the device-side
+    // norm, the compute copies are refreshed and the grads zeroed in the same pass.
+    ++step_count_;
+    AdamWStep update;
+    update.lr = static_cast<float>(lr);
+    update.beta1 = static_cast<float>(beta1_);
+    update.beta2 = static_cast<float>(beta2_);
+    update.eps = static_cast<float>(eps_);
+    update.grad_scale = inv_loss_scale;
+    update.step = step_count_;
+    std::vector<AdamWTensor> tensors;
+    tensors.reserve(params.size());
+    for (Parameter* param : params) {
+      if (!param->grad.defined()) {
+        throw ShapeError(id(), "parameter '" + param->name + "' has no gradient tensor");
+      }
+      Moments& moments = moments_of(backend, *param);
+      AdamWTensor t;
+      t.param = param->value;
+      t.grad = param->grad;
+      t.exp_avg = moments.exp_avg;
+      t.exp_avg_sq = moments.exp_avg_sq;
+      t.compute_copy = param->compute;
+      t.weight_decay = decays(*param) ? static_cast<float>(weight_decay_) : 0.0f;
+      tensors.push_back(std::move(t));
+    }
+    backend.adamw_update_multi(tensors, update, grad_sum_squares, max_grad_norm);
   }
 
   std::vector<std::pair<std::string, Tensor>> state(
