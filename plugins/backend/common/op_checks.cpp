@@ -5,18 +5,63 @@
 
 namespace nnkit::backend_common {
 
+std::string DTypes::names() const {
+  std::string out;
+  int listed = 0, total = 0;
+  for (unsigned d = 0; d < 32; ++d) total += (bits_ >> d) & 1u;
+  for (unsigned d = 0; d < 32; ++d) {
+    if (((bits_ >> d) & 1u) == 0) continue;
+    if (listed > 0) out += listed + 1 == total ? " or " : ", ";
+    out += dtype_name(static_cast<DType>(d));
+    ++listed;
+  }
+  return out;
+}
+
 void OpChecks::fail(const char* op, const std::string& message) const {
   throw ShapeError(component, std::string(op) + ": " + message);
 }
 
-void OpChecks::dtype(const char* op, const char* name, const Tensor& t, DType want) const {
+void OpChecks::on_device(const char* op, const char* name, const Tensor& t) const {
   if (!t.defined()) fail(op, std::string(name) + " is an undefined tensor");
   if (t.device().type != device) {
     fail(op, std::string(name) + " is " + describe(t) + "; this backend needs " +
                  (device == DeviceType::kCpu ? "host" : "CUDA device") + " tensors");
   }
-  if (t.dtype() != want) {
-    fail(op, std::string(name) + " is " + describe(t) + "; expected dtype " + dtype_name(want));
+}
+
+void OpChecks::dtype(const char* op, const char* name, const Tensor& t, DType want) const {
+  float_dtype(op, name, t, DTypes{want});
+}
+
+void OpChecks::float_dtype(const char* op, const char* name, const Tensor& t,
+                           DTypes allowed) const {
+  on_device(op, name, t);
+  if (!allowed.contains(t.dtype())) {
+    fail(op, std::string(name) + " is " + describe(t) + "; expected dtype " + allowed.names());
+  }
+}
+
+void OpChecks::float_tensor(const char* op, const char* name, const Tensor& t, DTypes allowed,
+                            const Shape& shape) const {
+  float_dtype(op, name, t, allowed);
+  if (t.shape() != shape) {
+    fail(op, std::string(name) + " is " + describe(t) + "; expected shape " + to_string(shape));
+  }
+}
+
+RowShape OpChecks::float_rows(const char* op, const char* name, const Tensor& t,
+                              DTypes allowed) const {
+  float_dtype(op, name, t, allowed);
+  return rows(op, name, t, t.dtype());
+}
+
+void OpChecks::dtype_as(const char* op, const char* name, const Tensor& t, const char* ref_name,
+                        const Tensor& ref) const {
+  on_device(op, name, t);
+  if (t.dtype() != ref.dtype()) {
+    fail(op, std::string(name) + " is " + describe(t) + "; expected dtype " +
+                 dtype_name(ref.dtype()) + " (the dtype of " + ref_name + ")");
   }
 }
 
@@ -47,10 +92,15 @@ RowShape OpChecks::rows(const char* op, const char* name, const Tensor& t, DType
 }
 
 GemmDims OpChecks::gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b,
-                        const Tensor& c) const {
-  dtype("gemm", "a", a, DType::kF32);
-  dtype("gemm", "b", b, DType::kF32);
-  dtype("gemm", "c", c, DType::kF32);
+                        const Tensor& c, DTypes operand_dtypes) const {
+  float_dtype("gemm", "a", a, operand_dtypes);
+  if (operand_dtypes.single()) {
+    // One operand dtype (the fp32 backends): the plain message, as it has always read.
+    float_dtype("gemm", "b", b, operand_dtypes);
+  } else {
+    dtype_as("gemm", "b", b, "a", a);
+  }
+  float_dtype("gemm", "c", c, DTypes{DType::kF32, a.dtype()});
   if (a.rank() != 2 || b.rank() != 2 || c.rank() != 2) {
     fail("gemm", "a is " + describe(a) + ", b is " + describe(b) + ", c is " + describe(c) +
                      "; all must be 2-D");

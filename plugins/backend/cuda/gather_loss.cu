@@ -6,7 +6,17 @@
 // ascending n and adds each into the running value, the same order as the CPU.
 // Out-of-range indices cannot throw from a kernel: they are skipped and reported through the
 // backend's fault word (see cuda_backend.h).
+// Dtypes: gather_rows copies rows of any dtype as raw bytes, in the widest units (up to 16 bytes)
+// the row size and alignment allow, one warp per row. scatter_add_rows widens each source row to
+// f32 and keeps each destination element's running sum in f32, rounding it once into dst (bf16
+// expert outputs combine into an f32 or bf16 residual). Cross-entropy widens bf16/f16 logits and
+// rounds dlogits once; f32 logits keep the kernels they always had (block of 256 threads, two
+// passes for max and sum), while bf16/f16 rows (the (16384, 32000) logits of training) are read
+// in 16-byte packs by up to 1024 threads with the max and the sum of exponentials found in one
+// pass (each thread rescales its running sum when its maximum grows), so a row is read once for
+// the loss and twice (the second time mostly from L2) for its gradient.
 #include <cub/device/device_radix_sort.cuh>
+#include <type_traits>
 
 #include "cuda_check.h"
 #include "kernel_utils.cuh"
@@ -15,20 +25,34 @@ namespace nnkit::cuda {
 
 namespace {
 
-__global__ void gather_rows_kernel(const float* src, int64_t src_rows, const int32_t* index,
-                                   float* dst, int64_t n, int64_t cols, DeviceFault* fault) {
-  const int64_t total = n * cols;
-  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < total;
-       t += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t row = t / cols, c = t % cols;
-    const int32_t from = index[row];
-    if (from >= 0 && from < src_rows) {
-      dst[t] = src[int64_t(from) * cols + c];
-    } else {
-      dst[t] = 0.0f;
-      if (from != -1 && c == 0) report_fault(fault, FaultOp::kGatherRows, from, src_rows, row);
-    }
+using backend_common::kFloatDTypes;
+
+// One warp per destination row; lanes copy the row's `units` copy units (Unit: 16, 8, 4, 2 or 1
+// bytes). A skipped or out-of-range row is all zero bits: 0 in every dtype.
+template <typename Unit>
+__global__ void gather_rows_kernel(const Unit* src, int64_t src_rows, const int32_t* index,
+                                   Unit* dst, int64_t n, int64_t units, DeviceFault* fault) {
+  const int64_t row = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x & 31;
+  if (row >= n) return;
+  const int32_t from = index[row];
+  Unit* dr = dst + row * units;
+  if (from >= 0 && from < src_rows) {
+    const Unit* sr = src + int64_t(from) * units;
+    for (int64_t u = lane; u < units; u += 32) dr[u] = sr[u];
+  } else {
+    for (int64_t u = lane; u < units; u += 32) dr[u] = Unit{};
+    if (from != -1 && lane == 0) report_fault(fault, FaultOp::kGatherRows, from, src_rows, row);
   }
+}
+
+// The widest copy unit (16, 8, 4, 2 or 1 bytes) dividing the row size and both base addresses.
+int copy_unit_bytes(size_t row_bytes, const void* a, const void* b) {
+  const uintptr_t bits =
+      row_bytes | reinterpret_cast<uintptr_t>(a) | reinterpret_cast<uintptr_t>(b);
+  int unit = 16;
+  while (unit > 1 && bits % unit != 0) unit /= 2;
+  return unit;
 }
 
 // Sort keys: the destination row, or dst_rows for skipped / out-of-range rows (sorted last).
@@ -58,10 +82,13 @@ __device__ int64_t lower_bound(const int32_t* sorted, int64_t n, int32_t key) {
   return lo;
 }
 
-// One block per destination row; threads over columns; sources in ascending n.
-__global__ void scatter_accumulate_kernel(const float* src, const float* weight,
+// One block per destination row; threads over packs of kWidth columns (cols a multiple of kWidth
+// when kWidth > 1); sources in ascending n. The running sum stays in f32 and is rounded into dst
+// once.
+template <typename TS, typename TD, int kWidth>
+__global__ void scatter_accumulate_kernel(const TS* src, const float* weight,
                                           const int32_t* sorted_keys, const int32_t* sorted_order,
-                                          int64_t n, float* dst, int64_t cols) {
+                                          int64_t n, TD* dst, int64_t cols) {
   const int32_t row = static_cast<int32_t>(blockIdx.x);
   __shared__ int64_t range[2];
   if (threadIdx.x == 0) {
@@ -71,15 +98,19 @@ __global__ void scatter_accumulate_kernel(const float* src, const float* weight,
   __syncthreads();
   const int64_t begin = range[0], end = range[1];
   if (begin == end) return;
-  float* dr = dst + int64_t(row) * cols;
-  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-    float acc = dr[c];
+  TD* dr = dst + int64_t(row) * cols;
+  for (int64_t c = int64_t(threadIdx.x) * kWidth; c < cols; c += int64_t(blockDim.x) * kWidth) {
+    float acc[kWidth];
+    load_floats<kWidth>(dr + c, acc);
     for (int64_t j = begin; j < end; ++j) {
       const int64_t from = sorted_order[j];
       const float w = weight != nullptr ? weight[from] : 1.0f;
-      acc += w * src[from * cols + c];
+      float v[kWidth];
+      load_floats<kWidth>(src + from * cols + c, v);
+#pragma unroll
+      for (int e = 0; e < kWidth; ++e) acc[e] += w * v[e];
     }
-    dr[c] = acc;
+    store_floats<kWidth>(dr + c, acc);
   }
 }
 
@@ -108,17 +139,19 @@ __global__ void cross_entropy_forward_kernel(const float* logits, const int32_t*
 }
 
 // dlogits = scale (softmax - onehot(target)); may alias logits (max and sum are read first).
+// f32 logits; dlogits of any float type TD.
+template <typename TD>
 __global__ void cross_entropy_backward_kernel(const float* logits, const int32_t* targets,
-                                              float scale, float* dlogits, int64_t cols,
+                                              float scale, TD* dlogits, int64_t cols,
                                               DeviceFault* fault) {
   __shared__ float shared_max[32];
   __shared__ float shared_sum[32];
   const int64_t row = blockIdx.x;
   const int32_t target = targets[row];
   const float* xr = logits + row * cols;
-  float* dr = dlogits + row * cols;
+  TD* dr = dlogits + row * cols;
   if (target < 0 || target >= cols) {
-    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) dr[c] = 0.0f;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) dr[c] = from_float<TD>(0.0f);
     if (threadIdx.x == 0 && target >= cols) {
       report_fault(fault, FaultOp::kCrossEntropy, target, cols, row);
     }
@@ -132,8 +165,101 @@ __global__ void cross_entropy_backward_kernel(const float* logits, const int32_t
   sum = block_sum(sum, shared_sum);  // ends with a barrier: every read of xr is done
   const float k = scale / sum;
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-    dr[c] = k * expf(xr[c] - mx) - (c == target ? scale : 0.0f);
+    dr[c] = from_float<TD>(k * expf(xr[c] - mx) - (c == target ? scale : 0.0f));
   }
+}
+
+// The row's maximum and sum of exp(x - max) for bf16/f16 logits, in one pass: each thread keeps
+// a running maximum of its packs and a sum relative to it (rescaled when the maximum grows); the
+// block then rescales every thread's sum to the row maximum and adds them (fixed trees).
+template <int kWidth, typename TL>
+__device__ void row_max_and_sum(const TL* xr, int64_t cols, float* shared_max, float* shared_sum,
+                                float& row_max, float& row_sum) {
+  float m = -INFINITY, s = 0.0f;
+  for (int64_t c = int64_t(threadIdx.x) * kWidth; c < cols; c += int64_t(blockDim.x) * kWidth) {
+    float v[kWidth];
+    load_floats<kWidth>(xr + c, v);
+    float pack_max = v[0];
+#pragma unroll
+    for (int e = 1; e < kWidth; ++e) pack_max = fmaxf(pack_max, v[e]);
+    if (pack_max > m) {
+      s *= expf(m - pack_max);  // 0 while m is -inf (s is 0 then too)
+      m = pack_max;
+    }
+    if (m != -INFINITY) {
+#pragma unroll
+      for (int e = 0; e < kWidth; ++e) s += expf(v[e] - m);
+    }
+  }
+  row_max = block_max(m, shared_max);
+  const float rescaled = m == -INFINITY ? 0.0f : s * expf(m - row_max);
+  row_sum = block_sum(rescaled, shared_sum);  // ends with a barrier: every read of xr is done
+}
+
+// One block per row of bf16/f16 logits: losses[n] = logsumexp(x) - x[target].
+template <typename TL, int kWidth>
+__global__ void cross_entropy_forward_half_kernel(const TL* logits, const int32_t* targets,
+                                                  float* losses, int64_t cols, DeviceFault* fault) {
+  __shared__ float shared_max[32];
+  __shared__ float shared_sum[32];
+  const int64_t row = blockIdx.x;
+  const int32_t target = targets[row];
+  if (target < 0 || target >= cols) {
+    if (threadIdx.x == 0) {
+      losses[row] = 0.0f;
+      if (target >= cols) report_fault(fault, FaultOp::kCrossEntropy, target, cols, row);
+    }
+    return;
+  }
+  const TL* xr = logits + row * cols;
+  float mx, sum;
+  row_max_and_sum<kWidth>(xr, cols, shared_max, shared_sum, mx, sum);
+  if (threadIdx.x == 0) losses[row] = logf(sum) - (to_float(xr[target]) - mx);
+}
+
+// One block per row of bf16/f16 logits: dlogits (any float type) = scale (softmax - onehot);
+// may alias logits when the dtypes agree (each thread rewrites only the packs it read).
+template <typename TL, typename TD, int kWidth>
+__global__ void cross_entropy_backward_half_kernel(const TL* logits, const int32_t* targets,
+                                                   float scale, TD* dlogits, int64_t cols,
+                                                   DeviceFault* fault) {
+  __shared__ float shared_max[32];
+  __shared__ float shared_sum[32];
+  const int64_t row = blockIdx.x;
+  const int32_t target = targets[row];
+  const TL* xr = logits + row * cols;
+  TD* dr = dlogits + row * cols;
+  const int64_t first = int64_t(threadIdx.x) * kWidth, stride = int64_t(blockDim.x) * kWidth;
+  if (target < 0 || target >= cols) {
+    float zeros[kWidth];
+#pragma unroll
+    for (int e = 0; e < kWidth; ++e) zeros[e] = 0.0f;
+    for (int64_t c = first; c < cols; c += stride) store_floats<kWidth>(dr + c, zeros);
+    if (threadIdx.x == 0 && target >= cols) {
+      report_fault(fault, FaultOp::kCrossEntropy, target, cols, row);
+    }
+    return;
+  }
+  float mx, sum;
+  row_max_and_sum<kWidth>(xr, cols, shared_max, shared_sum, mx, sum);
+  const float k = scale / sum;
+  for (int64_t c = first; c < cols; c += stride) {
+    float v[kWidth];
+    load_floats<kWidth>(xr + c, v);
+#pragma unroll
+    for (int e = 0; e < kWidth; ++e) {
+      v[e] = k * expf(v[e] - mx) - (c + e == target ? scale : 0.0f);
+    }
+    store_floats<kWidth>(dr + c, v);
+  }
+}
+
+// Threads for a bf16/f16 cross-entropy row of `packs` packs: a power of two from 32 to 1024, so
+// wide rows keep many loads in flight and narrow ones leave few threads idle.
+int cross_entropy_threads(int64_t packs) {
+  int threads = 32;
+  while (threads < 1024 && threads < packs) threads *= 2;
+  return threads;
 }
 
 int key_bits(int64_t max_key) {
@@ -146,25 +272,55 @@ int key_bits(int64_t max_key) {
 
 void CudaBackend::gather_rows(const Tensor& src, const Tensor& index, const Tensor& dst) {
   OpScope op_scope(profiler_.get(), "gather_rows");
-  const backend_common::RowShape s = kChecks.rows("gather_rows", "src", src, DType::kF32);
-  kChecks.dtype("gather_rows", "index", index, DType::kI32);
-  if (index.rank() != 1) {
-    kChecks.fail("gather_rows", "index is " + describe(index) + "; expected (N)");
+  const char* op = "gather_rows";
+  kChecks.on_device(op, "src", src);
+  const backend_common::RowShape s = kChecks.rows(op, "src", src, src.dtype());
+  kChecks.dtype(op, "index", index, DType::kI32);
+  if (index.rank() != 1) kChecks.fail(op, "index is " + describe(index) + "; expected (N)");
+  kChecks.dtype_as(op, "dst", dst, "src", src);
+  if (dst.shape() != Shape{index.dim(0), s.cols}) {
+    kChecks.fail(op, "dst is " + describe(dst) + "; expected shape " +
+                         to_string(Shape{index.dim(0), s.cols}));
   }
-  kChecks.tensor("gather_rows", "dst", dst, DType::kF32, {index.dim(0), s.cols});
   const int64_t n = index.dim(0);
   if (n * s.cols == 0) return;
-  gather_rows_kernel<<<grid_for(n * s.cols), kThreads, 0, stream_>>>(
-      ptr<float>(src), s.rows, ptr<int32_t>(index), ptr<float>(dst), n, s.cols, fault_);
-  NNKIT_CUDA_CHECK_LAUNCH(gather_rows_kernel);
+  const size_t row_bytes = static_cast<size_t>(s.cols) * dtype_size(src.dtype());
+  const int unit = copy_unit_bytes(row_bytes, src.raw(), dst.raw());
+  const int64_t units = static_cast<int64_t>(row_bytes / unit);
+  const int64_t rows_per_block = kThreads / 32;
+  const unsigned blocks = static_cast<unsigned>((n + rows_per_block - 1) / rows_per_block);
+  auto launch = [&](auto unit_tag) {
+    using Unit = typename decltype(unit_tag)::type;
+    gather_rows_kernel<Unit><<<blocks, kThreads, 0, stream_>>>(
+        static_cast<const Unit*>(src.raw()), s.rows, ptr<int32_t>(index),
+        static_cast<Unit*>(dst.raw()), n, units, fault_);
+    NNKIT_CUDA_CHECK_LAUNCH(gather_rows_kernel);
+  };
+  switch (unit) {
+    case 16:
+      launch(StorageTag<uint4>{});
+      break;
+    case 8:
+      launch(StorageTag<uint2>{});
+      break;
+    case 4:
+      launch(StorageTag<uint32_t>{});
+      break;
+    case 2:
+      launch(StorageTag<uint16_t>{});
+      break;
+    default:
+      launch(StorageTag<uint8_t>{});
+      break;
+  }
 }
 
 void CudaBackend::scatter_add_rows(const Tensor& src, const Tensor& index, const Tensor& weight,
                                    const Tensor& dst) {
   OpScope op_scope(profiler_.get(), "scatter_add_rows");
   const char* op = "scatter_add_rows";
-  const backend_common::RowShape s = kChecks.rows(op, "src", src, DType::kF32);
-  const backend_common::RowShape d = kChecks.rows(op, "dst", dst, DType::kF32);
+  const backend_common::RowShape s = kChecks.float_rows(op, "src", src, kFloatDTypes);
+  const backend_common::RowShape d = kChecks.float_rows(op, "dst", dst, kFloatDTypes);
   kChecks.tensor(op, "index", index, DType::kI32, {s.rows});
   if (src.rank() != 2 || dst.rank() != 2 || d.cols != s.cols) {
     kChecks.fail(op, "src is " + describe(src) + " and dst is " + describe(dst) +
@@ -196,38 +352,92 @@ void CudaBackend::scatter_add_rows(const Tensor& src, const Tensor& index, const
   NNKIT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys_in, keys_out, order_in,
                                                    order_out, static_cast<int>(n), 0,
                                                    key_bits(d.rows), stream_));
-  const int threads = s.cols >= 256 ? 256 : (s.cols >= 128 ? 128 : 64);
-  scatter_accumulate_kernel<<<static_cast<unsigned>(d.rows), threads, 0, stream_>>>(
-      ptr<float>(src), weight.defined() ? ptr<float>(weight) : nullptr, keys_out, order_out, n,
-      ptr<float>(dst), s.cols);
-  NNKIT_CUDA_CHECK_LAUNCH(scatter_accumulate_kernel);
+  const float* weights = weight.defined() ? ptr<float>(weight) : nullptr;
+  dispatch_float(src.dtype(), [&](auto src_tag) {
+    using TS = typename decltype(src_tag)::type;
+    dispatch_float(dst.dtype(), [&](auto dst_tag) {
+      using TD = typename decltype(dst_tag)::type;
+      // Packs of one 16-byte source load; the destination pack (8 or 32 bytes for halves into
+      // f32) must be aligned too. Each element's sum runs in the same order either way.
+      constexpr int kPacked = kPackWidth<TS>;
+      const bool packed = s.cols % kPacked == 0 && aligned16(src.raw()) &&
+                          reinterpret_cast<uintptr_t>(dst.raw()) % alignof(Pack<TD, kPacked>) == 0;
+      with_pack_width<TS>(packed, [&](auto width) {
+        constexpr int kW = decltype(width)::value;
+        const int64_t lanes = s.cols / kW;
+        const int threads = lanes <= 64 ? 64 : (lanes <= 128 ? 128 : 256);
+        scatter_accumulate_kernel<TS, TD, kW>
+            <<<static_cast<unsigned>(d.rows), threads, 0, stream_>>>(
+                ptr<TS>(src), weights, keys_out, order_out, n, ptr<TD>(dst), s.cols);
+        NNKIT_CUDA_CHECK_LAUNCH(scatter_accumulate_kernel);
+      });
+    });
+  });
 }
 
 void CudaBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targets,
                                         const Tensor& losses) {
   OpScope op_scope(profiler_.get(), "cross_entropy_forward");
   const char* op = "cross_entropy_forward";
-  const backend_common::RowShape s = kChecks.rows(op, "logits", logits, DType::kF32);
+  const backend_common::RowShape s = kChecks.float_rows(op, "logits", logits, kFloatDTypes);
   kChecks.tensor(op, "targets", targets, DType::kI32, {s.rows});
   kChecks.tensor(op, "losses", losses, DType::kF32, {s.rows});
   if (s.rows == 0) return;
-  cross_entropy_forward_kernel<<<static_cast<unsigned>(s.rows), kThreads, 0, stream_>>>(
-      ptr<float>(logits), ptr<int32_t>(targets), ptr<float>(losses), s.cols, fault_);
-  NNKIT_CUDA_CHECK_LAUNCH(cross_entropy_forward_kernel);
+  if (logits.dtype() == DType::kF32) {
+    cross_entropy_forward_kernel<<<static_cast<unsigned>(s.rows), kThreads, 0, stream_>>>(
+        ptr<float>(logits), ptr<int32_t>(targets), ptr<float>(losses), s.cols, fault_);
+    NNKIT_CUDA_CHECK_LAUNCH(cross_entropy_forward_kernel);
+    return;
+  }
+  dispatch_half(logits.dtype(), [&](auto tag) {
+    using TL = typename decltype(tag)::type;
+    const bool packed = aligned16(logits.raw()) && s.cols % kPackWidth<TL> == 0;
+    with_pack_width<TL>(packed, [&](auto width) {
+      constexpr int kW = decltype(width)::value;
+      cross_entropy_forward_half_kernel<TL, kW>
+          <<<static_cast<unsigned>(s.rows), cross_entropy_threads(s.cols / kW), 0, stream_>>>(
+              ptr<TL>(logits), ptr<int32_t>(targets), ptr<float>(losses), s.cols, fault_);
+      NNKIT_CUDA_CHECK_LAUNCH(cross_entropy_forward_half_kernel);
+    });
+  });
 }
 
 void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targets, float scale,
                                          const Tensor& dlogits) {
   OpScope op_scope(profiler_.get(), "cross_entropy_backward");
   const char* op = "cross_entropy_backward";
-  const backend_common::RowShape s = kChecks.rows(op, "logits", logits, DType::kF32);
+  const backend_common::RowShape s = kChecks.float_rows(op, "logits", logits, kFloatDTypes);
   kChecks.tensor(op, "targets", targets, DType::kI32, {s.rows});
-  kChecks.dtype(op, "dlogits", dlogits, DType::kF32);
+  kChecks.float_dtype(op, "dlogits", dlogits, kFloatDTypes);
   kChecks.same_shape(op, "logits", logits, "dlogits", dlogits);
+  if (logits.raw() == dlogits.raw() && logits.dtype() != dlogits.dtype()) {
+    kChecks.fail(op, "dlogits is " + describe(dlogits) + " over the memory of logits " +
+                         describe(logits) + "; in place, they must share a dtype");
+  }
   if (s.rows == 0) return;
-  cross_entropy_backward_kernel<<<static_cast<unsigned>(s.rows), kThreads, 0, stream_>>>(
-      ptr<float>(logits), ptr<int32_t>(targets), scale, ptr<float>(dlogits), s.cols, fault_);
-  NNKIT_CUDA_CHECK_LAUNCH(cross_entropy_backward_kernel);
+  dispatch_float(dlogits.dtype(), [&](auto dlogits_tag) {
+    using TD = typename decltype(dlogits_tag)::type;
+    if (logits.dtype() == DType::kF32) {
+      cross_entropy_backward_kernel<TD><<<static_cast<unsigned>(s.rows), kThreads, 0, stream_>>>(
+          ptr<float>(logits), ptr<int32_t>(targets), scale, ptr<TD>(dlogits), s.cols, fault_);
+      NNKIT_CUDA_CHECK_LAUNCH(cross_entropy_backward_kernel);
+      return;
+    }
+    dispatch_half(logits.dtype(), [&](auto logits_tag) {
+      using TL = typename decltype(logits_tag)::type;
+      constexpr int kPacked = kPackWidth<TL>;
+      const bool packed =
+          s.cols % kPacked == 0 && aligned16(logits.raw()) &&
+          reinterpret_cast<uintptr_t>(dlogits.raw()) % alignof(Pack<TD, kPacked>) == 0;
+      with_pack_width<TL>(packed, [&](auto width) {
+        constexpr int kW = decltype(width)::value;
+        cross_entropy_backward_half_kernel<TL, TD, kW>
+            <<<static_cast<unsigned>(s.rows), cross_entropy_threads(s.cols / kW), 0, stream_>>>(
+                ptr<TL>(logits), ptr<int32_t>(targets), scale, ptr<TD>(dlogits), s.cols, fault_);
+        NNKIT_CUDA_CHECK_LAUNCH(cross_entropy_backward_half_kernel);
+      });
+    });
+  });
 }
 
 }  // namespace nnkit::cuda

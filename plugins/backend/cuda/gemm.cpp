@@ -1,10 +1,14 @@
-// Purpose: backend/cuda gemm: row-major products through cuBLAS sgemm. Owned by backend/cuda.
+// Purpose: backend/cuda gemm: row-major products through cuBLAS. Owned by backend/cuda.
 // cuBLAS is column-major; a row-major (m, n) matrix is the column-major (n, m) matrix with the
 // same memory, so c = op(a) op(b) is computed as c^T = op(b)^T op(a)^T with a and b swapped and
-// their transpose flags kept. Pedantic math (the default) keeps full fp32 products; the `tf32`
-// option switches to TF32 tensor cores. x W^T products with at most kSmallGemmRows rows in x
-// (every decode-step product) go to gemm_small.cu instead, one plain launch each: on an H200 that
-// took tiny.yaml's batch-1 GPU decoding from 765 to 1,091 tokens/s (bench/RESULTS.md).
+// their transpose flags kept. f32 products go through cublasSgemm: pedantic math (the default)
+// keeps full fp32 products; the `tf32` option switches to TF32 tensor cores. bf16/f16 products
+// (a and b in one dtype, c in f32 or that dtype) go through cublasGemmEx with fp32 compute on the
+// tensor cores (bf16 x bf16 products are exact in fp32), under a math mode that also keeps any
+// split-K reduction in fp32, so a low-precision c is rounded once. x W^T products with at most
+// kSmallGemmRows rows in x (every decode-step product, any of these dtypes) go to gemm_small.cu
+// instead, one plain launch each: on an H200 that took tiny.yaml's batch-1 GPU decoding from 765
+// to 1,091 tokens/s (bench/RESULTS.md).
 #include <cublas_v2.h>
 
 #include "cuda_backend.h"
@@ -13,10 +17,42 @@
 
 namespace nnkit::cuda {
 
+namespace {
+
+cudaDataType_t cuda_data_type(DType dtype) {
+  switch (dtype) {
+    case DType::kBF16:
+      return CUDA_R_16BF;
+    case DType::kF16:
+      return CUDA_R_16F;
+    default:
+      return CUDA_R_32F;
+  }
+}
+
+// Sets the handle's math mode for one call and restores the previous one (the fp32 mode the
+// backend was configured with) on every exit path.
+class MathModeScope {
+ public:
+  MathModeScope(cublasHandle_t handle, cublasMath_t mode) : handle_(handle) {
+    NNKIT_CUBLAS_CHECK(cublasGetMathMode(handle_, &saved_));
+    NNKIT_CUBLAS_CHECK(cublasSetMathMode(handle_, mode));
+  }
+  ~MathModeScope() { cublasSetMathMode(handle_, saved_); }  // never throws
+  MathModeScope(const MathModeScope&) = delete;
+  MathModeScope& operator=(const MathModeScope&) = delete;
+
+ private:
+  cublasHandle_t handle_;
+  cublasMath_t saved_ = CUBLAS_DEFAULT_MATH;
+};
+
+}  // namespace
+
 void CudaBackend::gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b,
                        const Tensor& c, float alpha, float beta) {
   OpScope op_scope(profiler_.get(), "gemm");
-  const auto [m, n, k] = kChecks.gemm(a, trans_a, b, trans_b, c);
+  const auto [m, n, k] = kChecks.gemm(a, trans_a, b, trans_b, c, backend_common::kFloatDTypes);
   if (m == 0 || n == 0) return;
   if (k == 0) {
     // BLAS rejects zero leading dimensions; the product is empty, only beta * c remains.
@@ -28,14 +64,29 @@ void CudaBackend::gemm(const Tensor& a, bool trans_a, const Tensor& b, bool tran
     return;
   }
   if (!trans_a && trans_b && m <= kSmallGemmRows) {
-    small_gemm_nt(m, n, k, alpha, ptr<float>(a), ptr<float>(b), beta, ptr<float>(c), stream_);
+    small_gemm_nt(m, n, k, alpha, a.dtype(), a.raw(), b.raw(), beta, c.dtype(), c.raw(), stream_);
     return;
   }
-  NNKIT_CUBLAS_CHECK(
-      cublasSgemm(cublas_, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
-                  static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
-                  ptr<float>(b), static_cast<int>(b.dim(1)), ptr<float>(a),
-                  static_cast<int>(a.dim(1)), &beta, ptr<float>(c), static_cast<int>(n)));
+  const cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  if (a.dtype() == DType::kF32) {
+    NNKIT_CUBLAS_CHECK(cublasSgemm(
+        cublas_, op_b, op_a, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
+        ptr<float>(b), static_cast<int>(b.dim(1)), ptr<float>(a), static_cast<int>(a.dim(1)), &beta,
+        ptr<float>(c), static_cast<int>(n)));
+    return;
+  }
+  // Default math (tensor cores allowed; the handle may be pedantic for fp32), with reductions
+  // kept in the fp32 accumulator even when c is bf16/f16.
+  const MathModeScope mode(
+      cublas_, static_cast<cublasMath_t>(CUBLAS_DEFAULT_MATH |
+                                         CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION));
+  const cudaDataType_t ab_type = cuda_data_type(a.dtype());
+  NNKIT_CUBLAS_CHECK(cublasGemmEx(
+      cublas_, op_b, op_a, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
+      b.raw(), ab_type, static_cast<int>(b.dim(1)), a.raw(), ab_type, static_cast<int>(a.dim(1)),
+      &beta, c.raw(), cuda_data_type(c.dtype()), static_cast<int>(n), CUBLAS_COMPUTE_32F,
+      CUBLAS_GEMM_DEFAULT));
 }
 
 }  // namespace nnkit::cuda

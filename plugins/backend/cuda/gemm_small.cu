@@ -6,6 +6,12 @@
 // k (coalesced reads of row j of b), all m rows of a accumulated at once, then a warp tree
 // reduction per row; fixed summation order (deterministic). Products with b untransposed occur
 // only in backward passes (large k, few columns of parallelism here) and stay with cuBLAS.
+// Dtypes: a and b are f32, bf16 or f16 (one dtype), c is f32 or that dtype. bf16/f16 weights are
+// read in 16-byte packs (8 values a lane step, when k and the pointers allow), widened to f32 and
+// accumulated in f32, and c is rounded once: decoding with bf16 weights reads half the bytes.
+// f32 keeps one value a lane step, the summation order it always had.
+#include <type_traits>
+
 #include "cuda_check.h"
 #include "gemm_small.h"
 #include "kernel_utils.cuh"
@@ -16,24 +22,32 @@ namespace {
 
 constexpr int kMaxRows = static_cast<int>(kSmallGemmRows);
 
-__device__ __forceinline__ void store(float* out, float sum, float alpha, float beta) {
-  *out = beta == 0.0f ? alpha * sum : alpha * sum + beta * *out;
+template <typename TC>
+__device__ __forceinline__ void store(TC* out, float sum, float alpha, float beta) {
+  *out = from_float<TC>(beta == 0.0f ? alpha * sum : alpha * sum + beta * to_float(*out));
 }
 
-template <int kRows>
-__global__ void small_gemm_nt_kernel(int64_t n, int64_t k, float alpha, const float* a,
-                                     const float* b, float beta, float* c) {
+// kWidth consecutive k values per lane step (k a multiple of kWidth when kWidth > 1).
+template <typename T, typename TC, int kRows, int kWidth>
+__global__ void small_gemm_nt_kernel(int64_t n, int64_t k, float alpha, const T* a, const T* b,
+                                     float beta, TC* c) {
   const int64_t j = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x & 31;
   if (j >= n) return;
-  const float* bj = b + j * k;
+  const T* bj = b + j * k;
   float acc[kRows];
 #pragma unroll
   for (int i = 0; i < kRows; ++i) acc[i] = 0.0f;
-  for (int64_t p = lane; p < k; p += 32) {
-    const float w = bj[p];
+  for (int64_t p = int64_t(lane) * kWidth; p < k; p += 32 * kWidth) {
+    float w[kWidth];
+    load_floats<kWidth>(bj + p, w);
 #pragma unroll
-    for (int i = 0; i < kRows; ++i) acc[i] += a[i * k + p] * w;
+    for (int i = 0; i < kRows; ++i) {
+      float x[kWidth];
+      load_floats<kWidth>(a + i * k + p, x);
+#pragma unroll
+      for (int e = 0; e < kWidth; ++e) acc[i] += x[e] * w[e];
+    }
   }
 #pragma unroll
   for (int i = 0; i < kRows; ++i) {
@@ -44,45 +58,70 @@ __global__ void small_gemm_nt_kernel(int64_t n, int64_t k, float alpha, const fl
 
 // Rows are a template parameter (register arrays need a constant size); small_gemm_nt splits m into
 // chunks of exactly 16, 8, 4, 2 and 1 rows.
-template <int kRows>
-void launch_rows(int64_t n, int64_t k, float alpha, const float* a, const float* b, float beta,
-                 float* c, cudaStream_t stream) {
+template <typename T, typename TC, int kRows, int kWidth>
+void launch_rows(int64_t n, int64_t k, float alpha, const T* a, const T* b, float beta, TC* c,
+                 cudaStream_t stream) {
   constexpr int kWarps = kThreads / 32;
   const unsigned blocks = static_cast<unsigned>((n + kWarps - 1) / kWarps);
-  small_gemm_nt_kernel<kRows><<<blocks, kThreads, 0, stream>>>(n, k, alpha, a, b, beta, c);
+  small_gemm_nt_kernel<T, TC, kRows, kWidth>
+      <<<blocks, kThreads, 0, stream>>>(n, k, alpha, a, b, beta, c);
   NNKIT_CUDA_CHECK_LAUNCH(small_gemm_nt_kernel);
 }
 
-}  // namespace
-
-void small_gemm_nt(int64_t m, int64_t n, int64_t k, float alpha, const float* a, const float* b,
-                   float beta, float* c, cudaStream_t stream) {
+template <typename T, typename TC, int kWidth>
+void small_gemm_nt_typed(int64_t m, int64_t n, int64_t k, float alpha, const T* a, const T* b,
+                         float beta, TC* c, cudaStream_t stream) {
   // m as a sum of bucket sizes (16, 8, 4, 2, 1), each chunk of rows its own launch.
   int64_t row = 0;
   for (int bucket = kMaxRows; bucket >= 1; bucket /= 2) {
     while (m - row >= bucket) {
-      const float* a_rows = a + row * k;
-      float* c_rows = c + row * n;
+      const T* a_rows = a + row * k;
+      TC* c_rows = c + row * n;
       switch (bucket) {
         case 16:
-          launch_rows<16>(n, k, alpha, a_rows, b, beta, c_rows, stream);
+          launch_rows<T, TC, 16, kWidth>(n, k, alpha, a_rows, b, beta, c_rows, stream);
           break;
         case 8:
-          launch_rows<8>(n, k, alpha, a_rows, b, beta, c_rows, stream);
+          launch_rows<T, TC, 8, kWidth>(n, k, alpha, a_rows, b, beta, c_rows, stream);
           break;
         case 4:
-          launch_rows<4>(n, k, alpha, a_rows, b, beta, c_rows, stream);
+          launch_rows<T, TC, 4, kWidth>(n, k, alpha, a_rows, b, beta, c_rows, stream);
           break;
         case 2:
-          launch_rows<2>(n, k, alpha, a_rows, b, beta, c_rows, stream);
+          launch_rows<T, TC, 2, kWidth>(n, k, alpha, a_rows, b, beta, c_rows, stream);
           break;
         default:
-          launch_rows<1>(n, k, alpha, a_rows, b, beta, c_rows, stream);
+          launch_rows<T, TC, 1, kWidth>(n, k, alpha, a_rows, b, beta, c_rows, stream);
           break;
       }
       row += bucket;
     }
   }
+}
+
+}  // namespace
+
+void small_gemm_nt(int64_t m, int64_t n, int64_t k, float alpha, DType ab_dtype, const void* a,
+                   const void* b, float beta, DType c_dtype, void* c, cudaStream_t stream) {
+  dispatch_float(ab_dtype, [&](auto ab_tag) {
+    using T = typename decltype(ab_tag)::type;
+    dispatch_float(c_dtype, [&](auto c_tag) {
+      using TC = typename decltype(c_tag)::type;
+      if constexpr (std::is_same_v<TC, float> || std::is_same_v<TC, T>) {
+        const auto* at = static_cast<const T*>(a);
+        const auto* bt = static_cast<const T*>(b);
+        auto* ct = static_cast<TC*>(c);
+        // Row i of a starts at a + i k: packs stay aligned when k is a multiple of the pack.
+        const bool packed =
+            !std::is_same_v<T, float> && k % kPackWidth<T> == 0 && aligned16(a) && aligned16(b);
+        if (packed) {
+          small_gemm_nt_typed<T, TC, kPackWidth<T>>(m, n, k, alpha, at, bt, beta, ct, stream);
+        } else {
+          small_gemm_nt_typed<T, TC, 1>(m, n, k, alpha, at, bt, beta, ct, stream);
+        }
+      }
+    });
+  });
 }
 
 }  // namespace nnkit::cuda

@@ -3,6 +3,7 @@
 // One thread per (row, head, pair). The angle pos * base^(-2i/D) is evaluated in double, as on
 // the CPU: in float, pos * freq at positions ~2^18 (NTK-extended contexts) loses whole radians.
 // The frequencies are computed on the host once per call (D/2 doubles, passed by value).
+// x is f32, bf16 or f16: each pair is widened to f32, rotated in f32 and rounded once on store.
 #include <cmath>
 
 #include "cuda_check.h"
@@ -18,7 +19,8 @@ struct Frequencies {
   double value[kMaxHalf];
 };
 
-__global__ void rope_kernel(float* x, const int32_t* positions, int64_t rows, int64_t n_heads,
+template <typename T>
+__global__ void rope_kernel(T* x, const int32_t* positions, int64_t rows, int64_t n_heads,
                             int64_t head_dim, const Frequencies freq, float sign) {
   const int64_t half = head_dim / 2;
   const int64_t total = rows * n_heads * half;
@@ -30,10 +32,10 @@ __global__ void rope_kernel(float* x, const int32_t* positions, int64_t rows, in
     double s_angle, c_angle;
     sincos(double(positions[row]) * freq.value[i], &s_angle, &c_angle);
     const float c = static_cast<float>(c_angle), s = sign * static_cast<float>(s_angle);
-    float* x1 = x + row * n_heads * head_dim + head * head_dim;
-    const float a = x1[i], b = x1[i + half];
-    x1[i] = a * c - b * s;
-    x1[i + half] = b * c + a * s;
+    T* x1 = x + row * n_heads * head_dim + head * head_dim;
+    const float a = to_float(x1[i]), b = to_float(x1[i + half]);
+    x1[i] = from_float<T>(a * c - b * s);
+    x1[i + half] = from_float<T>(b * c + a * s);
   }
 }
 
@@ -42,7 +44,7 @@ __global__ void rope_kernel(float* x, const int32_t* positions, int64_t rows, in
 void CudaBackend::rope(const Tensor& x, const Tensor& positions, int64_t n_heads, int64_t head_dim,
                        float base, bool inverse) {
   OpScope op_scope(profiler_.get(), "rope");
-  kChecks.dtype("rope", "x", x, DType::kF32);
+  kChecks.float_dtype("rope", "x", x, backend_common::kFloatDTypes);
   if (n_heads <= 0 || head_dim <= 0 || head_dim % 2 != 0 || head_dim > 2 * kMaxHalf) {
     kChecks.fail("rope", "n_heads = " + std::to_string(n_heads) +
                              ", head_dim = " + std::to_string(head_dim) +
@@ -60,10 +62,12 @@ void CudaBackend::rope(const Tensor& x, const Tensor& positions, int64_t n_heads
   for (int64_t i = 0; i < head_dim / 2; ++i) {
     freq.value[i] = std::pow(static_cast<double>(base), -2.0 * double(i) / double(head_dim));
   }
-  rope_kernel<<<grid_for(rows * n_heads * head_dim / 2), kThreads, 0, stream_>>>(
-      ptr<float>(x), ptr<int32_t>(positions), rows, n_heads, head_dim, freq,
-      inverse ? -1.0f : 1.0f);
-  NNKIT_CUDA_CHECK_LAUNCH(rope_kernel);
+  dispatch_float(x.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    rope_kernel<T><<<grid_for(rows * n_heads * head_dim / 2), kThreads, 0, stream_>>>(
+        ptr<T>(x), ptr<int32_t>(positions), rows, n_heads, head_dim, freq, inverse ? -1.0f : 1.0f);
+    NNKIT_CUDA_CHECK_LAUNCH(rope_kernel);
+  });
 }
 
 }  // namespace nnkit::cuda

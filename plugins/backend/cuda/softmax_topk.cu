@@ -1,10 +1,15 @@
 // Purpose: backend/cuda row softmax (forward, backward) and row top-k. Owned by backend/cuda.
-// Softmax: one block per row (max, sum of exp, scale), y may alias x. Top-k: the MoE router asks
-// for k <= 8 of at most a few dozen experts per token, so each row is one warp: every lane keeps
-// a sorted list of the best k of its strided columns, then k rounds of a warp arg-max merge the
-// 32 lists. Ranking is the CPU's: larger value first, ties to the lower index. Large k (more than
-// kWarpTopK, e.g. sampling over a vocabulary) takes one thread per row with insertion into the
-// output row itself.
+// Softmax: one block per row, three passes over x (max, sum of exp, exp times 1/sum) so y is
+// written once: a bf16/f16 y is then rounded once, and y may alias x (all reads of the first two
+// passes are done before the barrier that ends the sum). x and y have storage types of their own,
+// widened to f32 and rounded on store (kernel_utils.cuh); the f32 case computes exactly what it
+// did when y held the exponentials between passes (the same expf of the same argument). The
+// backward's tensors share one dtype; its dot product is in double. Top-k (f32 only): the MoE
+// router asks for k <= 8 of at most a few dozen experts per token, so each row is one warp: every
+// lane keeps a sorted list of the best k of its strided columns, then k rounds of a warp arg-max
+// merge the 32 lists. Ranking is the CPU's: larger value first, ties to the lower index. Large k
+// (more than kWarpTopK, e.g. sampling over a vocabulary) takes one thread per row with insertion
+// into the output row itself.
 #include "cuda_check.h"
 #include "kernel_utils.cuh"
 
@@ -12,38 +17,45 @@ namespace nnkit::cuda {
 
 namespace {
 
+using backend_common::kFloatDTypes;
+
 constexpr int kWarpTopK = 16;
 
-__global__ void softmax_rows_kernel(const float* x, float* y, int64_t cols) {
+template <typename TX, typename TY>
+__global__ void softmax_rows_kernel(const TX* x, TY* y, int64_t cols) {
   __shared__ float shared_max[32];
   __shared__ float shared_sum[32];
   const int64_t row = blockIdx.x;
-  const float* xr = x + row * cols;
-  float* yr = y + row * cols;
+  const TX* xr = x + row * cols;
+  TY* yr = y + row * cols;
   float mx = -INFINITY;
-  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) mx = fmaxf(mx, xr[c]);
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) mx = fmaxf(mx, to_float(xr[c]));
   mx = block_max(mx, shared_max);
   float sum = 0.0f;
-  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-    const float e = expf(xr[c] - mx);
-    yr[c] = e;
-    sum += e;
-  }
-  sum = block_sum(sum, shared_sum);
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) sum += expf(to_float(xr[c]) - mx);
+  sum = block_sum(sum, shared_sum);  // ends with a barrier: x may be overwritten from here on
   const float inv = 1.0f / sum;
-  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) yr[c] *= inv;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    yr[c] = from_float<TY>(expf(to_float(xr[c]) - mx) * inv);
+  }
 }
 
-__global__ void softmax_backward_kernel(const float* y, const float* dy, float* dx, int64_t cols) {
+// dx may alias dy: each thread reads dy[c] before writing dx[c], and the dot is complete first.
+template <typename T>
+__global__ void softmax_backward_kernel(const T* y, const T* dy, T* dx, int64_t cols) {
   __shared__ double shared[32];
   const int64_t row = blockIdx.x;
-  const float* yr = y + row * cols;
-  const float* dyr = dy + row * cols;
-  float* dxr = dx + row * cols;
+  const T* yr = y + row * cols;
+  const T* dyr = dy + row * cols;
+  T* dxr = dx + row * cols;
   double dot = 0.0;
-  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) dot += double(yr[c]) * dyr[c];
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    dot += double(to_float(yr[c])) * to_float(dyr[c]);
+  }
   const float d = static_cast<float>(block_sum(dot, shared));
-  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) dxr[c] = yr[c] * (dyr[c] - d);
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    dxr[c] = from_float<T>(to_float(yr[c]) * (to_float(dyr[c]) - d));
+  }
 }
 
 __device__ __forceinline__ bool ranks_before(float va, int32_t ia, float vb, int32_t ib) {
@@ -117,26 +129,41 @@ __global__ void topk_row_kernel(const float* x, int64_t rows, int64_t cols, int 
 
 void CudaBackend::softmax_rows(const Tensor& x, const Tensor& y) {
   OpScope op_scope(profiler_.get(), "softmax_rows");
-  const backend_common::RowShape s = kChecks.rows("softmax_rows", "x", x, DType::kF32);
-  kChecks.dtype("softmax_rows", "y", y, DType::kF32);
-  kChecks.same_shape("softmax_rows", "x", x, "y", y);
+  const char* op = "softmax_rows";
+  const backend_common::RowShape s = kChecks.float_rows(op, "x", x, kFloatDTypes);
+  kChecks.float_dtype(op, "y", y, kFloatDTypes);
+  kChecks.same_shape(op, "x", x, "y", y);
+  if (x.raw() == y.raw() && x.dtype() != y.dtype()) {
+    kChecks.fail(op, "y is " + describe(y) + " over the memory of x " + describe(x) +
+                         "; in place, x and y must share a dtype");
+  }
   if (s.rows == 0 || s.cols == 0) return;
-  softmax_rows_kernel<<<static_cast<unsigned>(s.rows), kThreads, 0, stream_>>>(
-      ptr<float>(x), ptr<float>(y), s.cols);
-  NNKIT_CUDA_CHECK_LAUNCH(softmax_rows_kernel);
+  dispatch_float(x.dtype(), [&](auto x_tag) {
+    using TX = typename decltype(x_tag)::type;
+    dispatch_float(y.dtype(), [&](auto y_tag) {
+      using TY = typename decltype(y_tag)::type;
+      softmax_rows_kernel<TX, TY>
+          <<<static_cast<unsigned>(s.rows), kThreads, 0, stream_>>>(ptr<TX>(x), ptr<TY>(y), s.cols);
+      NNKIT_CUDA_CHECK_LAUNCH(softmax_rows_kernel);
+    });
+  });
 }
 
 void CudaBackend::softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) {
   OpScope op_scope(profiler_.get(), "softmax_backward");
-  const backend_common::RowShape s = kChecks.rows("softmax_backward", "y", y, DType::kF32);
-  kChecks.dtype("softmax_backward", "dy", dy, DType::kF32);
-  kChecks.dtype("softmax_backward", "dx", dx, DType::kF32);
-  kChecks.same_shape("softmax_backward", "y", y, "dy", dy);
-  kChecks.same_shape("softmax_backward", "y", y, "dx", dx);
+  const char* op = "softmax_backward";
+  const backend_common::RowShape s = kChecks.float_rows(op, "y", y, kFloatDTypes);
+  kChecks.dtype_as(op, "dy", dy, "y", y);
+  kChecks.dtype_as(op, "dx", dx, "y", y);
+  kChecks.same_shape(op, "y", y, "dy", dy);
+  kChecks.same_shape(op, "y", y, "dx", dx);
   if (s.rows == 0 || s.cols == 0) return;
-  softmax_backward_kernel<<<static_cast<unsigned>(s.rows), kThreads, 0, stream_>>>(
-      ptr<float>(y), ptr<float>(dy), ptr<float>(dx), s.cols);
-  NNKIT_CUDA_CHECK_LAUNCH(softmax_backward_kernel);
+  dispatch_float(y.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    softmax_backward_kernel<T><<<static_cast<unsigned>(s.rows), kThreads, 0, stream_>>>(
+        ptr<T>(y), ptr<T>(dy), ptr<T>(dx), s.cols);
+    NNKIT_CUDA_CHECK_LAUNCH(softmax_backward_kernel);
+  });
 }
 
 void CudaBackend::topk_rows(const Tensor& x, int64_t k, const Tensor& values,
