@@ -1,6 +1,8 @@
 // Purpose: `nnkit validate CONFIG [overrides] [--json]`: resolves the config, loads every plugin
 // it names, builds the model without allocating weights and prints the resolved config and the
-// parameter counts.
+// parameter counts. The backend is checked against its declared options but never created:
+// creating one claims a device, and validating a CUDA config must work on a machine without a
+// GPU.
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -26,9 +28,10 @@ int run_validate(const Args& raw) {
     throw UsageError("cli", "`nnkit validate` needs exactly one CONFIG (see --help)");
   }
   Session session = open_session(args.positionals()[0], args.overrides(), args);
-  auto backend = create_backend(session);
   auto tokenizer = create_tokenizer(session);
-  const Transformer model(session.config, *session.registry, backend);
+  // No backend: constructing a Transformer allocates nothing and its components accept a null
+  // backend (resolve_config creates them the same way), which is all counting needs.
+  const Transformer model(session.config, *session.registry, nullptr);
   const int64_t total = model.parameter_count();
   const int64_t active = model.active_parameter_count();
   if (args.has("--json")) {

@@ -36,6 +36,7 @@ ConfigDocument ConfigDocument::parse(const std::string& text, const std::string&
                                     " must be a YAML mapping (key: value lines) at the "
                                     "top level, like configs/tiny.yaml");
   }
+  doc.impl_->file_root = YAML::Clone(doc.impl_->root);
   return doc;
 }
 

@@ -13,17 +13,30 @@ namespace nnkit {
 
 struct ConfigDocument::Impl {
   YAML::Node root;
+  // The document as parsed, before any override: what the file itself chose (a deep copy, so
+  // overrides leave it alone). Resolution compares the two to notice a backend switched from the
+  // command line.
+  YAML::Node file_root;
   std::string source_name;                           // file path or "<string>"
   std::filesystem::path base_dir;                    // for relative plugin paths
   std::map<std::string, std::string> override_text;  // dotted path -> "a.b=1"
 
-  // Where the node at dotted `path` came from.
-  SourceLocation location(const YAML::Node& node, const std::string& path) const {
+  // The override that set the value at dotted `path` (or a mapping above it), or nullptr when
+  // the value came from the file.
+  const std::string* override_for(const std::string& path) const {
     for (auto it = override_text.rbegin(); it != override_text.rend(); ++it) {
       const std::string& key = it->first;
       if (path == key || path.rfind(key + ".", 0) == 0 || path.rfind(key + "[", 0) == 0) {
-        return SourceLocation{"command-line override '" + it->second + "'", 0, 0};
+        return &it->second;
       }
+    }
+    return nullptr;
+  }
+
+  // Where the node at dotted `path` came from.
+  SourceLocation location(const YAML::Node& node, const std::string& path) const {
+    if (const std::string* assignment = override_for(path)) {
+      return SourceLocation{"command-line override '" + *assignment + "'", 0, 0};
     }
     if (!node.IsDefined()) return SourceLocation{source_name, 0, 0};  // an absent key
     const YAML::Mark mark = node.Mark();

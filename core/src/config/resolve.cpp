@@ -7,6 +7,7 @@
 
 #include "config/document_impl.h"
 #include "nnkit/error.h"
+#include "nnkit/logging.h"
 #include "nnkit/registry.h"
 
 namespace nnkit {
@@ -250,9 +251,60 @@ const std::vector<OptionSpec>& train_specs() {
   return specs;
 }
 
+// A value as one line of YAML, for log lines.
+std::string yaml_text(const YAML::Node& node) {
+  if (node.IsScalar()) return node.Scalar();
+  YAML::Emitter out;
+  out << YAML::Flow << node;
+  return out.c_str();
+}
+
+// The plugin the file itself (before overrides) put in the top-level slot `path`: its `type`, or
+// `default_type` when the file leaves the slot or its type out; "" when the file's slot is not a
+// mapping (resolution reports that, if the overrides did not replace it).
+std::string file_type_of(const Impl& doc, const std::string& path,
+                         const std::string& default_type) {
+  const YAML::Node& file_root = doc.file_root;
+  const YAML::Node slot = file_root[path];
+  if (!slot.IsDefined() || slot.IsNull()) return default_type;
+  if (!slot.IsMap()) return "";
+  const YAML::Node type = slot["type"];
+  if (!type.IsDefined()) return default_type;
+  return type.IsScalar() ? type.Scalar() : "";
+}
+
+// A slot whose plugin an override switched (`backend.type=cuda` on a file written for the CPU)
+// still holds the file's options for the previous plugin. Each one the new plugin does not
+// declare is dropped, with one log line, so that a file stays usable with another backend.
+// Options typed on the command line are kept whatever they are: they were written for the new
+// plugin, and one it does not declare is still an unknown key.
+std::set<std::string> options_left_behind(const Impl& doc, const YAML::Node& node,
+                                          const std::string& path, const PluginInfo& now,
+                                          const std::string& before_id) {
+  std::set<std::string> dropped;
+  if (!node.IsDefined() || !node.IsMap()) return dropped;
+  std::set<std::string> declared = {"type"};
+  for (const OptionSpec& spec : now.options) {
+    declared.insert(spec.name.substr(0, spec.name.find('.')));
+  }
+  for (auto it = node.begin(); it != node.end(); ++it) {
+    const std::string key = it->first.Scalar();
+    const std::string key_path = join(path, key);
+    if (declared.count(key) != 0 || doc.override_for(key_path) != nullptr) continue;
+    logger()->info("{}={} dropped: {} has no option '{}' (set for {} at {})", key_path,
+                   yaml_text(it->second), now.id(), key, before_id,
+                   doc.location(it->first, key_path).str());
+    dropped.insert(key);
+  }
+  return dropped;
+}
+
+// `file_type`, when given, is the plugin the file chose for this slot (see file_type_of); when
+// the overrides chose another, options_left_behind applies.
 PluginChoice resolve_slot(const Impl& doc, const Registry& registry, const YAML::Node& node,
                           const std::string& path, const std::string& kind,
-                          const std::string& default_type, const ModelDims* dims = nullptr) {
+                          const std::string& default_type, const ModelDims* dims = nullptr,
+                          const std::string* file_type = nullptr) {
   (void)dims;
   std::string type = default_type;
   SourceLocation type_location{"<default>", 0, 0};
@@ -277,10 +329,14 @@ PluginChoice resolve_slot(const Impl& doc, const Registry& registry, const YAML:
             doc.location(node, path));
   }
   const PluginInfo& info = registry.require(kind, type, path + ".type at " + type_location.str());
+  std::set<std::string> ignored = {"type"};
+  if (file_type != nullptr && !file_type->empty() && *file_type != type) {
+    ignored.merge(options_left_behind(doc, node, path, info, kind + "/" + *file_type));
+  }
   PluginChoice choice;
   choice.kind = kind;
   choice.name = type;
-  choice.options = read_options(doc, node, path, info.id(), info.options, {"type"});
+  choice.options = read_options(doc, node, path, info.id(), info.options, ignored);
   return choice;
 }
 
@@ -370,7 +426,10 @@ RunConfig resolve_config(const ConfigDocument& document, const Registry& registr
   }
 
   // ---- runtime components
-  cfg.backend = resolve_slot(doc, registry, root["backend"], "backend", "backend", "cpu");
+  // The backend may be switched from the command line; see options_left_behind.
+  const std::string file_backend = file_type_of(doc, "backend", "cpu");
+  cfg.backend = resolve_slot(doc, registry, root["backend"], "backend", "backend", "cpu", nullptr,
+                             &file_backend);
   cfg.tokenizer = resolve_slot(doc, registry, root["tokenizer"], "tokenizer", "tokenizer", "byte");
 
   // ---- training
