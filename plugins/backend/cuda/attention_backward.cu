@@ -1,29 +1,36 @@
 // Purpose: backend/cuda attention backward: rowsum(dout * out), the dq kernel (per query tile)
-// and the dk/dv kernel (per key tile) (strategy in attention_common.cuh). Owned by backend/cuda.
+// and the dk/dv kernel (per key tile) (strategy in attention_common.cuh), and the dispatch on the
+// element type: f32 runs here; bf16/f16 share the rowsum kernel and then run on tensor cores
+// (attention_lowp_backward.cu) where the shape suits them, through this file's kernels
+// instantiated for the 16-bit type elsewhere. Owned by backend/cuda.
 #include "attention_common.cuh"
+#include "attention_lowp.cuh"
 
 namespace nnkit::cuda {
 
 namespace {
 
 // delta[row, head] = dout . out over the head's dim columns; one warp per (row, head).
-__global__ void attention_delta_kernel(const AttentionArgs a, int64_t pairs) {
+template <typename T>
+__global__ void attention_delta_kernel(const AttentionArgsOf<T> a, int64_t pairs) {
   const int64_t pair = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (pair >= pairs) return;
   const int64_t base = (pair / a.heads) * a.q_ld + (pair % a.heads) * a.dim;
   float sum = 0.0f;
-  for (int c = lane; c < a.dim; c += 32) sum = fmaf(a.dout[base + c], a.out[base + c], sum);
+  for (int c = lane; c < a.dim; c += 32) {
+    sum = fmaf(widen_to_f32(a.dout[base + c]), widen_to_f32(a.out[base + c]), sum);
+  }
   for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
   if (lane == 0) a.delta[pair] = sum;
 }
 
 // dq for one (batch, KV head, tile of kBQ folded query rows): over the keys the tile may see,
 // dS = P (dO V^T - delta) and dq = scale dS K. Latest row tiles first, as in the forward.
-template <int kD, int kBQ, int kBK>
+template <typename T, int kD, int kBQ, int kBK>
 __global__ void __launch_bounds__(kAttentionThreads,
                                   blocks_per_sm(DqTiles<kD, kBQ, kBK>::kSharedBytes))
-    attention_dq_kernel(const AttentionArgs a) {
+    attention_dq_kernel(const AttentionArgsOf<T> a) {
   constexpr int kLd = tile_ld<kD>();
   constexpr int kRowsPer = kBQ / kGridSide;
   constexpr int kKeysPer = kBK / kGridSide;
@@ -104,13 +111,13 @@ __global__ void __launch_bounds__(kAttentionThreads,
   for (int i = 0; i < kRowsPer; ++i) {
     const int r = r0 + ty + kGridSide * i;
     if (r >= r1) continue;
-    float* dq = a.dq + query_offset(a, b, kvh, r);
+    T* dq = a.dq + query_offset(a, b, kvh, r);
 #pragma unroll
     for (int g = 0; g < Cols::kGroups; ++g) {
 #pragma unroll
       for (int e = 0; e < Cols::kVec; ++e) {
         const int c = Cols::column(tx, g) + e;
-        if (c < a.dim) dq[c] = acc[i][g * Cols::kVec + e] * a.scale;
+        if (c < a.dim) dq[c] = round_from_f32<T>(acc[i][g * Cols::kVec + e] * a.scale);
       }
     }
   }
@@ -119,10 +126,10 @@ __global__ void __launch_bounds__(kAttentionThreads,
 // dk, dv for one (batch, KV head, tile of kBK keys of the capacity): over the folded query rows
 // that may see the tile (every head of the group, in row order), dv += P^T dO and
 // dk += scale dS^T Q. Keys nobody sees (before kv_start, at or past kv_len) get zeros.
-template <int kD, int kBK, int kBQ>
+template <typename T, int kD, int kBK, int kBQ>
 __global__ void __launch_bounds__(kAttentionThreads,
                                   blocks_per_sm(KeyGradTiles<kD, kBK, kBQ>::kSharedBytes))
-    attention_dkdv_kernel(const AttentionArgs a) {
+    attention_dkdv_kernel(const AttentionArgsOf<T> a) {
   constexpr int kLd = tile_ld<kD>();
   constexpr int kKeysPer = kBK / kGridSide;  // key rows per thread
   constexpr int kRowsPer = kBQ / kGridSide;  // query rows per thread
@@ -238,12 +245,53 @@ __global__ void __launch_bounds__(kAttentionThreads,
       for (int e = 0; e < Cols::kVec; ++e) {
         const int c = Cols::column(tx, g) + e;
         if (c < a.dim) {
-          a.dk[base + c] = dk_acc[i][g * Cols::kVec + e] * a.scale;
-          a.dv[base + c] = dv_acc[i][g * Cols::kVec + e];
+          a.dk[base + c] = round_from_f32<T>(dk_acc[i][g * Cols::kVec + e] * a.scale);
+          a.dv[base + c] = round_from_f32<T>(dv_acc[i][g * Cols::kVec + e]);
         }
       }
     }
   }
+}
+
+// The backward in element type T (float, __nv_bfloat16 or __half); q_len > 0.
+template <typename T>
+void attention_backward_as(CudaBackend& backend, const char* op, const AttentionGeometry& geometry,
+                           const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                           const Tensor& out, const Tensor& lse, const Tensor& dq, const Tensor& dk,
+                           const Tensor& dv) {
+  AttentionArgsOf<T> a{};
+  static_cast<AttentionGeometry&>(a) = geometry;
+  a.q = ptr<T>(q);
+  a.k = ptr<T>(k);
+  a.v = ptr<T>(v);
+  a.dout = ptr<T>(dout);
+  a.out = ptr<T>(out);
+  a.lse = ptr<float>(lse);
+  a.dq = ptr<T>(dq);
+  a.dk = ptr<T>(dk);
+  a.dv = ptr<T>(dv);
+
+  const int64_t pairs = static_cast<int64_t>(a.batch) * a.q_len * a.heads;
+  Tensor delta = backend.scratch(static_cast<size_t>(pairs) * sizeof(float));
+  a.delta = ptr<float>(delta);
+  constexpr int kPairsPerBlock = kAttentionThreads / 32;
+  launch(op, attention_delta_kernel<T>, ceil_div(pairs, kPairsPerBlock), 0, backend, a, pairs);
+
+  if constexpr (!std::is_same_v<T, float>) {
+    if (tensor_cores_take(a)) return attention_backward_tensor_cores(backend, op, a);
+  }
+  with_head_dim_bucket(a.dim, [&](auto bucket) {
+    constexpr int kD = decltype(bucket)::value;
+    constexpr int kDqRows = dq_query_tile(kD), kDqKeys = dq_key_tile(kD);
+    launch(op, attention_dq_kernel<T, kD, kDqRows, kDqKeys>,
+           static_cast<int64_t>(a.batch) * a.kv_heads * ceil_div(a.rows, kDqRows),
+           DqTiles<kD, kDqRows, kDqKeys>::kSharedBytes, backend, a);
+    if (a.kv_capacity == 0) return;
+    constexpr int kGradKeys = key_grad_key_tile(kD), kGradRows = key_grad_query_tile(kD);
+    launch(op, attention_dkdv_kernel<T, kD, kGradKeys, kGradRows>,
+           static_cast<int64_t>(a.batch) * a.kv_heads * ceil_div(a.kv_capacity, kGradKeys),
+           KeyGradTiles<kD, kGradKeys, kGradRows>::kSharedBytes, backend, a);
+  });
 }
 
 }  // namespace
@@ -254,48 +302,30 @@ void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const 
                                      const Tensor& dv, const AttentionShape& shape) {
   OpScope op_scope(profiler_.get(), "attention_backward");
   const char* op = "attention_backward";
-  AttentionArgs a = check_geometry(op, shape, q, k, v, kv_start, lse);
-  kChecks.tensor(op, "out", out, DType::kF32, q.shape());
-  kChecks.tensor(op, "dout", dout, DType::kF32, q.shape());
-  kChecks.tensor(op, "dq", dq, DType::kF32, q.shape());
-  kChecks.tensor(op, "dk", dk, DType::kF32, k.shape());
-  kChecks.tensor(op, "dv", dv, DType::kF32, v.shape());
-  if (a.batch == 0) return;  // every tensor is empty
-  if (a.q_len == 0) {        // no query sees anything: dk, dv are zeros
+  const DType dtype = attention_dtype(op, q);
+  const AttentionGeometry g = check_geometry(op, shape, q, k, v, kv_start, lse, dtype);
+  kChecks.tensor(op, "out", out, dtype, q.shape());
+  kChecks.tensor(op, "dout", dout, dtype, q.shape());
+  kChecks.tensor(op, "dq", dq, dtype, q.shape());
+  kChecks.tensor(op, "dk", dk, dtype, k.shape());
+  kChecks.tensor(op, "dv", dv, dtype, v.shape());
+  if (g.batch == 0) return;  // every tensor is empty
+  if (g.q_len == 0) {  // no query sees anything: dk, dv are zeros (all-zero bits in every dtype)
     if (dk.nbytes() > 0) {
       NNKIT_CUDA_CHECK(cudaMemsetAsync(dk.raw(), 0, dk.nbytes(), stream()));
       NNKIT_CUDA_CHECK(cudaMemsetAsync(dv.raw(), 0, dv.nbytes(), stream()));
     }
     return;
   }
-  a.q = ptr<float>(q);
-  a.k = ptr<float>(k);
-  a.v = ptr<float>(v);
-  a.dout = ptr<float>(dout);
-  a.out = ptr<float>(out);
-  a.lse = ptr<float>(lse);
-  a.dq = ptr<float>(dq);
-  a.dk = ptr<float>(dk);
-  a.dv = ptr<float>(dv);
-
-  const int64_t pairs = static_cast<int64_t>(a.batch) * a.q_len * a.heads;
-  Tensor delta = scratch(static_cast<size_t>(pairs) * sizeof(float));
-  a.delta = ptr<float>(delta);
-  constexpr int kPairsPerBlock = kAttentionThreads / 32;
-  launch(op, attention_delta_kernel, ceil_div(pairs, kPairsPerBlock), 0, *this, a, pairs);
-
-  with_head_dim_bucket(a.dim, [&](auto bucket) {
-    constexpr int kD = decltype(bucket)::value;
-    constexpr int kDqRows = dq_query_tile(kD), kDqKeys = dq_key_tile(kD);
-    launch(op, attention_dq_kernel<kD, kDqRows, kDqKeys>,
-           static_cast<int64_t>(a.batch) * a.kv_heads * ceil_div(a.rows, kDqRows),
-           DqTiles<kD, kDqRows, kDqKeys>::kSharedBytes, *this, a);
-    if (a.kv_capacity == 0) return;
-    constexpr int kGradKeys = key_grad_key_tile(kD), kGradRows = key_grad_query_tile(kD);
-    launch(op, attention_dkdv_kernel<kD, kGradKeys, kGradRows>,
-           static_cast<int64_t>(a.batch) * a.kv_heads * ceil_div(a.kv_capacity, kGradKeys),
-           KeyGradTiles<kD, kGradKeys, kGradRows>::kSharedBytes, *this, a);
-  });
+  switch (dtype) {
+    case DType::kBF16:
+      return attention_backward_as<__nv_bfloat16>(*this, op, g, dout, q, k, v, out, lse, dq, dk,
+                                                  dv);
+    case DType::kF16:
+      return attention_backward_as<__half>(*this, op, g, dout, q, k, v, out, lse, dq, dk, dv);
+    default:
+      return attention_backward_as<float>(*this, op, g, dout, q, k, v, out, lse, dq, dk, dv);
+  }
 }
 
 }  // namespace nnkit::cuda

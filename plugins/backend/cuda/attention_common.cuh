@@ -17,7 +17,15 @@
 // over keys), another owns dk/dv per key tile (looping over the query rows of every head of the
 // group in a fixed order). Every output element is written by one thread with a fixed summation
 // order and no atomics, so results repeat bit for bit.
+// Element types: the kernels here are templated on the element type T of q, k, v, out and the
+// gradients (float, __nv_bfloat16, __half); staging widens to f32 in shared memory and stores
+// round once, so the f32 instantiations are the original f32 kernels. bf16/f16 calls run on the
+// tensor-core kernels (attention_lowp.cuh) wherever those take the shape, and on the 16-bit
+// instantiations here otherwise (decoding, head dims that are not a multiple of 8 or above 128).
 #pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include <algorithm>
 #include <climits>
@@ -31,9 +39,6 @@
 
 namespace nnkit::cuda {
 
-// Internal to the two attention translation units (each gets its own copy).
-namespace {
-
 constexpr int kAttentionThreads = 256;  // 16 x 16 threads per block
 constexpr int kGridSide = 16;
 constexpr int kAttentionWarps = kAttentionThreads / 32;
@@ -42,8 +47,10 @@ constexpr int kDecodeRows = 16;  // query rows per block when a (batch, KV head)
 constexpr int kMaxKeySplits = 256;
 
 // Everything a kernel needs, validated on the host (every count fits in int; element offsets into
-// the tensors are formed in int64).
-struct AttentionArgs {
+// the tensors are formed in int64). The geometry is shared by every element type; the tensors'
+// pointers come with the type (AttentionArgsOf). Outside the anonymous namespace: the tensor-core
+// kernels of attention_lowp_*.cu receive the same structs across translation units.
+struct AttentionGeometry {
   int batch, q_len, kv_len, kv_capacity, heads, kv_heads, dim, group;
   int rows;   // q_len * group: folded query rows per (batch, KV head)
   int q_ld;   // heads * dim: row stride of q, out, dout, dq
@@ -51,51 +58,85 @@ struct AttentionArgs {
   int64_t q_offset;
   float scale;
   const int32_t* kv_start;  // (batch) or null
-  const float* q;
-  const float* k;
-  const float* v;
-  const float* dout;
-  float* out;
-  float* lse;
-  float* delta;  // (batch * q_len, heads): rowsum(dout * out)
-  float* dq;
-  float* dk;
-  float* dv;
   // Forward key split: `splits` chunks of `chunk` keys; with splits > 1 the partial results go to
   // partial_ml (max, sum) and partial_out (unnormalised rows of dim floats), [split][row].
   int splits;
   int chunk;
   int64_t total_rows;  // batch * kv_heads * rows
+};
+
+// T: the element type of q, k, v, out, dout, dq, dk, dv (float, __nv_bfloat16 or __half); lse,
+// delta and the split partials are f32 whatever T is.
+template <typename T>
+struct AttentionArgsOf : AttentionGeometry {
+  const T* q;
+  const T* k;
+  const T* v;
+  const T* dout;
+  T* out;
+  float* lse;
+  float* delta;  // (batch * q_len, heads): rowsum(dout * out)
+  T* dq;
+  T* dk;
+  T* dv;
   float2* partial_ml;
   float* partial_out;
 };
 
+using AttentionArgs = AttentionArgsOf<float>;
+
+// Element conversions of the kernels: loads widen to f32, stores round once (nearest even).
+__device__ __forceinline__ float widen_to_f32(float x) {
+  return x;
+}
+__device__ __forceinline__ float widen_to_f32(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
+__device__ __forceinline__ float widen_to_f32(__half x) {
+  return __half2float(x);
+}
+template <typename T>
+__device__ __forceinline__ T round_from_f32(float x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return x;
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return __float2bfloat16_rn(x);
+  } else {
+    static_assert(std::is_same_v<T, __half>, "attention elements are f32, bf16 or f16");
+    return __float2half_rn(x);
+  }
+}
+
+// Internal to the attention translation units (each gets its own copy).
+namespace {
+
 // ---- geometry helpers -------------------------------------------------------------------------
 
 // First key batch b may see (negative kv_start clamps to 0; past kv_len means none).
-__device__ __forceinline__ int first_key(const AttentionArgs& a, int b) {
+__device__ __forceinline__ int first_key(const AttentionGeometry& a, int b) {
   return a.kv_start != nullptr ? min(max(0, a.kv_start[b]), a.kv_len) : 0;
 }
 
 // One past the last key query position t may see.
-__device__ __forceinline__ int key_end(const AttentionArgs& a, int t) {
+__device__ __forceinline__ int key_end(const AttentionGeometry& a, int t) {
   return static_cast<int>(min(static_cast<int64_t>(a.kv_len), a.q_offset + t + 1));
 }
 
 // Element offset of folded row r's head slice in q / out / dout / dq.
-__device__ __forceinline__ int64_t query_offset(const AttentionArgs& a, int b, int kvh, int r) {
+__device__ __forceinline__ int64_t query_offset(const AttentionGeometry& a, int b, int kvh, int r) {
   const int t = r / a.group, h = kvh * a.group + r % a.group;
   return (static_cast<int64_t>(b) * a.q_len + t) * a.q_ld + static_cast<int64_t>(h) * a.dim;
 }
 
 // Index of folded row r in lse / delta.
-__device__ __forceinline__ int64_t head_row_index(const AttentionArgs& a, int b, int kvh, int r) {
+__device__ __forceinline__ int64_t head_row_index(const AttentionGeometry& a, int b, int kvh,
+                                                  int r) {
   const int t = r / a.group, h = kvh * a.group + r % a.group;
   return (static_cast<int64_t>(b) * a.q_len + t) * a.heads + h;
 }
 
 // Element offset of key j's head slice in k / v / dk / dv.
-__device__ __forceinline__ int64_t key_offset(const AttentionArgs& a, int b, int kvh, int j) {
+__device__ __forceinline__ int64_t key_offset(const AttentionGeometry& a, int b, int kvh, int j) {
   return (static_cast<int64_t>(b) * a.kv_capacity + j) * a.kv_ld +
          static_cast<int64_t>(kvh) * a.dim;
 }
@@ -137,9 +178,9 @@ __device__ __forceinline__ void load_vector(const float* src, float* dst) {
 
 // Copies kRows rows into a shared tile, zero-padded to kD columns; row i comes from
 // src + offset(i), or is zeros where offset(i) < 0. One warp per row, lanes along the row, so each
-// global read is a contiguous run.
-template <int kD, int kRows, typename RowOffset>
-__device__ __forceinline__ void stage_rows(float* tile, const float* __restrict__ src, int dim,
+// global read is a contiguous run. Elements of type T are widened to f32 here.
+template <int kD, int kRows, typename T, typename RowOffset>
+__device__ __forceinline__ void stage_rows(float* tile, const T* __restrict__ src, int dim,
                                            RowOffset offset) {
   static_assert(kRows % kAttentionWarps == 0, "tiles have a multiple of 8 rows");
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -149,7 +190,9 @@ __device__ __forceinline__ void stage_rows(float* tile, const float* __restrict_
     const int64_t base = offset(i);
     float* dst = tile + i * tile_ld<kD>();
 #pragma unroll
-    for (int c = lane; c < kD; c += 32) dst[c] = (base >= 0 && c < dim) ? src[base + c] : 0.0f;
+    for (int c = lane; c < kD; c += 32) {
+      dst[c] = (base >= 0 && c < dim) ? widen_to_f32(src[base + c]) : 0.0f;
+    }
   }
 }
 
@@ -298,9 +341,11 @@ inline int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
 }
 
+// Launches `kernel` on `blocks` blocks of `threads` threads after checking the grid and the
+// shared memory against the device, opting into large shared memory once per kernel.
 template <typename Kernel, typename... Args>
-void launch(const char* op, Kernel kernel, int64_t blocks, size_t shared_bytes,
-            CudaBackend& backend, const Args&... args) {
+void launch_blocks(const char* op, Kernel kernel, int64_t blocks, int threads, size_t shared_bytes,
+                   CudaBackend& backend, const Args&... args) {
   const DeviceLimits& limits = backend.limits();
   if (shared_bytes > static_cast<size_t>(limits.shared_optin_bytes)) {
     kChecks.fail(op, "this head_dim needs " + std::to_string(shared_bytes) +
@@ -316,9 +361,14 @@ void launch(const char* op, Kernel kernel, int64_t blocks, size_t shared_bytes,
     NNKIT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                                           cudaSharedmemCarveoutMaxShared));
   }
-  kernel<<<static_cast<unsigned>(blocks), kAttentionThreads, shared_bytes, backend.stream()>>>(
-      args...);
+  kernel<<<static_cast<unsigned>(blocks), threads, shared_bytes, backend.stream()>>>(args...);
   NNKIT_CUDA_CHECK_LAUNCH(kernel);
+}
+
+template <typename Kernel, typename... Args>
+void launch(const char* op, Kernel kernel, int64_t blocks, size_t shared_bytes,
+            CudaBackend& backend, const Args&... args) {
+  launch_blocks(op, kernel, blocks, kAttentionThreads, shared_bytes, backend, args...);
 }
 
 // Calls fn with std::integral_constant<int, bucket>: the smallest of 32/64/128/256 >= dim.
@@ -335,11 +385,23 @@ void with_head_dim_bucket(int dim, Fn&& fn) {
   }
 }
 
-// The CPU's check_geometry plus this backend's limits; returns the kernel arguments (pointers
-// unset).
-inline AttentionArgs check_geometry(const char* op, const AttentionShape& s, const Tensor& q,
-                                    const Tensor& k, const Tensor& v, const Tensor& kv_start,
-                                    const Tensor& lse) {
+// The element type attention runs in: q's dtype, which must be a float dtype (f32, bf16, f16).
+inline DType attention_dtype(const char* op, const Tensor& q) {
+  if (!q.defined()) return DType::kF32;  // the tensor check below reports it
+  const DType dtype = q.dtype();
+  if (dtype != DType::kF32 && dtype != DType::kBF16 && dtype != DType::kF16) {
+    kChecks.fail(op, std::string("q has dtype ") + dtype_name(dtype) +
+                         "; attention takes f32, bf16 or f16 (q, k, v, out, dout, dq, dk, dv "
+                         "share it; lse is f32)");
+  }
+  return dtype;
+}
+
+// The CPU's check_geometry plus this backend's limits; returns the geometry of the kernel
+// arguments. q, k and v share `dtype`; lse is f32.
+inline AttentionGeometry check_geometry(const char* op, const AttentionShape& s, const Tensor& q,
+                                        const Tensor& k, const Tensor& v, const Tensor& kv_start,
+                                        const Tensor& lse, DType dtype) {
   if (s.batch < 0 || s.q_len < 0 || s.kv_len < 0 || s.kv_capacity < s.kv_len || s.n_heads <= 0 ||
       s.n_kv_heads <= 0 || s.n_heads % s.n_kv_heads != 0 || s.head_dim <= 0 || s.q_offset < 0) {
     kChecks.fail(op, "bad AttentionShape: batch " + std::to_string(s.batch) + ", q_len " +
@@ -362,13 +424,13 @@ inline AttentionArgs check_geometry(const char* op, const AttentionShape& s, con
                  "shape too large for the CUDA attention kernels' 32-bit indices (batch, "
                  "q_len * n_heads, kv_capacity and n_heads * head_dim must each be below 2^30)");
   }
-  kChecks.tensor(op, "q", q, DType::kF32, {s.batch * s.q_len, s.n_heads * s.head_dim});
-  kChecks.tensor(op, "k", k, DType::kF32, {s.batch * s.kv_capacity, s.n_kv_heads * s.head_dim});
-  kChecks.tensor(op, "v", v, DType::kF32, {s.batch * s.kv_capacity, s.n_kv_heads * s.head_dim});
+  kChecks.tensor(op, "q", q, dtype, {s.batch * s.q_len, s.n_heads * s.head_dim});
+  kChecks.tensor(op, "k", k, dtype, {s.batch * s.kv_capacity, s.n_kv_heads * s.head_dim});
+  kChecks.tensor(op, "v", v, dtype, {s.batch * s.kv_capacity, s.n_kv_heads * s.head_dim});
   kChecks.tensor(op, "lse", lse, DType::kF32, {s.batch * s.q_len, s.n_heads});
   if (kv_start.defined()) kChecks.tensor(op, "kv_start", kv_start, DType::kI32, {s.batch});
 
-  AttentionArgs a{};
+  AttentionGeometry a{};
   a.batch = static_cast<int>(s.batch);
   a.q_len = static_cast<int>(s.q_len);
   a.kv_len = static_cast<int>(s.kv_len);

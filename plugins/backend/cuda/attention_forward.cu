@@ -1,6 +1,10 @@
 // Purpose: backend/cuda attention forward: the online-softmax kernel, the merge of key splits
-// and their launcher (strategy in attention_common.cuh). Owned by backend/cuda.
+// and their launcher (strategy in attention_common.cuh), and the dispatch on the element type:
+// f32 runs here; bf16/f16 run on tensor cores (attention_lowp_forward.cu) where the shape suits
+// them and through this file's kernels, instantiated for the 16-bit type, elsewhere (decoding,
+// head dims the tensor-core kernels do not take). Owned by backend/cuda.
 #include "attention_common.cuh"
+#include "attention_lowp.cuh"
 
 namespace nnkit::cuda {
 
@@ -11,10 +15,10 @@ namespace {
 // One block per (batch, KV head, tile of kBQ folded query rows, key split). The tile is the
 // outermost part of the block index, latest tiles (the most keys under the causal mask) first, so
 // the heavy blocks start early and the light ones fill in behind them.
-template <int kD, int kBQ, int kBK>
+template <typename T, int kD, int kBQ, int kBK>
 __global__ void __launch_bounds__(kAttentionThreads,
                                   blocks_per_sm(ForwardTiles<kD, kBQ, kBK>::kSharedBytes))
-    attention_forward_kernel(const AttentionArgs a) {
+    attention_forward_kernel(const AttentionArgsOf<T> a) {
   constexpr int kLd = tile_ld<kD>();
   constexpr int kRowsPer = kBQ / kGridSide;  // query rows per thread
   constexpr int kKeysPer = kBK / kGridSide;  // keys per thread per tile
@@ -109,13 +113,13 @@ __global__ void __launch_bounds__(kAttentionThreads,
     if (a.splits == 1) {
       const bool seen = sum > 0.0f;  // false: the row sees no key (output 0, lse -inf)
       const float inv = seen ? 1.0f / sum : 0.0f;
-      float* out = a.out + query_offset(a, b, kvh, r);
+      T* out = a.out + query_offset(a, b, kvh, r);
 #pragma unroll
       for (int g = 0; g < Cols::kGroups; ++g) {
 #pragma unroll
         for (int e = 0; e < Cols::kVec; ++e) {
           const int c = Cols::column(tx, g) + e;
-          if (c < a.dim) out[c] = acc[i][g * Cols::kVec + e] * inv;
+          if (c < a.dim) out[c] = round_from_f32<T>(acc[i][g * Cols::kVec + e] * inv);
         }
       }
       if (tx == 0) {
@@ -139,20 +143,21 @@ __global__ void __launch_bounds__(kAttentionThreads,
 }
 
 // Merges the key splits of the forward: one warp per folded row, splits summed in order.
-__global__ void attention_combine_splits_kernel(const AttentionArgs a) {
+template <typename T>
+__global__ void attention_combine_splits_kernel(const AttentionArgsOf<T> a) {
   const int64_t id = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (id >= a.total_rows) return;
   const int r = static_cast<int>(id % a.rows);
   const int kvh = static_cast<int>((id / a.rows) % a.kv_heads);
   const int b = static_cast<int>(id / (static_cast<int64_t>(a.rows) * a.kv_heads));
-  float* out = a.out + query_offset(a, b, kvh, r);
+  T* out = a.out + query_offset(a, b, kvh, r);
   float overall_max = -INFINITY;
   for (int s = 0; s < a.splits; ++s) {
     overall_max = fmaxf(overall_max, a.partial_ml[s * a.total_rows + id].x);
   }
   if (overall_max == -INFINITY) {  // no split saw a key
-    for (int c = lane; c < a.dim; c += 32) out[c] = 0.0f;
+    for (int c = lane; c < a.dim; c += 32) out[c] = round_from_f32<T>(0.0f);
     if (lane == 0) a.lse[head_row_index(a, b, kvh, r)] = -INFINITY;
     return;
   }
@@ -168,13 +173,13 @@ __global__ void attention_combine_splits_kernel(const AttentionArgs a) {
       const int64_t slot = s * a.total_rows + id;
       value += a.partial_out[slot * a.dim + c] * expf(a.partial_ml[slot].x - overall_max);
     }
-    out[c] = value * inv;
+    out[c] = round_from_f32<T>(value * inv);
   }
   if (lane == 0) a.lse[head_row_index(a, b, kvh, r)] = overall_max + logf(sum);
 }
 
-template <int kD, int kBQ, int kBK>
-void launch_forward(CudaBackend& backend, const char* op, AttentionArgs a) {
+template <typename T, int kD, int kBQ, int kBK>
+void launch_forward(CudaBackend& backend, const char* op, AttentionArgsOf<T> a) {
   const DeviceLimits& limits = backend.limits();
   const int64_t row_tiles = ceil_div(a.rows, kBQ);
   const int64_t blocks = static_cast<int64_t>(a.batch) * a.kv_heads * row_tiles;
@@ -198,13 +203,38 @@ void launch_forward(CudaBackend& backend, const char* op, AttentionArgs a) {
     a.partial_ml = ptr<float2>(partials);
     a.partial_out = reinterpret_cast<float*>(a.partial_ml + slots);
   }
-  launch(op, attention_forward_kernel<kD, kBQ, kBK>, blocks * a.splits,
+  launch(op, attention_forward_kernel<T, kD, kBQ, kBK>, blocks * a.splits,
          ForwardTiles<kD, kBQ, kBK>::kSharedBytes, backend, a);
   if (a.splits > 1) {
     constexpr int kRowsPerBlock = kAttentionThreads / 32;
-    launch(op, attention_combine_splits_kernel, ceil_div(a.total_rows, kRowsPerBlock), 0, backend,
-           a);
+    launch(op, attention_combine_splits_kernel<T>, ceil_div(a.total_rows, kRowsPerBlock), 0,
+           backend, a);
   }
+}
+
+// The forward in element type T (float, __nv_bfloat16 or __half).
+template <typename T>
+void attention_forward_as(CudaBackend& backend, const char* op, const AttentionGeometry& geometry,
+                          const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                          const Tensor& lse) {
+  AttentionArgsOf<T> a{};
+  static_cast<AttentionGeometry&>(a) = geometry;
+  a.q = ptr<T>(q);
+  a.k = ptr<T>(k);
+  a.v = ptr<T>(v);
+  a.out = ptr<T>(out);
+  a.lse = ptr<float>(lse);
+  if constexpr (!std::is_same_v<T, float>) {
+    if (tensor_cores_take(a)) return attention_forward_tensor_cores(backend, op, a);
+  }
+  with_head_dim_bucket(a.dim, [&](auto bucket) {
+    constexpr int kD = decltype(bucket)::value;
+    if (a.rows <= kDecodeRows) {  // decoding: one query position per sequence (times the group)
+      launch_forward<T, kD, kDecodeRows, decode_key_tile(kD)>(backend, op, a);
+    } else {
+      launch_forward<T, kD, forward_query_tile(kD), forward_key_tile(kD)>(backend, op, a);
+    }
+  });
 }
 
 }  // namespace
@@ -214,22 +244,18 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
                                     const AttentionShape& shape) {
   OpScope op_scope(profiler_.get(), "attention_forward");
   const char* op = "attention_forward";
-  AttentionArgs a = check_geometry(op, shape, q, k, v, kv_start, lse);
-  kChecks.tensor(op, "out", out, DType::kF32, q.shape());
-  if (a.batch == 0 || a.q_len == 0) return;
-  a.q = ptr<float>(q);
-  a.k = ptr<float>(k);
-  a.v = ptr<float>(v);
-  a.out = ptr<float>(out);
-  a.lse = ptr<float>(lse);
-  with_head_dim_bucket(a.dim, [&](auto bucket) {
-    constexpr int kD = decltype(bucket)::value;
-    if (a.rows <= kDecodeRows) {  // decoding: one query position per sequence (times the group)
-      launch_forward<kD, kDecodeRows, decode_key_tile(kD)>(*this, op, a);
-    } else {
-      launch_forward<kD, forward_query_tile(kD), forward_key_tile(kD)>(*this, op, a);
-    }
-  });
+  const DType dtype = attention_dtype(op, q);
+  const AttentionGeometry g = check_geometry(op, shape, q, k, v, kv_start, lse, dtype);
+  kChecks.tensor(op, "out", out, dtype, q.shape());
+  if (g.batch == 0 || g.q_len == 0) return;
+  switch (dtype) {
+    case DType::kBF16:
+      return attention_forward_as<__nv_bfloat16>(*this, op, g, q, k, v, out, lse);
+    case DType::kF16:
+      return attention_forward_as<__half>(*this, op, g, q, k, v, out, lse);
+    default:
+      return attention_forward_as<float>(*this, op, g, q, k, v, out, lse);
+  }
 }
 
 }  // namespace nnkit::cuda
