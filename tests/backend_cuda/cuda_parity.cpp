@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "nnkit/error.h"
+#include "nnkit/io/half.h"
 
 namespace nnkit::test {
 
@@ -26,9 +27,16 @@ std::string cuda_plugin_rejection() {
 
 }  // namespace
 
+std::shared_ptr<Backend> CudaParityTest::make_cuda_backend(const std::string& precision) {
+  return create<Backend>("backend", "cuda",
+                         {{"device", "0"}, {"tf32", "false"}, {"precision", precision}});
+}
+
 void CudaParityTest::SetUp() {
   try {
-    cuda_ = cuda_backend();
+    // fp32 explicitly: the backend's default precision is bf16. Ops follow their tensors' dtypes
+    // either way; fp32 keeps compute_dtype() what the fp32 tests assume.
+    cuda_ = make_cuda_backend("fp32");
   } catch (const Error& e) {
     GTEST_SKIP() << "no CUDA device: " << e.what() << cuda_plugin_rejection();
   }
@@ -73,6 +81,80 @@ void CudaParityTest::expect_matches_cpu(const TensorPair& p, Tolerance tol,
 void CudaParityTest::expect_ints_match_cpu(const TensorPair& p, const std::string& what) {
   ASSERT_EQ(p.cpu.shape(), p.cuda.shape()) << what;
   EXPECT_EQ(to_vector_i32(cuda(), p.cuda), to_vector_i32(cpu(), p.cpu)) << what;
+}
+
+TensorPair CudaParityTest::same_rounded(const std::vector<float>& values, const Shape& shape,
+                                        DType dtype) {
+  TensorPair p{tensor_from(cpu(), round_to(dtype, values), shape), cuda().empty(shape, dtype)};
+  cuda().convert(p.cuda, tensor_from(cuda(), values, shape));
+  return p;
+}
+
+TensorPair CudaParityTest::same_rounded_random(const Shape& shape, uint64_t seed, DType dtype,
+                                               float scale) {
+  return same_rounded(random_values(static_cast<size_t>(shape_numel(shape)), seed, scale), shape,
+                      dtype);
+}
+
+TensorPair CudaParityTest::poisoned(const Shape& shape, DType cuda_dtype) {
+  TensorPair p{cpu().empty(shape), cuda().empty(shape, cuda_dtype)};
+  cpu().fill(p.cpu, std::numeric_limits<float>::quiet_NaN());
+  cuda().fill(p.cuda, std::numeric_limits<float>::quiet_NaN());
+  return p;
+}
+
+std::vector<float> CudaParityTest::cuda_floats(const Tensor& t) {
+  if (t.dtype() == DType::kF32) return to_vector(cuda(), t);
+  Tensor wide = cuda().empty(t.shape());
+  cuda().convert(wide, t);
+  return to_vector(cuda(), wide);
+}
+
+void CudaParityTest::expect_rounded_matches_cpu(const TensorPair& p, Tolerance tol,
+                                                const std::string& what) {
+  ASSERT_EQ(p.cpu.shape(), p.cuda.shape()) << what;
+  expect_close_to_cpu(cuda_floats(p.cuda), cpu_values(p), tol, what);
+}
+
+void CudaParityTest::expect_is_rounded_cpu(const TensorPair& p, const std::string& what) {
+  ASSERT_EQ(p.cpu.shape(), p.cuda.shape()) << what;
+  const std::vector<float> got = cuda_floats(p.cuda);
+  const std::vector<float> want = round_to(p.cuda.dtype(), cpu_values(p));
+  expect_close_to_cpu(got, want, kExact, what + " (the CPU's f32 result, rounded)");
+}
+
+float round_to(DType dtype, float value) {
+  switch (dtype) {
+    case DType::kBF16:
+      return bf16_to_f32(f32_to_bf16(value));
+    case DType::kF16:
+      return f16_to_f32(f32_to_f16(value));
+    default:
+      return value;
+  }
+}
+
+std::vector<float> round_to(DType dtype, std::vector<float> values) {
+  for (float& v : values) v = round_to(dtype, v);
+  return values;
+}
+
+double unit_roundoff(DType dtype) {
+  switch (dtype) {
+    case DType::kBF16:
+      return std::ldexp(1.0, -8);
+    case DType::kF16:
+      return std::ldexp(1.0, -11);
+    default:
+      return 0.0;
+  }
+}
+
+Tolerance rounded_once(Tolerance f32, DType dtype) {
+  if (dtype == DType::kF32) return f32;
+  const double u = unit_roundoff(dtype);
+  const double subnormal_half_spacing = dtype == DType::kF16 ? std::ldexp(1.0, -25) : 0.0;
+  return {f32.rtol + 1.1 * u, f32.atol * (1.0 + u) + subnormal_half_spacing};
 }
 
 void expect_close_to_cpu(const std::vector<float>& cuda, const std::vector<float>& cpu,

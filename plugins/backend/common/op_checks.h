@@ -73,7 +73,7 @@ struct OpChecks {
   // float_dtype() and the (rows, cols) reading of `t`.
   RowShape float_rows(const char* op, const char* name, const Tensor& t, DTypes allowed) const;
   // `t` is defined, on this device, and has the dtype of `ref` (already checked), for tensors
-  // that share one dtype: "dy is f32(4, 8) on cuda:0; expected dtype bf16 (the dtype of x)".
+  // that share one dtype: "dy is f32[4, 8] on cuda:0; expected dtype bf16 (the dtype of x)".
   void dtype_as(const char* op, const char* name, const Tensor& t, const char* ref_name,
                 const Tensor& ref) const;
   // gemm's arguments: 2-D tensors on this device whose shapes agree (see Backend::gemm). a has

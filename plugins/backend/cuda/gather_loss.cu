@@ -198,8 +198,9 @@ __device__ void row_max_and_sum(const TL* xr, int64_t cols, float* shared_max, f
 
 // One block per row of bf16/f16 logits: losses[n] = logsumexp(x) - x[target].
 template <typename TL, int kWidth>
-__global__ void cross_entropy_forward_half_kernel(const TL* logits, const int32_t* targets,
-                                                  float* losses, int64_t cols, DeviceFault* fault) {
+__global__ void __launch_bounds__(1024)
+    cross_entropy_forward_half_kernel(const TL* logits, const int32_t* targets, float* losses,
+                                      int64_t cols, DeviceFault* fault) {
   __shared__ float shared_max[32];
   __shared__ float shared_sum[32];
   const int64_t row = blockIdx.x;
@@ -220,9 +221,9 @@ __global__ void cross_entropy_forward_half_kernel(const TL* logits, const int32_
 // One block per row of bf16/f16 logits: dlogits (any float type) = scale (softmax - onehot);
 // may alias logits when the dtypes agree (each thread rewrites only the packs it read).
 template <typename TL, typename TD, int kWidth>
-__global__ void cross_entropy_backward_half_kernel(const TL* logits, const int32_t* targets,
-                                                   float scale, TD* dlogits, int64_t cols,
-                                                   DeviceFault* fault) {
+__global__ void __launch_bounds__(1024)
+    cross_entropy_backward_half_kernel(const TL* logits, const int32_t* targets, float scale,
+                                       TD* dlogits, int64_t cols, DeviceFault* fault) {
   __shared__ float shared_max[32];
   __shared__ float shared_sum[32];
   const int64_t row = blockIdx.x;
