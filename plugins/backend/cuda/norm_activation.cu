@@ -192,7 +192,7 @@ __global__ void swiglu_backward_kernel(const T* dout, const T* gate, const T* up
   });
 }
 
-// Launches a warp-per-row kernel over `rows` rows.
+// Blocks of kThreads for a warp-per-row kernel over `rows` rows.
 unsigned blocks_for_rows(int64_t rows) {
   constexpr int64_t kWarps = kThreads / 32;
   return static_cast<unsigned>((rows + kWarps - 1) / kWarps);
