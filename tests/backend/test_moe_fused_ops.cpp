@@ -354,7 +354,7 @@ TEST_F(BackendMultiTensor, AdamwUpdateMultiEqualsPerTensorAdamwWithTheClip) {
   }
 }
 
-TEST_F(BackendMultiTensor, NonFiniteNormSkipsTheStepButResetsTheGrads) {
+TEST_F(BackendMultiTensor, NonFiniteNormSkipsTheStepAndLeavesTheGrads) {
   for (float bad : {std::numeric_limits<float>::infinity(), std::nanf("")}) {
     const OptimState a = random_state(37, 600), b = random_state(5, 610);
     DeviceState da = upload(be(), a, DType::kBF16), db = upload(be(), b, DType::kI32);
@@ -368,7 +368,7 @@ TEST_F(BackendMultiTensor, NonFiniteNormSkipsTheStepButResetsTheGrads) {
       EXPECT_EQ(host(d->p), s->p);
       EXPECT_EQ(host(d->m), s->m);
       EXPECT_EQ(host(d->v), s->v);
-      EXPECT_EQ(host(d->g), std::vector<float>(s->g.size(), 0.0f));
+      EXPECT_EQ(host(d->g), s->g);  // left for the caller to inspect
     }
     EXPECT_EQ(widened(be(), da.copy), copy_before);
   }

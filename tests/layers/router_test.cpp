@@ -135,7 +135,8 @@ TEST_P(RouterGradientTest, MatchesReferenceAndFiniteDifferences) {
   EXPECT_NEAR(stats.dropped_fraction, want.dropped_fraction, 1e-12);
   ASSERT_EQ(stats.expert_fraction.size(), want.fraction.size());
   for (size_t e = 0; e < want.fraction.size(); ++e) {
-    EXPECT_NEAR(stats.expert_fraction[e], want.fraction[e], 1e-12);
+    // f_i is a count over N*k stored in f32 on the device: one rounding, 2^-24 relative.
+    EXPECT_NEAR(stats.expert_fraction[e], want.fraction[e], 6e-8 * want.fraction[e]);
   }
   if (c.capacity_factor) {
     // Coverage: some token must keep one slot and lose another, so that the dropped expert's

@@ -85,7 +85,9 @@ TEST_P(ForwardReferenceTest, LogitsLossAndAuxMatchTheDoubleReference) {
     EXPECT_DOUBLE_EQ(stats[layer].dropped_fraction, want.dropped_fraction);
     ASSERT_EQ(stats[layer].expert_fraction.size(), want.expert_fraction.size());
     for (size_t e = 0; e < want.expert_fraction.size(); ++e) {
-      EXPECT_NEAR(stats[layer].expert_fraction[e], want.expert_fraction[e], 1e-12);
+      // f_i is a count over N*k stored in f32 on the device: one rounding, 2^-24 relative.
+      EXPECT_NEAR(stats[layer].expert_fraction[e], want.expert_fraction[e],
+                  6e-8 * want.expert_fraction[e]);
     }
   }
   if (spec.capacity_factor) {

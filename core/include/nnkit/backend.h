@@ -144,7 +144,7 @@ class NNKIT_API Backend : public Component {
 
   // ---- gather / scatter ---------------------------------------------------------------------
   // src: (R, C), index: (N) i32 -> dst: (N, C) = src[index[n]]. (Embedding lookup, MoE dispatch.)
-  // src and dst share a dtype (any).
+  // src and dst share a dtype: f32 on the CPU; f32, bf16, f16 or i32 on CUDA.
   virtual void gather_rows(const Tensor& src, const Tensor& index, const Tensor& dst) = 0;
   // dst[index[n], :] += weight[n] * src[n, :] (accumulates; weight (N) may be undefined = 1).
   // Deterministic: rows are added in order of n. (Embedding backward, MoE combine.)
@@ -206,6 +206,7 @@ class NNKIT_API Backend : public Component {
   // offending parameter, then zero the grads itself). Otherwise every grad is zeroed afterwards
   // (ready for the next step's accumulation). The compute copy, when defined, is
   // rewritten from the updated f32 value (the low-precision weights the next forward reads).
+  // step.weight_decay is not used: each tensor carries its own.
   virtual void adamw_update_multi(const std::vector<AdamWTensor>& tensors, const AdamWStep& step,
                                   const Tensor& grad_sum_squares, float max_grad_norm) = 0;
   // src: (N, k) f32, index: (N, k) i32 column of each entry (-1 = skip) -> dst: (N, C) f32,

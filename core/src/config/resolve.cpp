@@ -244,6 +244,8 @@ const std::vector<OptionSpec>& train_specs() {
       int_spec("log_every", "10", 1, "steps between log lines"),
       {"grad_clip", OptionType::kFloat, "1.0", 0.0, std::nullopt, "global-norm clip (0: off)"},
       {"activation_checkpointing", OptionType::kBool, "false", {}, {}, "recompute blocks"},
+      {"final_checkpoint", OptionType::kBool, "true", {}, {},
+       "write a checkpoint when training ends (false for benchmarks of big models)"},
       int_spec("max_bad_steps", "5", 1, "consecutive non-finite losses before stopping"),
       {"val_fraction", OptionType::kFloat, "0.05", 0.0, 0.5, "held-out tail of the data"},
       {"data", OptionType::kString, "null", {}, {}, "token file (nnkit data prepare)"},
@@ -447,6 +449,7 @@ RunConfig resolve_config(const ConfigDocument& document, const Registry& registr
   t.log_every = to.get_int("log_every");
   t.grad_clip = to.get_float("grad_clip");
   t.activation_checkpointing = to.get_bool("activation_checkpointing");
+  t.final_checkpoint = to.get_bool("final_checkpoint");
   t.max_bad_steps = to.get_int("max_bad_steps");
   t.val_fraction = to.get_float("val_fraction");
   t.data = to.is_null("data") ? "" : to.get_string("data");
@@ -554,6 +557,7 @@ std::string RunConfig::to_yaml() const {
   tnode["log_every"] = train.log_every;
   tnode["grad_clip"] = format_number(train.grad_clip);
   tnode["activation_checkpointing"] = train.activation_checkpointing;
+  tnode["final_checkpoint"] = train.final_checkpoint;
   tnode["max_bad_steps"] = train.max_bad_steps;
   tnode["val_fraction"] = format_number(train.val_fraction);
   if (train.data.empty()) {

@@ -265,7 +265,13 @@ TrainSummary train(const TrainRequest& request) {
   // fp16 needs dynamic loss scaling (its range is too small for small gradients); bf16 and f32
   // have f32's exponent range and run with scale 1.
   const bool fp16 = backend->compute_dtype() == DType::kF16;
-  LossScaler scaler(fp16);
+  LossScalerOptions scaler_options;
+  // Test hook: a start scale large enough to overflow fp16 exercises the scaler's skip path.
+  if (const char* env = std::getenv("NNKIT_FP16_INITIAL_SCALE")) {
+    scaler_options.initial_scale = std::strtof(env, nullptr);
+    scaler_options.max_scale = std::max(scaler_options.max_scale, scaler_options.initial_scale);
+  }
+  LossScaler scaler(fp16, scaler_options);
   if (fp16 && !state.loss_scaler_state.empty()) {
     scaler = LossScaler::restore(state.loss_scaler_state);
   }
@@ -398,7 +404,8 @@ TrainSummary train(const TrainRequest& request) {
                         {"lr", lr},
                         {"grad_norm", grad_norm},
                         {"tokens_per_s", tokens_per_second},
-                        {"tokens", state.tokens_seen}};
+                        {"tokens", state.tokens_seen},
+                        {"elapsed_s", std::chrono::duration<double>(now - run_start).count()}};
     if (fp16) line["loss_scale"] = loss_scale;
     const bool eval_now =
         (tc.eval_every > 0 && state.step % tc.eval_every == 0) || state.step == tc.steps;
@@ -455,7 +462,7 @@ TrainSummary train(const TrainRequest& request) {
     }
     if (end_of_step()) break;
   }
-  if (!summary.interrupted) save("final");
+  if (!summary.interrupted && tc.final_checkpoint) save("final");
   summary.last_step = state.step;
   const double elapsed =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();

@@ -9,6 +9,7 @@
 #include <bit>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <memory>
 #include <mutex>
 #include <unordered_map>
@@ -111,10 +112,22 @@ void pin_runtimes() {
 
 std::vector<OptionSpec> cpu_options() {
   return {OptionSpec{"threads", OptionType::kInt, "0", 0.0, 4096.0,
-                     "threads for OpenMP loops and OpenBLAS; 0 = OMP_NUM_THREADS or all cores"}};
+                     "threads for OpenMP loops and OpenBLAS; 0 = OMP_NUM_THREADS or all cores"},
+          OptionSpec{"precision", OptionType::kString, "fp32", std::nullopt, std::nullopt,
+                     "compute precision: fp32 only (bf16/fp16 are CUDA options)"}};
 }
 
 Component* create_cpu(const CreateArgs& args) {
+  // Declared so that a config switched from CUDA keeps a meaningful key, and bf16 here gets an
+  // answer instead of silently computing in fp32.
+  const std::string precision = args.options.get_string("precision");
+  if (!precision.empty() && precision != "fp32") {  // empty: options built without defaults
+    args.options.fail("precision",
+                      "is '" + precision +
+                          "', but backend/cpu computes in fp32 only; use precision: fp32 here, "
+                          "or backend: {type: cuda, precision: " +
+                          precision + "} on a GPU");
+  }
   return new CpuBackend(static_cast<int>(args.options.get_int("threads")));
 }
 

@@ -4,10 +4,13 @@
 // is large enough to pay for the parallel region.
 #include <cmath>
 #include <cstring>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "checks.h"
 #include "cpu_backend.h"
+#include "nnkit/io/half.h"
 #include "nnkit/random.h"
 
 namespace nnkit::cpu {
@@ -163,6 +166,51 @@ void CpuBackend::sum_squares(const Tensor& x, const Tensor& out) {
   for (double p : partial) total += p;
   float* po = ptr<float>(out);
   po[0] = static_cast<float>(static_cast<double>(po[0]) + total);
+}
+
+}  // namespace nnkit::cpu
+
+namespace nnkit::cpu {
+
+void CpuBackend::convert(const Tensor& dst, const Tensor& src) {
+  // The CPU computes in f32; conversions exist so that weights and test data in bf16/f16 can be
+  // widened (and f32 narrowed) with the same op the CUDA backend uses.
+  for (const auto& [name, t] : {std::pair{"dst", &dst}, std::pair{"src", &src}}) {
+    if (!t->defined() || !t->device().is_host() ||
+        (t->dtype() != DType::kF32 && t->dtype() != DType::kBF16 && t->dtype() != DType::kF16)) {
+      shape_fail("convert", std::string(name) + " is " + describe(*t) +
+                                "; expected a host tensor of dtype f32, bf16 or f16");
+    }
+  }
+  if (dst.numel() != src.numel()) {
+    shape_fail("convert", "dst is " + describe(dst) + " and src is " + describe(src) +
+                              "; expected the same number of elements");
+  }
+  const auto n = static_cast<size_t>(src.numel());
+  if (n == 0) return;
+  if (dst.dtype() == src.dtype()) {
+    if (dst.raw() != src.raw()) std::memcpy(dst.raw(), src.raw(), dst.nbytes());
+    return;
+  }
+  // Through f32: half -> f32 is exact, so one rounding happens at most.
+  std::vector<float> wide;
+  const float* from = nullptr;
+  if (src.dtype() == DType::kF32) {
+    from = static_cast<const float*>(src.raw());
+  } else {
+    wide.resize(dst.dtype() == DType::kF32 ? 0 : n);
+    float* into = dst.dtype() == DType::kF32 ? static_cast<float*>(dst.raw()) : wide.data();
+    if (src.dtype() == DType::kBF16)
+      bf16_to_f32(src.raw(), into, n);
+    else
+      f16_to_f32(src.raw(), into, n);
+    if (dst.dtype() == DType::kF32) return;
+    from = wide.data();
+  }
+  if (dst.dtype() == DType::kBF16)
+    f32_to_bf16(from, static_cast<uint16_t*>(dst.raw()), n);
+  else
+    f32_to_f16(from, static_cast<uint16_t*>(dst.raw()), n);
 }
 
 }  // namespace nnkit::cpu

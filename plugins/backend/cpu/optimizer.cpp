@@ -152,8 +152,9 @@ void CpuBackend::adamw_update_multi(const std::vector<AdamWTensor>& tensors, con
   if (step.step < 1) shape_fail(op, "step = " + std::to_string(step.step) + "; steps are 1-based");
 
   const float sum_squares = ptr<float>(grad_sum_squares)[0];
-  // A non-finite norm (an overflowed or NaN gradient) skips the step; the grads are still reset.
-  const bool apply = std::isfinite(sum_squares);
+  // A non-finite norm (an overflowed or NaN gradient) skips the step and leaves everything,
+  // grads included, as it was: the caller looks for the offending parameter, then zeroes them.
+  if (!std::isfinite(sum_squares)) return;
   // clip = min(1, max_norm / norm) in f32, in this order on both backends (a zero norm gives
   // max_norm / 0 = inf, hence clip 1).
   float clip = 1.0f;
@@ -164,11 +165,9 @@ void CpuBackend::adamw_update_multi(const std::vector<AdamWTensor>& tensors, con
   AdamWStep per_tensor = step;
   per_tensor.grad_scale = step.grad_scale * clip;
   for (const AdamWTensor& a : tensors) {
-    if (apply) {
-      per_tensor.weight_decay = a.weight_decay;  // decoupled decay is per tensor here
-      adamw_update(a.param, a.grad, a.exp_avg, a.exp_avg_sq, per_tensor);
-      if (a.compute_copy.defined()) convert(a.compute_copy, a.param);
-    }
+    per_tensor.weight_decay = a.weight_decay;  // decoupled decay is per tensor here
+    adamw_update(a.param, a.grad, a.exp_avg, a.exp_avg_sq, per_tensor);
+    if (a.compute_copy.defined()) convert(a.compute_copy, a.param);
     if (a.grad.nbytes() > 0)
       std::memset(a.grad.raw(), 0, a.grad.nbytes());  // +0.0f is all zero bits
   }

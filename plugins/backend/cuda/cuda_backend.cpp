@@ -139,7 +139,7 @@ std::vector<OptionSpec> cuda_options() {
 // The `precision` option as a dtype; anything else is refused with the valid values.
 DType parse_precision(const Options& options) {
   const std::string value = options.get_string("precision");
-  if (value == "bf16") return DType::kBF16;
+  if (value == "bf16" || value.empty()) return DType::kBF16;  // empty: built without defaults
   if (value == "fp16") return DType::kF16;
   if (value == "fp32") return DType::kF32;
   options.fail("precision", "is '" + value + "'; valid values: bf16, fp16, fp32");

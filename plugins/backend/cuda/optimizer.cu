@@ -283,7 +283,8 @@ __global__ void __launch_bounds__(kMultiThreads)
     adamw_multi_kernel(const __grid_constant__ AdamWTable t, const AdamWMultiConstants k) {
   // Every thread derives the same clip from the same value, in the CPU's order.
   const float sum_squares = *k.grad_sum_squares;
-  const bool apply = isfinite(sum_squares);
+  // Skipped step (non-finite norm): nothing is written, grads included (see backend.h).
+  if (!isfinite(sum_squares)) return;
   float clip = 1.0f;
   if (k.max_grad_norm > 0.0f) {
     const float norm = sqrtf(sum_squares) * k.grad_scale;
@@ -301,13 +302,6 @@ __global__ void __launch_bounds__(kMultiThreads)
     float* __restrict__ g = t.grad[i];
     float* __restrict__ m = t.exp_avg[i];
     float* __restrict__ v = t.exp_avg_sq[i];
-    if (!apply) {  // skipped step: only the gradients are reset
-      for (int64_t j = threadIdx.x; j < vectors; j += blockDim.x) {
-        __stcs(reinterpret_cast<float4*>(g + begin) + j, make_float4(0.0f, 0.0f, 0.0f, 0.0f));
-      }
-      for (int64_t e = scalar_begin + threadIdx.x; e < end; e += blockDim.x) g[e] = 0.0f;
-      continue;
-    }
     c.wd = t.weight_decay[i];
     void* copy = t.copy[i];
     const uint8_t copy_dtype = t.kind[i] & kDTypeMask;

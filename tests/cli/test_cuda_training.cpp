@@ -1,0 +1,120 @@
+// Purpose: end-to-end mixed-precision training on the CUDA backend: bf16 and fp16 (with dynamic
+// loss scaling) track fp32 over 300 steps of bench/gpu-medium.yaml, an fp16 overflow is skipped
+// and lowers the scale, and a bf16 GPU run resumes on the CPU. Every test skips with the reason
+// when no CUDA device is usable (the CPU-only CI) or the demo corpus is missing.
+#include <cmath>
+
+#include "cli_support.h"
+#include "support/test_support.h"
+
+namespace nnkit::clitest {
+namespace {
+
+using Json = nlohmann::json;
+
+class CudaTraining : public CliTest {
+ protected:
+  void SetUp() override {
+    CliTest::SetUp();
+    try {
+      (void)nnkit::test::cuda_backend();
+    } catch (const std::exception& e) {
+      GTEST_SKIP() << "no CUDA device: " << e.what();
+    }
+  }
+
+  // The demo corpus made by scripts/setup.sh (big enough that 300 steps do not memorise it).
+  fs::path demo_tokens() const { return source_dir() / "data" / "demo.tokens"; }
+
+  RunResult train(const fs::path& config, const fs::path& run,
+                  const std::vector<std::string>& extra, const std::vector<std::string>& env = {},
+                  double timeout_s = 600) {
+    std::vector<std::string> args = {"train", config.string(), "--out", run.string()};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return run_nnkit(args, env, dir_.path(), timeout_s);
+  }
+
+  // Mean training loss of the last `n` steps of a run.
+  static double tail_loss(const fs::path& run, int n) {
+    const auto losses = losses_by_step(run / "metrics.jsonl");
+    double sum = 0.0;
+    int count = 0;
+    for (auto it = losses.rbegin(); it != losses.rend() && count < n; ++it, ++count) {
+      sum += it->second;
+    }
+    return count > 0 ? sum / count : std::nan("");
+  }
+};
+
+TEST_F(CudaTraining, Bf16AndFp16TrackFp32Over300Steps) {
+  if (!fs::exists(demo_tokens())) GTEST_SKIP() << "no " << demo_tokens() << " (run setup.sh)";
+  const fs::path config = source_dir() / "bench" / "gpu-medium.yaml";
+  std::map<std::string, double> final_loss;
+  for (const char* precision : {"fp32", "bf16", "fp16"}) {
+    const fs::path run = path(std::string("run-") + precision);
+    const RunResult r = train(config, run,
+                              {"--data", demo_tokens().string(),
+                               std::string("backend.precision=") + precision, "train.steps=300",
+                               "train.eval_every=0", "train.log_every=50"});
+    ASSERT_EXIT_CODE(r, 0);
+    final_loss[precision] = tail_loss(run, 20);
+    ASSERT_TRUE(std::isfinite(final_loss[precision])) << precision;
+  }
+  // The bound: within 2% of fp32's loss (mean of the last 20 steps, same data order).
+  EXPECT_NEAR(final_loss["bf16"], final_loss["fp32"], 0.02 * final_loss["fp32"]);
+  EXPECT_NEAR(final_loss["fp16"], final_loss["fp32"], 0.02 * final_loss["fp32"]);
+  // fp16 lines carry the loss scale.
+  for (const Json& j : read_jsonl(path("run-fp16") / "metrics.jsonl")) {
+    if (j.contains("loss")) {
+      ASSERT_TRUE(j.contains("loss_scale")) << j.dump();
+    }
+  }
+}
+
+TEST_F(CudaTraining, Fp16OverflowSkipsTheStepAndHalvesTheScale) {
+  // A starting scale of 2^40 overflows fp16 gradients for sure; the scaler must skip those steps
+  // (weights untouched), halve the scale each time, and then train normally.
+  const fs::path run = path("run");
+  const RunResult r = train(config_, run,
+                            {"--data", tokens_.string(), "backend={type: cuda, precision: fp16}",
+                             "train.steps=40", "train.eval_every=0"},
+                            {"NNKIT_FP16_INITIAL_SCALE=1099511627776"});
+  ASSERT_EXIT_CODE(r, 0);
+  int64_t skipped = 0, taken = 0;
+  double last_skipped_scale = 0.0, first_taken_scale = 0.0;
+  for (const Json& j : read_jsonl(run / "metrics.jsonl")) {
+    if (j.value("skipped", false)) {
+      ++skipped;
+      ASSERT_TRUE(j.contains("loss_scale")) << j.dump();
+      last_skipped_scale = j["loss_scale"].get<double>();
+    } else if (j.contains("loss")) {
+      if (taken++ == 0) first_taken_scale = j["loss_scale"].get<double>();
+      EXPECT_TRUE(std::isfinite(j["loss"].get<double>())) << j.dump();
+    }
+  }
+  EXPECT_GT(skipped, 0) << "2^40 must overflow fp16 gradients";
+  EXPECT_GT(taken, 0) << "the scale never came down far enough";
+  EXPECT_LT(last_skipped_scale, 1099511627776.0);
+  EXPECT_EQ(first_taken_scale, last_skipped_scale);
+  EXPECT_MENTIONS(r.err, "loss scale lowered");
+}
+
+TEST_F(CudaTraining, Bf16RunResumesOnTheCpu) {
+  // The checkpoint holds the f32 master weights, so a GPU run continues on the CPU backend.
+  const fs::path run = path("run");
+  const RunResult gpu = train(config_, run,
+                              {"--data", tokens_.string(), "backend={type: cuda, precision: bf16}",
+                               "train.steps=10", "train.checkpoint_every=5", "train.eval_every=0"});
+  ASSERT_EXIT_CODE(gpu, 0);
+  const RunResult cpu = run_nnkit({"train", "--resume", run.string(), "train.steps=20",
+                                   "backend={type: cpu}"},
+                                  {}, dir_.path());
+  ASSERT_EXIT_CODE(cpu, 0);
+  const auto losses = losses_by_step(run / "metrics.jsonl");
+  ASSERT_EQ(losses.size(), 20u);
+  EXPECT_TRUE(std::isfinite(losses.at(20)));
+  EXPECT_LT(losses.at(20), losses.at(1));
+}
+
+}  // namespace
+}  // namespace nnkit::clitest
