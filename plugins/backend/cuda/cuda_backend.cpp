@@ -87,7 +87,9 @@ class DeviceBlockCache {
                                       " bytes on cuda:" + std::to_string(device_) + " (" +
                                       std::to_string(free_bytes >> 20) + " MiB free of " +
                                       std::to_string(total_bytes >> 20) +
-                                      " MiB); reduce train.batch_size or train.seq_len");
+                                      " MiB); reduce train.batch_size or train.seq_len, turn "
+                                      "on train.activation_checkpointing, or use "
+                                      "backend.precision=bf16");
     }
     return p;
   }
