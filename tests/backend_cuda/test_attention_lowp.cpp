@@ -5,7 +5,6 @@
 // against a cache with NaN in its spare rows, rows with no visible key, lengths that are not
 // multiples of the tiles. Also: two runs give the same bits, and a (disabled) timing of the
 // training shape. Owned by the backend/cuda tests.
-#include <algorithm>
 #include <bit>
 #include <chrono>
 #include <cmath>
@@ -120,14 +119,6 @@ double rms_of(const std::vector<float>& values) {
   return n == 0 ? 0.0 : std::sqrt(sum / double(n));
 }
 
-double max_abs_error(const std::vector<float>& cuda, const std::vector<float>& cpu) {
-  double worst = 0.0;
-  for (size_t i = 0; i < cpu.size(); ++i) {
-    if (std::isfinite(cpu[i])) worst = std::max(worst, std::abs(double(cuda[i]) - cpu[i]));
-  }
-  return worst;
-}
-
 // ---- tolerances --------------------------------------------------------------------------------
 // Inputs are the same 16-bit values on both sides; the CPU computes in f32 throughout. The GPU
 // products accumulate in f32 too, so the differences come from (1) P (forward) and P, dS
@@ -136,20 +127,23 @@ double max_abs_error(const std::vector<float>& cuda, const std::vector<float>& c
 // the forward's out). Half an ulp is 2^-8 relative in bf16, 2^-11 in f16. The error of (1) and (3)
 // scales with the size of the terms, not of the result: early causal rows average a few values
 // of size ~0.5, and where those nearly cancel, a result of 0.005 carries an error of ~0.002. So
-// the bound is |cuda - cpu| <= rtol |cpu| + atol_rms * rms(cpu), with atol parts about twice
-// the worst error seen on an H200 over these cases (bf16: out 1.3%, dq/dk 3.9% of the rms, at
-// such near-cancellations; f16 about 8x less). Wrong masks or tiles give errors of the rms's
-// size. A second bound on the whole tensor, rms(cuda - cpu) <= rms_error * rms(cpu), catches a
-// small error everywhere, which the elementwise bound would let through.
+// the bound is |cuda - cpu| <= rtol |cpu| + atol_rms * rms(cpu). Wrong masks or tiles give
+// errors of the rms's size. A second bound on the whole tensor, rms(cuda - cpu) <= rms_error *
+// rms(cpu), catches a small error everywhere, which the elementwise bound would let through.
+// Measured on an H200 over these cases (the kernels are deterministic, so a rerun repeats them):
+//   bf16: max |err| / rms  out 3.7%, grads 9.8% (at values of a few rms, within rtol);
+//         rms error / rms  out 0.24%, grads 0.31%.
+//   f16:  max |err| / rms  out 0.43%, grads 1.2%; rms error / rms  out 0.030%, grads 0.034%.
+// The elementwise bounds below passed every case there; the rms bounds leave ~3x of margin.
 struct LowpTolerance {
   double rtol;
   double atol_rms;   // absolute part, as a fraction of the output's root mean square
   double rms_error;  // bound on rms(cuda - cpu) / rms(cpu)
 };
-constexpr LowpTolerance kBf16Out{2e-2, 3e-2, 1e-2};
-constexpr LowpTolerance kBf16Grad{3e-2, 8e-2, 2e-2};  // dq, dk, dv: sums over queries and heads
-constexpr LowpTolerance kF16Out{5e-3, 6e-3, 2.5e-3};
-constexpr LowpTolerance kF16Grad{1e-2, 1.5e-2, 5e-3};
+constexpr LowpTolerance kBf16Out{2e-2, 3e-2, 7e-3};
+constexpr LowpTolerance kBf16Grad{3e-2, 8e-2, 1e-2};  // dq, dk, dv: sums over queries and heads
+constexpr LowpTolerance kF16Out{5e-3, 6e-3, 1e-3};
+constexpr LowpTolerance kF16Grad{1e-2, 1.5e-2, 1.2e-3};
 // lse is f32 on both sides from the same scores (f32 products, exp2 on the SFU, ~2^-22).
 constexpr Tolerance kLseTolerance{1e-4, 1e-4};
 
@@ -165,8 +159,6 @@ void expect_lowp_close(const std::vector<float>& cuda, const std::vector<float>&
   }
   const double relative_rms_error = rms_of(error) / rms;
   EXPECT_LE(relative_rms_error, tol.rms_error) << what << ": rms error over the tensor";
-  std::printf("[lowp error] %-55s max |err| / rms %.4f, rms err / rms %.5f\n", what.c_str(),
-              max_abs_error(cuda, cpu) / rms, relative_rms_error);
 }
 
 // ---- cases -------------------------------------------------------------------------------------

@@ -4,8 +4,9 @@
 // backend/cuda.
 //
 // Strategy (flash-attention 2 on mma.sync m16n8k16, f32 accumulators): a block of 4 warps owns a
-// tile of 64 folded query rows (the same row folding as the f32 kernels, so a (batch, KV head)'s
-// group of query heads shares every K/V tile), 16 rows per warp. K/V tiles of 64 keys are
+// tile of folded query rows (the same row folding as the f32 kernels, so a (batch, KV head)'s
+// group of query heads shares every K/V tile): 16 rows per warp, or 32 in the forward at
+// head_dim <= 64, where the two row groups share every K/V fragment. K/V tiles of 64 keys are
 // double-buffered in shared memory with cp.async; S = Q K^T, the online softmax (log2 domain) and
 // O += P V stay in registers, P going from the accumulator layout straight into the next
 // product's operand layout. Backward recomputes P from lse: one kernel owns dq per query tile
