@@ -11,6 +11,8 @@
 // to 1,091 tokens/s (bench/RESULTS.md).
 #include <cublas_v2.h>
 
+#include <string>
+
 #include "cuda_backend.h"
 #include "cuda_check.h"
 #include "gemm_small.h"
@@ -51,7 +53,16 @@ class MathModeScope {
 
 void CudaBackend::gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b,
                        const Tensor& c, float alpha, float beta) {
-  OpScope op_scope(profiler_.get(), "gemm");
+  OpScope op_scope(profiler_.get(), "gemm", [&] {
+    // m in powers of two: per-expert products of similar size land in one row.
+    const int64_t rows = trans_a ? a.dim(1) : a.dim(0);
+    int64_t bucket = 1;
+    while (bucket < rows) bucket *= 2;
+    return std::string("gemm ") + dtype_name(a.dtype()) + (trans_a ? " T" : " N") +
+           (trans_b ? "T" : "N") + " m<=" + std::to_string(bucket) +
+           " n=" + std::to_string(c.dim(1)) + " k=" + std::to_string(trans_a ? a.dim(0) : a.dim(1)) +
+           " c=" + dtype_name(c.dtype()) + (beta != 0.0f ? " +=" : "");
+  });
   const auto [m, n, k] = kChecks.gemm(a, trans_a, b, trans_b, c, backend_common::kFloatDTypes);
   if (m == 0 || n == 0) return;
   if (k == 0) {

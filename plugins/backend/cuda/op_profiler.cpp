@@ -3,6 +3,9 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <utility>
 
 #include "cuda_check.h"
 
@@ -29,9 +32,14 @@ cudaEvent_t OpProfiler::take_event() {
   return e;
 }
 
-void OpProfiler::begin(const char* op) {
+OpProfiler::OpProfiler(cudaStream_t stream) : stream_(stream) {
+  const char* flag = std::getenv("NNKIT_CUDA_PROFILE_SHAPES");
+  by_shape_ = flag != nullptr && std::string(flag) == "1";
+}
+
+void OpProfiler::begin(std::string op) {
   if (depth_++ > 0) return;
-  Pending p{op, take_event(), take_event()};
+  Pending p{std::move(op), take_event(), take_event()};
   NNKIT_CUDA_CHECK(cudaEventRecord(p.start, stream_));
   if (first_ == nullptr) {
     first_ = take_event();
@@ -74,10 +82,10 @@ std::string OpProfiler::report() {
   for (const auto& [op, t] : rows) busy += t.ms;
   std::string out = "backend/cuda op profile (stream time per op, NNKIT_CUDA_PROFILE=1):\n";
   char line[160];
-  std::snprintf(line, sizeof(line), "  %-24s %10s %12s %7s\n", "op", "calls", "stream ms", "share");
+  std::snprintf(line, sizeof(line), "  %-56s %10s %12s %7s\n", "op", "calls", "stream ms", "share");
   out += line;
   for (const auto& [op, t] : rows) {
-    std::snprintf(line, sizeof(line), "  %-24s %10lld %12.2f %6.1f%%\n", op.c_str(),
+    std::snprintf(line, sizeof(line), "  %-56s %10lld %12.2f %6.1f%%\n", op.c_str(),
                   static_cast<long long>(t.calls), t.ms, busy > 0 ? 100.0 * t.ms / busy : 0.0);
     out += line;
   }

@@ -20,12 +20,14 @@ namespace nnkit::cuda {
 
 class OpProfiler {
  public:
-  explicit OpProfiler(cudaStream_t stream) : stream_(stream) {}
+  explicit OpProfiler(cudaStream_t stream);
   OpProfiler(const OpProfiler&) = delete;
   OpProfiler& operator=(const OpProfiler&) = delete;
   ~OpProfiler();
 
-  void begin(const char* op);
+  void begin(std::string op);
+  // NNKIT_CUDA_PROFILE_SHAPES=1: ops that report a shape key (gemm) are split by it.
+  bool by_shape() const { return by_shape_; }
   void end();
   // Reads the finished event pairs (the stream has drained).
   void collect();
@@ -34,7 +36,7 @@ class OpProfiler {
 
  private:
   struct Pending {
-    const char* op;
+    std::string op;
     cudaEvent_t start, stop;
   };
   struct Totals {
@@ -51,6 +53,7 @@ class OpProfiler {
   cudaEvent_t last_ = nullptr;   // stop of the latest collected op
   double span_ms_ = 0.0;         // first_ -> last_
   int depth_ = 0;                // ops calling ops (gemm -> fill) count once, as the outer op
+  bool by_shape_ = false;
 };
 
 // Times one op while in scope; does nothing when the profiler is off (null).
@@ -58,6 +61,11 @@ class OpScope {
  public:
   OpScope(OpProfiler* profiler, const char* op) : profiler_(profiler) {
     if (profiler_ != nullptr) profiler_->begin(op);
+  }
+  // `detail` (called only when profiling by shape) names the op's shape class.
+  template <typename Detail>
+  OpScope(OpProfiler* profiler, const char* op, Detail detail) : profiler_(profiler) {
+    if (profiler_ != nullptr) profiler_->begin(profiler_->by_shape() ? detail() : std::string(op));
   }
   ~OpScope() {
     if (profiler_ != nullptr) profiler_->end();
