@@ -3,7 +3,8 @@
 # Release with the CUDA backend, then the stages named in STAGES (comma list, default all):
 #   tests    test_backend_cuda (every op in fp32/bf16/fp16 against the CPU) + test_cli's CUDA tests
 #   bench    the 8-layer seed model (configs/cuda-nn-6.9b.yaml model.n_layers=8) at 8 x 2048:
-#            nnkit bf16, nnkit fp32+TF32, then HF transformers (bench/hf_train.py) in the same lease
+#            nnkit bf16 and nnkit fp32+TF32
+#   hf       the same model and batch in HF transformers (bench/hf_train.py), same lease
 #   profile  NNKIT_CUDA_PROFILE=1 per-op GPU time of the 8-layer bf16 step
 #   full     the full 30-layer 6.9B model, bf16, activation checkpointing, batch 4 x 2048
 #   track    (inside tests: test_cli CudaTraining.*) bf16/fp16 vs fp32 over 300 gpu-medium steps
@@ -12,7 +13,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-build-gpu/out}
-stages=${2:-tests,bench,profile,full}
+stages=${2:-tests,bench,profile,full,hf}
 mkdir -p "$out"
 has() { [[ ",$stages," == *",$1,"* ]]; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$out/gpu.txt" 2>&1
@@ -47,12 +48,6 @@ if has bench; then
     'backend={type: cuda, precision: fp32, tf32: true}' > "$out/bench_nnkit_tf32.json" 2>&1
   cut -c1-400 "$out/bench_nnkit_tf32.json"
   stamp "nnkit tf32"
-  timeout 420 python3 bench/hf_train.py --config configs/cuda-nn-6.9b.yaml --layers 8 --batch 8 \
-    --seq 2048 --warmup 3 --steps 8 --experts "${HF_EXPERTS:-grouped_mm_bf16,eager}" \
-    > "$out/bench_hf.txt" 2>&1
-  echo "hf exit $?" >> "$out/bench_hf.txt"
-  grep -E "^\{|hf_train: .*(tokens/s|error)|exit" "$out/bench_hf.txt" | cut -c1-700
-  stamp "hf"
 fi
 
 if has profile; then
@@ -64,9 +59,18 @@ if has profile; then
 fi
 
 if has full; then
-  "${bench[@]}" --steps 5 --warmup 2 --timeout 420 --label nnkit-6.9b-bf16 -- train.batch_size=4 \
+  "${bench[@]}" --steps 5 --warmup 2 --timeout 300 --label nnkit-6.9b-bf16 -- train.batch_size=4 \
     train.seq_len=2048 train.activation_checkpointing=true \
     'backend={type: cuda, precision: bf16}' > "$out/bench_full.json" 2>&1
   cut -c1-1500 "$out/bench_full.json"
   stamp "full 6.9B"
+fi
+
+if has hf; then
+  timeout 420 python3 bench/hf_train.py --config configs/cuda-nn-6.9b.yaml --layers 8 --batch 8 \
+    --seq 2048 --warmup 3 --steps 8 --experts "${HF_EXPERTS:-grouped_mm_bf16,eager}" \
+    > "$out/bench_hf.txt" 2>&1
+  echo "hf exit $?" >> "$out/bench_hf.txt"
+  grep -E "hf_train: .*(tokens/s|error|experts=|FLOPs by dtype)|exit" "$out/bench_hf.txt" | cut -c1-400
+  stamp "hf"
 fi

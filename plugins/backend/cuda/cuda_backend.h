@@ -156,6 +156,8 @@ class CudaBackend final : public Backend {
 
   int device_ = 0;
   DType compute_dtype_ = DType::kF32;
+  bool strict_low_precision_reduction_ = false;  // NNKIT_CUDA_GEMM_STRICT_REDUCTION=1 (gemm.cpp)
+  void* cublas_workspace_ = nullptr;             // device memory cuBLAS may use for split-K
   std::unique_ptr<HostReadbacks> readbacks_;  // copy_to_host_async staging (host_copies.cpp)
   std::unique_ptr<HostUploads> uploads_;      // copy_from_host staging (host_copies.cpp)
   cudaStream_t stream_ = nullptr;

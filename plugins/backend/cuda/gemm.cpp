@@ -87,11 +87,16 @@ void CudaBackend::gemm(const Tensor& a, bool trans_a, const Tensor& b, bool tran
         ptr<float>(c), static_cast<int>(n)));
     return;
   }
-  // Default math (tensor cores allowed; the handle may be pedantic for fp32), with reductions
-  // kept in the fp32 accumulator even when c is bf16/f16.
+  // Default math: tensor cores (the handle may be pedantic for fp32 products). Measured on the
+  // H200 (bench/RESULTS.md): with CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION added, cuBLAS
+  // picked kernels running at ~30 TFLOP/s for (4096 x 6144) x (6144 x 768) bf16 -> bf16, the
+  // experts' down products, against ~700 without it; PyTorch's default allows the reduced-
+  // precision split-K reduction as well. NNKIT_CUDA_GEMM_STRICT_REDUCTION=1 restores the flag.
   const MathModeScope mode(
-      cublas_, static_cast<cublasMath_t>(CUBLAS_DEFAULT_MATH |
-                                         CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION));
+      cublas_, strict_low_precision_reduction_
+                   ? static_cast<cublasMath_t>(CUBLAS_DEFAULT_MATH |
+                                               CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)
+                   : CUBLAS_DEFAULT_MATH);
   const cudaDataType_t ab_type = cuda_data_type(a.dtype());
   NNKIT_CUBLAS_CHECK(cublasGemmEx(
       cublas_, op_b, op_a, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,

@@ -75,16 +75,12 @@ class TopKRouter final : public Router {
     const int64_t n_slots = n_tokens * top_k_;
     stats_backend_ = &backend;
 
-    // The router computes in f32 (logits, probabilities and gates decide the routing; a bf16
-    // rounding would flip near-ties): x widened once, the f32 master weight used directly.
-    Tensor x32 = x;
-    if (x.dtype() != DType::kF32) {
-      x32 = backend.empty(x.shape());
-      backend.convert(x32, x);
-    }
-    const Tensor& weight = params_[gate_].value;             // (E, C) f32 master
-    Tensor logits = backend.empty({n_tokens, n_experts_});  // (N, E) = x W^T
-    backend.gemm(x32, false, weight, true, logits);
+    // Logits, probabilities, gates and statistics are f32. The product reads x and the weight in
+    // the compute dtype (bf16 x bf16 accumulating into f32 logits, as autocast does): an f32
+    // product of this thin shape (N x 768 x 16) ran at ~2 ms a layer on the H200 in cuBLAS's
+    // pedantic mode, 3.7% of a training step, for no gain the f32 gates do not already give.
+    Tensor logits = backend.empty({n_tokens, n_experts_});  // (N, E) f32 = x W^T
+    backend.gemm(x, false, value(gate_), true, logits);
     Tensor probs = backend.empty({n_tokens, n_experts_});  // (N, E)
     backend.softmax_rows(logits, probs);
 
@@ -163,8 +159,7 @@ class TopKRouter final : public Router {
       }
     }
     if (ctx.training) {
-      saved_.x = x32;
-      saved_.x_dtype = x.dtype();
+      saved_.x = x;
       saved_.probs = probs;
       saved_.kept_gate = kept_gate;
       saved_.chosen = chosen;
@@ -217,15 +212,17 @@ class TopKRouter final : public Router {
     }
     if (z_loss_weight_ > 0.0) add_z_loss_gradient(ctx, dlogits);
 
-    // logits = x W^T: dW += dlogits^T x (accumulates); dx = dlogits W, in x's dtype.
-    const Tensor& weight = params_[gate_].value;
-    backend.gemm(dlogits, true, saved_.x, false, grad(gate_), 1.0f, 1.0f);
-    Tensor dx = backend.empty({n_tokens, hidden_});
-    backend.gemm(dlogits, false, weight, false, dx);
-    if (saved_.x_dtype == DType::kF32) return dx;
-    Tensor dx_low = backend.empty({n_tokens, hidden_}, saved_.x_dtype);
-    backend.convert(dx_low, dx);
-    return dx_low;
+    // logits = x W^T: dW += dlogits^T x (accumulates, f32); dx = dlogits W, in x's dtype. The
+    // products read dlogits in x's dtype (the same rounding autocast applies).
+    Tensor dlogits_compute = dlogits;
+    if (saved_.x.dtype() != DType::kF32) {
+      dlogits_compute = backend.empty({n_tokens, n_experts_}, saved_.x.dtype());
+      backend.convert(dlogits_compute, dlogits);
+    }
+    backend.gemm(dlogits_compute, true, saved_.x, false, grad(gate_), 1.0f, 1.0f);
+    Tensor dx = backend.empty({n_tokens, hidden_}, saved_.x.dtype());
+    backend.gemm(dlogits_compute, false, value(gate_), false, dx);
+    return dx;
   }
 
   AuxStats aux_stats() const override {
@@ -248,8 +245,7 @@ class TopKRouter final : public Router {
 
  private:
   struct Saved {
-    Tensor x;                       // (N, C) f32 (widened input)
-    DType x_dtype = DType::kF32;    // the input's dtype (dx is returned in it)
+    Tensor x;                       // (N, C) input, compute dtype
     Tensor probs;                   // (N, E) softmax over all experts
     Tensor kept_gate;               // (N, k) gates before dropping
     Tensor chosen;                  // (N, k) i32 chosen experts before dropping
