@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "cuda_check.h"
+#include "gemm_lt.h"
 #include "host_copies.h"
 #include "nnkit/error.h"
 #include "nnkit/logging.h"
@@ -206,10 +207,7 @@ CudaBackend::CudaBackend(int device, bool tf32, DType compute_dtype)
   constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
   NNKIT_CUDA_CHECK(cudaMalloc(&cublas_workspace_, kCublasWorkspaceBytes));
   NNKIT_CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspaceBytes));
-  if (const char* strict = std::getenv("NNKIT_CUDA_GEMM_STRICT_REDUCTION");
-      strict != nullptr && std::strcmp(strict, "1") == 0) {
-    strict_low_precision_reduction_ = true;
-  }
+  lt_gemm_ = std::make_unique<LtGemm>(cublas_workspace_, kCublasWorkspaceBytes);
   NNKIT_CUDA_CHECK(cudaMalloc(&fault_, sizeof(DeviceFault)));
   NNKIT_CUDA_CHECK(cudaMallocHost(&fault_host_, sizeof(DeviceFault)));
   NNKIT_CUDA_CHECK(cudaMemsetAsync(fault_, 0, sizeof(DeviceFault), stream_));
@@ -237,6 +235,7 @@ CudaBackend::~CudaBackend() {
   }
   readbacks_.reset();
   uploads_.reset();
+  lt_gemm_.reset();
   if (cublas_ != nullptr) cublasDestroy(cublas_);
   if (cublas_workspace_ != nullptr) cudaFree(cublas_workspace_);
   if (fault_ != nullptr) cudaFree(fault_);

@@ -34,6 +34,7 @@ namespace nnkit::cuda {
 class DeviceBlockCache;  // cuda_backend.cpp
 class HostReadbacks;     // host_copies.cpp
 class HostUploads;       // host_copies.cpp
+class LtGemm;            // gemm_lt.cpp
 
 // Where a kernel records the first out-of-range index it met (device memory, see above).
 struct DeviceFault {
@@ -156,8 +157,8 @@ class CudaBackend final : public Backend {
 
   int device_ = 0;
   DType compute_dtype_ = DType::kF32;
-  bool strict_low_precision_reduction_ = false;  // NNKIT_CUDA_GEMM_STRICT_REDUCTION=1 (gemm.cpp)
-  void* cublas_workspace_ = nullptr;             // device memory cuBLAS may use for split-K
+  void* cublas_workspace_ = nullptr;  // device memory cuBLAS(Lt) may use for split-K
+  std::unique_ptr<LtGemm> lt_gemm_;   // bf16/fp16 products (gemm_lt.cpp)
   std::unique_ptr<HostReadbacks> readbacks_;  // copy_to_host_async staging (host_copies.cpp)
   std::unique_ptr<HostUploads> uploads_;      // copy_from_host staging (host_copies.cpp)
   cudaStream_t stream_ = nullptr;

@@ -3,9 +3,8 @@
 // same memory, so c = op(a) op(b) is computed as c^T = op(b)^T op(a)^T with a and b swapped and
 // their transpose flags kept. f32 products go through cublasSgemm: pedantic math (the default)
 // keeps full fp32 products; the `tf32` option switches to TF32 tensor cores. bf16/f16 products
-// (a and b in one dtype, c in f32 or that dtype) go through cublasGemmEx with fp32 compute on the
-// tensor cores (bf16 x bf16 products are exact in fp32), under a math mode that also keeps any
-// split-K reduction in fp32, so a low-precision c is rounded once. x W^T products with at most
+// (a and b in one dtype, c in f32 or that dtype) go through cuBLASLt (gemm_lt.h) with fp32
+// compute on the tensor cores (bf16 x bf16 products are exact in fp32). x W^T products with at most
 // kSmallGemmRows rows in x (every decode-step product, any of these dtypes) go to gemm_small.cu
 // instead, one plain launch each: on an H200 that took tiny.yaml's batch-1 GPU decoding from 765
 // to 1,091 tokens/s (bench/RESULTS.md).
@@ -15,6 +14,7 @@
 
 #include "cuda_backend.h"
 #include "cuda_check.h"
+#include "gemm_lt.h"
 #include "gemm_small.h"
 
 namespace nnkit::cuda {
@@ -34,20 +34,6 @@ cudaDataType_t cuda_data_type(DType dtype) {
 
 // Sets the handle's math mode for one call and restores the previous one (the fp32 mode the
 // backend was configured with) on every exit path.
-class MathModeScope {
- public:
-  MathModeScope(cublasHandle_t handle, cublasMath_t mode) : handle_(handle) {
-    NNKIT_CUBLAS_CHECK(cublasGetMathMode(handle_, &saved_));
-    NNKIT_CUBLAS_CHECK(cublasSetMathMode(handle_, mode));
-  }
-  ~MathModeScope() { cublasSetMathMode(handle_, saved_); }  // never throws
-  MathModeScope(const MathModeScope&) = delete;
-  MathModeScope& operator=(const MathModeScope&) = delete;
-
- private:
-  cublasHandle_t handle_;
-  cublasMath_t saved_ = CUBLAS_DEFAULT_MATH;
-};
 
 }  // namespace
 
@@ -87,22 +73,13 @@ void CudaBackend::gemm(const Tensor& a, bool trans_a, const Tensor& b, bool tran
         ptr<float>(c), static_cast<int>(n)));
     return;
   }
-  // Default math: tensor cores (the handle may be pedantic for fp32 products). Measured on the
-  // H200 (bench/RESULTS.md): with CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION added, cuBLAS
-  // picked kernels running at ~30 TFLOP/s for (4096 x 6144) x (6144 x 768) bf16 -> bf16, the
-  // experts' down products, against ~700 without it; PyTorch's default allows the reduced-
-  // precision split-K reduction as well. NNKIT_CUDA_GEMM_STRICT_REDUCTION=1 restores the flag.
-  const MathModeScope mode(
-      cublas_, strict_low_precision_reduction_
-                   ? static_cast<cublasMath_t>(CUBLAS_DEFAULT_MATH |
-                                               CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)
-                   : CUBLAS_DEFAULT_MATH);
+  // Low precision: cuBLASLt with the algorithm cached per shape bucket (gemm_lt.h), fp32
+  // compute on the tensor cores. cuBLASLt's default allows a reduced-precision split-K
+  // reduction, as PyTorch does; measured on the H200, cublasGemmEx with the strict-reduction flag
+  // picked ~30 TFLOP/s kernels for the experts' down products (bench/RESULTS.md).
   const cudaDataType_t ab_type = cuda_data_type(a.dtype());
-  NNKIT_CUBLAS_CHECK(cublasGemmEx(
-      cublas_, op_b, op_a, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
-      b.raw(), ab_type, static_cast<int>(b.dim(1)), a.raw(), ab_type, static_cast<int>(a.dim(1)),
-      &beta, c.raw(), cuda_data_type(c.dtype()), static_cast<int>(n), CUBLAS_COMPUTE_32F,
-      CUBLAS_GEMM_DEFAULT));
+  lt_gemm_->run(op_b, op_a, n, m, k, alpha, b.raw(), b.dim(1), a.raw(), a.dim(1), beta, c.raw(),
+                n, ab_type, cuda_data_type(c.dtype()), stream_);
 }
 
 }  // namespace nnkit::cuda
