@@ -1,5 +1,6 @@
 // Purpose: out-of-line anchors (destructors) for every interface crossing the plugin boundary, so
 // their vtables and type info live once, in the core library; plus the Backend conveniences.
+#include <algorithm>
 #include <cmath>
 
 #include "nnkit/backend.h"
@@ -40,6 +41,29 @@ void Optimizer::step_on_device(Backend& backend, const std::vector<Parameter*>& 
       if (p->grad.defined()) backend.fill(p->grad, 0.0f);
     }
   }
+}
+
+void Backend::sum_rows(const Tensor& x, const Tensor& out, float alpha, float beta) {
+  const int64_t rows = x.dim(0), cols = x.numel() / std::max<int64_t>(rows, 1);
+  // Stage size: the largest power of two <= sqrt(N) that divides N (1 = one stage).
+  int64_t stage = 1;
+  while (stage * 2 * stage * 2 <= rows && rows % (stage * 2) == 0) stage *= 2;
+  if (rows < 1024 || stage < 8) {
+    Tensor ones = empty({1, rows});
+    fill(ones, 1.0f);
+    gemm(ones, false, x.view({rows, cols}), false, out.view({1, cols}), alpha, beta);
+    return;
+  }
+  // x viewed as (N / s, s * C): the first product sums the s-row groups column-wise...
+  const int64_t groups = rows / stage;
+  Tensor ones_groups = empty({1, groups});
+  fill(ones_groups, 1.0f);
+  Tensor partial = empty({1, stage * cols});
+  gemm(ones_groups, false, x.view({groups, stage * cols}), false, partial);
+  // ...and the second adds the s partial rows.
+  Tensor ones_stage = empty({1, stage});
+  fill(ones_stage, 1.0f);
+  gemm(ones_stage, false, partial.view({stage, cols}), false, out.view({1, cols}), alpha, beta);
 }
 
 Tensor Backend::zeros(const Shape& shape, DType dtype) {

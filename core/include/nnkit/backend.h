@@ -216,6 +216,10 @@ class NNKIT_API Backend : public Component {
 
   // ---- conveniences (non-virtual) -----------------------------------------------------------
   Tensor zeros(const Shape& shape, DType dtype = DType::kF32);
+  // x: (N, C) f32 -> out: (1, C) f32 = alpha * sum_n x[n, :] + beta * out, as products with
+  // ones. Long sums are split in two stages (a product with N = 16384 rows and one output row
+  // ran at ~0.8 ms in cuBLAS's pedantic fp32 mode on an H200; two stages take microseconds).
+  void sum_rows(const Tensor& x, const Tensor& out, float alpha = 1.0f, float beta = 0.0f);
   // A new device tensor holding a copy of host data.
   Tensor from_host(const void* src, const Shape& shape, DType dtype);
 };

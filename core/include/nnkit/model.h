@@ -104,7 +104,6 @@ class NNKIT_API Transformer {
   Tensor positions_;  // (B*T) i32 training positions for positions_batch_ x positions_seq_
   int64_t positions_batch_ = 0;
   int64_t positions_seq_ = 0;
-  Tensor ones_;  // (1, B*T) f32 ones: sums the per-row losses on the device
 };
 
 }  // namespace nnkit

@@ -355,15 +355,10 @@ void Transformer::forward_loss_into(const std::vector<int32_t>& ids,
   const Tensor losses =
       forward_losses(ids, targets, batch, seq, true, activation_checkpointing, valid);
   if (valid == 0) return;
-  // loss_sum += weight / valid * sum(losses), as ones(1, N) @ losses(N, 1) on the device.
-  Backend& be = *backend_;
+  // loss_sum += weight / valid * sum(losses) on the device.
   const int64_t n = losses.numel();
-  if (!ones_.defined() || ones_.numel() != n) {
-    ones_ = be.empty({1, n});
-    be.fill(ones_, 1.0f);
-  }
-  be.gemm(ones_, false, losses.view({n, 1}), false, loss_sum.view({1, 1}),
-          weight / static_cast<float>(valid), 1.0f);
+  backend_->sum_rows(losses.view({n, 1}), loss_sum.view({1, 1}), weight / static_cast<float>(valid),
+                     1.0f);
 }
 
 void Transformer::backward(float loss_scale) {

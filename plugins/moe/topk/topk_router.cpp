@@ -262,16 +262,14 @@ class TopKRouter final : public Router {
     double z_loss = 0.0;  // L_z (host-computed, only with the z-loss)
   };
 
-  // [f (E), P (E), L_aux (1)] on the device: P_i = mean_n probs[n, i] as ones(1, N) @ probs / N,
+  // [f (E), P (E), L_aux (1)] on the device: P_i = mean_n probs[n, i] (Backend::sum_rows),
   // L_aux = E * <f, P>.
   Tensor device_statistics(Backend& backend, const Tensor& probs, const Tensor& load) const {
     const int64_t n_tokens = probs.dim(0);
     Tensor values = backend.empty({2 * n_experts_ + 1});
     backend.copy(values.slice_rows(0, n_experts_), load);
-    Tensor ones = backend.empty({1, n_tokens});
-    backend.fill(ones, 1.0f);
     Tensor mean_prob = values.slice_rows(n_experts_, 2 * n_experts_).view({1, n_experts_});
-    backend.gemm(ones, false, probs, false, mean_prob, 1.0f / static_cast<float>(n_tokens), 0.0f);
+    backend.sum_rows(probs, mean_prob, 1.0f / static_cast<float>(n_tokens), 0.0f);
     Tensor aux = values.slice_rows(2 * n_experts_, 2 * n_experts_ + 1);
     backend.row_dot(load.view({1, n_experts_}), mean_prob, aux);
     backend.scale(aux, static_cast<float>(n_experts_));
