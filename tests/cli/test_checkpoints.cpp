@@ -109,18 +109,24 @@ TEST_F(Checkpoints, ResumeFromAMiddleCheckpointIsBitExact) {
   EXPECT_EQ(losses_by_step(straight / "metrics.jsonl"), losses_by_step(copy / "metrics.jsonl"));
 }
 
-// The same guarantees on the GPU (backend/cuda is deterministic: no float atomics): two runs
-// give the same weights, and a resume from the middle checkpoint reproduces the straight run.
-// Skipped without a usable CUDA device or plugin.
+// The same guarantees on the GPU, at fp32 and at bf16 (backend/cuda is deterministic: no float
+// atomics; the device-side sort by expert, fused AdamW and norm included): two runs give the same
+// weights, and a resume from the middle checkpoint reproduces the straight run. Skipped without
+// a usable CUDA device or plugin.
 TEST_F(Checkpoints, CudaRunsRepeatAndResumeBitExactly) {
   try {
     (void)nnkit::test::cuda_backend();
   } catch (const std::exception& e) {
     GTEST_SKIP() << "no CUDA device: " << e.what();
   }
-  const std::vector<std::string> overrides = {"backend={type: cuda}", "train.steps=20",
-                                              "train.checkpoint_every=10", "train.eval_every=10"};
-  const fs::path straight = path("straight"), again = path("again"), copy = path("copy");
+  for (const char* precision : {"fp32", "bf16"}) {
+  SCOPED_TRACE(precision);
+  const std::vector<std::string> overrides = {
+      std::string("backend={type: cuda, precision: ") + precision + "}", "train.steps=20",
+      "train.checkpoint_every=10", "train.eval_every=10"};
+  const fs::path straight = path(std::string("straight-") + precision),
+                 again = path(std::string("again-") + precision),
+                 copy = path(std::string("copy-") + precision);
   ASSERT_NO_FATAL_FAILURE(train_ok(straight, overrides));
   ASSERT_NO_FATAL_FAILURE(train_ok(again, overrides));
   expect_same_file(checkpoint(straight, 20) / "model.safetensors",
@@ -133,6 +139,7 @@ TEST_F(Checkpoints, CudaRunsRepeatAndResumeBitExactly) {
   expect_same_file(checkpoint(straight, 20) / "model.safetensors",
                    checkpoint(copy, 20) / "model.safetensors");
   EXPECT_EQ(losses_by_step(straight / "metrics.jsonl"), losses_by_step(copy / "metrics.jsonl"));
+  }
 }
 
 TEST_F(Checkpoints, CtrlCWritesACheckpointAndResumeContinues) {

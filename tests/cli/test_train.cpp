@@ -54,6 +54,24 @@ TEST_F(Train, EvalOfARandomModelIsNearLnVocab) {
   EXPECT_MENTIONS(plain.out, "nats/token");
 }
 
+// The MoE statistics live on the device (a read costs a drain of the GPU stream), so they are
+// written on logged steps only: every log_every steps, the first step and validation steps.
+TEST_F(Train, MoeStatisticsAreWrittenOnLoggedStepsOnly) {
+  const fs::path run = path("run");
+  ASSERT_NO_FATAL_FAILURE(train_ok(run, {"train.log_every=4", "train.eval_every=0"}));
+  std::set<int64_t> with_stats, without_stats;
+  for (const Json& j : read_jsonl(run / "metrics.jsonl")) {
+    if (!j.contains("loss")) continue;
+    const int64_t step = j["step"].get<int64_t>();
+    EXPECT_TRUE(j.contains("elapsed_s")) << j.dump();
+    (j.contains("expert_load") && j.contains("aux_loss") ? with_stats : without_stats)
+        .insert(step);
+  }
+  // Steps 1 (first), 4 and 8 (log_every), 10 (the last step validates).
+  EXPECT_EQ(with_stats, (std::set<int64_t>{1, 4, 8, 10}));
+  EXPECT_EQ(without_stats, (std::set<int64_t>{2, 3, 5, 6, 7, 9}));
+}
+
 TEST_F(Train, RunDirectoryHoldsConfigMetricsAndCheckpoints) {
   const fs::path run = path("run");
   ASSERT_NO_FATAL_FAILURE(train_ok(run));
