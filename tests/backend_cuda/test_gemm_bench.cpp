@@ -29,8 +29,7 @@ TEST_F(CudaGemmBench, DISABLED_SeedModelShapes) {
       {"expert up x W1^T", 4096, 768, 6144, false, true, DType::kBF16, DType::kBF16, 0.0f},
       {"expert down a W2^T", 4096, 6144, 768, false, true, DType::kBF16, DType::kBF16, 0.0f},
       {"expert dx dg W1 (+=)", 4096, 6144, 768, false, false, DType::kBF16, DType::kBF16, 1.0f},
-      {"expert dW2 dy^T a (+= f32)", 768, 4096, 6144, true, false, DType::kBF16, DType::kF32,
-       1.0f},
+      {"expert dW2 dy^T a (+= f32)", 768, 4096, 6144, true, false, DType::kBF16, DType::kF32, 1.0f},
       {"lm head logits", 16384, 768, 32000, false, true, DType::kBF16, DType::kF32, 0.0f},
       {"f32 ones(1,N) probs", 1, 16384, 16, false, false, DType::kF32, DType::kF32, 0.0f},
   };
@@ -43,20 +42,21 @@ TEST_F(CudaGemmBench, DISABLED_SeedModelShapes) {
     const auto host_start = std::chrono::steady_clock::now();
     constexpr int kReps = 20;
     for (int i = 0; i < kReps; ++i) cuda().gemm(a, s.trans_a, b, s.trans_b, c, 1.0f, s.beta);
-    const double host_us = std::chrono::duration<double, std::micro>(
-                               std::chrono::steady_clock::now() - host_start)
-                               .count() /
-                           kReps;
+    const double host_us =
+        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - host_start)
+            .count() /
+        kReps;
     cuda().synchronize();
-    const double wall_us = std::chrono::duration<double, std::micro>(
-                               std::chrono::steady_clock::now() - host_start)
-                               .count() /
-                           kReps;
+    const double wall_us =
+        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - host_start)
+            .count() /
+        kReps;
     const double flops = 2.0 * double(s.m) * double(s.n) * double(s.k);
-    std::printf("gemm %-28s %6lld x %5lld x %5lld: %9.1f us/call (host enqueue %7.1f us), %6.1f "
-                "TFLOP/s\n",
-                s.what, static_cast<long long>(s.m), static_cast<long long>(s.k),
-                static_cast<long long>(s.n), wall_us, host_us, flops / (wall_us * 1e-6) / 1e12);
+    std::printf(
+        "gemm %-28s %6lld x %5lld x %5lld: %9.1f us/call (host enqueue %7.1f us), %6.1f "
+        "TFLOP/s\n",
+        s.what, static_cast<long long>(s.m), static_cast<long long>(s.k),
+        static_cast<long long>(s.n), wall_us, host_us, flops / (wall_us * 1e-6) / 1e12);
   }
 }
 

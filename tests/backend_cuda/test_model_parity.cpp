@@ -53,8 +53,8 @@ struct BuiltModel {
 // model_yaml(spec) with `backend: {type: <backend_type>}`, resolved through the registry; the
 // backend, model and optimizer are created from the resolved config as the trainer does, and
 // the weights are init_random(seed) then overwrite_with_test_weights(seed).
-BuiltModel build_from_config(const ModelSpec& spec, const std::string& backend_type,
-                             uint64_t seed, const std::string& backend_options = "") {
+BuiltModel build_from_config(const ModelSpec& spec, const std::string& backend_type, uint64_t seed,
+                             const std::string& backend_options = "") {
   std::string yaml = model_yaml(spec);
   const std::string cpu_backend_line = "backend: {type: cpu}";
   const size_t at = yaml.find(cpu_backend_line);

@@ -120,25 +120,25 @@ TEST_F(Checkpoints, CudaRunsRepeatAndResumeBitExactly) {
     GTEST_SKIP() << "no CUDA device: " << e.what();
   }
   for (const char* precision : {"fp32", "bf16"}) {
-  SCOPED_TRACE(precision);
-  const std::vector<std::string> overrides = {
-      std::string("backend={type: cuda, precision: ") + precision + "}", "train.steps=20",
-      "train.checkpoint_every=10", "train.eval_every=10"};
-  const fs::path straight = path(std::string("straight-") + precision),
-                 again = path(std::string("again-") + precision),
-                 copy = path(std::string("copy-") + precision);
-  ASSERT_NO_FATAL_FAILURE(train_ok(straight, overrides));
-  ASSERT_NO_FATAL_FAILURE(train_ok(again, overrides));
-  expect_same_file(checkpoint(straight, 20) / "model.safetensors",
-                   checkpoint(again, 20) / "model.safetensors");
-  fs::copy(straight, copy, fs::copy_options::recursive);
-  fs::remove_all(checkpoint(copy, 20));
-  const RunResult r = resume(copy);
-  ASSERT_EXIT_CODE(r, 0);
-  EXPECT_MENTIONS(r.err, "(step 10)");
-  expect_same_file(checkpoint(straight, 20) / "model.safetensors",
-                   checkpoint(copy, 20) / "model.safetensors");
-  EXPECT_EQ(losses_by_step(straight / "metrics.jsonl"), losses_by_step(copy / "metrics.jsonl"));
+    SCOPED_TRACE(precision);
+    const std::vector<std::string> overrides = {
+        std::string("backend={type: cuda, precision: ") + precision + "}", "train.steps=20",
+        "train.checkpoint_every=10", "train.eval_every=10"};
+    const fs::path straight = path(std::string("straight-") + precision),
+                   again = path(std::string("again-") + precision),
+                   copy = path(std::string("copy-") + precision);
+    ASSERT_NO_FATAL_FAILURE(train_ok(straight, overrides));
+    ASSERT_NO_FATAL_FAILURE(train_ok(again, overrides));
+    expect_same_file(checkpoint(straight, 20) / "model.safetensors",
+                     checkpoint(again, 20) / "model.safetensors");
+    fs::copy(straight, copy, fs::copy_options::recursive);
+    fs::remove_all(checkpoint(copy, 20));
+    const RunResult r = resume(copy);
+    ASSERT_EXIT_CODE(r, 0);
+    EXPECT_MENTIONS(r.err, "(step 10)");
+    expect_same_file(checkpoint(straight, 20) / "model.safetensors",
+                     checkpoint(copy, 20) / "model.safetensors");
+    EXPECT_EQ(losses_by_step(straight / "metrics.jsonl"), losses_by_step(copy / "metrics.jsonl"));
   }
 }
 

@@ -53,10 +53,10 @@ TEST_F(CudaTraining, Bf16AndFp16TrackFp32Over300Steps) {
   std::map<std::string, double> final_loss;
   for (const char* precision : {"fp32", "bf16", "fp16"}) {
     const fs::path run = path(std::string("run-") + precision);
-    const RunResult r = train(config, run,
-                              {"--data", demo_tokens().string(),
-                               std::string("backend.precision=") + precision, "train.steps=300",
-                               "train.eval_every=0", "train.log_every=50"});
+    const RunResult r =
+        train(config, run,
+              {"--data", demo_tokens().string(), std::string("backend.precision=") + precision,
+               "train.steps=300", "train.eval_every=0", "train.log_every=50"});
     ASSERT_EXIT_CODE(r, 0);
     final_loss[precision] = tail_loss(run, 20);
     ASSERT_TRUE(std::isfinite(final_loss[precision])) << precision;
@@ -114,9 +114,9 @@ TEST_F(CudaTraining, Bf16RunResumesOnTheCpu) {
                               {"--data", tokens_.string(), "backend={type: cuda, precision: bf16}",
                                "train.steps=10", "train.checkpoint_every=5", "train.eval_every=0"});
   ASSERT_EXIT_CODE(gpu, 0);
-  const RunResult cpu = run_nnkit({"train", "--resume", run.string(), "train.steps=20",
-                                   "backend={type: cpu}"},
-                                  {}, dir_.path());
+  const RunResult cpu =
+      run_nnkit({"train", "--resume", run.string(), "train.steps=20", "backend={type: cpu}"}, {},
+                dir_.path());
   ASSERT_EXIT_CODE(cpu, 0);
   const auto losses = losses_by_step(run / "metrics.jsonl");
   ASSERT_EQ(losses.size(), 20u);

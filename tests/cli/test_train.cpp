@@ -64,8 +64,7 @@ TEST_F(Train, MoeStatisticsAreWrittenOnLoggedStepsOnly) {
     if (!j.contains("loss")) continue;
     const int64_t step = j["step"].get<int64_t>();
     EXPECT_TRUE(j.contains("elapsed_s")) << j.dump();
-    (j.contains("expert_load") && j.contains("aux_loss") ? with_stats : without_stats)
-        .insert(step);
+    (j.contains("expert_load") && j.contains("aux_loss") ? with_stats : without_stats).insert(step);
   }
   // Steps 1 (first), 4 and 8 (log_every), 10 (the last step validates).
   EXPECT_EQ(with_stats, (std::set<int64_t>{1, 4, 8, 10}));

@@ -154,8 +154,8 @@ TEST_F(ExpertsTest, SecondBackwardAccumulatesGradients) {
 }
 
 TEST_F(ExpertsTest, AllSlotsDroppedGivesZeros) {
-  const Routing empty = make_routing(std::vector<int32_t>(kTokens * kTopK, -1),
-                                     backend->zeros({kTokens, kTopK}));
+  const Routing empty =
+      make_routing(std::vector<int32_t>(kTokens * kTopK, -1), backend->zeros({kTokens, kTopK}));
   ASSERT_EQ(empty.n_routed, 0);
   ForwardContext ctx = make_context(*backend, 1, kTokens, true);
   Tensor y =

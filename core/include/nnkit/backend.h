@@ -52,11 +52,12 @@ struct AdamWStep {
 
 // One tensor of a multi-tensor AdamW update (adamw_update_multi).
 struct AdamWTensor {
-  Tensor param;         // f32 master weights, updated in place
-  Tensor grad;          // f32, read then zeroed
-  Tensor exp_avg;       // f32 m
-  Tensor exp_avg_sq;    // f32 v
-  Tensor compute_copy;  // compute_dtype() copy of param, rewritten after the update; may be undefined
+  Tensor param;       // f32 master weights, updated in place
+  Tensor grad;        // f32, read then zeroed
+  Tensor exp_avg;     // f32 m
+  Tensor exp_avg_sq;  // f32 v
+  Tensor
+      compute_copy;  // compute_dtype() copy of param, rewritten after the update; may be undefined
   float weight_decay = 0.0f;
 };
 

@@ -28,7 +28,7 @@ struct TrainerState {
   int64_t step = 0;  // optimizer steps completed
   int64_t tokens_seen = 0;
   int64_t bad_steps_in_a_row = 0;
-  std::string loader_state;  // WindowLoader::State, serialised
+  std::string loader_state;       // WindowLoader::State, serialised
   std::string loss_scaler_state;  // fp16 dynamic loss scaler (LossScaler::save()), or empty
 };
 

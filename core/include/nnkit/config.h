@@ -84,7 +84,7 @@ struct TrainConfig {
   double grad_clip = 1.0;  // 0 disables clipping
   bool activation_checkpointing = false;
   bool final_checkpoint = true;  // checkpoint when training ends (benchmarks turn it off)
-  int64_t max_bad_steps = 5;  // consecutive non-finite losses before training stops
+  int64_t max_bad_steps = 5;     // consecutive non-finite losses before training stops
   double val_fraction = 0.05;
   std::string data;  // token file; empty = the CLI's --data or the demo corpus
   PluginChoice optimizer;

@@ -348,9 +348,9 @@ double Transformer::forward_loss(const std::vector<int32_t>& ids,
 }
 
 void Transformer::forward_loss_into(const std::vector<int32_t>& ids,
-                                    const std::vector<int32_t>& targets, int64_t batch,
-                                    int64_t seq, bool activation_checkpointing,
-                                    const Tensor& loss_sum, float weight) {
+                                    const std::vector<int32_t>& targets, int64_t batch, int64_t seq,
+                                    bool activation_checkpointing, const Tensor& loss_sum,
+                                    float weight) {
   int64_t valid = 0;
   const Tensor losses =
       forward_losses(ids, targets, batch, seq, true, activation_checkpointing, valid);

@@ -365,13 +365,14 @@ TrainSummary train(const TrainRequest& request) {
       const std::string where = culprit.empty() ? "" : " (first in " + culprit + ")";
       if (fp16 && scaler.scale() >= 1.0f) {
         // An fp16 overflow: the scaler halves the scale and the step is retried on new data.
-        log->info("step {}: fp16 gradients overflowed{}; loss scale lowered to {}", step + 1,
-                  where, scaler.scale());
+        log->info("step {}: fp16 gradients overflowed{}; loss scale lowered to {}", step + 1, where,
+                  scaler.scale());
       } else {
         ++state.bad_steps_in_a_row;
-        log->warn("step {}: non-finite loss ({}) or gradient norm ({}){}; update skipped ({} in "
-                  "a row)",
-                  step + 1, loss, grad_norm, where, state.bad_steps_in_a_row);
+        log->warn(
+            "step {}: non-finite loss ({}) or gradient norm ({}){}; update skipped ({} in "
+            "a row)",
+            step + 1, loss, grad_norm, where, state.bad_steps_in_a_row);
         if (state.bad_steps_in_a_row >= tc.max_bad_steps) {
           throw Error("train",
                       std::to_string(state.bad_steps_in_a_row) +
@@ -409,8 +410,8 @@ TrainSummary train(const TrainRequest& request) {
     if (fp16) line["loss_scale"] = loss_scale;
     const bool eval_now =
         (tc.eval_every > 0 && state.step % tc.eval_every == 0) || state.step == tc.steps;
-    const bool logged_step = state.step % tc.log_every == 0 || eval_now ||
-                             state.step == summary.first_step + 1;
+    const bool logged_step =
+        state.step % tc.log_every == 0 || eval_now || state.step == summary.first_step + 1;
     // The auxiliary losses and the expert load live on the device: read on logged steps.
     double aux = std::nan("");
     if (logged_step) {

@@ -9,9 +9,9 @@
 #include <bit>
 #include <cstdlib>
 #include <cstring>
-#include <string>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <unordered_map>
 
 #include "checks.h"
@@ -181,7 +181,9 @@ void CpuBackend::copy_to_host(void* dst, const Tensor& src) {
 }
 
 // The CPU backend runs every op before returning, so an "asynchronous" read is done at once.
-void CpuBackend::copy_to_host_async(void* dst, const Tensor& src) { copy_to_host(dst, src); }
+void CpuBackend::copy_to_host_async(void* dst, const Tensor& src) {
+  copy_to_host(dst, src);
+}
 
 void CpuBackend::await_host_copies() {}
 

@@ -89,16 +89,18 @@ class CpuBackend final : public Backend {
 
   // ---- appended in ABI 2 (compute dtype, conversions, host reads, MoE dispatch, fused AdamW) ---
   DType compute_dtype() const override { return DType::kF32; }
-  void convert(const Tensor& dst, const Tensor& src) override;               // elementwise.cpp
-  void copy_to_host_async(void* dst, const Tensor& src) override;           // cpu_backend.cpp
-  void await_host_copies() override;                                         // cpu_backend.cpp
+  void convert(const Tensor& dst, const Tensor& src) override;     // elementwise.cpp
+  void copy_to_host_async(void* dst, const Tensor& src) override;  // cpu_backend.cpp
+  void await_host_copies() override;                               // cpu_backend.cpp
   void moe_sort_by_expert(const Tensor& expert_index, int64_t n_experts, int64_t top_k,
                           int64_t capacity, const Tensor& gate, const Tensor& token,
                           const Tensor& slot, const Tensor& offsets,
-                          const Tensor& load) override;                      // moe_dispatch.cpp
-  void sum_squares_multi(const std::vector<Tensor>& xs, const Tensor& out) override;  // optimizer.cpp
+                          const Tensor& load) override;  // moe_dispatch.cpp
+  void sum_squares_multi(const std::vector<Tensor>& xs,
+                         const Tensor& out) override;  // optimizer.cpp
   void adamw_update_multi(const std::vector<AdamWTensor>& tensors, const AdamWStep& step,
-                          const Tensor& grad_sum_squares, float max_grad_norm) override;  // optimizer.cpp
+                          const Tensor& grad_sum_squares,
+                          float max_grad_norm) override;  // optimizer.cpp
   void scatter_add_columns(const Tensor& src, const Tensor& index,
                            const Tensor& dst) override;  // softmax_topk.cpp
 

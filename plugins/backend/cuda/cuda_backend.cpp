@@ -189,10 +189,11 @@ CudaBackend::CudaBackend(int device, bool tf32, DType compute_dtype)
   int major = 0;
   NNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device_));
   if (compute_dtype_ == DType::kBF16 && major < 8) {
-    throw Error("backend/cuda", "precision bf16 needs a GPU of compute capability 8.0 or newer; "
-                                "cuda:" + std::to_string(device_) + " is " +
-                                    std::to_string(major) +
-                                    ".x. Use `backend.precision=fp16` (with loss scaling) or fp32");
+    throw Error("backend/cuda",
+                "precision bf16 needs a GPU of compute capability 8.0 or newer; "
+                "cuda:" +
+                    std::to_string(device_) + " is " + std::to_string(major) +
+                    ".x. Use `backend.precision=fp16` (with loss scaling) or fp32");
   }
   NNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&limits_.sms, cudaDevAttrMultiProcessorCount, device_));
   NNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&limits_.shared_optin_bytes,
@@ -317,8 +318,7 @@ void CudaBackend::raise_fault() {
   NNKIT_CUDA_CHECK(cudaMemsetAsync(fault_, 0, sizeof(DeviceFault), stream_));
   kChecks.fail(fault_op_name(fault.op - 1),
                "index " + std::to_string(fault.index) + " at row " + std::to_string(fault.row) +
-                   " is outside [0, " + std::to_string(fault.limit) +
-                   "); the row was skipped. " +
+                   " is outside [0, " + std::to_string(fault.limit) + "); the row was skipped. " +
                    (fault.op - 1 == static_cast<int32_t>(FaultOp::kMoeSort)
                         ? std::string("The router chose an expert outside [0, n_experts)")
                         : std::string("Check token ids against the model's vocab_size")));
@@ -327,5 +327,6 @@ void CudaBackend::raise_fault() {
 }  // namespace nnkit::cuda
 
 NNKIT_PLUGIN(backend, cuda, "0.1.0",
-             "CUDA backend: bf16/fp16/fp32 compute, cuBLAS products, fused attention, device MoE dispatch, fused AdamW",
+             "CUDA backend: bf16/fp16/fp32 compute, cuBLAS products, fused attention, device MoE "
+             "dispatch, fused AdamW",
              &nnkit::cuda::cuda_options, &nnkit::cuda::create_cuda)

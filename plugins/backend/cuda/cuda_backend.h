@@ -128,16 +128,18 @@ class CudaBackend final : public Backend {
 
   // ---- appended in ABI 2 (compute dtype, conversions, host reads, MoE dispatch, fused AdamW) ---
   DType compute_dtype() const override { return compute_dtype_; }
-  void convert(const Tensor& dst, const Tensor& src) override;               // elementwise.cu
-  void copy_to_host_async(void* dst, const Tensor& src) override;           // host_copies.cpp
-  void await_host_copies() override;                                         // host_copies.cpp
+  void convert(const Tensor& dst, const Tensor& src) override;     // elementwise.cu
+  void copy_to_host_async(void* dst, const Tensor& src) override;  // host_copies.cpp
+  void await_host_copies() override;                               // host_copies.cpp
   void moe_sort_by_expert(const Tensor& expert_index, int64_t n_experts, int64_t top_k,
                           int64_t capacity, const Tensor& gate, const Tensor& token,
                           const Tensor& slot, const Tensor& offsets,
-                          const Tensor& load) override;                      // moe_dispatch.cu
-  void sum_squares_multi(const std::vector<Tensor>& xs, const Tensor& out) override;  // optimizer.cu
+                          const Tensor& load) override;  // moe_dispatch.cu
+  void sum_squares_multi(const std::vector<Tensor>& xs,
+                         const Tensor& out) override;  // optimizer.cu
   void adamw_update_multi(const std::vector<AdamWTensor>& tensors, const AdamWStep& step,
-                          const Tensor& grad_sum_squares, float max_grad_norm) override;  // optimizer.cu
+                          const Tensor& grad_sum_squares,
+                          float max_grad_norm) override;  // optimizer.cu
   void scatter_add_columns(const Tensor& src, const Tensor& index,
                            const Tensor& dst) override;  // scatter_columns.cu
 
@@ -157,8 +159,8 @@ class CudaBackend final : public Backend {
 
   int device_ = 0;
   DType compute_dtype_ = DType::kF32;
-  void* cublas_workspace_ = nullptr;  // device memory cuBLAS(Lt) may use for split-K
-  std::unique_ptr<LtGemm> lt_gemm_;   // bf16/fp16 products (gemm_lt.cpp)
+  void* cublas_workspace_ = nullptr;          // device memory cuBLAS(Lt) may use for split-K
+  std::unique_ptr<LtGemm> lt_gemm_;           // bf16/fp16 products (gemm_lt.cpp)
   std::unique_ptr<HostReadbacks> readbacks_;  // copy_to_host_async staging (host_copies.cpp)
   std::unique_ptr<HostUploads> uploads_;      // copy_from_host staging (host_copies.cpp)
   cudaStream_t stream_ = nullptr;

@@ -46,8 +46,9 @@ void CudaBackend::gemm(const Tensor& a, bool trans_a, const Tensor& b, bool tran
     while (bucket < rows) bucket *= 2;
     return std::string("gemm ") + dtype_name(a.dtype()) + (trans_a ? " T" : " N") +
            (trans_b ? "T" : "N") + " m<=" + std::to_string(bucket) +
-           " n=" + std::to_string(c.dim(1)) + " k=" + std::to_string(trans_a ? a.dim(0) : a.dim(1)) +
-           " c=" + dtype_name(c.dtype()) + (beta != 0.0f ? " +=" : "");
+           " n=" + std::to_string(c.dim(1)) +
+           " k=" + std::to_string(trans_a ? a.dim(0) : a.dim(1)) + " c=" + dtype_name(c.dtype()) +
+           (beta != 0.0f ? " +=" : "");
   });
   const auto [m, n, k] = kChecks.gemm(a, trans_a, b, trans_b, c, backend_common::kFloatDTypes);
   if (m == 0 || n == 0) return;
@@ -78,8 +79,8 @@ void CudaBackend::gemm(const Tensor& a, bool trans_a, const Tensor& b, bool tran
   // reduction, as PyTorch does; measured on the H200, cublasGemmEx with the strict-reduction flag
   // picked ~30 TFLOP/s kernels for the experts' down products (bench/RESULTS.md).
   const cudaDataType_t ab_type = cuda_data_type(a.dtype());
-  lt_gemm_->run(op_b, op_a, n, m, k, alpha, b.raw(), b.dim(1), a.raw(), a.dim(1), beta, c.raw(),
-                n, ab_type, cuda_data_type(c.dtype()), stream_);
+  lt_gemm_->run(op_b, op_a, n, m, k, alpha, b.raw(), b.dim(1), a.raw(), a.dim(1), beta, c.raw(), n,
+                ab_type, cuda_data_type(c.dtype()), stream_);
 }
 
 }  // namespace nnkit::cuda

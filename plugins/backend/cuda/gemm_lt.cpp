@@ -34,9 +34,9 @@ LtGemm::LtGemm(void* workspace, size_t workspace_bytes)
     : workspace_(workspace), workspace_bytes_(workspace_bytes) {
   NNKIT_CUBLAS_CHECK(cublasLtCreate(&handle_));
   NNKIT_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&preference_));
-  NNKIT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-      preference_, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes_,
-      sizeof(workspace_bytes_)));
+  NNKIT_CUBLAS_CHECK(
+      cublasLtMatmulPreferenceSetAttribute(preference_, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                           &workspace_bytes_, sizeof(workspace_bytes_)));
 }
 
 LtGemm::~LtGemm() {
@@ -74,8 +74,16 @@ void LtGemm::run(cublasOperation_t op_a, cublasOperation_t op_b, int64_t m, int6
   NNKIT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.c, c_type, m, n, ldc));
 
   // The varying dimension here is n (gemm.cpp passes the row-major row count as cuBLAS's n).
-  const Key key{static_cast<int>(op_a), static_cast<int>(op_b), m, power_of_two_at_least(n),
-                k, lda, ldb, static_cast<int>(ab_type), static_cast<int>(c_type), beta != 0.0f};
+  const Key key{static_cast<int>(op_a),
+                static_cast<int>(op_b),
+                m,
+                power_of_two_at_least(n),
+                k,
+                lda,
+                ldb,
+                static_cast<int>(ab_type),
+                static_cast<int>(c_type),
+                beta != 0.0f};
   cublasLtMatmulAlgo_t algo;
   auto it = algos_.find(key);
   bool have = it != algos_.end();
@@ -103,8 +111,8 @@ void LtGemm::run(cublasOperation_t op_a, cublasOperation_t op_b, int64_t m, int6
     throw Error("backend/cuda", "cuBLASLt has no algorithm for a " + std::to_string(m) + " x " +
                                     std::to_string(n) + " x " + std::to_string(k) + " product");
   }
-  NNKIT_CUBLAS_CHECK(cublasLtMatmul(handle_, d.desc, &alpha, a, d.a, b, d.b, &beta, c, d.c, c,
-                                    d.c, &result.algo, workspace_, workspace_bytes_, stream));
+  NNKIT_CUBLAS_CHECK(cublasLtMatmul(handle_, d.desc, &alpha, a, d.a, b, d.b, &beta, c, d.c, c, d.c,
+                                    &result.algo, workspace_, workspace_bytes_, stream));
 }
 
 }  // namespace nnkit::cuda

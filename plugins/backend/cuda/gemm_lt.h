@@ -31,9 +31,8 @@ class LtGemm {
   // row-major product onto it). A: (m x k after op), B: (k x n after op), C: (m x n), ld given.
   // ab_type is CUDA_R_16BF or CUDA_R_16F; c_type that or CUDA_R_32F; compute and scale in fp32.
   void run(cublasOperation_t op_a, cublasOperation_t op_b, int64_t m, int64_t n, int64_t k,
-           float alpha, const void* a, int64_t lda, const void* b, int64_t ldb, float beta,
-           void* c, int64_t ldc, cudaDataType_t ab_type, cudaDataType_t c_type,
-           cudaStream_t stream);
+           float alpha, const void* a, int64_t lda, const void* b, int64_t ldb, float beta, void* c,
+           int64_t ldc, cudaDataType_t ab_type, cudaDataType_t c_type, cudaStream_t stream);
 
  private:
   using Key = std::tuple<int, int, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, bool>;

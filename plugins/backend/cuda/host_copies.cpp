@@ -34,8 +34,7 @@ void HostReadbacks::enqueue(void* dst, const void* src, size_t bytes, cudaStream
   if (done_ == nullptr) NNKIT_CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
   const size_t aligned = (bytes + 15) / 16 * 16;
   reserve(aligned);
-  NNKIT_CUDA_CHECK(
-      cudaMemcpyAsync(staging_ + used_, src, bytes, cudaMemcpyDeviceToHost, stream));
+  NNKIT_CUDA_CHECK(cudaMemcpyAsync(staging_ + used_, src, bytes, cudaMemcpyDeviceToHost, stream));
   pending_.push_back({dst, used_, bytes});
   used_ += aligned;
   stream_ = stream;
@@ -90,6 +89,8 @@ void CudaBackend::copy_to_host_async(void* dst, const Tensor& src) {
   readbacks_->enqueue(dst, src.raw(), src.nbytes(), stream_);
 }
 
-void CudaBackend::await_host_copies() { readbacks_->await(); }
+void CudaBackend::await_host_copies() {
+  readbacks_->await();
+}
 
 }  // namespace nnkit::cuda

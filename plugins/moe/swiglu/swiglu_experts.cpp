@@ -122,7 +122,7 @@ class SwiGluExperts final : public Experts {
     const Dispatch& dispatch = saved_.dispatch;
     const DType dtype = saved_.x_routed.defined() ? saved_.x_routed.dtype() : dy.dtype();
     Tensor dx = backend.zeros({n_tokens, hidden_}, dtype);  // (N, C)
-    Tensor dgate_flat = backend.zeros({n_slots, 1});  // (N*k, 1); dropped slots stay 0
+    Tensor dgate_flat = backend.zeros({n_slots, 1});        // (N*k, 1); dropped slots stay 0
     dgate = dgate_flat.view({n_tokens, saved_.top_k});
     if (dispatch.n_routed == 0) return dx;
     const int64_t m = dispatch.n_routed;

@@ -105,8 +105,8 @@ class TopKRouter final : public Router {
     // the token). Dropless: nothing is dropped and the gates are the kept gates.
     int64_t capacity = -1;
     if (capacity_factor_) {
-      capacity = static_cast<int64_t>(std::ceil(
-          *capacity_factor_ * static_cast<double>(n_slots) / static_cast<double>(n_experts_)));
+      capacity = static_cast<int64_t>(std::ceil(*capacity_factor_ * static_cast<double>(n_slots) /
+                                                static_cast<double>(n_experts_)));
     }
     routing.expert_index = backend.empty({n_tokens, top_k_}, DType::kI32);
     backend.copy(routing.expert_index, chosen);
@@ -121,8 +121,8 @@ class TopKRouter final : public Router {
     Tensor offsets = backend.empty({n_experts_ + 1}, DType::kI32);
     Tensor load = backend.empty({n_experts_});  // f_i, before dropping
     if (n_slots > 0) {
-      backend.moe_sort_by_expert(routing.expert_index.view({n_slots}), n_experts_, top_k_,
-                                 capacity, capacity >= 0 ? routing.gate.view({n_slots}) : Tensor(),
+      backend.moe_sort_by_expert(routing.expert_index.view({n_slots}), n_experts_, top_k_, capacity,
+                                 capacity >= 0 ? routing.gate.view({n_slots}) : Tensor(),
                                  routing.token, routing.slot, offsets, load);
     } else {
       backend.fill(offsets, 0.0f);
@@ -177,8 +177,7 @@ class TopKRouter final : public Router {
     const int64_t n_tokens = saved_.x.dim(0);
     const int64_t n_slots = n_tokens * top_k_;
     NNKIT_CHECK_SHAPE(dgate.numel() == n_slots && dgate.dtype() == DType::kF32, id(),
-                      "backward_routing expects dgate of shape (N, k) f32, got " +
-                          describe(dgate));
+                      "backward_routing expects dgate of shape (N, k) f32, got " + describe(dgate));
 
     // Forward read in reverse. gate = keep * kept_gate: dropped slots pass no gradient.
     Tensor dkept = dgate.view({n_tokens, top_k_});  // (N, k)
@@ -245,13 +244,13 @@ class TopKRouter final : public Router {
 
  private:
   struct Saved {
-    Tensor x;                       // (N, C) input, compute dtype
-    Tensor probs;                   // (N, E) softmax over all experts
-    Tensor kept_gate;               // (N, k) gates before dropping
-    Tensor chosen;                  // (N, k) i32 chosen experts before dropping
-    Tensor load;                    // (E) f32 f_i (share of slots per expert, before dropping)
-    Tensor keep_mask;               // (N*k, 1) f32 1 kept / 0 dropped; only with a capacity
-    std::vector<double> row_lse;    // (N) logsumexp(logits[n]), only with the z-loss
+    Tensor x;                     // (N, C) input, compute dtype
+    Tensor probs;                 // (N, E) softmax over all experts
+    Tensor kept_gate;             // (N, k) gates before dropping
+    Tensor chosen;                // (N, k) i32 chosen experts before dropping
+    Tensor load;                  // (E) f32 f_i (share of slots per expert, before dropping)
+    Tensor keep_mask;             // (N*k, 1) f32 1 kept / 0 dropped; only with a capacity
+    std::vector<double> row_lse;  // (N) logsumexp(logits[n]), only with the z-loss
   };
 
   // The last route()'s statistics: the device part read by aux_stats() on demand.

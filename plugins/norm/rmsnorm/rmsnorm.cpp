@@ -32,7 +32,7 @@ class RmsNorm final : public Norm {
         x.rank() == 2 && x.dim(1) == hidden_, id(),
         "forward expects x of shape (N, " + std::to_string(hidden_) + "), got " + describe(x));
     Tensor y = backend.empty(x.shape(), x.dtype());  // (N, C) in x's dtype
-    Tensor rstd = backend.empty({x.dim(0)});          // (N) f32 statistics
+    Tensor rstd = backend.empty({x.dim(0)});         // (N) f32 statistics
     backend.rmsnorm_forward(x, value(weight_), eps_, y, rstd);
     if (ctx.training) {
       saved_x_ = x;

@@ -48,19 +48,9 @@ class AdamW final : public Optimizer {
 
   void step(Backend& backend, const std::vector<Parameter*>& params, double lr,
             float grad_scale) override {
-    ++step_count_;
-    AdamWStep update;
-    update.lr = static_cast<float>(lr);
-    update.beta1 = static_cast<float>(beta1_);
-    update.beta2 = static_cast<float>(beta2_);
-    update.eps = static_cast<float>(eps_);
-    update.grad_scale = grad_scale;
-    update.step = step_count_;
+    AdamWStep update = next_step(lr, grad_scale);
     for (Parameter* param : params) {
-      if (!param->grad.defined()) {
-        throw ShapeError(id(), "parameter '" + param->name + "' has no gradient tensor");
-      }
-      Moments& moments = moments_of(backend, *param);
+      Moments& moments = checked_moments(backend, *param);
       update.weight_decay = decays(*param) ? static_cast<float>(weight_decay_) : 0.0f;
       backend.adamw_update(param->value, param->grad, moments.exp_avg, moments.exp_avg_sq, update);
     }
@@ -71,21 +61,11 @@ class AdamW final : public Optimizer {
                       float inv_loss_scale) override {
     // All parameters in one multi-tensor update: the clip factor comes from the device-side
     // norm, the compute copies are refreshed and the grads zeroed in the same pass.
-    ++step_count_;
-    AdamWStep update;
-    update.lr = static_cast<float>(lr);
-    update.beta1 = static_cast<float>(beta1_);
-    update.beta2 = static_cast<float>(beta2_);
-    update.eps = static_cast<float>(eps_);
-    update.grad_scale = inv_loss_scale;
-    update.step = step_count_;
+    const AdamWStep update = next_step(lr, inv_loss_scale);
     std::vector<AdamWTensor> tensors;
     tensors.reserve(params.size());
     for (Parameter* param : params) {
-      if (!param->grad.defined()) {
-        throw ShapeError(id(), "parameter '" + param->name + "' has no gradient tensor");
-      }
-      Moments& moments = moments_of(backend, *param);
+      Moments& moments = checked_moments(backend, *param);
       AdamWTensor t;
       t.param = param->value;
       t.grad = param->grad;
@@ -115,6 +95,27 @@ class AdamW final : public Optimizer {
     Tensor exp_avg;     // m, (param shape) f32
     Tensor exp_avg_sq;  // v, (param shape) f32
   };
+
+  // Counts one more update and returns its hyperparameters (weight decay is per parameter).
+  AdamWStep next_step(double lr, float grad_scale) {
+    ++step_count_;
+    AdamWStep update;
+    update.lr = static_cast<float>(lr);
+    update.beta1 = static_cast<float>(beta1_);
+    update.beta2 = static_cast<float>(beta2_);
+    update.eps = static_cast<float>(eps_);
+    update.grad_scale = grad_scale;
+    update.step = step_count_;
+    return update;
+  }
+
+  // The moments of a parameter that has a gradient tensor (else a ShapeError naming it).
+  Moments& checked_moments(Backend& backend, const Parameter& param) {
+    if (!param.grad.defined()) {
+      throw ShapeError(id(), "parameter '" + param.name + "' has no gradient tensor");
+    }
+    return moments_of(backend, param);
+  }
 
   // Norm weights (Parameter::decay false) and embeddings are exempt unless the user opts in:
   // decaying a scale towards 0, or rarely seen token rows, hurts more than it regularises.
