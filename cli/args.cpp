@@ -83,6 +83,13 @@ double ParsedArgs::get_double(const std::string& flag, double fallback, double m
   return value;
 }
 
+int ParsedArgs::argument_number(const std::string& override_text) const {
+  for (size_t i = 0; i < overrides_.size(); ++i) {
+    if (overrides_[i] == override_text) return override_arguments_[i];
+  }
+  return 0;
+}
+
 ParsedArgs parse_args(const CommandSpec& spec, const std::vector<std::string>& args) {
   ParsedArgs parsed;
   for (size_t i = 0; i < args.size(); ++i) {
@@ -120,6 +127,9 @@ ParsedArgs parse_args(const CommandSpec& spec, const std::vector<std::string>& a
     }
     if (spec.accepts_overrides && arg.find('=') != std::string::npos) {
       parsed.overrides_.push_back(arg);
+      // Commands see argv from the word after the command name: argv[0] is nnkit, argv[1] the
+      // command.
+      parsed.override_arguments_.push_back(static_cast<int>(i) + 2);
       continue;
     }
     parsed.positionals_.push_back(arg);

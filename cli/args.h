@@ -39,6 +39,9 @@ class ParsedArgs {
   double get_double(const std::string& flag, double fallback, double min, double max) const;
   const std::vector<std::string>& positionals() const { return positionals_; }
   const std::vector<std::string>& overrides() const { return overrides_; }
+  // Where `override_text` stood on the command line (argv index: `nnkit validate C x=1` gives 3),
+  // for messages; 0 for an override a command made up itself.
+  int argument_number(const std::string& override_text) const;
   bool help() const { return help_; }
 
  private:
@@ -46,6 +49,7 @@ class ParsedArgs {
   std::map<std::string, std::vector<std::string>> values_;
   std::vector<std::string> positionals_;
   std::vector<std::string> overrides_;
+  std::vector<int> override_arguments_;  // argv index of each entry of overrides_
   bool help_ = false;
 };
 

@@ -48,7 +48,7 @@ bool is_token_file(const fs::path& file) {
 
 Session finish_session(ConfigDocument document, const std::vector<std::string>& overrides,
                        const ParsedArgs& args) {
-  for (const std::string& o : overrides) document.apply_override(o);
+  for (const std::string& o : overrides) document.apply_override(o, args.argument_number(o));
   std::vector<fs::path> explicit_paths = apply_common_flags(args);
   for (const fs::path& p : document.plugin_paths()) explicit_paths.push_back(p);
   Session session;

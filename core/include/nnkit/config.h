@@ -26,16 +26,20 @@ class Registry;
 
 class NNKIT_API ConfigDocument {
  public:
-  // Throws ConfigError (missing file, YAML syntax error with file:line:col).
+  // Throws ConfigError (missing file, YAML syntax error, duplicate key, merge key, nesting
+  // deeper than 64 levels, each with file:line:col).
   static ConfigDocument load_file(const std::filesystem::path& path);
   static ConfigDocument parse(const std::string& text, const std::string& source_name);
   ConfigDocument(ConfigDocument&&) noexcept;
   ConfigDocument& operator=(ConfigDocument&&) noexcept;
   ~ConfigDocument();
 
-  // "model.n_layers=2"; the value is parsed as YAML (so lists and maps work). Throws
-  // UsageError for a malformed assignment.
-  void apply_override(const std::string& assignment);
+  // "model.n_layers=2"; the value is parsed as YAML (so lists and maps work) under the same
+  // rules as the file (no duplicate or merge keys, bounded nesting). `argument_number`, when
+  // > 0, is the override's position on the command line, named in messages ("command-line
+  // override 'model.n_layers=abc' (argument 3)"). Throws UsageError for a malformed assignment
+  // (no '=', an empty key segment, a value that is not valid YAML).
+  void apply_override(const std::string& assignment, int argument_number = 0);
   // The `plugin_paths:` list (relative paths resolve against the config file's folder).
   std::vector<std::filesystem::path> plugin_paths() const;
   const std::string& source_name() const;

@@ -3,6 +3,7 @@
 #include <sstream>
 
 #include "config/document_impl.h"
+#include "config/yaml_rules.h"
 #include "nnkit/error.h"
 
 namespace nnkit {
@@ -12,24 +13,10 @@ ConfigDocument::ConfigDocument(ConfigDocument&&) noexcept = default;
 ConfigDocument& ConfigDocument::operator=(ConfigDocument&&) noexcept = default;
 ConfigDocument::~ConfigDocument() = default;
 
-namespace {
-
-std::string syntax_error(const YAML::Exception& e, const std::string& source) {
-  // yaml-cpp's what() repeats the position; use the bare message with our own file:line:col.
-  return "YAML syntax error at " + source + ":" + std::to_string(e.mark.line + 1) + ":" +
-         std::to_string(e.mark.column + 1) + ": " + e.msg;
-}
-
-}  // namespace
-
 ConfigDocument ConfigDocument::parse(const std::string& text, const std::string& source_name) {
   ConfigDocument doc;
   doc.impl_->source_name = source_name;
-  try {
-    doc.impl_->root = YAML::Load(text);
-  } catch (const YAML::Exception& e) {
-    throw ConfigError("config", syntax_error(e, source_name));
-  }
+  doc.impl_->root = config::load_checked(text, config::YamlSource{source_name});
   if (doc.impl_->root.IsNull()) doc.impl_->root = YAML::Node(YAML::NodeType::Map);
   if (!doc.impl_->root.IsMap()) {
     throw ConfigError("config", source_name +
@@ -59,28 +46,54 @@ ConfigDocument ConfigDocument::load_file(const std::filesystem::path& path) {
   return doc;
 }
 
-void ConfigDocument::apply_override(const std::string& assignment) {
+namespace {
+
+// Splits "model.moe.router.top_k" at its dots. std::getline would drop a trailing empty segment
+// ("model.n_layers.=4" would quietly set model.n_layers), so every segment is checked here.
+std::vector<std::string> split_override_key(const std::string& key, const std::string& label) {
+  auto refuse = [&](const std::string& why) {
+    throw UsageError("config", label + ": the key '" + key + "' " + why +
+                                   "; keys are names joined by single dots (model.n_layers=2)");
+  };
+  if (key.front() == '.') refuse("starts with a dot");
+  if (key.back() == '.') refuse("ends with a dot");
+  std::vector<std::string> parts;
+  size_t start = 0;
+  while (true) {
+    const size_t dot = key.find('.', start);
+    parts.push_back(key.substr(start, dot - start));
+    if (parts.back().empty()) refuse("has an empty segment (two dots in a row)");
+    if (dot == std::string::npos) break;
+    start = dot + 1;
+  }
+  return parts;
+}
+
+}  // namespace
+
+void ConfigDocument::apply_override(const std::string& assignment, int argument_number) {
+  std::string label = "command-line override '" + assignment + "'";
+  if (argument_number > 0) label += " (argument " + std::to_string(argument_number) + ")";
   const size_t eq = assignment.find('=');
   if (eq == std::string::npos || eq == 0) {
-    throw UsageError("config", "override '" + assignment +
-                                   "' is not of the form key.path=value (e.g. model.n_layers=2)");
+    throw UsageError("config",
+                     label + " is not of the form key.path=value (e.g. model.n_layers=2)");
   }
   const std::string path = assignment.substr(0, eq);
-  const std::string text = assignment.substr(eq + 1);
+  const std::vector<std::string> parts = split_override_key(path, label);
+  // The value lands `parts.size()` mappings below the top level: the depth bound counts them.
+  if (static_cast<int>(parts.size()) >= config::kMaxNestingDepth) {
+    throw UsageError("config", "nesting deeper than " + std::to_string(config::kMaxNestingDepth) +
+                                   " levels in " + label);
+  }
   YAML::Node value;
   try {
-    value = YAML::Load(text);
-  } catch (const YAML::Exception& e) {
-    throw UsageError("config", "override '" + assignment + "': value is not valid YAML: " + e.msg);
-  }
-  std::vector<std::string> parts;
-  std::stringstream stream(path);
-  std::string part;
-  while (std::getline(stream, part, '.')) {
-    if (part.empty()) {
-      throw UsageError("config", "override '" + assignment + "' has an empty key segment");
-    }
-    parts.push_back(part);
+    const config::YamlSource source{label, true, static_cast<int>(eq + 1)};
+    value = config::load_checked(assignment.substr(eq + 1), source, path,
+                                 static_cast<int>(parts.size()));
+  } catch (const ConfigError& e) {
+    // A malformed override is a usage error, like a malformed flag.
+    throw UsageError(e.component(), e.detail());
   }
   YAML::Node current;
   current.reset(impl_->root);
@@ -90,13 +103,21 @@ void ConfigDocument::apply_override(const std::string& assignment) {
       current[parts[i]] = YAML::Node(YAML::NodeType::Map);
       child = current[parts[i]];
     } else if (!child.IsMap()) {
-      throw UsageError("config", "override '" + assignment + "': '" + parts[i] +
+      throw UsageError("config", label + ": '" + parts[i] +
                                      "' is not a mapping, so it has no key '" + parts[i + 1] + "'");
     }
     current.reset(child);
   }
   current[parts.back()] = value;
-  impl_->override_text[path] = assignment;
+  // An earlier override below this key was just replaced with the rest of its mapping: values
+  // there now come from this one.
+  auto& origins = impl_->override_origin;
+  for (auto it = origins.begin(); it != origins.end();) {
+    const std::string& earlier = it->first;
+    const bool below = earlier.rfind(path + ".", 0) == 0 || earlier.rfind(path + "[", 0) == 0;
+    it = below ? origins.erase(it) : std::next(it);
+  }
+  origins[path] = label;
 }
 
 std::vector<std::filesystem::path> ConfigDocument::plugin_paths() const {

@@ -346,6 +346,24 @@ PluginChoice resolve_slot(const Impl& doc, const Registry& registry, const YAML:
   return choice;
 }
 
+// A check that relates several values (n_heads and n_kv_heads, seq_len and max_seq_len) reports
+// at one of them. When another one came from a command-line override, the file position alone
+// sends the user to a line that did not change: name the override too.
+[[noreturn]] void rethrow_naming_overrides(const ConfigError& error,
+                                           const std::vector<const Options*>& involved) {
+  std::string message = error.detail();
+  std::set<std::string> named;
+  for (const Options* options : involved) {
+    for (const auto& [name, value] : options->values()) {
+      const std::string& origin = value.location.file;
+      if (origin.rfind("command-line override", 0) != 0) continue;
+      if (message.find(origin) != std::string::npos || !named.insert(origin).second) continue;
+      message += "; " + join(options->path(), name) + " was set by " + origin;
+    }
+  }
+  throw ConfigError(error.component(), message);
+}
+
 // Creates each configured component once and drops it, so that checks only a plugin can make
 // (n_heads divisible by n_kv_heads, top_k <= n_experts, temperature > 0, ...) fail at config
 // time with their YAML position. Layers allocate nothing when created; backends are skipped
@@ -354,7 +372,11 @@ void probe_plugins(const RunConfig& cfg, const Registry& registry) {
   const ModelConfig& m = cfg.model;
   ModelDims dims{m.vocab_size, m.hidden_dim, m.n_layers, m.max_seq_len, 0, 0};
   auto probe = [&](const PluginChoice& c, const ModelDims& d) {
-    registry.create<Component>(c.kind, c.name, CreateArgs{c.options, d, nullptr});
+    try {
+      registry.create<Component>(c.kind, c.name, CreateArgs{c.options, d, nullptr});
+    } catch (const ConfigError& e) {
+      rethrow_naming_overrides(e, {&c.options});
+    }
   };
   probe(m.norm, dims);
   probe(m.attention, dims);
@@ -464,8 +486,12 @@ RunConfig resolve_config(const ConfigDocument& document, const Registry& registr
   t.schedule = resolve_slot(doc, registry, train_map ? train["schedule"] : none, "train.schedule",
                             "schedule", "warmup_cosine");
   if (t.seq_len > m.max_seq_len) {
-    to.fail("seq_len", "(" + std::to_string(t.seq_len) + ") exceeds model.max_seq_len (" +
-                           std::to_string(m.max_seq_len) + ")");
+    try {
+      to.fail("seq_len", "(" + std::to_string(t.seq_len) + ") exceeds model.max_seq_len (" +
+                             std::to_string(m.max_seq_len) + ")");
+    } catch (const ConfigError& e) {
+      rethrow_naming_overrides(e, {&to, &mo});
+    }
   }
 
   // ---- decoding chain
