@@ -1,9 +1,14 @@
 // Purpose: `nnkit train CONFIG [overrides] [--out RUN_DIR] [--resume RUN_DIR] [--data FILE]`.
-// Ctrl-C (SIGINT) or SIGTERM finishes the current step, writes a checkpoint and exits with 130.
+// The run directory is locked for the whole command (nnkit/io/run_lock.h): a second process
+// using it is refused, naming the holder. SIGINT (Ctrl-C), SIGTERM and SIGHUP (terminal closed)
+// finish the current step, write a checkpoint and exit with 128 + the signal number (130, 143,
+// 129), the code a shell reports for a process that signal ended.
+// Thread-safety: the signal handler only stores into a lock-free atomic; one train per process.
+#include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
-#include <csignal>
+#include <cstring>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -12,6 +17,8 @@
 #include "common.h"
 #include "nnkit/checkpoint.h"
 #include "nnkit/error.h"
+#include "nnkit/io/atomic_file.h"
+#include "nnkit/io/run_lock.h"
 #include "nnkit/logging.h"
 #include "nnkit/trainer.h"
 
@@ -19,11 +26,41 @@ namespace nnkit::cli {
 
 namespace {
 
-std::atomic<bool> g_stop{false};
+// The signal that asked the run to stop; 0 while none has.
+std::atomic<int> g_stop_signal{0};
+static_assert(std::atomic<int>::is_always_lock_free, "the signal handler needs a lock-free store");
 
-extern "C" void on_stop_signal(int) {
-  g_stop.store(true);
+extern "C" void on_stop_signal(int signal_number) {
+  g_stop_signal.store(signal_number);
 }
+
+// Routes the signals that end a run to on_stop_signal while it lives, and restores what was
+// there before. A signal that was ignored when nnkit started stays ignored: `nohup nnkit train`
+// is asking to survive SIGHUP, and a shell starts background jobs with SIGINT ignored.
+class StopSignals {
+ public:
+  StopSignals() {
+    g_stop_signal = 0;
+    struct sigaction stop {};
+    stop.sa_handler = on_stop_signal;
+    sigemptyset(&stop.sa_mask);
+    stop.sa_flags = SA_RESTART;
+    for (size_t i = 0; i < kCount; ++i) {
+      ::sigaction(kSignals[i], nullptr, &previous_[i]);
+      if (previous_[i].sa_handler != SIG_IGN) ::sigaction(kSignals[i], &stop, nullptr);
+    }
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+  ~StopSignals() {
+    for (size_t i = 0; i < kCount; ++i) ::sigaction(kSignals[i], &previous_[i], nullptr);
+  }
+
+ private:
+  static constexpr int kSignals[] = {SIGINT, SIGTERM, SIGHUP};
+  static constexpr size_t kCount = sizeof(kSignals) / sizeof(kSignals[0]);
+  struct sigaction previous_[kCount] {};
+};
 
 }  // namespace
 
@@ -33,8 +70,9 @@ int run_train(const Args& raw) {
       "nnkit train CONFIG [key.path=value ...] [--out RUN_DIR] [--data FILE]\n"
       "       nnkit train [CONFIG] --resume RUN_DIR [key.path=value ...]",
       "Trains the model described by CONFIG, writing checkpoints, metrics.jsonl and the resolved "
-      "config into RUN_DIR. Ctrl-C writes a checkpoint and stops; --resume continues from the "
-      "newest complete checkpoint.",
+      "config into RUN_DIR. Ctrl-C (or SIGTERM, SIGHUP) writes a checkpoint and stops with exit "
+      "code 128 + signal (130 for Ctrl-C); --resume continues from the newest complete "
+      "checkpoint. One process at a time may use a run directory.",
       {{"--out", "RUN_DIR", "run directory (default: runs/<config name>)"},
        {"--resume", "RUN_DIR", "continue the run in RUN_DIR"},
        {"--data", "FILE", "token file from `nnkit data prepare` (default: train.data)"},
@@ -52,6 +90,10 @@ int run_train(const Args& raw) {
   if (args.positionals().size() > 1) {
     throw UsageError("cli", "`nnkit train` takes one CONFIG (see --help)");
   }
+  // A resumed run is locked before its checkpoints are read (another writer could be pruning
+  // them); a fresh run once its directory is known. Removes the temp folders of killed saves.
+  RunLock run_lock;
+  if (resume) run_lock = CheckpointStore(*resume).lock_for_writing("nnkit train --resume");
   Session session;
   if (!args.positionals().empty()) {
     session = open_session(args.positionals()[0], args.overrides(), args);
@@ -71,16 +113,17 @@ int run_train(const Args& raw) {
   } else {
     request.run_dir = args.get_or(
         "--out", "runs/" + std::filesystem::path(session.config.source_name).stem().string());
+    ensure_writable_directory(request.run_dir);
+    run_lock = CheckpointStore(request.run_dir).lock_for_writing("nnkit train");
   }
   request.data = args.get_or("--data", "");
   request.progress_bar = ::isatty(STDERR_FILENO) && !args.has("--no-progress");
-  g_stop = false;
-  std::signal(SIGINT, on_stop_signal);
-  std::signal(SIGTERM, on_stop_signal);
-  request.stop_requested = [] { return g_stop.load(); };
-  const TrainSummary summary = train(request);
-  std::signal(SIGINT, SIG_DFL);
-  std::signal(SIGTERM, SIG_DFL);
+  request.stop_requested = [] { return g_stop_signal.load() != 0; };
+  TrainSummary summary;
+  {
+    const StopSignals stop_signals;
+    summary = train(request);
+  }
   if (args.has("--json")) {
     std::cout << nlohmann::json{{"run_dir", request.run_dir.string()},
                                 {"first_step", summary.first_step},
@@ -94,9 +137,11 @@ int run_train(const Args& raw) {
               << "\n";
   }
   if (summary.interrupted) {
-    logger()->warn("interrupted at step {}; continue with: nnkit train --resume {}",
-                   summary.last_step, request.run_dir.string());
-    return 130;
+    const int signal_number = g_stop_signal.load();
+    logger()->warn("interrupted at step {} ({}); continue with: nnkit train --resume {}",
+                   summary.last_step, signal_number != 0 ? ::strsignal(signal_number) : "stop",
+                   request.run_dir.string());
+    return 128 + (signal_number != 0 ? signal_number : SIGINT);
   }
   logger()->info("done: {} steps, loss {:.4f}, val_loss {:.4f}, {:.0f} tokens/s; run in {}",
                  summary.last_step, summary.last_loss, summary.last_val_loss,

@@ -184,11 +184,12 @@ TEST_F(Checkpoints, HalfWrittenCheckpointsAreIgnored) {
   const fs::path copy = path("copy");
   fs::copy(run, copy, fs::copy_options::recursive);
 
-  // A temp folder left by a killed save, with a higher step number.
+  // A temp folder left by a killed save, with a higher step number: never resumed from, and
+  // removed once the resume holds the run lock (test_run_lock.cpp has the details).
   fs::rename(checkpoint(run, 10), run / "checkpoints" / "step-00000099.tmp-123");
   const RunResult r = resume(run);
   ASSERT_EXIT_CODE(r, 0);
-  EXPECT_MENTIONS(r.err, "ignoring incomplete checkpoint");
+  EXPECT_MENTIONS(r.err, "removed stale temporary checkpoint folder");
   EXPECT_MENTIONS(r.err, "step-00000099.tmp-123");
   EXPECT_MENTIONS(r.err, "(step 5)");
   expect_same_file(reference, checkpoint(run, 10) / "model.safetensors");

@@ -7,9 +7,13 @@
 //            MANIFEST.json          size and CRC-32C of every file above (written last)
 // A checkpoint is first written as step-N.tmp-<pid>/ (each file fsynced), then renamed into place
 // and the folder fsynced, so a killed run leaves either a complete checkpoint or an ignorable
-// temp folder. Loading verifies sizes and checksums first and names the file (and tensor) that
-// is wrong; a complete-looking but corrupt checkpoint is an error, never a silent fresh start.
+// temp folder; the next writer removes such folders once it holds the run lock, and retention
+// pruning removes them too. Loading verifies sizes and checksums first and names the file (and
+// tensor) that is wrong; a complete-looking but corrupt checkpoint is an error, never a silent
+// fresh start.
 // Ownership: CheckpointStore holds only paths; save/load borrow the model and optimizer.
+// Thread-safety: one writer per run directory, which lock_for_writing() enforces across
+// processes; reading (latest, verify, load) is safe while a writer saves.
 #pragma once
 
 #include <cstdint>
@@ -19,6 +23,7 @@
 #include <vector>
 
 #include "nnkit/export.h"
+#include "nnkit/io/run_lock.h"
 #include "nnkit/model.h"
 #include "nnkit/optim.h"
 
@@ -42,7 +47,15 @@ class NNKIT_API CheckpointStore {
   explicit CheckpointStore(std::filesystem::path run_dir);
 
   const std::filesystem::path& run_dir() const { return run_dir_; }
-  // Writes a checkpoint of `step`; returns its folder. Keeps the newest `keep` checkpoints.
+  // Takes the run directory's lock for `command` (see nnkit/io/run_lock.h; the directory must
+  // exist) and then, since no live process can be saving here any more, removes the temp folders
+  // of saves that never finished. Keep the lock for as long as anything is written into the run.
+  RunLock lock_for_writing(const std::string& command) const;
+  // Removes checkpoints/step-N.tmp-<pid>/ folders, logging each; returns how many went. Only for
+  // the holder of the run lock: another live writer's save in progress would lose its folder.
+  int remove_temporary_folders() const;
+  // Writes a checkpoint of `step`; returns its folder. Keeps the newest `keep` checkpoints and
+  // removes temp folders (a failed save's own on the way out, leftovers at pruning).
   std::filesystem::path save(const TrainerState& state, Transformer& model, Optimizer* optimizer,
                              const std::string& config_yaml, int keep = 3);
   // Newest checkpoint with a MANIFEST (half-written temp folders are skipped and logged).

@@ -14,6 +14,7 @@
 #include "nnkit/error.h"
 #include "nnkit/hf.h"
 #include "nnkit/io/atomic_file.h"
+#include "nnkit/io/run_lock.h"
 #include "nnkit/logging.h"
 #include "nnkit/model.h"
 
@@ -144,12 +145,15 @@ HfImportReport import_hf(const fs::path& hf_dir, const fs::path& run_dir,
                   hf_dir.string() + " has no config.json; is it a Hugging Face model folder?");
   }
   const std::string config_text = read_file(config_path);
+  ensure_writable_directory(run_dir);
+  // Held until the checkpoint is written; also clears the temp folder of an import that was
+  // killed, which would otherwise count as "already holds checkpoints" below.
+  const RunLock run_lock = CheckpointStore(run_dir).lock_for_writing("nnkit convert import-hf");
   const fs::path checkpoints = run_dir / "checkpoints";
   if (fs::is_directory(checkpoints, ec) && !fs::is_empty(checkpoints, ec)) {
     throw IoError("hf",
                   run_dir.string() + " already holds checkpoints; import into a new run directory");
   }
-  ensure_writable_directory(run_dir);
 
   HfImportReport report;
   std::string tokenizer_yaml = "{type: byte}";

@@ -25,6 +25,11 @@ constexpr const char* kManifest = "MANIFEST.json";
 const char* const kFiles[] = {"model.safetensors", "optimizer.safetensors", "trainer.json",
                               "config.yaml"};
 
+// step-00000100.tmp-4242: where a save writes before the rename that publishes it.
+bool is_temporary_folder_name(const std::string& name) {
+  return name.rfind("step-", 0) == 0 && name.find(".tmp-") != std::string::npos;
+}
+
 std::string step_name(int64_t step) {
   char buffer[32];
   std::snprintf(buffer, sizeof(buffer), "step-%08lld", static_cast<long long>(step));
@@ -88,6 +93,39 @@ void load_tensors(const fs::path& file, Backend& backend,
 
 CheckpointStore::CheckpointStore(fs::path run_dir) : run_dir_(std::move(run_dir)) {}
 
+RunLock CheckpointStore::lock_for_writing(const std::string& command) const {
+  RunLock lock(run_dir_, command);
+  remove_temporary_folders();
+  return lock;
+}
+
+int CheckpointStore::remove_temporary_folders() const {
+  const fs::path root = run_dir_ / "checkpoints";
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) return 0;
+  std::vector<fs::path> leftovers;
+  for (const auto& entry : fs::directory_iterator(root, ec)) {
+    if (is_temporary_folder_name(entry.path().filename().string()) && entry.is_directory(ec)) {
+      leftovers.push_back(entry.path());
+    }
+  }
+  int removed = 0;
+  for (const fs::path& dir : leftovers) {
+    fs::remove_all(dir, ec);
+    if (ec) {
+      logger()->warn("cannot remove temporary checkpoint folder {}: {}", dir.string(),
+                     ec.message());
+      continue;
+    }
+    logger()->info(
+        "removed stale temporary checkpoint folder {} (left by a save that did not "
+        "finish)",
+        dir.string());
+    ++removed;
+  }
+  return removed;
+}
+
 fs::path CheckpointStore::save(const TrainerState& state, Transformer& model, Optimizer* optimizer,
                                const std::string& config_yaml, int keep) {
   const fs::path root = run_dir_ / "checkpoints";
@@ -96,6 +134,15 @@ fs::path CheckpointStore::save(const TrainerState& state, Transformer& model, Op
   const fs::path temp_dir = root / (step_name(state.step) + ".tmp-" + std::to_string(::getpid()));
   fs::remove_all(temp_dir);
   fs::create_directories(temp_dir);
+  // A save that fails (disk full, I/O error) takes its half-written folder with it.
+  struct RemoveUnlessPublished {
+    const fs::path& dir;
+    bool published = false;
+    ~RemoveUnlessPublished() {
+      std::error_code ignored;
+      if (!published) fs::remove_all(dir, ignored);
+    }
+  } temp_guard{temp_dir};
   Backend& backend = model.backend();
 
   std::vector<std::pair<std::string, Tensor>> weights;
@@ -126,9 +173,12 @@ fs::path CheckpointStore::save(const TrainerState& state, Transformer& model, Op
   fsync_directory(temp_dir);
   fs::remove_all(final_dir);  // an older checkpoint of the same step (re-run after resume)
   fs::rename(temp_dir, final_dir);
+  temp_guard.published = true;
   fsync_directory(root);
 
-  // Retention: keep the newest `keep` complete checkpoints.
+  // Retention: keep the newest `keep` complete checkpoints; temp folders are never worth keeping
+  // (the caller holds the run lock, so none of them belongs to a live save).
+  remove_temporary_folders();
   std::vector<CheckpointRef> complete;
   for (const auto& entry : fs::directory_iterator(root)) {
     const std::string name = entry.path().filename().string();
