@@ -10,6 +10,7 @@
 #include "nnkit/error.h"
 #include "nnkit/hf.h"
 #include "nnkit/io/half.h"
+#include "nnkit/io/run_lock.h"
 #include "nnkit/io/safetensors.h"
 #include "support/test_support.h"
 
@@ -239,6 +240,37 @@ TEST(HfConvert, ImportRefusesARunThatHasCheckpoints) {
   make_random_run(tmp / "run", small_dense_yaml(), 5);
   export_hf(tmp / "run", tmp / "hf", registry());
   EXPECT_THROW(import_hf(tmp / "hf", tmp / "run", registry()), IoError);
+}
+
+// A killed import leaves only checkpoints/step-00000000.tmp-PID/; the next import removes it
+// instead of refusing the run as one that "already holds checkpoints".
+TEST(HfConvert, ImportAfterAKilledImportRemovesItsTempFolder) {
+  TempDir tmp;
+  make_random_run(tmp / "run", small_dense_yaml(), 5);
+  export_hf(tmp / "run", tmp / "hf", registry());
+  const fs::path leftover = tmp / "back" / "checkpoints" / "step-00000000.tmp-4242";
+  fs::create_directories(leftover);
+  write_text(leftover / "model.safetensors", "half written");
+  const HfImportReport report = import_hf(tmp / "hf", tmp / "back", registry());
+  EXPECT_FALSE(fs::exists(leftover));
+  EXPECT_TRUE(fs::exists(report.checkpoint / "MANIFEST.json"));
+  EXPECT_FALSE(fs::exists(tmp / "back" / ".lock")) << "the import kept its lock file";
+}
+
+TEST(HfConvert, ImportRefusesARunDirectoryInUse) {
+  TempDir tmp;
+  make_random_run(tmp / "run", small_dense_yaml(), 5);
+  export_hf(tmp / "run", tmp / "hf", registry());
+  fs::create_directories(tmp / "back");
+  const RunLock writer(tmp / "back", "nnkit train");
+  try {
+    import_hf(tmp / "hf", tmp / "back", registry());
+    ADD_FAILURE() << "imported into a run directory another writer holds";
+  } catch (const IoError& e) {
+    EXPECT_NE(std::string(e.what()).find("already holds the run lock"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_FALSE(fs::exists(tmp / "back" / "checkpoints"));
 }
 
 TEST(HfConvert, ExportRefusesWhatHfCannotExpress) {
