@@ -1,7 +1,8 @@
 // Purpose: one process per run directory, end to end: a second `train --resume` on a run in use is
 // refused naming the holder while the first finishes intact; a lock file left by a dead process
-// does not block; temporary checkpoint folders of killed saves are removed at the next start;
-// SIGHUP and SIGTERM checkpoint and stop like Ctrl-C (exit 128 + signal).
+// does not block; temporary checkpoint folders of killed saves are removed at the next start and
+// by pruning; SIGHUP and SIGTERM checkpoint and stop like Ctrl-C (exit 128 + signal), and a
+// SIGHUP ignored at start (nohup) stays ignored.
 // Thread-safety: none needed (GoogleTest runs these sequentially; each test has its own folder).
 #include <signal.h>
 #include <sys/wait.h>
@@ -198,12 +199,34 @@ TEST_F(RunDirectory, SighupWritesACheckpointAndTheRunResumes) {
   ASSERT_NO_FATAL_FAILURE(expect_resumes_from(run, reached));
 }
 
+// Also: retention pruning at a save removes temp folders that appeared after the start.
 TEST_F(RunDirectory, SigtermWritesACheckpointAndExits143) {
   const fs::path run = trained_run();
   std::unique_ptr<Child> child = start_long_resume(run, 12);
   ASSERT_TRUE(child->running()) << child->wait().err;
+  const fs::path leftover = run / "checkpoints" / "step-00000003.tmp-77";
+  fs::create_directories(leftover);
   const int64_t reached = stop_and_check(*child, run, SIGTERM);
   ASSERT_GT(reached, 12);
+  EXPECT_FALSE(fs::exists(leftover)) << "the save's pruning kept a temp folder";
+}
+
+// `nohup nnkit train` starts it with SIGHUP ignored: closing the terminal must not stop it.
+TEST_F(RunDirectory, AnIgnoredSighupStaysIgnored) {
+  const fs::path run = trained_run();
+  struct sigaction ignore {
+  }, previous{};
+  ignore.sa_handler = SIG_IGN;
+  sigemptyset(&ignore.sa_mask);
+  ::sigaction(SIGHUP, &ignore, &previous);  // inherited through fork and exec
+  std::unique_ptr<Child> child = start_long_resume(run, 12);
+  ::sigaction(SIGHUP, &previous, nullptr);
+  ASSERT_TRUE(child->running()) << child->wait().err;
+  child->signal(SIGHUP);
+  const int64_t at_hangup = last_training_step(run / "metrics.jsonl");
+  wait_for_step(*child, run, at_hangup + 5);
+  EXPECT_TRUE(child->running()) << "SIGHUP stopped a run that was started with it ignored";
+  stop_and_check(*child, run, SIGINT);
 }
 
 }  // namespace
