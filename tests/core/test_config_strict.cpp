@@ -146,6 +146,22 @@ TEST(ConfigStrict, NestingIsBoundedAt64Levels) {
   EXPECT_EQ(parse_error(block), "[config] nesting deeper than 64 levels at tiny.yaml:65:129");
 }
 
+TEST(ConfigStrict, AliasesThatExpandBeyondABoundAreRefused) {
+  // Nine levels of ten aliases: 10^9 values from a few hundred bytes.
+  std::string text = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n";
+  for (int level = 1; level < 9; ++level) {
+    const std::string below = "*a" + std::to_string(level - 1);
+    text += "a" + std::to_string(level) + ": &a" + std::to_string(level) + " [";
+    for (int i = 0; i < 10; ++i) text += (i == 0 ? "" : ", ") + below;
+    text += "]\n";
+  }
+  const std::string message = parse_error(text);
+  EXPECT_NE(message.find("the document expands to more than 1048576 values"), std::string::npos)
+      << message;
+  // A few aliases are fine.
+  EXPECT_NO_THROW(ConfigDocument::parse("a: &a {x: 1}\nb: *a\nc: *a\n", "tiny.yaml"));
+}
+
 TEST(ConfigStrict, NestingInOverridesCountsTheKeyPath) {
   std::string key = "a";
   for (int i = 0; i < 70; ++i) key += ".a";

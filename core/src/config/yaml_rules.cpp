@@ -45,8 +45,13 @@ bool is_merge_key(const YAML::Node& key) {
   return key.IsScalar() && key.Scalar() == "<<" && key.Tag() != "!";
 }
 
+// `budget` counts down the values still allowed (kMaxExpandedValues in all).
 void check_tree(const YAML::Node& node, const YamlSource& source, const std::string& path,
-                int depth) {
+                int depth, long& budget) {
+  if (--budget < 0) {
+    refuse("the document expands to more than " + std::to_string(kMaxExpandedValues) +
+           " values (aliases of aliases?) at " + source.at(node.Mark()));
+  }
   if (!node.IsMap() && !node.IsSequence()) return;
   // Also what stops an alias that contains itself (`&a [*a]`) from recursing forever.
   if (depth + 1 > kMaxNestingDepth) {
@@ -56,7 +61,7 @@ void check_tree(const YAML::Node& node, const YamlSource& source, const std::str
   if (node.IsSequence()) {
     size_t index = 0;
     for (const YAML::Node& item : node) {
-      check_tree(item, source, path + "[" + std::to_string(index++) + "]", depth + 1);
+      check_tree(item, source, path + "[" + std::to_string(index++) + "]", depth + 1, budget);
     }
     return;
   }
@@ -72,8 +77,8 @@ void check_tree(const YAML::Node& node, const YamlSource& source, const std::str
     if (!key.IsScalar()) {
       // A list or mapping as a key is never a valid nnkit key; resolution names it. Still bound
       // its depth.
-      check_tree(key, source, path, depth + 1);
-      check_tree(value, source, path, depth + 1);
+      check_tree(key, source, path, depth + 1, budget);
+      check_tree(value, source, path, depth + 1, budget);
       continue;
     }
     const auto [first, inserted] = first_seen.emplace(key.Scalar(), key.Mark());
@@ -81,7 +86,7 @@ void check_tree(const YAML::Node& node, const YamlSource& source, const std::str
       refuse("duplicate key '" + key.Scalar() + "' in " + where_in(path) + " at " +
              source.at(key.Mark()) + " (first at " + source.again(first->second) + "); keep one");
     }
-    check_tree(value, source, key_path(path, key.Scalar()), depth + 1);
+    check_tree(value, source, key_path(path, key.Scalar()), depth + 1, budget);
   }
 }
 
@@ -120,7 +125,8 @@ YAML::Node load_checked(const std::string& text, const YamlSource& source, const
     }
     refuse("YAML syntax error at " + source.at(e.mark) + ": " + e.msg);
   }
-  check_tree(root, source, path, depth);
+  long budget = kMaxExpandedValues;
+  check_tree(root, source, path, depth, budget);
   return root;
 }
 

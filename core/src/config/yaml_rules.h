@@ -1,10 +1,10 @@
 // Purpose: the YAML rules nnkit adds to what yaml-cpp accepts, shared by the config file and the
 // values of command-line overrides: duplicate keys, merge keys (<<) and nesting deeper than
-// kMaxNestingDepth are errors, and a syntax error on a line indented with a tab says so.
-// yaml-cpp (0.7 and 0.8 alike) keeps the first of two equal keys silently, treats `<<` as an
-// ordinary key and only stops nesting at 2000 levels ("bad file"), so these checks walk the
-// parsed tree themselves.
-// Thread-safety: stateless functions. Ownership: returns yaml-cpp nodes by value.
+// kMaxNestingDepth or expanding (through aliases) to more than kMaxExpandedValues are errors, and a
+// syntax error on a line indented with a tab says so. yaml-cpp (0.7 and 0.8 alike) keeps the first
+// of two equal keys silently, treats `<<` as an ordinary key and only stops nesting at 2000 levels
+// ("bad file"), so these checks walk the parsed tree themselves. Thread-safety: stateless
+// functions. Ownership: returns yaml-cpp nodes by value.
 #pragma once
 
 #include <yaml-cpp/yaml.h>
@@ -16,6 +16,11 @@ namespace nnkit::config {
 // Collections (mappings and lists) nested deeper than this are refused; real configs use fewer
 // than ten levels, and a bound keeps recursive code (ours and yaml-cpp's) far from the stack's end.
 inline constexpr int kMaxNestingDepth = 64;
+
+// Values (scalars and collections) a document may hold once aliases are expanded. Aliases of
+// aliases multiply ("billion laughs": nine levels of ten give 10^9 values from 1 KB); configs
+// hold a few hundred values.
+inline constexpr long kMaxExpandedValues = 1L << 20;
 
 // Where a YAML text came from, to turn a yaml-cpp Mark into words.
 struct YamlSource {
