@@ -43,6 +43,15 @@ void Optimizer::step_on_device(Backend& backend, const std::vector<Parameter*>& 
   }
 }
 
+void Optimizer::prepare_device_step(Backend&, const std::vector<Parameter*>&, double, float) {
+  throw Error(id(), "this optimizer cannot be captured in a CUDA Graph (capturable() is false)");
+}
+
+void Optimizer::enqueue_device_step(Backend&, const std::vector<Parameter*>&, const Tensor&,
+                                    float) {
+  throw Error(id(), "this optimizer cannot be captured in a CUDA Graph (capturable() is false)");
+}
+
 void Backend::sum_rows(const Tensor& x, const Tensor& out, float alpha, float beta) {
   const int64_t rows = x.dim(0), cols = x.numel() / std::max<int64_t>(rows, 1);
   // Stage size: the largest power of two <= sqrt(N) that divides N (1 = one stage).

@@ -1,6 +1,7 @@
 // Purpose: end-to-end mixed-precision training on the CUDA backend: bf16 and fp16 (with dynamic
 // loss scaling) track fp32 over 300 steps of bench/gpu-medium.yaml, an fp16 overflow is skipped
-// and lowers the scale, and a bf16 GPU run resumes on the CPU. Every test skips with the reason
+// and lowers the scale, CUDA Graph replay of a dense model's step equals the ordinary steps, and
+// a bf16 GPU run resumes on the CPU. Every test skips with the reason
 // when no CUDA device is usable (the CPU-only CI) or the demo corpus is missing.
 #include <cmath>
 #include <cstdio>
@@ -105,6 +106,34 @@ TEST_F(CudaTraining, Fp16OverflowSkipsTheStepAndHalvesTheScale) {
   EXPECT_GT(taken, 0) << "the scale never came down far enough";
   EXPECT_LT(scale_after_skip, 1099511627776.0);
   EXPECT_MENTIONS(r.err, "loss scale lowered");
+}
+
+TEST_F(CudaTraining, GraphReplayGivesTheSameWeightsAsUncapturedSteps) {
+  // A dense model has static shapes: from its second step the trainer replays a recorded CUDA
+  // Graph. The replayed steps must compute exactly what the ordinary steps compute.
+  const std::vector<std::string> dense = {"--data",
+                                          tokens_.string(),
+                                          "model.moe=null",
+                                          "model.ffn={type: swiglu, ffn_dim: 64}",
+                                          "train.steps=12",
+                                          "train.grad_accum=2",
+                                          "train.eval_every=0",
+                                          "train.checkpoint_every=0"};
+  std::vector<std::string> with_graphs = dense, without = dense;
+  with_graphs.push_back("backend={type: cuda, precision: bf16, cuda_graphs: true}");
+  without.push_back("backend={type: cuda, precision: bf16, cuda_graphs: false}");
+  const RunResult a = train(config_, path("graphs"), with_graphs);
+  ASSERT_EXIT_CODE(a, 0);
+  EXPECT_MENTIONS(a.err, "recorded in a CUDA Graph");
+  const RunResult b = train(config_, path("plain"), without);
+  ASSERT_EXIT_CODE(b, 0);
+  EXPECT_EQ(b.err.find("recorded in a CUDA Graph"), std::string::npos) << b.err;
+  const fs::path weights = fs::path("checkpoints") / "step-00000012" / "model.safetensors";
+  const std::string x = read_text(path("graphs") / weights), y = read_text(path("plain") / weights);
+  ASSERT_FALSE(x.empty());
+  EXPECT_TRUE(x == y) << "replayed steps changed the weights";
+  EXPECT_EQ(losses_by_step(path("graphs") / "metrics.jsonl"),
+            losses_by_step(path("plain") / "metrics.jsonl"));
 }
 
 TEST_F(CudaTraining, Bf16RunResumesOnTheCpu) {

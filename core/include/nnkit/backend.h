@@ -48,6 +48,11 @@ struct AdamWStep {
   float weight_decay = 0.0f;
   float grad_scale = 1.0f;
   int64_t step = 1;  // 1-based, for bias correction
+  // Optional (4) f32 on the device: {lr, 1 / (1 - beta1^step), 1 / (1 - beta2^step),
+  // grad_scale}, which adamw_update_multi then reads at run time instead of the fields above (the
+  // fields must hold the same values): a CUDA Graph that captured the update replays it with the
+  // values uploaded before each replay. Backends that do not capture may ignore it.
+  Tensor scalars;
 };
 
 // One tensor of a multi-tensor AdamW update (adamw_update_multi).
@@ -214,6 +219,21 @@ class NNKIT_API Backend : public Component {
   // dst[n, index[n, j]] += src[n, j] (accumulates, in order of j). The transpose of picking k
   // columns per row: how top-k gate gradients reach the router's (N, E) scores on the device.
   virtual void scatter_add_columns(const Tensor& src, const Tensor& index, const Tensor& dst) = 0;
+
+  // ---- CUDA Graphs: recording a stretch of ops once and replaying it ------------------------
+  // begin_capture(): from now on ops are recorded, not run; returns false (recording nothing)
+  // when the backend cannot or is told not to capture (the caller then runs the work normally).
+  // While recording, nothing may wait for or read from the device, and copy_from_host is
+  // refused: inputs go into tensors allocated before the capture. Memory allocated while
+  // recording is reserved for the recorded work from then on.
+  virtual bool begin_capture() = 0;
+  // Ends the recording and returns the graph's id (the recorded work has not run yet).
+  virtual int64_t end_capture() = 0;
+  // Ends a recording that went wrong (an exception between begin and end) and drops it.
+  virtual void abort_capture() = 0;
+  // Enqueues the recorded work, like any op.
+  virtual void replay(int64_t graph) = 0;
+  virtual void release_graph(int64_t graph) = 0;
 
   // ---- conveniences (non-virtual) -----------------------------------------------------------
   Tensor zeros(const Shape& shape, DType dtype = DType::kF32);

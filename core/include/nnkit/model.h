@@ -59,6 +59,19 @@ class NNKIT_API Transformer {
   void forward_loss_into(const std::vector<int32_t>& ids, const std::vector<int32_t>& targets,
                          int64_t batch, int64_t seq, bool activation_checkpointing,
                          const Tensor& loss_sum, float weight);
+  // The same in two halves, for CUDA Graphs: stage_batch() checks a micro-batch on the host and
+  // uploads it into device tensors kept per `slot` (the same addresses every step);
+  // forward_loss_staged() runs the forward on slot's batch with no host work at all, so it can be
+  // recorded once and replayed. backward() follows as after forward_loss.
+  void stage_batch(size_t slot, const std::vector<int32_t>& ids,
+                   const std::vector<int32_t>& targets, int64_t batch, int64_t seq);
+  void forward_loss_staged(size_t slot, bool activation_checkpointing, const Tensor& loss_sum,
+                           float weight);
+  // Non-ignored targets of the batch staged in `slot` (-1 when none is).
+  int64_t staged_valid_targets(size_t slot) const;
+  // True when a training step's shapes do not depend on the data (no MoE layer: their
+  // per-expert products are sized by each step's routing), so the step can be recorded.
+  bool has_static_shapes() const;
   // Rewrites every Parameter::compute copy from its f32 value; call after changing values
   // outside the optimizer (loading a checkpoint or HF weights). init_random() calls it.
   void refresh_compute_copies();
@@ -92,6 +105,17 @@ class NNKIT_API Transformer {
   Tensor forward_losses(const std::vector<int32_t>& ids, const std::vector<int32_t>& targets,
                         int64_t batch, int64_t seq, bool training, bool activation_checkpointing,
                         int64_t& valid_targets);
+  // The same from device ids and targets (B*T) i32 with `valid` non-ignored targets.
+  Tensor forward_losses(const Tensor& ids, const Tensor& targets, int64_t batch, int64_t seq,
+                        int64_t valid, bool training, bool activation_checkpointing);
+  // Shape and vocabulary checks of a host batch; counts the non-ignored targets.
+  void check_batch(const std::vector<int32_t>& ids, const std::vector<int32_t>& targets,
+                   int64_t batch, int64_t seq, int64_t& valid_targets) const;
+  struct StagedBatch {
+    Tensor ids;      // (B*T) i32
+    Tensor targets;  // (B*T) i32
+    int64_t batch = 0, seq = 0, valid = 0;
+  };
   void for_each_parameter(const std::function<void(const std::string&, Parameter&)>& fn);
 
   ModelConfig config_;
@@ -104,6 +128,7 @@ class NNKIT_API Transformer {
   Tensor positions_;  // (B*T) i32 training positions for positions_batch_ x positions_seq_
   int64_t positions_batch_ = 0;
   int64_t positions_seq_ = 0;
+  std::vector<StagedBatch> staged_;  // per micro-batch slot (stage_batch)
 };
 
 }  // namespace nnkit

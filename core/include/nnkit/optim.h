@@ -34,6 +34,16 @@ class NNKIT_API Optimizer : public Component {
   virtual void step_on_device(Backend& backend, const std::vector<Parameter*>& params, double lr,
                               const Tensor& grad_sum_squares, float max_grad_norm,
                               float inv_loss_scale);
+  // CUDA Graphs. A capturable optimizer splits step_on_device() in two: prepare_device_step()
+  // counts the step and uploads what changes between steps (learning rate, bias corrections, loss
+  // scale) to device memory, outside any capture and before every replay;
+  // enqueue_device_step() enqueues the update reading those values from device memory, so a
+  // graph that recorded it replays it correctly every step. The defaults say "not capturable".
+  virtual bool capturable() const { return false; }
+  virtual void prepare_device_step(Backend& backend, const std::vector<Parameter*>& params,
+                                   double lr, float inv_loss_scale);
+  virtual void enqueue_device_step(Backend& backend, const std::vector<Parameter*>& params,
+                                   const Tensor& grad_sum_squares, float max_grad_norm);
   // Updates taken so far (restored from checkpoints).
   virtual int64_t step_count() const = 0;
   virtual void set_step_count(int64_t steps) = 0;

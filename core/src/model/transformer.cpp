@@ -287,10 +287,8 @@ std::vector<int32_t> default_positions(int64_t batch, int64_t seq, int64_t offse
 
 }  // namespace
 
-Tensor Transformer::forward_losses(const std::vector<int32_t>& ids,
-                                   const std::vector<int32_t>& targets, int64_t batch, int64_t seq,
-                                   bool training, bool activation_checkpointing,
-                                   int64_t& valid_targets) {
+void Transformer::check_batch(const std::vector<int32_t>& ids, const std::vector<int32_t>& targets,
+                              int64_t batch, int64_t seq, int64_t& valid_targets) const {
   const int64_t n = batch * seq;
   if (static_cast<int64_t>(ids.size()) != n || static_cast<int64_t>(targets.size()) != n) {
     throw ShapeError("model", "forward_loss expects " + std::to_string(n) + " ids and targets");
@@ -306,6 +304,13 @@ Tensor Transformer::forward_losses(const std::vector<int32_t>& ids,
     if (t >= config_.vocab_size) check_ids({t}, config_.vocab_size, "target");
     valid += t >= 0 ? 1 : 0;
   }
+  valid_targets = valid;
+}
+
+Tensor Transformer::forward_losses(const Tensor& ids, const Tensor& targets, int64_t batch,
+                                   int64_t seq, int64_t valid, bool training,
+                                   bool activation_checkpointing) {
+  const int64_t n = batch * seq;
   Backend& be = *backend_;
   auto saved = std::make_unique<Activations>();
   ForwardContext& ctx = saved->ctx;
@@ -321,8 +326,8 @@ Tensor Transformer::forward_losses(const std::vector<int32_t>& ids,
   }
   ctx.positions = positions_;
   ctx.training = training;
-  saved->ids = be.from_host(ids.data(), {n}, DType::kI32);
-  saved->targets = be.from_host(targets.data(), {n}, DType::kI32);
+  saved->ids = ids;
+  saved->targets = targets;
   saved->checkpointing = activation_checkpointing;
   saved->valid_targets = valid;
   saved->hidden = run_trunk(ctx, saved->ids, activation_checkpointing);
@@ -330,8 +335,62 @@ Tensor Transformer::forward_losses(const std::vector<int32_t>& ids,
   Tensor losses = be.empty({n});
   be.cross_entropy_forward(saved->logits, saved->targets, losses);
   saved_ = training ? std::move(saved) : nullptr;
-  valid_targets = valid;
   return losses;
+}
+
+Tensor Transformer::forward_losses(const std::vector<int32_t>& ids,
+                                   const std::vector<int32_t>& targets, int64_t batch, int64_t seq,
+                                   bool training, bool activation_checkpointing,
+                                   int64_t& valid_targets) {
+  check_batch(ids, targets, batch, seq, valid_targets);
+  const int64_t n = batch * seq;
+  return forward_losses(backend_->from_host(ids.data(), {n}, DType::kI32),
+                        backend_->from_host(targets.data(), {n}, DType::kI32), batch, seq,
+                        valid_targets, training, activation_checkpointing);
+}
+
+void Transformer::stage_batch(size_t slot, const std::vector<int32_t>& ids,
+                              const std::vector<int32_t>& targets, int64_t batch, int64_t seq) {
+  if (staged_.size() <= slot) staged_.resize(slot + 1);
+  StagedBatch& s = staged_[slot];
+  check_batch(ids, targets, batch, seq, s.valid);
+  const int64_t n = batch * seq;
+  // The same device tensors every step: a recorded graph reads them where they were.
+  if (!s.ids.defined() || s.ids.numel() != n) {
+    s.ids = backend_->empty({n}, DType::kI32);
+    s.targets = backend_->empty({n}, DType::kI32);
+  }
+  backend_->copy_from_host(s.ids, ids.data());
+  backend_->copy_from_host(s.targets, targets.data());
+  s.batch = batch;
+  s.seq = seq;
+}
+
+int64_t Transformer::staged_valid_targets(size_t slot) const {
+  return slot < staged_.size() ? staged_[slot].valid : -1;
+}
+
+void Transformer::forward_loss_staged(size_t slot, bool activation_checkpointing,
+                                      const Tensor& loss_sum, float weight) {
+  if (slot >= staged_.size() || !staged_[slot].ids.defined()) {
+    throw Error("model", "forward_loss_staged() needs a preceding stage_batch(" +
+                             std::to_string(slot) + ")");
+  }
+  const StagedBatch& s = staged_[slot];
+  const Tensor losses =
+      forward_losses(s.ids, s.targets, s.batch, s.seq, s.valid, true, activation_checkpointing);
+  if (s.valid == 0) return;
+  // loss_sum += weight / valid * sum(losses) on the device.
+  const int64_t n = losses.numel();
+  backend_->sum_rows(losses.view({n, 1}), loss_sum.view({1, 1}),
+                     weight / static_cast<float>(s.valid), 1.0f);
+}
+
+bool Transformer::has_static_shapes() const {
+  for (const auto& b : blocks_) {
+    if (b->moe != nullptr) return false;  // per-expert row counts change every step
+  }
+  return true;
 }
 
 double Transformer::forward_loss(const std::vector<int32_t>& ids,
@@ -351,14 +410,8 @@ void Transformer::forward_loss_into(const std::vector<int32_t>& ids,
                                     const std::vector<int32_t>& targets, int64_t batch, int64_t seq,
                                     bool activation_checkpointing, const Tensor& loss_sum,
                                     float weight) {
-  int64_t valid = 0;
-  const Tensor losses =
-      forward_losses(ids, targets, batch, seq, true, activation_checkpointing, valid);
-  if (valid == 0) return;
-  // loss_sum += weight / valid * sum(losses) on the device.
-  const int64_t n = losses.numel();
-  backend_->sum_rows(losses.view({n, 1}), loss_sum.view({1, 1}), weight / static_cast<float>(valid),
-                     1.0f);
+  stage_batch(0, ids, targets, batch, seq);
+  forward_loss_staged(0, activation_checkpointing, loss_sum, weight);
 }
 
 void Transformer::backward(float loss_scale) {

@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <bit>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -322,28 +323,90 @@ TrainSummary train(const TrainRequest& request) {
     return "";
   };
 
+  // CUDA Graphs: a step whose shapes do not depend on the data (no MoE layer) is recorded once,
+  // after one ordinary step has created everything that lives across steps (optimizer moments,
+  // staged batches), and replayed from then on: one graph for forward, backward and the norm,
+  // one for the update, with the loss read in between. The recording is redone when what is
+  // baked into it changes (the fp16 loss scale, the count of non-ignored targets).
+  bool graphs_possible = model.has_static_shapes() && optimizer->capturable();
+  int64_t graph_step = -1, graph_update = -1;
+  std::vector<int64_t> graph_key;  // loss scale bits + valid targets per micro-batch
+  auto release_graphs = [&] {
+    if (graph_step >= 0) backend->release_graph(graph_step);
+    if (graph_update >= 0) backend->release_graph(graph_update);
+    graph_step = graph_update = -1;
+  };
+
   while (state.step < tc.steps) {
     const int64_t step = state.step;
     const float loss_scale = scaler.scale();
-    backend->fill(loss_sum, 0.0f);
     for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
       loader.next_train_batch(tc.batch_size, inputs, targets);
-      model.forward_loss_into(inputs, targets, tc.batch_size, tc.seq_len,
-                              tc.activation_checkpointing, loss_sum,
-                              1.0f / static_cast<float>(tc.grad_accum));
-      model.backward(loss_scale / static_cast<float>(tc.grad_accum));
+      model.stage_batch(static_cast<size_t>(micro), inputs, targets, tc.batch_size, tc.seq_len);
     }
-    backend->fill(norm_accumulator, 0.0f);
-    backend->sum_squares_multi(grads, norm_accumulator);
-    // Test hook: a poisoned norm makes the device skip the update like a real overflow would.
-    if (nan_steps.count(step)) backend->fill(norm_accumulator, std::nanf(""));
+    // Forward, backward and the squared gradient norm: device work only (recordable).
+    auto forward_backward = [&] {
+      backend->fill(loss_sum, 0.0f);
+      for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
+        model.forward_loss_staged(static_cast<size_t>(micro), tc.activation_checkpointing, loss_sum,
+                                  1.0f / static_cast<float>(tc.grad_accum));
+        model.backward(loss_scale / static_cast<float>(tc.grad_accum));
+      }
+      backend->fill(norm_accumulator, 0.0f);
+      backend->sum_squares_multi(grads, norm_accumulator);
+    };
     float host_loss = 0.0f, host_sum_squares = 0.0f;
-    backend->copy_to_host_async(&host_loss, loss_sum);
-    backend->copy_to_host_async(&host_sum_squares, norm_accumulator);
+    auto read_loss_and_norm = [&] {
+      backend->copy_to_host_async(&host_loss, loss_sum);
+      backend->copy_to_host_async(&host_sum_squares, norm_accumulator);
+    };
     const double lr = optimizer->base_lr() * schedule->factor(step, tc.steps);
     const int64_t optimizer_steps_before = optimizer->step_count();
-    optimizer->step_on_device(*backend, params, lr, norm_accumulator,
-                              static_cast<float>(tc.grad_clip), 1.0f / loss_scale);
+    const float max_norm = static_cast<float>(tc.grad_clip);
+    std::vector<int64_t> key = {static_cast<int64_t>(std::bit_cast<uint32_t>(loss_scale))};
+    for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
+      key.push_back(model.staged_valid_targets(static_cast<size_t>(micro)));
+    }
+    const bool recordable = graphs_possible && !nan_steps.count(step) &&
+                            step > summary.first_step;  // one ordinary step first
+    if (recordable && graph_step >= 0 && key != graph_key) release_graphs();
+    if (recordable && graph_step < 0) {
+      // Record (nothing runs while recording), then replay below.
+      try {
+        if (backend->begin_capture()) {
+          forward_backward();
+          graph_step = backend->end_capture();
+          if (!backend->begin_capture()) throw Error("train", "the backend stopped recording");
+          optimizer->enqueue_device_step(*backend, params, norm_accumulator, max_norm);
+          graph_update = backend->end_capture();
+          graph_key = key;
+          log->info("training step recorded in a CUDA Graph (replayed from step {})", step + 1);
+        } else {
+          graphs_possible = false;  // the backend does not capture (or cuda_graphs is off)
+        }
+      } catch (const Error& e) {
+        backend->abort_capture();
+        release_graphs();
+        graphs_possible = false;
+        log->warn(
+            "could not record the training step in a CUDA Graph ({}); running it "
+            "uncaptured",
+            e.what());
+      }
+    }
+    if (recordable && graph_step >= 0) {
+      optimizer->prepare_device_step(*backend, params, lr, 1.0f / loss_scale);
+      backend->replay(graph_step);
+      read_loss_and_norm();
+      backend->replay(graph_update);
+    } else {
+      forward_backward();
+      // Test hook: a poisoned norm makes the device skip the update like a real overflow would.
+      if (nan_steps.count(step)) backend->fill(norm_accumulator, std::nanf(""));
+      read_loss_and_norm();
+      optimizer->step_on_device(*backend, params, lr, norm_accumulator, max_norm,
+                                1.0f / loss_scale);
+    }
     backend->await_host_copies();
     double loss = nan_steps.count(step) ? std::nan("") : static_cast<double>(host_loss);
     const double grad_norm =

@@ -180,6 +180,15 @@ void CpuBackend::copy_to_host(void* dst, const Tensor& src) {
   if (src.nbytes() > 0) std::memcpy(dst, src.raw(), src.nbytes());
 }
 
+int64_t CpuBackend::end_capture() {
+  shape_fail("end_capture", "backend/cpu records no graphs (begin_capture() returned false)");
+}
+
+void CpuBackend::replay(int64_t graph) {
+  shape_fail("replay",
+             "backend/cpu records no graphs; graph " + std::to_string(graph) + " does not exist");
+}
+
 // The CPU backend runs every op before returning, so an "asynchronous" read is done at once.
 void CpuBackend::copy_to_host_async(void* dst, const Tensor& src) {
   copy_to_host(dst, src);

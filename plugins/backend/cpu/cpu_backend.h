@@ -103,6 +103,12 @@ class CpuBackend final : public Backend {
                           float max_grad_norm) override;  // optimizer.cpp
   void scatter_add_columns(const Tensor& src, const Tensor& index,
                            const Tensor& dst) override;  // softmax_topk.cpp
+  // The CPU runs every op at once: there is nothing to record (begin_capture() is false).
+  bool begin_capture() override { return false; }
+  int64_t end_capture() override;
+  void abort_capture() override {}
+  void replay(int64_t graph) override;
+  void release_graph(int64_t) override {}
 
  private:
   // cos/sin of pos * base^(-2i/D) for pos in [0, positions), i in [0, D/2), computed in double

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <mutex>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "cuda_check.h"
@@ -52,6 +53,9 @@ class DeviceBlockCache {
     for (auto& [size, blocks] : free_) {
       for (void* p : blocks) cudaFree(p);
     }
+    for (auto& [size, blocks] : graph_free_) {
+      for (void* p : blocks) cudaFree(p);
+    }
   }
 
   // Bytes rounded up to a class: 512 B steps to 1 MiB, then 2 MiB steps.
@@ -67,17 +71,37 @@ class DeviceBlockCache {
   void* acquire(size_t size) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
+      if (capturing_) {
+        // Recording a graph: blocks come from the graph pool first, and every block handed out
+        // now belongs to the recorded work from then on (its replays write to it).
+        auto pooled = graph_free_.find(size);
+        if (pooled != graph_free_.end() && !pooled->second.empty()) {
+          void* p = pooled->second.back();
+          pooled->second.pop_back();
+          return p;
+        }
+      }
       auto it = free_.find(size);
       if (it != free_.end() && !it->second.empty()) {
         void* p = it->second.back();
         it->second.pop_back();
         cached_ -= size;
+        if (capturing_) graph_owned_.insert(p);
         return p;
       }
     }
     void* p = nullptr;
-    if (cudaMalloc(&p, size) == cudaSuccess) return p;
+    if (cudaMalloc(&p, size) == cudaSuccess) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (capturing_) graph_owned_.insert(p);
+      return p;
+    }
     cudaGetLastError();  // clear the sticky-free allocation error
+    if (capturing_) {
+      throw Error("backend/cuda", "out of device memory allocating " + std::to_string(size) +
+                                      " bytes while recording a CUDA Graph; set "
+                                      "backend.cuda_graphs=false or reduce train.batch_size");
+    }
     trim();
     const cudaError_t status = cudaMalloc(&p, size);
     if (status != cudaSuccess) {
@@ -98,6 +122,12 @@ class DeviceBlockCache {
   void release(void* p, size_t size) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
+      // A block that recorded work uses goes back to the graph pool, never to other users.
+      if (capturing_ || graph_owned_.count(p) != 0) {
+        graph_owned_.insert(p);
+        graph_free_[size].push_back(p);
+        return;
+      }
       if (cached_ + size <= kMaxCachedBytes) {
         free_[size].push_back(p);
         cached_ += size;
@@ -105,6 +135,12 @@ class DeviceBlockCache {
       }
     }
     cudaFree(p);
+  }
+
+  // While on, acquire/release serve the graph pool (see acquire).
+  void set_capturing(bool on) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    capturing_ = on;
   }
 
  private:
@@ -125,6 +161,9 @@ class DeviceBlockCache {
   std::mutex mutex_;
   std::unordered_map<size_t, std::vector<void*>> free_;
   size_t cached_ = 0;
+  bool capturing_ = false;
+  std::unordered_map<size_t, std::vector<void*>> graph_free_;  // free blocks of recorded work
+  std::unordered_set<void*> graph_owned_;                      // every block recorded work uses
 };
 
 namespace {
@@ -136,7 +175,10 @@ std::vector<OptionSpec> cuda_options() {
                      "weights, gradients, optimizer state and statistics stay fp32)"},
           OptionSpec{"tf32", OptionType::kBool, "false", std::nullopt, std::nullopt,
                      "with precision fp32: let cuBLAS use TF32 tensor cores for fp32 products "
-                     "(faster, ~1e-3 relative error)"}};
+                     "(faster, ~1e-3 relative error)"},
+          OptionSpec{"cuda_graphs", OptionType::kBool, "true", std::nullopt, std::nullopt,
+                     "record training steps whose shapes are static (dense models) in a CUDA "
+                     "Graph once and replay it; MoE steps always run uncaptured"}};
 }
 
 // The `precision` option as a dtype; anything else is refused with the valid values.
@@ -149,8 +191,10 @@ DType parse_precision(const Options& options) {
 }
 
 Component* create_cuda(const CreateArgs& args) {
-  return new CudaBackend(static_cast<int>(args.options.get_int("device")),
-                         args.options.get_bool("tf32"), parse_precision(args.options));
+  auto* backend = new CudaBackend(static_cast<int>(args.options.get_int("device")),
+                                  args.options.get_bool("tf32"), parse_precision(args.options));
+  backend->set_graphs_enabled(args.options.get_bool("cuda_graphs"));
+  return backend;
 }
 
 const char* fault_op_name(int32_t op) {
@@ -234,6 +278,10 @@ CudaBackend::~CudaBackend() {
     }
     profiler_.reset();
   }
+  if (capturing_) abort_capture();
+  for (cudaGraphExec_t exec : graphs_) {
+    if (exec != nullptr) cudaGraphExecDestroy(exec);
+  }
   readbacks_.reset();
   uploads_.reset();
   lt_gemm_.reset();
@@ -260,6 +308,7 @@ Tensor CudaBackend::empty(const Shape& shape, DType dtype) {
 }
 
 void CudaBackend::copy_from_host(const Tensor& dst, const void* src) {
+  refuse_while_capturing("copy_from_host");
   if (!dst.defined() || dst.device() != device()) {
     kChecks.fail("copy_from_host",
                  "dst is " + describe(dst) + "; expected a tensor on " + to_string(device()));
@@ -276,6 +325,7 @@ void CudaBackend::copy_from_host(const Tensor& dst, const void* src) {
 }
 
 void CudaBackend::copy_to_host(void* dst, const Tensor& src) {
+  refuse_while_capturing("copy_to_host");
   if (!src.defined() || src.device() != device()) {
     kChecks.fail("copy_to_host",
                  "src is " + describe(src) + "; expected a tensor on " + to_string(device()));
@@ -302,6 +352,7 @@ void CudaBackend::copy(const Tensor& dst, const Tensor& src) {
 }
 
 void CudaBackend::synchronize() {
+  refuse_while_capturing("synchronize");
   // The fault record rides along in the same drain (a 32-byte copy at the end of the stream
   // into pinned memory), so reading it costs no extra round trip per synchronisation.
   NNKIT_CUDA_CHECK(
@@ -309,6 +360,60 @@ void CudaBackend::synchronize() {
   NNKIT_CUDA_CHECK(cudaStreamSynchronize(stream_));
   if (profiler_ != nullptr) profiler_->collect();
   raise_fault();
+}
+
+void CudaBackend::refuse_while_capturing(const char* op) const {
+  if (capturing_) {
+    kChecks.fail(op,
+                 "is not allowed while recording a CUDA Graph (nothing may wait for the "
+                 "device or read host memory inside a captured step)");
+  }
+}
+
+bool CudaBackend::begin_capture() {
+  if (!graphs_enabled_ || capturing_) return false;
+  // Relaxed: the allocator may still call cudaMalloc while the step is recorded.
+  NNKIT_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
+  capturing_ = true;
+  cache_->set_capturing(true);
+  return true;
+}
+
+int64_t CudaBackend::end_capture() {
+  if (!capturing_) kChecks.fail("end_capture", "no recording is in progress");
+  capturing_ = false;
+  cache_->set_capturing(false);
+  cudaGraph_t graph = nullptr;
+  NNKIT_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t status = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  NNKIT_CUDA_CHECK(status);
+  graphs_.push_back(exec);
+  return static_cast<int64_t>(graphs_.size()) - 1;
+}
+
+void CudaBackend::abort_capture() {
+  if (!capturing_) return;
+  capturing_ = false;
+  cache_->set_capturing(false);
+  cudaGraph_t graph = nullptr;
+  cudaStreamEndCapture(stream_, &graph);  // ends the (possibly invalidated) recording
+  if (graph != nullptr) cudaGraphDestroy(graph);
+  cudaGetLastError();
+}
+
+void CudaBackend::replay(int64_t graph) {
+  if (graph < 0 || graph >= static_cast<int64_t>(graphs_.size()) || graphs_[graph] == nullptr) {
+    kChecks.fail("replay", "graph " + std::to_string(graph) + " does not exist");
+  }
+  NNKIT_CUDA_CHECK(cudaGraphLaunch(graphs_[graph], stream_));
+}
+
+void CudaBackend::release_graph(int64_t graph) {
+  if (graph < 0 || graph >= static_cast<int64_t>(graphs_.size())) return;
+  if (graphs_[graph] != nullptr) cudaGraphExecDestroy(graphs_[graph]);
+  graphs_[graph] = nullptr;
 }
 
 void CudaBackend::raise_fault() {

@@ -142,6 +142,14 @@ class CudaBackend final : public Backend {
                           float max_grad_norm) override;  // optimizer.cu
   void scatter_add_columns(const Tensor& src, const Tensor& index,
                            const Tensor& dst) override;  // scatter_columns.cu
+  bool begin_capture() override;                         // cuda_backend.cpp
+  int64_t end_capture() override;                        // cuda_backend.cpp
+  void abort_capture() override;                         // cuda_backend.cpp
+  void replay(int64_t graph) override;                   // cuda_backend.cpp
+  void release_graph(int64_t graph) override;            // cuda_backend.cpp
+  // The `cuda_graphs` option (profiling with NNKIT_CUDA_PROFILE=1 turns capture off: the
+  // per-op events cannot be recorded inside a graph).
+  void set_graphs_enabled(bool enabled) { graphs_enabled_ = enabled && profiler_ == nullptr; }
 
   // ---- for the kernel files -----------------------------------------------------------------
   cudaStream_t stream() const { return stream_; }
@@ -159,7 +167,12 @@ class CudaBackend final : public Backend {
 
   int device_ = 0;
   DType compute_dtype_ = DType::kF32;
-  void* cublas_workspace_ = nullptr;          // device memory cuBLAS(Lt) may use for split-K
+  void* cublas_workspace_ = nullptr;  // device memory cuBLAS(Lt) may use for split-K
+  bool graphs_enabled_ = false;
+  bool capturing_ = false;               // between begin_capture and end/abort_capture
+  std::vector<cudaGraphExec_t> graphs_;  // by id; null once released
+  // Throws when called while recording a graph (ops that wait for or copy from the host).
+  void refuse_while_capturing(const char* op) const;
   std::unique_ptr<LtGemm> lt_gemm_;           // bf16/fp16 products (gemm_lt.cpp)
   std::unique_ptr<HostReadbacks> readbacks_;  // copy_to_host_async staging (host_copies.cpp)
   std::unique_ptr<HostUploads> uploads_;      // copy_from_host staging (host_copies.cpp)

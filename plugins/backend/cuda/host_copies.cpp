@@ -82,6 +82,7 @@ void HostUploads::enqueue(void* dst, const void* src, size_t bytes, cudaStream_t
 }
 
 void CudaBackend::copy_to_host_async(void* dst, const Tensor& src) {
+  refuse_while_capturing("copy_to_host_async");
   if (!src.defined() || src.device() != device()) {
     kChecks.fail("copy_to_host_async",
                  "src is " + describe(src) + "; expected a tensor on " + to_string(device()));
@@ -90,6 +91,7 @@ void CudaBackend::copy_to_host_async(void* dst, const Tensor& src) {
 }
 
 void CudaBackend::await_host_copies() {
+  refuse_while_capturing("await_host_copies");
   readbacks_->await();
 }
 

@@ -234,6 +234,9 @@ struct AdamWTable {
 struct AdamWMultiConstants {
   float b1, b2, lr, eps, grad_scale, inv_bc1, inv_bc2, max_grad_norm;
   const float* grad_sum_squares;  // (1) on the device
+  // (4) on the device or null: lr, inv_bc1, inv_bc2, grad_scale read at run time (AdamWStep::
+  // scalars), so a captured CUDA Graph replays each step with that step's values.
+  const float* scalars;
 };
 static_assert(sizeof(AdamWTable) + sizeof(AdamWMultiConstants) <= kMaxKernelParams);
 
@@ -285,12 +288,16 @@ __global__ void __launch_bounds__(kMultiThreads)
   const float sum_squares = *k.grad_sum_squares;
   // Skipped step (non-finite norm): nothing is written, grads included (see backend.h).
   if (!isfinite(sum_squares)) return;
+  const float lr = k.scalars != nullptr ? k.scalars[0] : k.lr;
+  const float inv_bc1 = k.scalars != nullptr ? k.scalars[1] : k.inv_bc1;
+  const float inv_bc2 = k.scalars != nullptr ? k.scalars[2] : k.inv_bc2;
+  const float grad_scale = k.scalars != nullptr ? k.scalars[3] : k.grad_scale;
   float clip = 1.0f;
   if (k.max_grad_norm > 0.0f) {
-    const float norm = sqrtf(sum_squares) * k.grad_scale;
+    const float norm = sqrtf(sum_squares) * grad_scale;
     clip = fminf(1.0f, k.max_grad_norm / norm);
   }
-  AdamWConstants c{k.b1, k.b2, k.lr, k.eps, 0.0f, k.grad_scale * clip, k.inv_bc1, k.inv_bc2};
+  AdamWConstants c{k.b1, k.b2, lr, k.eps, 0.0f, grad_scale * clip, inv_bc1, inv_bc2};
   const int64_t chunks = t.chunk_begin[t.count];
   for (int64_t chunk = blockIdx.x; chunk < chunks; chunk += gridDim.x) {
     const int i = find_tensor(t.chunk_begin, t.count, chunk);
@@ -437,6 +444,12 @@ void CudaBackend::adamw_update_multi(const std::vector<AdamWTensor>& tensors, co
   if (step.step < 1) {
     kChecks.fail(op, "step = " + std::to_string(step.step) + "; steps are 1-based");
   }
+  if (step.scalars.defined()) {
+    expect_f32(*this, op, "step.scalars", step.scalars);
+    if (step.scalars.numel() != 4) {
+      kChecks.fail(op, "step.scalars is " + describe(step.scalars) + "; expected (4)");
+    }
+  }
   const double s = static_cast<double>(step.step);
   const AdamWMultiConstants k{step.beta1,
                               step.beta2,
@@ -446,7 +459,8 @@ void CudaBackend::adamw_update_multi(const std::vector<AdamWTensor>& tensors, co
                               static_cast<float>(1.0 / (1.0 - std::pow(double(step.beta1), s))),
                               static_cast<float>(1.0 / (1.0 - std::pow(double(step.beta2), s))),
                               max_grad_norm,
-                              ptr<float>(grad_sum_squares)};
+                              ptr<float>(grad_sum_squares),
+                              step.scalars.defined() ? ptr<float>(step.scalars) : nullptr};
 
   // One launch per kMaxAdamWTensors non-empty tensors (one for a typical model). A launch of
   // one wave of resident blocks strides over the chunks: equal-sized chunks balance by themselves.

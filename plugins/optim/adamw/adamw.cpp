@@ -5,6 +5,7 @@
 // Ownership: owns m ("exp_avg") and v ("exp_avg_sq") per parameter, keyed by parameter name and
 // allocated lazily (zeros, f32) on the backend it is first given; never owns the parameters.
 // Thread-safety: none; the trainer's thread drives it.
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <unordered_map>
@@ -59,9 +60,34 @@ class AdamW final : public Optimizer {
   void step_on_device(Backend& backend, const std::vector<Parameter*>& params, double lr,
                       const Tensor& grad_sum_squares, float max_grad_norm,
                       float inv_loss_scale) override {
+    prepare_device_step(backend, params, lr, inv_loss_scale);
+    enqueue_device_step(backend, params, grad_sum_squares, max_grad_norm);
+  }
+
+  bool capturable() const override { return true; }
+
+  void prepare_device_step(Backend& backend, const std::vector<Parameter*>&, double lr,
+                           float inv_loss_scale) override {
+    pending_ = next_step(lr, inv_loss_scale);
+    // What changes from step to step goes to device memory, where a replayed graph reads it.
+    const double s = static_cast<double>(pending_.step);
+    const float host[4] = {
+        pending_.lr, static_cast<float>(1.0 / (1.0 - std::pow(double(pending_.beta1), s))),
+        static_cast<float>(1.0 / (1.0 - std::pow(double(pending_.beta2), s))), pending_.grad_scale};
+    if (!scalars_.defined() || scalars_.device() != backend.device()) {
+      scalars_ = backend.empty({4});
+    }
+    backend.copy_from_host(scalars_, host);
+    pending_.scalars = scalars_;
+  }
+
+  void enqueue_device_step(Backend& backend, const std::vector<Parameter*>& params,
+                           const Tensor& grad_sum_squares, float max_grad_norm) override {
     // All parameters in one multi-tensor update: the clip factor comes from the device-side
     // norm, the compute copies are refreshed and the grads zeroed in the same pass.
-    const AdamWStep update = next_step(lr, inv_loss_scale);
+    if (!pending_.scalars.defined()) {
+      throw Error(id(), "enqueue_device_step() needs a preceding prepare_device_step()");
+    }
     std::vector<AdamWTensor> tensors;
     tensors.reserve(params.size());
     for (Parameter* param : params) {
@@ -75,7 +101,7 @@ class AdamW final : public Optimizer {
       t.weight_decay = decays(*param) ? static_cast<float>(weight_decay_) : 0.0f;
       tensors.push_back(std::move(t));
     }
-    backend.adamw_update_multi(tensors, update, grad_sum_squares, max_grad_norm);
+    backend.adamw_update_multi(tensors, pending_, grad_sum_squares, max_grad_norm);
   }
 
   std::vector<std::pair<std::string, Tensor>> state(
@@ -146,6 +172,8 @@ class AdamW final : public Optimizer {
   bool decay_norms_and_embeddings_;
   int64_t step_count_ = 0;
   std::unordered_map<std::string, Moments> moments_;
+  AdamWStep pending_;  // the step prepare_device_step() set up for enqueue_device_step()
+  Tensor scalars_;     // (4) f32 on the device: lr, bias corrections, grad scale (AdamWStep)
 };
 
 std::vector<OptionSpec> adamw_options() {
