@@ -28,10 +28,17 @@ std::string range_text(const OptionSpec& o) {
     if (!s.empty() && s.back() == '.') s.pop_back();
     return s;
   };
-  if (o.min && o.max) return "[" + num(*o.min) + ", " + num(*o.max) + "]";
-  if (o.min) return ">= " + num(*o.min);
-  if (o.max) return "<= " + num(*o.max);
-  return "";
+  // Appending (not "literal" + string) also avoids GCC 12's false -Wrestrict warning on
+  // operator+(const char*, std::string&&).
+  std::string text;
+  if (o.min && o.max) {
+    text.append("[").append(num(*o.min)).append(", ").append(num(*o.max)).append("]");
+  } else if (o.min) {
+    text.append(">= ").append(num(*o.min));
+  } else if (o.max) {
+    text.append("<= ").append(num(*o.max));
+  }
+  return text;
 }
 
 }  // namespace

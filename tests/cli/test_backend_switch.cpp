@@ -77,7 +77,9 @@ TEST_F(BackendSwitch, ACpuConfigSwitchedToCudaDropsThreadsWithANotice) {
                  "--out", path("run").string(), "train.steps=2", "train.eval_every=0"});
   EXPECT_MENTIONS(train.err, "backend.threads=1 dropped: backend/cuda has no option 'threads'");
   EXPECT_EQ(train.all().find("unknown key"), std::string::npos) << train.all();
-  if (train.exit_code != 0) EXPECT_MENTIONS(train.err, "[backend/cuda]");
+  if (train.exit_code != 0) {
+    EXPECT_MENTIONS(train.err, "[backend/cuda]");
+  }
 }
 
 TEST_F(BackendSwitch, AnOptionTypedForTheOldBackendIsStillAnError) {

@@ -93,7 +93,9 @@ TEST_F(CudaTraining, Fp16OverflowSkipsTheStepAndHalvesTheScale) {
     if (j.value("skipped", false)) {
       ASSERT_TRUE(j.contains("loss_scale")) << j.dump();
       const double scale = j["loss_scale"].get<double>();
-      if (skipped++ > 0) EXPECT_LE(scale, scale_after_skip) << "the scale only comes down here";
+      if (skipped++ > 0) {
+        EXPECT_LE(scale, scale_after_skip) << "the scale only comes down here";
+      }
       scale_after_skip = scale;
     } else if (j.contains("loss")) {
       if (taken++ == 0) {

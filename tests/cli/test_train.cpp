@@ -246,5 +246,17 @@ TEST_F(Train, TooManyConsecutiveNonFiniteStepsStopTheRun) {
   EXPECT_MENTIONS(r.err, "non-finite loss (nan)");
 }
 
+TEST_F(Train, ADivergingRunNamesTheFirstParameterWithANonFiniteGradient) {
+  // lr 1e30 blows the weights up in one step; the next gradients are not finite. The device
+  // skips those updates, and the trainer says where the gradient first broke.
+  const fs::path run = path("run");
+  const RunResult r = run_nnkit({"train", config_.string(), "--data", tokens_.string(), "--out",
+                                 run.string(), "train.max_bad_steps=2", "train.optimizer.lr=1e30",
+                                 "train.schedule={type: constant}"});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_MENTIONS(r.err, "consecutive steps had a non-finite loss or gradient");
+  EXPECT_MENTIONS(r.err, "(first in model.");
+}
+
 }  // namespace
 }  // namespace nnkit::clitest
