@@ -358,7 +358,10 @@ void CudaBackend::synchronize() {
   NNKIT_CUDA_CHECK(
       cudaMemcpyAsync(fault_host_, fault_, sizeof(DeviceFault), cudaMemcpyDeviceToHost, stream_));
   NNKIT_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  if (profiler_ != nullptr) profiler_->collect();
+  if (profiler_ != nullptr) {
+    profiler_->collect();
+    profiler_->mark_host_wait();
+  }
   raise_fault();
 }
 

@@ -93,6 +93,7 @@ void CudaBackend::copy_to_host_async(void* dst, const Tensor& src) {
 void CudaBackend::await_host_copies() {
   refuse_while_capturing("await_host_copies");
   readbacks_->await();
+  if (profiler_ != nullptr) profiler_->mark_host_wait();
 }
 
 }  // namespace nnkit::cuda

@@ -39,7 +39,8 @@ OpProfiler::OpProfiler(cudaStream_t stream) : stream_(stream) {
 
 void OpProfiler::begin(std::string op) {
   if (depth_++ > 0) return;
-  Pending p{std::move(op), take_event(), take_event()};
+  Pending p{std::move(op), take_event(), take_event(), after_host_wait_};
+  after_host_wait_ = false;
   NNKIT_CUDA_CHECK(cudaEventRecord(p.start, stream_));
   if (first_ == nullptr) {
     first_ = take_event();
@@ -61,6 +62,12 @@ void OpProfiler::collect() {
       Totals& t = totals_[p.op];
       ++t.calls;
       t.ms += ms;
+      float gap = 0.0f;
+      if (last_ != nullptr && cudaEventElapsedTime(&gap, last_, p.start) == cudaSuccess &&
+          gap > 0.0f) {
+        t.idle_before_ms += gap;
+        if (p.after_host_wait) idle_after_waits_ms_ += gap;
+      }
     }
     pool_.push_back(p.start);
     if (last_ != nullptr) pool_.push_back(last_);
@@ -81,12 +88,14 @@ std::string OpProfiler::report() {
   double busy = 0.0;
   for (const auto& [op, t] : rows) busy += t.ms;
   std::string out = "backend/cuda op profile (stream time per op, NNKIT_CUDA_PROFILE=1):\n";
-  char line[160];
-  std::snprintf(line, sizeof(line), "  %-56s %10s %12s %7s\n", "op", "calls", "stream ms", "share");
+  char line[192];
+  std::snprintf(line, sizeof(line), "  %-56s %10s %12s %7s %14s\n", "op", "calls", "stream ms",
+                "share", "idle before ms");
   out += line;
   for (const auto& [op, t] : rows) {
-    std::snprintf(line, sizeof(line), "  %-56s %10lld %12.2f %6.1f%%\n", op.c_str(),
-                  static_cast<long long>(t.calls), t.ms, busy > 0 ? 100.0 * t.ms / busy : 0.0);
+    std::snprintf(line, sizeof(line), "  %-56s %10lld %12.2f %6.1f%% %14.2f\n", op.c_str(),
+                  static_cast<long long>(t.calls), t.ms, busy > 0 ? 100.0 * t.ms / busy : 0.0,
+                  t.idle_before_ms);
     out += line;
   }
   std::snprintf(line, sizeof(line),
@@ -94,6 +103,11 @@ std::string OpProfiler::report() {
                 "the host\n",
                 busy, span_ms_, std::max(0.0, span_ms_ - busy),
                 span_ms_ > 0 ? 100.0 * std::max(0.0, span_ms_ - busy) / span_ms_ : 0.0);
+  out += line;
+  std::snprintf(line, sizeof(line),
+                "  of which %.2f ms (%.1f%% of the span) right after the host waited for the "
+                "device (await_host_copies, copy_to_host)\n",
+                idle_after_waits_ms_, span_ms_ > 0 ? 100.0 * idle_after_waits_ms_ / span_ms_ : 0.0);
   out += line;
   return out;
 }
