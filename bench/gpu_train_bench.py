@@ -6,7 +6,7 @@
 
 Runs `nnkit train CONFIG --data DATA --out TMP overrides... train.steps=STEPS
 train.eval_every=0 train.eval_batches=1 train.checkpoint_every=0 train.final_checkpoint=false
-train.log_every=1` to the end (a multi-GB final checkpoint is not what is being measured; with
+train.log_every=LOG_EVERY (default 10, the trainer's default)` to the end (a multi-GB final checkpoint is not what is being measured; with
 NNKIT_CUDA_PROFILE=1 in --env the backend's op profile is printed at exit). Throughput = tokens of steps warmup+1..steps / the elapsed_s between
 them (the trainer stamps every metrics line). Peak device memory is sampled with nvidia-smi
 every 200 ms while the run lasts (it includes nnkit's cache of freed blocks). Prints one JSON line.
@@ -43,6 +43,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--timeout", type=float, default=400)
     ap.add_argument("--label", default="nnkit")
+    # Every step writes its metrics line (loss, elapsed_s) either way; on logged steps the MoE
+    # statistics are also read from the device (one small copy per layer).
+    ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--env", action="append", default=[], help="NAME=value for the nnkit process")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
@@ -51,7 +54,7 @@ def main():
     cmd = [args.nnkit, "train", args.config, "--data", args.data, "--out", out + "/run",
            f"train.steps={args.steps}", "train.eval_every=0", "train.eval_batches=1",
            "train.checkpoint_every=0", "train.final_checkpoint=false",
-           "train.log_every=1"] + args.overrides
+           f"train.log_every={args.log_every}"] + args.overrides
     env = dict(os.environ)
     for item in args.env:
         name, _, value = item.partition("=")

@@ -478,9 +478,11 @@ TrainSummary train(const TrainRequest& request) {
     // The auxiliary losses and the expert load live on the device: read on logged steps.
     double aux = std::nan("");
     if (logged_step) {
-      aux = model.aux_loss();
-      line["aux_loss"] = aux;
+      // One read per MoE layer: the weighted sum comes from the same statistics.
       const auto stats = model.aux_stats();
+      aux = 0.0;
+      for (const AuxStats& s : stats) aux += s.aux_weight * s.aux_loss + s.z_weight * s.z_loss;
+      line["aux_loss"] = aux;
       if (!stats.empty()) {
         nlohmann::json load = nlohmann::json::array(), aux_layers = nlohmann::json::array(),
                        dropped = nlohmann::json::array();
