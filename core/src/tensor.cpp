@@ -48,8 +48,16 @@ std::string to_string(const Device& device) {
 }
 
 int64_t shape_numel(const Shape& shape) {
+  // Sizes come from user input (config dims): a product that wraps around would allocate the
+  // wrong amount and index out of bounds later, so it is an error here.
   int64_t n = 1;
-  for (int64_t d : shape) n *= d;
+  for (int64_t d : shape) {
+    if (d < 0 || __builtin_mul_overflow(n, d, &n)) {
+      throw ShapeError("tensor", "shape " + to_string(shape) +
+                                     (d < 0 ? " has a negative dimension"
+                                            : " has more elements than a 64-bit count holds"));
+    }
+  }
   return n;
 }
 
@@ -115,7 +123,9 @@ Tensor Tensor::view(Shape shape) const {
     }
   }
   if (infer >= 0 && known > 0) shape[static_cast<size_t>(infer)] = numel() / known;
-  if (shape_numel(shape) != numel()) {
+  bool negative = false;
+  for (int64_t d : shape) negative = negative || d < 0;
+  if (negative || shape_numel(shape) != numel()) {
     throw ShapeError("tensor", "cannot view " + to_string(shape_) + " as " + to_string(shape));
   }
   return Tensor(storage_, std::move(shape), dtype_, byte_offset_);

@@ -91,6 +91,23 @@ TEST_F(BadInput, NegativeSize) {
   EXPECT_MENTIONS(o.err, "command-line override");
 }
 
+TEST_F(BadInput, SizesWhoseCountsOverflowAreRefusedNotWrapped) {
+  // 2^40 x 2^40 embedding entries do not fit in 64 bits: validate and train must say so (exit 2)
+  // instead of printing a wrapped-around count or crashing in an allocation.
+  const std::vector<std::string> huge = {"model.hidden_dim=1099511627776",
+                                         "model.vocab_size=1099511627776"};
+  std::vector<std::string> validate_args = {"validate", config_.string()};
+  std::vector<std::string> train_args = {"train",          config_.string(), "--data",
+                                         tokens_.string(), "--out",          path("run").string()};
+  validate_args.insert(validate_args.end(), huge.begin(), huge.end());
+  train_args.insert(train_args.end(), huge.begin(), huge.end());
+  for (const auto& args : {validate_args, train_args}) {
+    const RunResult r = run_nnkit(args);
+    EXPECT_EXIT_CODE(r, 2);
+    EXPECT_MENTIONS(r.err, "does not fit in 64 bits");
+  }
+}
+
 TEST_F(BadInput, UnknownPluginListsTheAvailableOnes) {
   const RunResult r =
       validate(variant("plugin.yaml", "{type: swiglu, n_experts", "{type: swigluu, n_experts"));

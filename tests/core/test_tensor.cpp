@@ -25,3 +25,24 @@ TEST(Tensor, ViewsShareStorageAndCheckSizes) {
 
 }  // namespace
 }  // namespace nnkit
+
+namespace nnkit {
+namespace {
+
+TEST(Tensor, ElementCountsThatOverflowAreRefused) {
+  // 2^32 x 2^32 does not fit in int64: the count must not wrap around to a small number.
+  const int64_t big = int64_t{1} << 32;
+  try {
+    (void)shape_numel({big, big});
+    FAIL() << "expected a ShapeError";
+  } catch (const ShapeError& e) {
+    EXPECT_NE(std::string(e.what()).find("more elements than a 64-bit count holds"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(shape_numel({big, 2}), big * 2);
+  EXPECT_THROW((void)shape_numel({4, -1}), ShapeError);
+}
+
+}  // namespace
+}  // namespace nnkit

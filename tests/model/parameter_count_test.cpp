@@ -10,6 +10,7 @@
 
 #include "model/model_test_util.h"
 #include "nnkit/config.h"
+#include "nnkit/error.h"
 #include "nnkit/model.h"
 #include "support/test_support.h"
 
@@ -31,6 +32,25 @@ TEST(ParameterCount, CudaNn69bConfigMatchesTheSpecWithoutAllocating) {
   EXPECT_EQ(model.active_parameter_count(), 1786599168LL);
   // NTK scaling alpha 8 over head_dim 64: base' = 10000 * 8^(64/62).
   EXPECT_NEAR(model.rope_base(), 10000.0 * std::pow(8.0, 64.0 / 62.0), 1e-6 * model.rope_base());
+}
+
+TEST(ParameterCount, SizesThatOverflowAreRefusedBeforeAllocating) {
+  // hidden_dim 2^40 with a 32000-token vocabulary: 3.5e16 embedding entries are still countable,
+  // but the experts' 16 x 3 x 2^40 x 6144 are not (they would wrap to a small or negative count).
+  ConfigDocument doc = ConfigDocument::load_file(source_dir() / "configs/cuda-nn-6.9b.yaml");
+  doc.apply_override("model.hidden_dim=1099511627776");
+  const RunConfig config = resolve_config(doc, registry());
+  Transformer model(config, registry(), cpu_backend());
+  try {
+    (void)model.parameter_count();
+    FAIL() << "expected a ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("does not fit in 64 bits"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("hidden_dim 1099511627776"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(model.allocate(true), ConfigError);  // nothing is allocated first
+  EXPECT_FALSE(model.allocated());
 }
 
 // The spec's counting rule written out for a ModelSpec.

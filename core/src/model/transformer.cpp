@@ -156,16 +156,53 @@ Parameter* Transformer::find_parameter(const std::string& name) {
   return nullptr;
 }
 
+namespace {
+
+// The model's sizes multiply user-chosen dims: counts that do not fit in 64 bits are refused
+// with the dims that made them, before anything is allocated.
+[[noreturn]] void model_too_large(const ModelConfig& m) {
+  throw ConfigError("model", "the model's parameter count does not fit in 64 bits (vocab_size " +
+                                 std::to_string(m.vocab_size) + ", hidden_dim " +
+                                 std::to_string(m.hidden_dim) + ", n_layers " +
+                                 std::to_string(m.n_layers) + "); check the sizes in the config");
+}
+
+}  // namespace
+
 int64_t Transformer::parameter_count() const {
   int64_t n = 0;
-  for (const Parameter& p : own_params_) n += shape_numel(p.shape);
-  for (const auto& b : blocks_) {
-    n += b->attn_norm->parameter_count() + b->attention->parameter_count() +
-         b->ffn_norm->parameter_count();
-    n += b->moe ? b->moe->router().parameter_count() + b->moe->experts().parameter_count()
-                : b->ffn->parameter_count();
+  auto add = [&](int64_t count) {
+    if (count < 0 || __builtin_add_overflow(n, count, &n)) model_too_large(config_);
+  };
+  auto add_layer = [&](const Layer& layer) {
+    for (const Parameter& p : layer.parameters()) {
+      try {
+        add(shape_numel(p.shape));
+      } catch (const ShapeError&) {
+        model_too_large(config_);
+      }
+    }
+  };
+  for (const Parameter& p : own_params_) {
+    try {
+      add(shape_numel(p.shape));
+    } catch (const ShapeError&) {
+      model_too_large(config_);
+    }
   }
-  return n + final_norm_->parameter_count();
+  for (const auto& b : blocks_) {
+    add_layer(*b->attn_norm);
+    add_layer(*b->attention);
+    add_layer(*b->ffn_norm);
+    if (b->moe != nullptr) {
+      add_layer(b->moe->router());
+      add_layer(b->moe->experts());
+    } else {
+      add_layer(*b->ffn);
+    }
+  }
+  add_layer(*final_norm_);
+  return n;
 }
 
 int64_t Transformer::active_parameter_count() const {
@@ -189,6 +226,7 @@ double Transformer::rope_base() const {
 }
 
 void Transformer::allocate(bool with_grads) {
+  (void)parameter_count();  // refuses sizes that overflow before any allocation
   Backend& be = *backend_;
   const DType compute = be.compute_dtype();
   for (Parameter* p : parameters()) {

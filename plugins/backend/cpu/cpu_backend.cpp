@@ -7,6 +7,7 @@
 #include <omp.h>
 
 #include <bit>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -149,7 +150,11 @@ Tensor CpuBackend::empty(const Shape& shape, DType dtype) {
   for (int64_t d : shape) {
     if (d < 0) shape_fail("empty", "negative dimension in shape " + to_string(shape));
   }
-  const size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
+  const auto numel = static_cast<size_t>(shape_numel(shape));
+  if (numel > SIZE_MAX / dtype_size(dtype)) {
+    shape_fail("empty", "shape " + to_string(shape) + " needs more bytes than a 64-bit size holds");
+  }
+  const size_t bytes = numel * dtype_size(dtype);
   // A size class: a multiple of the alignment (aligned_alloc requires it), never 0 bytes, so even
   // an empty tensor has a real, freeable address.
   const size_t padded = size_class(bytes);

@@ -10,6 +10,7 @@
 #include <cublas_v2.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -296,7 +297,12 @@ Tensor CudaBackend::empty(const Shape& shape, DType dtype) {
   for (int64_t d : shape) {
     if (d < 0) kChecks.fail("empty", "negative dimension in shape " + to_string(shape));
   }
-  const size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
+  const auto numel = static_cast<size_t>(shape_numel(shape));
+  if (numel > SIZE_MAX / dtype_size(dtype)) {
+    kChecks.fail("empty",
+                 "shape " + to_string(shape) + " needs more bytes than a 64-bit size holds");
+  }
+  const size_t bytes = numel * dtype_size(dtype);
   const size_t size = DeviceBlockCache::size_class(bytes);
   void* memory = cache_->acquire(size);
   auto storage = std::make_shared<Storage>();
