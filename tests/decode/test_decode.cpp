@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "nnkit/error.h"
+#include "nnkit/generator.h"
 #include "nnkit/sampler.h"
 #include "support/test_support.h"
 
@@ -97,6 +98,64 @@ TEST(Temperature, DividesLogits) {
 
   const std::vector<float> logits{0.3f, 1.7f};
   EXPECT_EQ(applied(*make_sampler("temperature"), logits), logits);  // default 1.0
+}
+
+// Tokens a draw from `row` (after `chain`) can return, over uniforms spread across [0, 1).
+std::vector<int32_t> drawable_ids(const std::vector<float>& logits,
+                                  const std::vector<std::shared_ptr<Sampler>>& chain) {
+  std::vector<int32_t> ids;
+  for (const double u : {0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.999999}) {
+    std::vector<float> row = logits;
+    const int32_t id = pick_token(row, chain, {}, u);
+    if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
+  }
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
+bool has_nan(const std::vector<float>& row) {
+  return std::any_of(row.begin(), row.end(), [](float x) { return std::isnan(x); });
+}
+
+TEST(Temperature, TinyValueIsGreedyWithoutOverflow) {
+  // 1e-30 pushes logit / T past the float range; 1e-40 makes 1/T itself inf in float (and
+  // 0 * inf NaN), so both once sampled garbage.
+  const std::vector<float> logits{0.0f, -1.0f, 3.0f, kNegInf, 2.9f, 1e30f};
+  for (const char* value : {"1e-30", "1e-40", "1e-300"}) {
+    auto temperature = make_sampler("temperature", {{"value", value}});
+    const std::vector<float> out = applied(*temperature, logits);
+    EXPECT_FALSE(has_nan(out)) << value;
+    EXPECT_EQ(out[3], kNegInf) << value;
+    EXPECT_EQ(drawable_ids(logits, {temperature}), std::vector<int32_t>{5}) << value;
+    const std::vector<float> modest{0.0f, -1.0f, 3.0f, kNegInf, 2.9f};
+    EXPECT_EQ(drawable_ids(modest, {temperature}), std::vector<int32_t>{2}) << value;
+  }
+}
+
+TEST(Temperature, TinyValueKeepsTiedBestTokens) {
+  auto temperature = make_sampler("temperature", {{"value", "1e-35"}});
+  EXPECT_EQ(drawable_ids({5.0f, 1.0f, 5.0f, -3.0f}, {temperature}), (std::vector<int32_t>{0, 2}));
+}
+
+TEST(Temperature, HugeValueIsUniformOverWhatFiltersKept) {
+  // 1/1e300 is 0 in float, and -inf * 0 is NaN: a filtered token came back as NaN.
+  auto top_k = make_sampler("top_k", {{"k", "3"}});
+  const std::vector<float> logits{1.0f, 2.5f, 0.3f, 2.0f, -1.0f, 1.8f};
+  for (const char* value : {"1e30", "1e300"}) {
+    auto temperature = make_sampler("temperature", {{"value", value}});
+    std::vector<float> row = logits;
+    top_k->apply(row, {});
+    temperature->apply(row, {});
+    EXPECT_FALSE(has_nan(row)) << value;
+    EXPECT_EQ(surviving_ids(row), (std::vector<int32_t>{1, 3, 5})) << value;
+    EXPECT_EQ(drawable_ids(logits, {top_k, temperature}), (std::vector<int32_t>{1, 3, 5})) << value;
+  }
+}
+
+TEST(PickToken, NanNeverWinsTheArgmax) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_EQ(drawable_ids({nan, 1.0f, 1000.0f}, {}), std::vector<int32_t>{2});
+  EXPECT_EQ(drawable_ids({nan, kNegInf, 7.0f}, {make_sampler("greedy")}), std::vector<int32_t>{2});
 }
 
 TEST(TopK, KeepsExactlyTheKLargest) {

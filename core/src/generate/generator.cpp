@@ -18,13 +18,21 @@ int32_t pick_token(std::vector<float>& row, const std::vector<std::shared_ptr<Sa
     sampler->apply(std::span<float>(row.data(), row.size()), history);
     argmax = argmax || sampler->selects_argmax();
   }
-  const auto best = std::max_element(row.begin(), row.end());
-  if (argmax || !std::isfinite(*best)) return static_cast<int32_t>(best - row.begin());
-  // Inverse-CDF draw from softmax(row), computed in double for a faithful distribution.
+  // The argmax skips NaN: std::max_element would keep a NaN in front (every comparison with it
+  // is false) and return that token, which has no probability at all.
+  size_t best = 0;
+  for (size_t i = 1; i < row.size(); ++i) {
+    if (std::isnan(row[best]) || row[i] > row[best]) best = i;
+  }
+  if (argmax || !std::isfinite(row[best])) return static_cast<int32_t>(best);
+  // Inverse-CDF draw from softmax(row), in log space relative to the largest logit (every
+  // exponent <= 0, so nothing overflows whatever the temperature made of the row), and in
+  // double: the difference of two large floats would round in float.
+  const double max_logit = row[best];
   double total = 0.0;
   std::vector<double> weights(row.size());
   for (size_t i = 0; i < row.size(); ++i) {
-    weights[i] = std::isfinite(row[i]) ? std::exp(static_cast<double>(row[i] - *best)) : 0.0;
+    weights[i] = std::isfinite(row[i]) ? std::exp(static_cast<double>(row[i]) - max_logit) : 0.0;
     total += weights[i];
   }
   double target = uniform * total;
@@ -33,7 +41,7 @@ int32_t pick_token(std::vector<float>& row, const std::vector<std::shared_ptr<Sa
     if (target < weights[i]) return static_cast<int32_t>(i);
     target -= weights[i];
   }
-  return static_cast<int32_t>(best - row.begin());  // rounding at the very top end
+  return static_cast<int32_t>(best);  // rounding at the very top end
 }
 
 std::vector<GenerationResult> generate(Transformer& model, const Tokenizer& tokenizer,
