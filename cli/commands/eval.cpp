@@ -1,9 +1,13 @@
 // Purpose: `nnkit eval`: mean cross-entropy and perplexity of a model over a data file, in
 // non-overlapping windows of train.seq_len tokens; the model is either randomly initialised from
-// a CONFIG (--random-init) or loaded from a run directory (--checkpoint).
+// a CONFIG (--random-init) or loaded from a run directory (--checkpoint). A loss that is not
+// finite is an error (exit 1, like a diverged training run) naming the batch and position.
+#include <algorithm>
 #include <cmath>
 #include <iostream>
+#include <limits>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "args.h"
 #include "commands.h"
@@ -22,6 +26,52 @@ struct EvalResult {
   int64_t tokens = 0;
 };
 
+std::string number_text(double x) {
+  std::ostringstream out;
+  out << x;
+  return out.str();
+}
+
+// Called once a batch's mean loss is not finite: recomputes that batch's per-token cross-entropy
+// on the host from its logits to name the first position that is not finite, so that the error
+// says where (a NaN anywhere in a batch poisons the mean, and a mean of nan with exit 0 hid it).
+// Costs a second forward of one batch, on the failure path only.
+[[noreturn]] void throw_non_finite(Transformer& model, const std::vector<int32_t>& inputs,
+                                   const std::vector<int32_t>& targets, int64_t rows,
+                                   int64_t seq_len, int64_t batch_index, int64_t batches,
+                                   int64_t first_token, double loss) {
+  std::string where = "batch " + std::to_string(batch_index + 1) + " of " +
+                      std::to_string(batches) + " (data tokens from " +
+                      std::to_string(first_token) + ")";
+  const Tensor logits = model.logits(inputs, rows, seq_len);
+  const int64_t vocab = model.config().vocab_size;
+  std::vector<float> host(static_cast<size_t>(logits.numel()));
+  model.backend().copy_to_host(host.data(), logits);
+  for (int64_t i = 0; i < rows * seq_len; ++i) {
+    const int32_t target = targets[static_cast<size_t>(i)];
+    if (target < 0) continue;
+    const float* row = host.data() + i * vocab;
+    double max_logit = -std::numeric_limits<double>::infinity();
+    bool finite = true;
+    for (int64_t v = 0; v < vocab; ++v) {
+      finite = finite && std::isfinite(row[v]);
+      max_logit = std::max(max_logit, static_cast<double>(row[v]));
+    }
+    double sum = 0.0;
+    for (int64_t v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(row[v]) - max_logit);
+    const double token_loss = max_logit + std::log(sum) - static_cast<double>(row[target]);
+    if (finite && std::isfinite(token_loss)) continue;
+    const int64_t r = i / seq_len;
+    const int64_t t = i % seq_len;
+    where += ", first at row " + std::to_string(r) + " position " + std::to_string(t) +
+             " (data token " + std::to_string(first_token + r * seq_len + t) + ", loss " +
+             number_text(token_loss) + (finite ? "" : ", non-finite logits") + ")";
+    break;
+  }
+  throw Error("eval", "the loss is not finite (" + number_text(loss) + ") at " + where +
+                          "; the model's weights probably hold NaN or inf (a diverged run?)");
+}
+
 // Windows of seq_len + 1 ids (inputs and shifted targets), batch_size at a time; the last window
 // may be shorter and is padded with ignored targets.
 EvalResult evaluate(Transformer& model, const std::vector<int32_t>& ids, int64_t seq_len,
@@ -36,7 +86,10 @@ EvalResult evaluate(Transformer& model, const std::vector<int32_t>& ids, int64_t
   int64_t counted = 0;
   std::vector<int32_t> inputs, targets;
   int64_t start = 0;
-  while (start + 1 < usable) {
+  const int64_t windows = (usable - 1 + seq_len - 1) / seq_len;
+  const int64_t batches = (windows + batch_size - 1) / batch_size;
+  for (int64_t batch_index = 0; start + 1 < usable; ++batch_index) {
+    const int64_t first_token = start;
     inputs.assign(static_cast<size_t>(batch_size * seq_len), 0);
     targets.assign(static_cast<size_t>(batch_size * seq_len), -1);
     int64_t rows = 0;
@@ -53,6 +106,10 @@ EvalResult evaluate(Transformer& model, const std::vector<int32_t>& ids, int64_t
     inputs.resize(static_cast<size_t>(rows * seq_len));
     targets.resize(static_cast<size_t>(rows * seq_len));
     const double loss = model.forward_loss(inputs, targets, rows, seq_len, false, false);
+    if (!std::isfinite(loss)) {
+      throw_non_finite(model, inputs, targets, rows, seq_len, batch_index, batches, first_token,
+                       loss);
+    }
     weighted += loss * static_cast<double>(batch_tokens);
     counted += batch_tokens;
   }

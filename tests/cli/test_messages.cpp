@@ -1,0 +1,32 @@
+// Purpose: messages that must point at the right place (issue 12): a non-finite eval loss is an
+// error naming the batch and position; resuming a finished run or with fewer train.steps than done
+// says so; an out-of-range token id names the id and the vocabulary size; a directory given where
+// a file is expected says "is a directory".
+#include "cli_support.h"
+
+namespace nnkit::clitest {
+namespace {
+
+class Messages : public CliTest {};
+
+TEST_F(Messages, EvalOfDivergedWeightsIsAnErrorNamingBatchAndPosition) {
+  // lr 1e30 blows the weights up on the first update; the later non-finite steps are skipped
+  // (max_bad_steps is high), so the run ends normally with a checkpoint full of inf/NaN.
+  const fs::path run = path("diverged");
+  train_ok(run, {"train.optimizer.lr=1e30", "train.max_bad_steps=100",
+                 "train.schedule={type: constant}", "train.steps=2", "train.eval_every=0"});
+  for (const bool json : {false, true}) {
+    std::vector<std::string> args = {"eval", "--checkpoint", run.string(), "--data",
+                                     tokens_.string()};
+    if (json) args.push_back("--json");
+    const RunResult r = run_nnkit(args);
+    EXPECT_EXIT_CODE(r, 1);
+    EXPECT_MENTIONS(r.err, "[eval] the loss is not finite");
+    EXPECT_MENTIONS(r.err, "at batch 1 of ");
+    EXPECT_MENTIONS(r.err, "row 0 position 0 (data token 0");
+    EXPECT_EQ(r.out.find("nan"), std::string::npos) << r.out;
+  }
+}
+
+}  // namespace
+}  // namespace nnkit::clitest
