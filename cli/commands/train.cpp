@@ -124,8 +124,17 @@ int run_train(const Args& raw) {
     const StopSignals stop_signals;
     summary = train(request);
   }
+  // The trainer returns at once when a resumed run already holds train.steps steps.
+  const bool already_done = request.resume && !summary.interrupted &&
+                            summary.first_step == summary.last_step &&
+                            summary.last_step == request.config.train.steps;
+  if (already_done) {
+    logger()->info("{} already reached step {} of {}; raise train.steps to continue",
+                   request.run_dir.string(), summary.last_step, request.config.train.steps);
+  }
   if (args.has("--json")) {
     std::cout << nlohmann::json{{"run_dir", request.run_dir.string()},
+                                {"already_done", already_done},
                                 {"first_step", summary.first_step},
                                 {"last_step", summary.last_step},
                                 {"loss", summary.last_loss},
@@ -143,6 +152,7 @@ int run_train(const Args& raw) {
                    request.run_dir.string());
     return 128 + (signal_number != 0 ? signal_number : SIGINT);
   }
+  if (already_done) return 0;
   logger()->info("done: {} steps, loss {:.4f}, val_loss {:.4f}, {:.0f} tokens/s; run in {}",
                  summary.last_step, summary.last_loss, summary.last_val_loss,
                  summary.tokens_per_second, request.run_dir.string());

@@ -28,5 +28,37 @@ TEST_F(Messages, EvalOfDivergedWeightsIsAnErrorNamingBatchAndPosition) {
   }
 }
 
+TEST_F(Messages, ResumingAFinishedRunSaysSoAndChangesNothing) {
+  const fs::path run = path("done");
+  train_ok(run, {"train.steps=3", "train.eval_every=0"});
+  const std::string metrics = read_text(run / "metrics.jsonl");
+  const RunResult r = run_nnkit({"train", "--resume", run.string()});
+  EXPECT_EXIT_CODE(r, 0);
+  EXPECT_MENTIONS(r.err,
+                  run.string() + " already reached step 3 of 3; raise train.steps to continue");
+  EXPECT_EQ(r.err.find("loss 0.0000"), std::string::npos) << r.err;
+  EXPECT_EQ(read_text(run / "metrics.jsonl"), metrics);
+  const RunResult j = run_nnkit({"train", "--resume", run.string(), "--json"});
+  EXPECT_EXIT_CODE(j, 0);
+  const nlohmann::json summary = nlohmann::json::parse(j.out);
+  EXPECT_EQ(summary["last_step"], 3);
+  EXPECT_EQ(summary["already_done"], true);
+}
+
+TEST_F(Messages, ResumingWithFewerStepsThanDoneIsRefused) {
+  const fs::path run = path("ahead");
+  train_ok(run, {"train.steps=3", "train.eval_every=0"});
+  const std::string config = read_text(run / "config.yaml");
+  const RunResult r = run_nnkit({"train", "--resume", run.string(), "train.steps=2"});
+  EXPECT_EXIT_CODE(r, 2);
+  EXPECT_MENTIONS(r.err, run.string() + " is already at step 3, beyond train.steps = 2");
+  EXPECT_MENTIONS(r.err, "raise train.steps above 3");
+  // Nothing was rewritten: the run still says 3 steps.
+  EXPECT_EQ(read_text(run / "config.yaml"), config);
+  const RunResult again = run_nnkit({"train", "--resume", run.string()});
+  EXPECT_EXIT_CODE(again, 0);
+  EXPECT_MENTIONS(again.err, "already reached step 3 of 3");
+}
+
 }  // namespace
 }  // namespace nnkit::clitest

@@ -231,6 +231,22 @@ TrainSummary train(const TrainRequest& request) {
     loader.restore_state(decode_loader_state(state.loader_state));
     log->info("resumed {} from {} (step {})", request.run_dir.string(), resume_from->dir.string(),
               state.step);
+    // After the checkpoint was verified, before anything in the run is rewritten: fewer steps
+    // than done cannot be honoured, and a finished run has nothing left to do (the caller sees
+    // first_step == last_step == train.steps and says so).
+    if (state.step > tc.steps) {
+      throw ConfigError(
+          "train", request.run_dir.string() + " is already at step " + std::to_string(state.step) +
+                       ", beyond train.steps = " + std::to_string(tc.steps) +
+                       "; a run does not go back: raise train.steps above " +
+                       std::to_string(state.step) + " to continue, or start a new run with --out");
+    }
+    if (state.step == tc.steps) {
+      TrainSummary finished;
+      finished.first_step = finished.last_step = state.step;
+      finished.last_checkpoint = resume_from->dir;
+      return finished;
+    }
   } else {
     model.init_random(static_cast<uint64_t>(cfg.seed));
   }
