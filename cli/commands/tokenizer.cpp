@@ -124,7 +124,18 @@ int run_tokenizer(const Args& raw) {
     }
     return 0;
   }
-  const std::string text = tokenizer->decode(parse_ids(rest));
+  const std::vector<int32_t> ids = parse_ids(rest);
+  // SentencePiece decodes an unknown id to nothing, so without this check a typo printed an
+  // empty line with exit 0.
+  const int64_t vocab = tokenizer->vocab_size();
+  for (const int32_t id : ids) {
+    if (id >= vocab) {
+      throw UsageError("cli", "token id " + std::to_string(id) + " is outside the vocabulary of " +
+                                  *model + " (vocabulary size " + std::to_string(vocab) +
+                                  ": ids 0.." + std::to_string(vocab - 1) + ")");
+    }
+  }
+  const std::string text = tokenizer->decode(ids);
   if (args.has("--json")) {
     std::cout << nlohmann::json{{"text", text}}.dump() << "\n";
   } else {

@@ -60,5 +60,20 @@ TEST_F(Messages, ResumingWithFewerStepsThanDoneIsRefused) {
   EXPECT_MENTIONS(again.err, "already reached step 3 of 3");
 }
 
+TEST_F(Messages, DecodingAnOutOfRangeIdNamesTheIdAndTheVocabularySize) {
+  const fs::path prefix = path("sp");
+  const RunResult trained = run_nnkit(
+      {"tokenizer", "train", corpus_.string(), "-o", prefix.string(), "--vocab-size", "400"});
+  ASSERT_EXIT_CODE(trained, 0);
+  const std::string model = prefix.string() + ".model";
+  const RunResult r = run_nnkit({"tokenizer", "decode", "--model", model, "5", "6", "400"});
+  EXPECT_EXIT_CODE(r, 2);
+  EXPECT_MENTIONS(r.err, "token id 400 is outside the vocabulary of " + model);
+  EXPECT_MENTIONS(r.err, "vocabulary size 400: ids 0..399");
+  EXPECT_EQ(r.out, "");
+  // The last id still decodes.
+  EXPECT_EXIT_CODE(run_nnkit({"tokenizer", "decode", "--model", model, "5,6,399"}), 0);
+}
+
 }  // namespace
 }  // namespace nnkit::clitest
