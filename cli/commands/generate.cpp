@@ -2,6 +2,7 @@
 // (CONFIG --random-init) with the sampler chain from the config's `decode:` list, or from the
 // sampler flags, which replace that list (--greedy, --top-k, --top-p, --min-p, --temperature,
 // --repetition-penalty; applied in that order, penalty first, temperature last).
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -45,6 +46,12 @@ std::optional<std::string> sampler_override(const ParsedArgs& args) {
 }
 
 std::vector<std::string> read_prompts(const std::string& file) {
+  // A directory opens as an empty stream on Linux, which read as "has no lines".
+  std::error_code ec;
+  if (std::filesystem::is_directory(file, ec)) {
+    throw IoError(
+        "cli", "prompts file " + file + " is a directory; pass a text file, one prompt per line");
+  }
   std::ifstream in(file);
   if (!in) throw IoError("cli", "cannot read prompts file " + file);
   std::vector<std::string> prompts;

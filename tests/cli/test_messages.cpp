@@ -75,5 +75,29 @@ TEST_F(Messages, DecodingAnOutOfRangeIdNamesTheIdAndTheVocabularySize) {
   EXPECT_EXIT_CODE(run_nnkit({"tokenizer", "decode", "--model", model, "5,6,399"}), 0);
 }
 
+TEST_F(Messages, ADirectoryWhereAFileIsExpectedSaysSo) {
+  const fs::path dir = path("a-folder");
+  fs::create_directories(dir);
+  const std::string d = dir.string();
+  const std::vector<std::vector<std::string>> commands = {
+      {"train", config_.string(), "--data", d, "--out", path("run").string()},
+      {"eval", config_.string(), "--random-init", "--data", d},
+      {"validate", d},
+      {"data", "prepare", d, "-o", path("x.tokens").string()},
+      {"generate", config_.string(), "--random-init", "--prompts", d},
+      {"tokenizer", "train", d, "-o", path("sp").string()},
+      {"tokenizer", "decode", "--model", d, "5"},
+  };
+  for (const std::vector<std::string>& args : commands) {
+    SCOPED_TRACE(args[0] + " " + args[1]);
+    const RunResult r = run_nnkit(args);
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_MENTIONS(r.err, d);
+    EXPECT_MENTIONS(r.err, "is a directory");
+    EXPECT_EQ(r.err.find("does not exist"), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("has no lines"), std::string::npos) << r.err;
+  }
+}
+
 }  // namespace
 }  // namespace nnkit::clitest

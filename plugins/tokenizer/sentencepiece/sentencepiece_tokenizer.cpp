@@ -45,6 +45,11 @@ class SentencePieceTokenizer final : public Tokenizer {
   explicit SentencePieceTokenizer(const Options& options) {
     const fs::path path = resolve_model_path(options);
     std::error_code ec;
+    if (fs::is_directory(path, ec)) {
+      options.fail("model", "SentencePiece model file " + path.string() +
+                                " is a directory; pass the .model file (PREFIX.model from "
+                                "`nnkit tokenizer train`)");
+    }
     if (!fs::is_regular_file(path, ec)) {
       options.fail("model", "SentencePiece model file " + path.string() +
                                 " does not exist (train one with `nnkit tokenizer train`)");

@@ -71,6 +71,10 @@ class SentencePieceTrainer final : public TokenizerTrainer {
     if (options.inputs.empty()) throw ConfigError(id(), "no input files to train on");
     std::error_code ec;
     for (const fs::path& file : options.inputs) {
+      if (fs::is_directory(file, ec)) {
+        throw IoError(id(), "input file " + file.string() +
+                                " is a directory; pass the text files themselves");
+      }
       if (!fs::is_regular_file(file, ec)) {
         throw IoError(id(), "input file " + file.string() + " does not exist");
       }
