@@ -171,25 +171,19 @@ namespace {
 
 int64_t Transformer::parameter_count() const {
   int64_t n = 0;
-  auto add = [&](int64_t count) {
-    if (count < 0 || __builtin_add_overflow(n, count, &n)) model_too_large(config_);
-  };
-  auto add_layer = [&](const Layer& layer) {
-    for (const Parameter& p : layer.parameters()) {
-      try {
-        add(shape_numel(p.shape));
-      } catch (const ShapeError&) {
-        model_too_large(config_);
-      }
-    }
-  };
-  for (const Parameter& p : own_params_) {
+  auto add = [&](const Parameter& p) {
+    int64_t count = 0;
     try {
-      add(shape_numel(p.shape));
+      count = shape_numel(p.shape);
     } catch (const ShapeError&) {
       model_too_large(config_);
     }
-  }
+    if (__builtin_add_overflow(n, count, &n)) model_too_large(config_);
+  };
+  auto add_layer = [&](const Layer& layer) {
+    for (const Parameter& p : layer.parameters()) add(p);
+  };
+  for (const Parameter& p : own_params_) add(p);
   for (const auto& b : blocks_) {
     add_layer(*b->attn_norm);
     add_layer(*b->attention);
