@@ -17,6 +17,8 @@ std::vector<FlagSpec> common_flags() {
   return {
       {"--log-level", "LEVEL", "trace, debug, info (default), warn, error, off"},
       {"--plugin-path", "DIR", "extra folder (or library) to search for plugins first", true},
+      {"--allow-unsafe-plugin-dirs", "",
+       "load plugins from world-writable folders (refused by default)"},
   };
 }
 
@@ -37,6 +39,14 @@ std::vector<fs::path> apply_common_flags(const ParsedArgs& args) {
   return paths;
 }
 
+RegistryOptions registry_options(const ParsedArgs& args,
+                                 std::map<std::string, fs::path> prefer) {
+  RegistryOptions options;
+  options.prefer = std::move(prefer);
+  options.allow_unsafe_dirs = args.has("--allow-unsafe-plugin-dirs");
+  return options;
+}
+
 namespace {
 
 // Token files start with the magic "NNKTOK01" (see nnkit/io/token_file.h).
@@ -52,7 +62,9 @@ Session finish_session(ConfigDocument document, const std::vector<std::string>& 
   std::vector<fs::path> explicit_paths = apply_common_flags(args);
   for (const fs::path& p : document.plugin_paths()) explicit_paths.push_back(p);
   Session session;
-  session.registry = std::make_unique<Registry>(Registry::default_search_paths(explicit_paths));
+  session.registry = std::make_unique<Registry>(
+      Registry::default_search_paths(explicit_paths),
+      registry_options(args, document.plugin_prefer()));
   session.config = resolve_config(document, *session.registry);
   return session;
 }

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -23,6 +24,10 @@ std::vector<FlagSpec> common_flags();
 std::optional<ParsedArgs> parse_command(CommandSpec spec, const std::vector<std::string>& raw);
 // Applies --log-level; returns the explicit plugin paths from --plugin-path.
 std::vector<std::filesystem::path> apply_common_flags(const ParsedArgs& args);
+// How the registry of this command treats what it finds: --allow-unsafe-plugin-dirs and the
+// config's plugin_prefer: (empty for commands without a config).
+RegistryOptions registry_options(const ParsedArgs& args,
+                                 std::map<std::string, std::filesystem::path> prefer = {});
 
 struct Session {
   std::unique_ptr<Registry> registry;

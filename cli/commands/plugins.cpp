@@ -50,7 +50,8 @@ int run_plugins(const Args& raw) {
   if (!args.positionals().empty()) {
     throw UsageError("cli", "`nnkit plugins` takes no positional arguments");
   }
-  const Registry registry(Registry::default_search_paths(apply_common_flags(args)));
+  const Registry registry(Registry::default_search_paths(apply_common_flags(args)),
+                          registry_options(args));
   if (auto id = args.get("--describe")) {
     const size_t slash = id->find('/');
     if (slash == std::string::npos) {
@@ -86,11 +87,14 @@ int run_plugins(const Args& raw) {
   if (args.has("--json")) {
     nlohmann::json list = nlohmann::json::array();
     for (const PluginInfo& p : registry.plugins()) {
-      list.push_back({{"kind", p.kind},
-                      {"name", p.name},
-                      {"version", p.version},
-                      {"path", p.path},
-                      {"summary", p.summary}});
+      nlohmann::json entry = {{"kind", p.kind},
+                              {"name", p.name},
+                              {"version", p.version},
+                              {"path", p.path},
+                              {"summary", p.summary}};
+      if (const std::string role = registry.role_of(p); !role.empty()) entry["role"] = role;
+      if (!p.conflicts.empty()) entry["conflicts"] = p.conflicts;
+      list.push_back(std::move(entry));
     }
     std::cout << list.dump(2) << "\n";
     return 0;
@@ -98,11 +102,17 @@ int run_plugins(const Args& raw) {
   std::cout << "Search paths (in order):\n";
   for (const auto& p : registry.search_paths()) std::cout << "  " << p.string() << "\n";
   std::cout << "\nPlugins:\n";
+  // MoE routers and experts share the kind "moe" but fill different slots: list them apart.
   for (const PluginInfo& p : registry.plugins()) {
-    std::string id = p.id();
+    const std::string role = registry.role_of(p);
+    std::string id = p.id() + (role.empty() ? "" : " (" + role + ")");
     if (id.size() < 26) id.resize(26, ' ');
     std::cout << "  " << id << " " << p.version << "  " << p.summary << "\n      " << p.path
               << "\n";
+    for (const std::string& other : p.conflicts) {
+      std::cout << "      CONFLICT: also provided by " << other
+                << " (using it is an error until plugin_prefer: chooses one)\n";
+    }
   }
   if (!registry.rejected().empty()) {
     std::cout << "\nSkipped libraries:\n";

@@ -1,7 +1,9 @@
 // Purpose: Options accessors and their position-tagged errors.
 #include "nnkit/options.h"
 
+#include <charconv>
 #include <cmath>
+#include <cstdlib>
 
 #include "nnkit/error.h"
 
@@ -79,6 +81,74 @@ SourceLocation Options::location_of(const std::string& name) const {
 void Options::fail(const std::string& name, const std::string& message) const {
   const std::string key = path_.empty() ? name : path_ + "." + name;
   throw ConfigError(component_, key + " " + message + " (at " + location_of(name).str() + ")");
+}
+
+Options::Value parse_option_text(const OptionSpec& spec, const std::string& text,
+                                 const std::string& component) {
+  Options::Value v;
+  v.type = spec.type;
+  v.location.file = "<default>";
+  if (text == "null" || text == "~") {
+    v.is_null = true;
+    return v;
+  }
+  auto wrong = [&]() -> Options::Value {
+    throw ConfigError(component, "'" + text + "' is not a " + option_type_name(spec.type) +
+                                     " (option " + spec.name + ")");
+  };
+  switch (spec.type) {
+    case OptionType::kInt: {
+      auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), v.int_value);
+      if (ec != std::errc() || ptr != text.data() + text.size()) return wrong();
+      break;
+    }
+    case OptionType::kFloat: {
+      char* end = nullptr;
+      v.float_value = std::strtod(text.c_str(), &end);
+      if (text.empty() || end != text.c_str() + text.size() || !std::isfinite(v.float_value)) {
+        return wrong();
+      }
+      break;
+    }
+    case OptionType::kBool:
+      if (text == "true" || text == "yes" || text == "on") {
+        v.bool_value = true;
+      } else if (text == "false" || text == "no" || text == "off") {
+        v.bool_value = false;
+      } else {
+        return wrong();
+      }
+      break;
+    case OptionType::kString:
+      v.string_value = text;
+      break;
+  }
+  return v;
+}
+
+std::string declared_default_problem(const OptionSpec& spec) {
+  if (spec.default_value.empty() || spec.default_value == "null") return "";
+  Options::Value v;
+  try {
+    v = parse_option_text(spec, spec.default_value, "");
+  } catch (const ConfigError&) {
+    return "default '" + spec.default_value + "' is not a " + option_type_name(spec.type);
+  }
+  if (spec.type != OptionType::kInt && spec.type != OptionType::kFloat) return "";
+  const double number =
+      spec.type == OptionType::kInt ? static_cast<double>(v.int_value) : v.float_value;
+  if ((spec.min && number < *spec.min) || (spec.max && number > *spec.max)) {
+    auto bound = [](const std::optional<double>& b, const char* none) {
+      if (!b) return std::string(none);
+      std::string s = std::to_string(*b);
+      s.erase(s.find_last_not_of('0') + 1);
+      if (!s.empty() && s.back() == '.') s.pop_back();
+      return s;
+    };
+    return "default " + spec.default_value + " is outside its own range [" +
+           bound(spec.min, "-inf") + ", " + bound(spec.max, "inf") + "]";
+  }
+  return "";
 }
 
 }  // namespace nnkit

@@ -13,34 +13,6 @@ Registry& registry() {
   return instance;
 }
 
-namespace {
-
-Options::Value parse_value(const OptionSpec& spec, const std::string& text) {
-  Options::Value v;
-  v.type = spec.type;
-  v.location.file = "<test>";
-  if (text == "null" || text == "~") {
-    v.is_null = true;
-    return v;
-  }
-  switch (spec.type) {
-    case OptionType::kInt:
-      v.int_value = std::stoll(text);
-      break;
-    case OptionType::kFloat:
-      v.float_value = std::stod(text);
-      break;
-    case OptionType::kBool:
-      v.bool_value = (text == "true");
-      break;
-    case OptionType::kString:
-      v.string_value = text;
-      break;
-  }
-  return v;
-}
-
-}  // namespace
 
 Options make_options(const std::string& kind, const std::string& name,
                      const std::map<std::string, std::string>& values) {
@@ -50,7 +22,8 @@ Options make_options(const std::string& kind, const std::string& name,
     auto it = values.find(spec.name);
     const std::string text = it != values.end() ? it->second : spec.default_value;
     if (text.empty()) throw ConfigError(info.id(), "test did not set required option " + spec.name);
-    Options::Value v = parse_value(spec, text);
+    Options::Value v = parse_option_text(spec, text, info.id());
+    v.location.file = "<test>";
     const double number = spec.type == OptionType::kInt ? double(v.int_value) : v.float_value;
     if (!v.is_null && (spec.type == OptionType::kInt || spec.type == OptionType::kFloat)) {
       if ((spec.min && number < *spec.min) || (spec.max && number > *spec.max)) {

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -42,6 +43,9 @@ class NNKIT_API ConfigDocument {
   void apply_override(const std::string& assignment, int argument_number = 0);
   // The `plugin_paths:` list (relative paths resolve against the config file's folder).
   std::vector<std::filesystem::path> plugin_paths() const;
+  // The `plugin_prefer:` mapping, "kind/name" -> library file (relative paths resolve against
+  // the config file's folder): which library provides a kind/name that several provide.
+  std::map<std::string, std::filesystem::path> plugin_prefer() const;
   const std::string& source_name() const;
   // The document as YAML text (overrides applied).
   std::string dump() const;
@@ -103,6 +107,7 @@ struct RunConfig {
   TrainConfig train;
   std::vector<PluginChoice> decode;
   std::vector<std::filesystem::path> plugin_paths;
+  std::map<std::string, std::filesystem::path> plugin_prefer;  // appended in ABI 3
   std::string source_name;
 
   // Every resolved value, defaults included, as YAML (stored in checkpoints).

@@ -80,4 +80,14 @@ class NNKIT_API Options {
   std::map<std::string, Value> values_;
 };
 
+// A value of `spec` written as YAML scalar text ("0.9", "true", "null"), with no range check:
+// what a declared default or a test's setting means. Throws ConfigError tagged `component` when
+// the text is not a value of the spec's type. (Appended in ABI 3.)
+NNKIT_API Options::Value parse_option_text(const OptionSpec& spec, const std::string& text,
+                                           const std::string& component);
+// "" when the spec's declared default is usable (empty = required, "null", or a value of its type
+// inside its own range); else what is wrong with it ("default 5 is outside its own range [0,
+// 1]"). The registry, the config and `nnkit check-plugin` blame the plugin for these.
+NNKIT_API std::string declared_default_problem(const OptionSpec& spec);
+
 }  // namespace nnkit

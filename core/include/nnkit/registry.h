@@ -1,16 +1,23 @@
 // Purpose: finds plugin libraries, checks their ABI version and build tag, and creates components
 // by kind and name. Libraries that are not nnkit plugins, or were built for another ABI or
 // toolchain, are skipped and remembered with the reason (`nnkit plugins` prints them).
-// Search order (first match of a kind/name wins, later ones are recorded as shadowed):
+// Search order:
 //   1. paths given explicitly, in order (the CLI passes --plugin-path, then YAML `plugin_paths:`)
 //   2. NNKIT_PLUGIN_PATH (colon-separated)
 //   3. <directory of libnnkit_core>/nnkit/plugins (the build tree and the install prefix alike)
+// Two different library files providing the same kind/name are a conflict, not a silent win:
+// using that kind/name is an error naming both files, unless RegistryOptions::prefer (YAML
+// `plugin_prefer:`) names the one to use. The same file reached twice is loaded once.
+// Safety: kind and name must be plain names (letters, digits, '_', '-', '.', never '..'), and
+// libraries in a world-writable folder (or world-writable themselves) are refused unless
+// RegistryOptions::allow_unsafe_dirs (`--allow-unsafe-plugin-dirs`).
 // Ownership: the Registry keeps every accepted library loaded; each created component holds a
 // shared reference to its library as well, so components may outlive the Registry.
 // Thread-safety: construct on one thread; const methods are safe to call concurrently.
 #pragma once
 
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,8 +33,11 @@ struct PluginInfo {
   std::string name;
   std::string version;
   std::string summary;
-  std::string path;  // library file
+  std::string path;  // library file (absolute)
   std::vector<OptionSpec> options;
+  // Other library files that provide the same kind/name (absolute); non-empty = a conflict that
+  // require() and create() refuse. Appended in ABI 3.
+  std::vector<std::string> conflicts;
   std::string id() const { return kind + "/" + name; }
 };
 
@@ -36,10 +46,23 @@ struct RejectedLibrary {
   std::string reason;
 };
 
+// How a Registry treats what it finds (appended in ABI 3).
+struct RegistryOptions {
+  // "kind/name" -> the library file to take it from when several provide it (`plugin_prefer:`).
+  std::map<std::string, std::filesystem::path> prefer;
+  // Load libraries from folders anyone may write to (`--allow-unsafe-plugin-dirs`).
+  bool allow_unsafe_dirs = false;
+};
+
+// Whether `name` may be a plugin kind or name: non-empty, only [A-Za-z0-9_.-], no "..". Keeps
+// a name from ever being read as a path.
+NNKIT_API bool is_plain_plugin_name(const std::string& name);
+
 class NNKIT_API Registry {
  public:
   // Scans `search_paths` (files or folders; missing folders are noted, not fatal).
   explicit Registry(std::vector<std::filesystem::path> search_paths);
+  Registry(std::vector<std::filesystem::path> search_paths, RegistryOptions options);
   ~Registry();
   Registry(const Registry&) = delete;
   Registry& operator=(const Registry&) = delete;
@@ -54,10 +77,17 @@ class NNKIT_API Registry {
 
   const PluginInfo* find(const std::string& kind, const std::string& name) const;
   // Like find, but throws PluginError listing the available names of `kind`; `where` says which
-  // config key asked for it ("model.attention.type at tiny.yaml:9:17").
+  // config key asked for it ("model.attention.type at tiny.yaml:9:17"). Also throws for a
+  // kind/name that several libraries provide (naming every file and how to choose one).
   const PluginInfo& require(const std::string& kind, const std::string& name,
                             const std::string& where = "") const;
   std::vector<std::string> names_of_kind(const std::string& kind) const;
+  // For kind "moe": "router" or "experts", the interface the plugin's objects implement, learnt
+  // once by creating one with its declared defaults (required numbers at their lower bound) on
+  // no backend; "" when that fails or for other kinds. Lets a config slot say "topk is a router".
+  std::string role_of(const PluginInfo& info) const;
+  // Names of `kind` whose role_of is `role`, sorted.
+  std::vector<std::string> names_with_role(const std::string& kind, const std::string& role) const;
 
   // Creates kind/name and checks it implements T; the result keeps the library loaded.
   template <typename T>
@@ -79,10 +109,17 @@ class NNKIT_API Registry {
                                               const CreateArgs& args) const;
   void scan_file(const std::filesystem::path& file);
 
+  void scan_folder(const std::filesystem::path& folder);
+  // "" when `path` may be loaded from, else why not (world-writable).
+  std::string unsafe_reason(const std::filesystem::path& file) const;
+
   std::vector<std::filesystem::path> search_paths_;
+  RegistryOptions options_;
   std::vector<PluginInfo> plugins_;
+  mutable std::map<std::string, std::string> roles_;  // role_of cache, by id
   std::vector<std::shared_ptr<Library>> libraries_;  // parallel to plugins_
   std::vector<RejectedLibrary> rejected_;
+  std::vector<std::string> scanned_;  // canonical paths of the library files seen
 };
 
 }  // namespace nnkit

@@ -5,6 +5,7 @@
 #include "config/document_impl.h"
 #include "config/yaml_rules.h"
 #include "nnkit/error.h"
+#include "nnkit/registry.h"
 
 namespace nnkit {
 
@@ -138,6 +139,37 @@ std::vector<std::filesystem::path> ConfigDocument::plugin_paths() const {
     paths.push_back(p);
   }
   return paths;
+}
+
+std::map<std::string, std::filesystem::path> ConfigDocument::plugin_prefer() const {
+  std::map<std::string, std::filesystem::path> prefer;
+  const YAML::Node map = impl_->root["plugin_prefer"];
+  if (!map.IsDefined() || map.IsNull()) return prefer;
+  const SourceLocation where = impl_->location(map, "plugin_prefer");
+  if (!map.IsMap()) {
+    throw ConfigError("config", "plugin_prefer must map KIND/NAME to a library file, e.g. "
+                                "{moe/swiglu: plugins/libnnkit_moe_swiglu.so} (at " +
+                                    where.str() + ")");
+  }
+  for (auto it = map.begin(); it != map.end(); ++it) {
+    const std::string id = it->first.IsScalar() ? it->first.Scalar() : "";
+    const std::string key_path = "plugin_prefer." + id;
+    const size_t slash = id.find('/');
+    if (slash == std::string::npos || !is_plain_plugin_name(id.substr(0, slash)) ||
+        !is_plain_plugin_name(id.substr(slash + 1))) {
+      throw ConfigError("config", "plugin_prefer keys are KIND/NAME (e.g. moe/swiglu), got '" +
+                                      id + "' (at " +
+                                      impl_->location(it->first, key_path).str() + ")");
+    }
+    if (!it->second.IsScalar() || it->second.Scalar().empty()) {
+      throw ConfigError("config", key_path + " must be the path of a library file (at " +
+                                      impl_->location(it->second, key_path).str() + ")");
+    }
+    std::filesystem::path p(it->second.Scalar());
+    if (p.is_relative() && !impl_->base_dir.empty()) p = impl_->base_dir / p;
+    prefer[id] = p;
+  }
+  return prefer;
 }
 
 const std::string& ConfigDocument::source_name() const {

@@ -171,9 +171,10 @@ Options::Value parse_value(const YAML::Node& node, const OptionSpec& spec, const
 }
 
 // Reads every declared option of the map `node` (defaults for absent ones).
+// `library` names the plugin's file in messages that blame the plugin.
 Options read_options(const Impl& doc, const YAML::Node& node, const std::string& path,
                      const std::string& component, const std::vector<OptionSpec>& specs,
-                     const std::set<std::string>& extra) {
+                     const std::set<std::string>& extra, const std::string& library = "") {
   const SourceLocation map_location = doc.location(node, path);
   if (node.IsDefined() && !node.IsNull() && !node.IsMap()) {
     fail_at(component, path + " must be a mapping, got " + node_kind(node), map_location);
@@ -209,6 +210,15 @@ Options read_options(const Impl& doc, const YAML::Node& node, const std::string&
       if (!spec.help.empty()) message += " (" + spec.help + ")";
       fail_at(component, message, map_location);
     } else {
+      // A default the plugin declared outside its own range (or of the wrong type) is the
+      // plugin's bug: say so instead of pointing at the user's YAML.
+      if (const std::string problem = declared_default_problem(spec); !problem.empty()) {
+        throw PluginError(component, "the plugin declares option '" + spec.name + "' with " +
+                                         problem + "; this is a bug in the plugin" +
+                                         (library.empty() ? "" : " (" + library + ")") +
+                                         ", not in the config (set " + key +
+                                         " explicitly to work around it)");
+      }
       options.set(spec.name, parse_value(YAML::Load(spec.default_value), spec, key, component,
                                          SourceLocation{"<default>", 0, 0}));
     }
@@ -309,9 +319,8 @@ std::set<std::string> options_left_behind(const Impl& doc, const YAML::Node& nod
 // the overrides chose another, options_left_behind applies.
 PluginChoice resolve_slot(const Impl& doc, const Registry& registry, const YAML::Node& node,
                           const std::string& path, const std::string& kind,
-                          const std::string& default_type, const ModelDims* dims = nullptr,
+                          const std::string& default_type, const std::string* role = nullptr,
                           const std::string* file_type = nullptr) {
-  (void)dims;
   std::string type = default_type;
   SourceLocation type_location{"<default>", 0, 0};
   if (node.IsDefined() && !node.IsNull()) {
@@ -334,7 +343,32 @@ PluginChoice resolve_slot(const Impl& doc, const Registry& registry, const YAML:
                 " plugin to use; `nnkit plugins` lists them)",
             doc.location(node, path));
   }
+  if (!is_plain_plugin_name(type)) {
+    fail_at("config",
+            path + ".type '" + type +
+                "' is not a plugin name (plugin names have no path separators or '..'; load a "
+                "library with --plugin-path or plugin_paths:)",
+            type_location);
+  }
   const PluginInfo& info = registry.require(kind, type, path + ".type at " + type_location.str());
+  if (role != nullptr) {
+    // model.moe.router and model.moe.experts both take moe/* plugins: a plugin of the other
+    // role would otherwise fail on the first option it does not know.
+    const std::string actual = registry.role_of(info);
+    if (!actual.empty() && actual != *role) {
+      std::string message = path + ".type: " + type + " is " +
+                            (actual == "router" ? "a router" : "an experts plugin") + " (" +
+                            info.id() + " from " + info.path + "), not " +
+                            (*role == "router" ? "a router" : "an experts plugin") + "; put it in " +
+                            (actual == "router" ? "model.moe.router" : "model.moe.experts");
+      const std::vector<std::string> fitting = registry.names_with_role(kind, *role);
+      if (!fitting.empty()) {
+        message += ". Available " + *role + ":";
+        for (const std::string& n : fitting) message += " " + n;
+      }
+      fail_at("config", message, type_location);
+    }
+  }
   std::set<std::string> ignored = {"type"};
   if (file_type != nullptr && !file_type->empty() && *file_type != type) {
     ignored.merge(options_left_behind(doc, node, path, info, kind + "/" + *file_type));
@@ -342,7 +376,7 @@ PluginChoice resolve_slot(const Impl& doc, const Registry& registry, const YAML:
   PluginChoice choice;
   choice.kind = kind;
   choice.name = type;
-  choice.options = read_options(doc, node, path, info.id(), info.options, ignored);
+  choice.options = read_options(doc, node, path, info.id(), info.options, ignored, info.path);
   return choice;
 }
 
@@ -401,14 +435,17 @@ RunConfig resolve_config(const ConfigDocument& document, const Registry& registr
   const Impl& doc = document.impl();
   const YAML::Node& root = doc.root;
   check_keys(doc, root, "", "config", {},
-             {"seed", "model", "backend", "tokenizer", "train", "decode", "plugin_paths"});
+             {"seed", "model", "backend", "tokenizer", "train", "decode", "plugin_paths",
+               "plugin_prefer"});
   RunConfig cfg;
   cfg.source_name = doc.source_name;
   cfg.plugin_paths = document.plugin_paths();
+  cfg.plugin_prefer = document.plugin_prefer();
 
   const Options top =
       read_options(doc, root, "", "config", {int_spec("seed", "1234", 0, "random seed")},
-                   {"model", "backend", "tokenizer", "train", "decode", "plugin_paths"});
+                   {"model", "backend", "tokenizer", "train", "decode", "plugin_paths",
+                    "plugin_prefer"});
   cfg.seed = top.get_int("seed");
 
   // ---- model
@@ -447,8 +484,12 @@ RunConfig resolve_config(const ConfigDocument& document, const Registry& registr
               doc.location(moe, "model.moe"));
     }
     check_keys(doc, moe, "model.moe", "config", {}, {"router", "experts"});
-    m.experts = resolve_slot(doc, registry, moe["experts"], "model.moe.experts", "moe", "");
-    m.router = resolve_slot(doc, registry, moe["router"], "model.moe.router", "moe", "topk");
+    const std::string experts_role = "experts";
+    const std::string router_role = "router";
+    m.experts = resolve_slot(doc, registry, moe["experts"], "model.moe.experts", "moe", "",
+                             &experts_role);
+    m.router = resolve_slot(doc, registry, moe["router"], "model.moe.router", "moe", "topk",
+                            &router_role);
   } else {
     m.ffn = resolve_slot(doc, registry, model["ffn"], "model.ffn", "ffn", "");
   }
@@ -605,6 +646,11 @@ std::string RunConfig::to_yaml() const {
     YAML::Node pnode(YAML::NodeType::Sequence);
     for (const auto& p : plugin_paths) pnode.push_back(p.string());
     root["plugin_paths"] = pnode;
+  }
+  if (!plugin_prefer.empty()) {
+    YAML::Node prefer(YAML::NodeType::Map);
+    for (const auto& [id, file] : plugin_prefer) prefer[id] = file.string();
+    root["plugin_prefer"] = prefer;
   }
   YAML::Emitter out;
   out << root;

@@ -8,6 +8,24 @@
 
 namespace nnkit {
 
+namespace {
+
+// Every layer maps (N, C) to (N, C) in its input's dtype, forward and backward. A plugin that
+// breaks this is named here, at its own output, instead of failing later inside a backend op
+// of the residual add that cannot know whose tensor it got.
+const Tensor& checked_output(const Component& layer, const char* method, const Tensor& out,
+                             const Tensor& input) {
+  if (!out.defined() || out.shape() != input.shape() || out.dtype() != input.dtype()) {
+    throw ShapeError(layer.id(), std::string(method) + " returned " +
+                                     (out.defined() ? describe(out) : "an undefined tensor") +
+                                     ", expected " + describe(input) +
+                                     " (the shape and dtype of its input; a bug in the plugin)");
+  }
+  return out;
+}
+
+}  // namespace
+
 struct Transformer::Block {
   std::shared_ptr<Norm> attn_norm;       // input_layernorm
   std::shared_ptr<Attention> attention;  // self_attn
@@ -19,10 +37,12 @@ struct Transformer::Block {
   // x: (N, C) -> (N, C).
   Tensor forward(ForwardContext& ctx, const Tensor& x) {
     Backend& be = *ctx.backend;
-    Tensor attn_out = attention->forward(ctx, attn_norm->forward(ctx, x));
+    const Tensor h = checked_output(*attn_norm, "forward", attn_norm->forward(ctx, x), x);
+    Tensor attn_out = checked_output(*attention, "forward", attention->forward(ctx, h), x);
     Tensor mid = be.empty(x.shape(), x.dtype());
     be.add(mid, x, attn_out);
-    Tensor ffn_out = ffn->forward(ctx, ffn_norm->forward(ctx, mid));
+    const Tensor h2 = checked_output(*ffn_norm, "forward", ffn_norm->forward(ctx, mid), mid);
+    Tensor ffn_out = checked_output(ffn_owner(), "forward", ffn->forward(ctx, h2), mid);
     Tensor out = be.empty(x.shape(), x.dtype());
     be.add(out, mid, ffn_out);
     return out;
@@ -31,11 +51,19 @@ struct Transformer::Block {
   // dout: (N, C) -> dx: (N, C). The residual adds pass the gradient through unchanged.
   Tensor backward(ForwardContext& ctx, const Tensor& dout) {
     Backend& be = *ctx.backend;
-    Tensor dmid = ffn_norm->backward(ctx, ffn->backward(ctx, dout));
+    const Tensor dh2 = checked_output(ffn_owner(), "backward", ffn->backward(ctx, dout), dout);
+    Tensor dmid = checked_output(*ffn_norm, "backward", ffn_norm->backward(ctx, dh2), dout);
     be.add(dmid, dmid, dout);
-    Tensor dx = attn_norm->backward(ctx, attention->backward(ctx, dmid));
+    const Tensor dh = checked_output(*attention, "backward", attention->backward(ctx, dmid), dout);
+    Tensor dx = checked_output(*attn_norm, "backward", attn_norm->backward(ctx, dh), dout);
     be.add(dx, dx, dmid);
     return dx;
+  }
+
+  // The plugin behind the block's feed-forward output: the experts of an MoE layer (their
+  // forward_routed result is the layer's output), else the dense FFN.
+  const Component& ffn_owner() const {
+    return moe != nullptr ? static_cast<const Component&>(moe->experts()) : *ffn;
   }
 
   void release_saved() {
