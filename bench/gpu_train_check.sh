@@ -5,6 +5,8 @@
 #   bench    the 8-layer seed model (configs/cuda-nn-6.9b.yaml model.n_layers=8) at 8 x 2048:
 #            nnkit bf16 and nnkit fp32+TF32
 #   hf       the same model and batch in HF transformers (bench/hf_train.py), same lease
+#   capacity the 8-layer seed model with router capacity_factor 1.25, bf16: the padded layout
+#            recorded in a CUDA Graph vs the compact layout uncaptured (cuda_graphs false)
 #   profile  NNKIT_CUDA_PROFILE=1 per-op GPU time of the 8-layer bf16 step
 #   full     the full 30-layer 6.9B model, bf16, activation checkpointing, batch 4 x 2048
 #   track    (inside tests: test_cli CudaTraining.*) bf16/fp16 vs fp32 over 300 gpu-medium steps
@@ -13,7 +15,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-build-gpu/out}
-stages=${2:-tests,bench,profile,full,hf}
+stages=${2:-tests,bench,capacity,profile,full,hf}
 mkdir -p "$out"
 has() { [[ ",$stages," == *",$1,"* ]]; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$out/gpu.txt" 2>&1
@@ -50,6 +52,19 @@ if has bench; then
     'backend={type: cuda, precision: fp32, tf32: true}' > "$out/bench_nnkit_tf32.json" 2>&1
   cut -c1-400 "$out/bench_nnkit_tf32.json"
   stamp "nnkit tf32"
+fi
+
+if has capacity; then
+  "${bench[@]}" --steps 14 --warmup 4 --label nnkit-bf16-capacity-graphs -- "${seed8[@]}" \
+    model.moe.router.capacity_factor=1.25 'backend={type: cuda, precision: bf16}' \
+    > "$out/bench_capacity_graphs.json" 2> "$out/bench_capacity_graphs.err"
+  cut -c1-600 "$out/bench_capacity_graphs.json"
+  grep -h "CUDA Graph\|uncaptured" "$out/bench_capacity_graphs.err" | head -3
+  "${bench[@]}" --steps 14 --warmup 4 --label nnkit-bf16-capacity-uncaptured -- "${seed8[@]}" \
+    model.moe.router.capacity_factor=1.25 'backend={type: cuda, precision: bf16, cuda_graphs: false}' \
+    > "$out/bench_capacity_plain.json" 2>&1
+  cut -c1-600 "$out/bench_capacity_plain.json"
+  stamp "capacity"
 fi
 
 if has profile; then

@@ -1,5 +1,6 @@
 // Purpose: backend/cpu moe_sort_by_expert (stable order, offsets, load, already-dropped slots,
-// capacity drops with gate zeroing and index rewrite, bad indices), sum_squares_multi (against
+// capacity drops with gate zeroing and index rewrite, bad indices), its padded (static) layout,
+// logsumexp_rows, sum_squares_multi (against
 // per-tensor sum_squares and a double reference, mixed dtypes, thread-count independence) and
 // adamw_update_multi (against per-tensor adamw_update with the clip folded into grad_scale,
 // skipped non-finite steps, grad reset, compute copies). Owned by the backend/cpu tests.
@@ -132,15 +133,21 @@ TEST_F(BackendMoeSort, CapacityKeepsTheFirstSlotsAndDropsTheRest) {
   expect_same(none, sort_reference(index, gate, 4, 2, 0), "capacity 0");
 }
 
-TEST_F(BackendMoeSort, RandomRoutingMatchesTheReference) {
-  const int64_t N = 3001, k = 3, E = 13;
-  std::vector<int32_t> index(size_t(N * k));
-  const std::vector<float> draw = random_values(index.size(), 400);
+// Random expert choices skewed towards low experts (so capacity bites), with some slots already
+// dropped by the router.
+std::vector<int32_t> skewed_routing(int64_t slots, int64_t E, uint64_t seed) {
+  std::vector<int32_t> index(static_cast<size_t>(slots));
+  const std::vector<float> draw = random_values(index.size(), seed);
   for (size_t s = 0; s < index.size(); ++s) {
-    // Skewed towards low experts (so capacity bites), with some already-dropped slots.
     const float u = (draw[s] + 1.0f) * 0.5f;
     index[s] = s % 17 == 5 ? -1 : std::min<int32_t>(int32_t(E - 1), int32_t(u * u * E));
   }
+  return index;
+}
+
+TEST_F(BackendMoeSort, RandomRoutingMatchesTheReference) {
+  const int64_t N = 3001, k = 3, E = 13;
+  const std::vector<int32_t> index = skewed_routing(N * k, E, 400);
   const std::vector<float> gate = random_values(index.size(), 401);
   for (int64_t capacity : {-1, 0, 1, 500, 100000}) {
     expect_same(run_sort(be(), index, gate, E, k, capacity),
@@ -198,6 +205,111 @@ TEST_F(BackendMoeSort, ArgumentsAreChecked) {
   EXPECT_NE(shape_error([&] { sort(2, -1, gate, be().zeros({2}, DType::kI32)); }).find("offsets"),
             std::string::npos);
   EXPECT_NE(shape_error([&] { sort(2, -1, be().zeros({5}), offsets); }).find("gate"),
+            std::string::npos);
+}
+
+// ---- moe_sort_by_expert_padded: the static layout of CUDA Graph steps -----------------------
+
+// The padded op's outputs, with token/slot of E * capacity rows.
+SortResult run_padded_sort(Backend& be, const std::vector<int32_t>& index,
+                           const std::vector<float>& gate, int64_t E, int64_t k, int64_t capacity) {
+  const auto S = static_cast<int64_t>(index.size());
+  Tensor ti = tensor_from_i32(be, index, {S / k, k});
+  Tensor tg = tensor_from(be, gate, {S});
+  Tensor token = tensor_from_i32(be, std::vector<int32_t>(size_t(E * capacity), 99), {E * capacity});
+  Tensor slot = tensor_from_i32(be, std::vector<int32_t>(size_t(E * capacity), 99), {E * capacity});
+  Tensor offsets = be.empty({E + 1}, DType::kI32);
+  Tensor load = be.empty({E});
+  be.moe_sort_by_expert_padded(ti, E, k, capacity, tg, token, slot, offsets, load);
+  SortResult r;
+  r.index = to_vector_i32(be, ti);
+  r.gate = to_vector(be, tg);
+  r.token = to_vector_i32(be, token);
+  r.slot = to_vector_i32(be, slot);
+  r.offsets = to_vector_i32(be, offsets);
+  r.load = to_vector(be, load);
+  return r;
+}
+
+// The compact reference moved into blocks: expert e's kept rows first in its block, then -1.
+SortResult padded_reference(const std::vector<int32_t>& index, const std::vector<float>& gate,
+                            int64_t E, int64_t k, int64_t capacity) {
+  SortResult r = sort_reference(index, gate, E, k, capacity);
+  std::vector<int32_t> token(size_t(E * capacity), -1), slot(size_t(E * capacity), -1);
+  for (int64_t e = 0; e < E; ++e) {
+    for (int32_t row = r.offsets[size_t(e)]; row < r.offsets[size_t(e) + 1]; ++row) {
+      const size_t at = size_t(e * capacity + (row - r.offsets[size_t(e)]));
+      token[at] = r.token[size_t(row)];
+      slot[at] = r.slot[size_t(row)];
+    }
+  }
+  r.token = std::move(token);
+  r.slot = std::move(slot);
+  return r;
+}
+
+TEST_F(BackendMoeSort, PaddedLayoutGivesEachExpertAFixedBlock) {
+  const std::vector<int32_t> index = {2, 0, 0, 2, 3, -1, 0, 2, 2, 0};
+  const std::vector<float> gate = {.6f, .4f, .7f, .3f, .9f, .1f, .5f, .5f, .8f, .2f};
+  const SortResult got = run_padded_sort(be(), index, gate, 4, 2, 2);
+  // Expert 0 keeps slots 1, 2; expert 1 nothing; expert 2 slots 0, 3; expert 3 slot 4.
+  EXPECT_EQ(got.slot, (std::vector<int32_t>{1, 2, -1, -1, 0, 3, 4, -1}));
+  EXPECT_EQ(got.token, (std::vector<int32_t>{0, 1, -1, -1, 0, 1, 2, -1}));
+  EXPECT_EQ(got.offsets, (std::vector<int32_t>{0, 2, 2, 4, 5}));  // compact: 5 kept
+  EXPECT_EQ(got.index, (std::vector<int32_t>{2, 0, 0, 2, 3, -1, -1, -1, -1, -1}));
+  EXPECT_EQ(got.gate, (std::vector<float>{.6f, .4f, .7f, .3f, .9f, .1f, 0, 0, 0, 0}));
+  EXPECT_EQ(got.load, (std::vector<float>{0.4f, 0.0f, 0.4f, 0.1f}));
+  expect_same(got, padded_reference(index, gate, 4, 2, 2), "padded capacity 2");
+}
+
+TEST_F(BackendMoeSort, PaddedRandomRoutingMatchesTheReference) {
+  const int64_t N = 1001, k = 3, E = 13;
+  const std::vector<int32_t> index = skewed_routing(N * k, E, 410);
+  const std::vector<float> gate = random_values(index.size(), 411);
+  for (int64_t capacity : {int64_t(1), int64_t(50), int64_t(300), N}) {
+    expect_same(run_padded_sort(be(), index, gate, E, k, capacity),
+                padded_reference(index, gate, E, k, capacity),
+                "padded capacity " + std::to_string(capacity));
+  }
+}
+
+TEST_F(BackendMoeSort, PaddedArgumentsAreChecked) {
+  Tensor ti = tensor_from_i32(be(), {0, 1, 1, 0, 0, 1}, {6});
+  Tensor offsets = be().zeros({3}, DType::kI32), load = be().zeros({2});
+  Tensor gate = be().zeros({6});
+  Tensor rows4 = be().zeros({4}, DType::kI32), rows6 = be().zeros({6}, DType::kI32);
+  EXPECT_NE(shape_error([&] {
+              be().moe_sort_by_expert_padded(ti, 2, 2, 0, gate, rows4, rows4, offsets, load);
+            }).find("capacity >= 1"),
+            std::string::npos);
+  // capacity 2 needs E * 2 = 4 rows, not 6.
+  EXPECT_NE(shape_error([&] {
+              be().moe_sort_by_expert_padded(ti, 2, 2, 2, gate, rows6, rows6, offsets, load);
+            }).find("token"),
+            std::string::npos);
+}
+
+// ---- logsumexp_rows -------------------------------------------------------------------------
+
+TEST_F(BackendMoeSort, LogsumexpRowsIsStableAndMatchesADoubleReference) {
+  // Rows of ordinary values, values that overflow exp() without the max, and -inf entries.
+  const float inf = std::numeric_limits<float>::infinity();
+  const std::vector<float> x = {0.5f,    -1.0f, 2.0f,  0.0f,  1000.0f, 999.0f, 998.0f, -50.0f,
+                                -inf,    3.0f,  -inf,  -inf,  -inf,    -inf,   -inf,   -inf};
+  Tensor out = be().empty({4});
+  be().logsumexp_rows(tensor_from(be(), x, {4, 4}), out);
+  const std::vector<float> got = to_vector(be(), out);
+  for (size_t n = 0; n < 3; ++n) {
+    double top = -INFINITY;
+    for (size_t c = 0; c < 4; ++c) top = std::max(top, double(x[n * 4 + c]));
+    double sum = 0.0;
+    for (size_t c = 0; c < 4; ++c) sum += std::exp(double(x[n * 4 + c]) - top);
+    const double want = top + std::log(sum);
+    EXPECT_NEAR(got[n], want, 1e-6 * std::max(1.0, std::fabs(want))) << "row " << n;
+  }
+  EXPECT_EQ(got[3], -inf) << "log(0) of an all -inf row";
+  EXPECT_NE(shape_error([&] { be().logsumexp_rows(be().zeros({4, 4}), be().zeros({3})); })
+                .find("out"),
             std::string::npos);
 }
 

@@ -94,6 +94,63 @@ TEST_F(CudaMoeSort, MatchesTheCpuBitForBit) {
   }
 }
 
+// The padded (static) layout: token/slot of E * capacity rows, poisoned before the call.
+SortOutputs run_padded_sort(Backend& be, const std::vector<int32_t>& index,
+                            const std::vector<float>& gate, int64_t E, int64_t k,
+                            int64_t capacity) {
+  const auto S = static_cast<int64_t>(index.size());
+  const int64_t rows = E * capacity;
+  Tensor ti = tensor_from_i32(be, index, {S / k, k});
+  Tensor tg = tensor_from(be, gate, {S});
+  Tensor token = tensor_from_i32(be, std::vector<int32_t>(size_t(rows), 12345), {rows});
+  Tensor slot = tensor_from_i32(be, std::vector<int32_t>(size_t(rows), 12345), {rows});
+  Tensor offsets = tensor_from_i32(be, std::vector<int32_t>(size_t(E + 1), 12345), {E + 1});
+  Tensor load = tensor_from(be, std::vector<float>(size_t(E), -1.0f), {E});
+  be.moe_sort_by_expert_padded(ti, E, k, capacity, tg, token, slot, offsets, load);
+  SortOutputs r;
+  r.index = to_vector_i32(be, ti);
+  r.gate = to_vector(be, tg);
+  r.token = to_vector_i32(be, token);
+  r.slot = to_vector_i32(be, slot);
+  r.offsets = to_vector_i32(be, offsets);
+  r.load = to_vector(be, load);
+  return r;
+}
+
+TEST_F(CudaMoeSort, PaddedLayoutMatchesTheCpuBitForBit) {
+  struct Case {
+    int64_t tokens, k, experts;
+  };
+  // Decode-sized, the one-block kernel, the multi-tile path and the seed model's training size.
+  for (const Case& c : {Case{2, 2, 64}, Case{2048, 2, 16}, Case{16384, 4, 16}}) {
+    const int64_t S = c.tokens * c.k;
+    const std::vector<int32_t> index = random_routing(S, c.experts, 730 + uint64_t(S));
+    const std::vector<float> gate = random_values(size_t(S), 731);
+    const int64_t fair = std::max<int64_t>(1, S / c.experts);
+    for (int64_t capacity : {int64_t(1), fair, (5 * fair) / 4, c.tokens}) {
+      const std::string what = "padded N*k " + std::to_string(S) + " capacity " +
+                               std::to_string(capacity);
+      expect_same_sort(run_padded_sort(cuda(), index, gate, c.experts, c.k, capacity),
+                       run_padded_sort(cpu(), index, gate, c.experts, c.k, capacity), what);
+      if (::testing::Test::HasFailure()) return;
+    }
+  }
+}
+
+TEST_F(CudaMoeSort, LogsumexpRowsMatchesTheCpu) {
+  // The router's shape (N, E) and a wide one; values large enough that exp() needs the max.
+  for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{4096, 16}, {37, 1000}}) {
+    std::vector<float> x = random_values(size_t(rows * cols), 740, 30.0f);
+    x[0] = 500.0f;
+    Tensor out_cuda = cuda().empty({rows}), out_cpu = cpu().empty({rows});
+    cuda().logsumexp_rows(tensor_from(cuda(), x, {rows, cols}), out_cuda);
+    cpu().logsumexp_rows(tensor_from(cpu(), x, {rows, cols}), out_cpu);
+    // Both sum in double from the same f32 max: within a few f32 ulps.
+    expect_close_to_cpu(to_vector(cuda(), out_cuda), to_vector(cpu(), out_cpu),
+                        Tolerance{1e-6, 1e-6}, "logsumexp_rows");
+  }
+}
+
 TEST_F(CudaMoeSort, RepeatsBitForBit) {
   const std::vector<int32_t> index = random_routing(65536, 16, 710);
   const std::vector<float> gate = random_values(index.size(), 711);

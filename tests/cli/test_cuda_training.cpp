@@ -1,7 +1,7 @@
 // Purpose: end-to-end mixed-precision training on the CUDA backend: bf16 and fp16 (with dynamic
 // loss scaling) track fp32 over 300 steps of bench/gpu-medium.yaml, an fp16 overflow is skipped
-// and lowers the scale, CUDA Graph replay of a dense model's step equals the ordinary steps, and
-// a bf16 GPU run resumes on the CPU. Every test skips with the reason
+// and lowers the scale, CUDA Graph replay of a dense model's step and of a capacity-limited MoE
+// step equals the ordinary steps, and a bf16 GPU run resumes on the CPU. Every test skips with the reason
 // when no CUDA device is usable (the CPU-only CI) or the demo corpus is missing.
 #include <cmath>
 #include <cstdio>
@@ -136,6 +136,68 @@ TEST_F(CudaTraining, GraphReplayGivesTheSameWeightsAsUncapturedSteps) {
   EXPECT_TRUE(x == y) << "replayed steps changed the weights";
   EXPECT_EQ(losses_by_step(path("graphs") / "metrics.jsonl"),
             losses_by_step(path("plain") / "metrics.jsonl"));
+}
+
+TEST_F(CudaTraining, CapacityMoeStepIsRecordedAndReplaysLikeUncapturedSteps) {
+  // With a capacity the MoE layers use the padded expert layout, so the whole step (routing,
+  // sort, expert products, z-loss) is recorded. Replays must equal the same layout run
+  // uncaptured bit for bit, and the padded layout must track the compact one.
+  const std::vector<std::string> moe = {"--data",
+                                        tokens_.string(),
+                                        "model.moe.router.capacity_factor=1.0",
+                                        "model.moe.router.z_loss_weight=0.001",
+                                        "train.steps=12",
+                                        "train.grad_accum=2",
+                                        "train.log_every=1",
+                                        "train.eval_every=0",
+                                        "train.checkpoint_every=0"};
+  std::vector<std::string> with_graphs = moe, compact = moe;
+  with_graphs.push_back("backend={type: cuda, precision: bf16, cuda_graphs: true}");
+  compact.push_back("backend={type: cuda, precision: bf16, cuda_graphs: false}");
+  const RunResult a = train(config_, path("graphs"), with_graphs);
+  ASSERT_EXIT_CODE(a, 0);
+  EXPECT_MENTIONS(a.err, "recorded in a CUDA Graph");
+  const RunResult b = train(config_, path("static"), with_graphs, {"NNKIT_GRAPHS_NO_REPLAY=1"});
+  ASSERT_EXIT_CODE(b, 0);
+  EXPECT_EQ(b.err.find("recorded in a CUDA Graph"), std::string::npos) << b.err;
+  const fs::path weights = fs::path("checkpoints") / "step-00000012" / "model.safetensors";
+  const std::string x = read_text(path("graphs") / weights), y = read_text(path("static") / weights);
+  ASSERT_FALSE(x.empty());
+  EXPECT_TRUE(x == y) << "replayed MoE steps changed the weights";
+  const auto replayed = read_jsonl(path("graphs") / "metrics.jsonl");
+  const auto uncaptured = read_jsonl(path("static") / "metrics.jsonl");
+  ASSERT_EQ(replayed.size(), uncaptured.size());
+  for (size_t i = 0; i < replayed.size(); ++i) {
+    for (const char* key : {"loss", "aux_loss", "dropped_fraction", "expert_load"}) {
+      if (uncaptured[i].contains(key)) EXPECT_EQ(replayed[i][key], uncaptured[i][key]) << key;
+    }
+  }
+  // Some slots are dropped at capacity 1.0, and the statistics read after a replay say so.
+  bool dropped = false;
+  for (const Json& j : replayed) {
+    if (!j.contains("dropped_fraction")) continue;
+    for (const Json& d : j["dropped_fraction"]) dropped = dropped || d.get<double>() > 0.0;
+  }
+  EXPECT_TRUE(dropped) << "capacity 1.0 should drop some slots";
+
+  // The compact layout (graphs off) computes the same step with other product shapes: bf16
+  // rounding differs, the losses agree to 1%.
+  const RunResult c = train(config_, path("compact"), compact);
+  ASSERT_EXIT_CODE(c, 0);
+  const auto padded_losses = losses_by_step(path("graphs") / "metrics.jsonl");
+  const auto compact_losses = losses_by_step(path("compact") / "metrics.jsonl");
+  ASSERT_EQ(padded_losses.size(), compact_losses.size());
+  for (const auto& [step, loss] : padded_losses) {
+    EXPECT_NEAR(loss, compact_losses.at(step), 0.01 * compact_losses.at(step)) << "step " << step;
+  }
+
+  // Dropless MoE runs uncaptured and says why.
+  std::vector<std::string> dropless = with_graphs;
+  dropless[2] = "model.moe.router.capacity_factor=null";
+  const RunResult d = train(config_, path("dropless"), dropless);
+  ASSERT_EXIT_CODE(d, 0);
+  EXPECT_EQ(d.err.find("recorded in a CUDA Graph"), std::string::npos) << d.err;
+  EXPECT_MENTIONS(d.err, "capacity_factor");
 }
 
 TEST_F(CudaTraining, Bf16RunResumesOnTheCpu) {

@@ -241,6 +241,69 @@ TEST(Router, CapacityDropsOverflowSlotsInTokenOrder) {
                "dW with gradient on dropped slots");
 }
 
+TEST(Router, StaticShapesGiveThePaddedLayoutWithTheSameRoutingAndGradients) {
+  // Under ctx.static_shapes a capacity-limited router returns fixed per-expert blocks (what a
+  // CUDA Graph step needs) and reads nothing on the host; everything else is unchanged.
+  auto backend = cpu_backend();
+  const RouterCase c{"padded", 12, 8, 4, 2, true, 0.1, 0.05, 1.0, 1.0f};
+  const std::vector<float> x = random_values(c.tokens * c.channels, 81);
+  const Tensor dgate = tensor_from(*backend, random_values(c.tokens * c.top_k, 82), {12, 2});
+  struct Run {
+    Routing routing;
+    AuxStats stats;
+    std::vector<float> dx, dw;
+  };
+  auto run = [&](bool static_shapes) {
+    auto router = make_router(backend.get(), c);
+    init_parameters(*backend, *router, 83, 0.5f);
+    EXPECT_TRUE(router->has_static_shapes());
+    ForwardContext ctx = make_context(*backend, 1, c.tokens, true);
+    ctx.static_shapes = static_shapes;
+    Run r;
+    r.routing = router->route(ctx, tensor_from(*backend, x, {c.tokens, c.channels}));
+    r.stats = router->aux_stats();
+    r.dx = to_vector(*backend, router->backward_routing(ctx, dgate));
+    r.dw = grad_of(*backend, *router, "gate.weight");
+    return r;
+  };
+  const Run compact = run(false), padded = run(true);
+  const int64_t capacity = 6;  // ceil(1.0 * 12 * 2 / 4)
+  EXPECT_EQ(compact.routing.padded_capacity, 0);
+  ASSERT_EQ(padded.routing.padded_capacity, capacity);
+  EXPECT_EQ(padded.routing.offsets, (std::vector<int64_t>{0, 6, 12, 18, 24}));
+  EXPECT_EQ(padded.routing.n_routed, 4 * capacity);
+  EXPECT_EQ(to_vector_i32(*backend, padded.routing.expert_index),
+            to_vector_i32(*backend, compact.routing.expert_index));
+  EXPECT_EQ(to_vector(*backend, padded.routing.gate), to_vector(*backend, compact.routing.gate));
+  // Each expert's block holds its compact rows, then padding (-1).
+  const std::vector<int32_t> ct = to_vector_i32(*backend, compact.routing.token);
+  const std::vector<int32_t> cs = to_vector_i32(*backend, compact.routing.slot);
+  const std::vector<int32_t> pt = to_vector_i32(*backend, padded.routing.token);
+  const std::vector<int32_t> ps = to_vector_i32(*backend, padded.routing.slot);
+  int64_t padding = 0;
+  for (int64_t e = 0; e < c.experts; ++e) {
+    const int64_t begin = compact.routing.offsets[e], kept = compact.routing.offsets[e + 1] - begin;
+    ASSERT_LE(kept, capacity);
+    for (int64_t r = 0; r < capacity; ++r) {
+      const size_t at = size_t(e * capacity + r);
+      EXPECT_EQ(pt[at], r < kept ? ct[size_t(begin + r)] : -1) << "expert " << e << " row " << r;
+      EXPECT_EQ(ps[at], r < kept ? cs[size_t(begin + r)] : -1) << "expert " << e << " row " << r;
+      padding += r < kept ? 0 : 1;
+    }
+  }
+  EXPECT_GT(padding, 0) << "the case should leave some block rows empty";
+  EXPECT_GT(compact.stats.dropped_fraction, 0.0) << "the case should drop slots";
+  EXPECT_EQ(padded.stats.dropped_fraction, compact.stats.dropped_fraction);
+  EXPECT_EQ(padded.stats.aux_loss, compact.stats.aux_loss);
+  EXPECT_EQ(padded.stats.z_loss, compact.stats.z_loss);
+  EXPECT_EQ(padded.stats.expert_fraction, compact.stats.expert_fraction);
+  EXPECT_EQ(padded.dx, compact.dx);
+  EXPECT_EQ(padded.dw, compact.dw);
+  // Dropless routers have no static layout.
+  const RouterCase dropless{"dropless", 12, 8, 4, 2, true, 0.1, 0.0, std::nullopt, 1.0f};
+  EXPECT_FALSE(make_router(backend.get(), dropless)->has_static_shapes());
+}
+
 TEST(Router, AuxiliaryGradientScalesWithLossScale) {
   auto backend = cpu_backend();
   const RouterCase c{"scale", 8, 8, 4, 2, true, 0.1, 0.05, std::nullopt, 1.0f};

@@ -150,9 +150,11 @@ class NNKIT_API Backend : public Component {
 
   // ---- gather / scatter ---------------------------------------------------------------------
   // src: (R, C), index: (N) i32 -> dst: (N, C) = src[index[n]]. (Embedding lookup, MoE dispatch.)
-  // src and dst share a dtype: f32 on the CPU; f32, bf16, f16 or i32 on CUDA.
+  // index -1 gives a zero row (the padding of a static MoE layout); other indices outside
+  // [0, R) are an error. src and dst share a dtype: f32 on the CPU; f32, bf16, f16 or i32 on CUDA.
   virtual void gather_rows(const Tensor& src, const Tensor& index, const Tensor& dst) = 0;
   // dst[index[n], :] += weight[n] * src[n, :] (accumulates; weight (N) may be undefined = 1).
+  // Rows with index -1 are skipped (static MoE padding).
   // Deterministic: rows are added in order of n. (Embedding backward, MoE combine.)
   // src and dst: float, independently (bf16 rows accumulate into an f32 gradient); weight f32.
   // Each destination row is summed in f32 and rounded once.
@@ -234,6 +236,26 @@ class NNKIT_API Backend : public Component {
   // Enqueues the recorded work, like any op.
   virtual void replay(int64_t graph) = 0;
   virtual void release_graph(int64_t graph) = 0;
+
+  // ---- appended in ABI 3: static-shape MoE (CUDA Graphs of capacity-limited MoE steps) -------
+  // True when begin_capture() would record (a CUDA backend with cuda_graphs on). Lets callers
+  // choose static-shape layouts (padded expert blocks) only where a graph will use them.
+  virtual bool captures() const = 0;
+  // moe_sort_by_expert with a static layout: token and slot have E * capacity rows and expert e
+  // owns rows [e * capacity, (e + 1) * capacity). Its kept slots (at most capacity, dropping as
+  // moe_sort_by_expert does) fill the first rows of its block in ascending slot order; the other
+  // rows are padding: token -1 and slot -1, which gather_rows reads as zero rows and
+  // scatter_add_rows skips. offsets: (E + 1) i32 = the compact offsets of the kept slots
+  // (offsets[e + 1] - offsets[e] = expert e's kept count; offsets[E] = kept slots), for
+  // statistics only: nothing on the host needs to read it. gate and load as in
+  // moe_sort_by_expert; capacity >= 1 and gate defined.
+  virtual void moe_sort_by_expert_padded(const Tensor& expert_index, int64_t n_experts,
+                                         int64_t top_k, int64_t capacity, const Tensor& gate,
+                                         const Tensor& token, const Tensor& slot,
+                                         const Tensor& offsets, const Tensor& load) = 0;
+  // x: (N, C) f32 -> out: (N) f32 = log(sum_c exp(x[n, c])), computed stably (max subtracted).
+  // (The router z-loss on the device.)
+  virtual void logsumexp_rows(const Tensor& x, const Tensor& out) = 0;
 
   // ---- conveniences (non-virtual) -----------------------------------------------------------
   Tensor zeros(const Shape& shape, DType dtype = DType::kF32);

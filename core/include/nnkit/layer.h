@@ -42,6 +42,9 @@ struct ForwardContext {
   bool use_kv_cache = false;  // incremental decoding: append K/V at cache_len, attend to the cache
   int64_t cache_len = 0;      // tokens already in the KV cache
   float loss_scale = 1.0f;    // d(objective)/d(this pass's loss); auxiliary losses scale by it
+  // ABI 3: the pass is (or will be) recorded in a CUDA Graph, so no layer may size its work from
+  // a host read of device data. Routers with a capacity then return the padded Routing layout.
+  bool static_shapes = false;
 };
 
 class NNKIT_API Layer : public Component {
@@ -131,6 +134,11 @@ struct Routing {
   Tensor token;                  // (N*k) i32 token row of each routed slot; first M rows valid
   Tensor slot;                   // (N*k) i32 flat slot n*k + rank (index into the (N*k) gates)
   std::vector<int64_t> offsets;  // (E + 1) host copy of the per-expert row offsets
+  // ABI 3, the static layout (ctx.static_shapes with a capacity): expert e owns the fixed rows
+  // [e * capacity, (e + 1) * capacity), offsets[e] = e * capacity, n_routed = E * capacity, and
+  // rows an expert did not fill are padding with token -1 and slot -1 (Backend::gather_rows
+  // reads them as zero rows, scatter_add_rows skips them). 0 = the compact layout above.
+  int64_t padded_capacity = 0;
 };
 
 // `moe/<router>`: scores experts per token. Its parameters are named "gate.weight" (HF Mixtral).
@@ -144,6 +152,9 @@ class NNKIT_API Router : public Layer {
   // (scaled by ctx.loss_scale) and accumulates the router weight gradient.
   virtual Tensor backward_routing(ForwardContext& ctx, const Tensor& dgate) = 0;
   virtual AuxStats aux_stats() const = 0;
+  // ABI 3: true when route() under ctx.static_shapes gives shapes that do not depend on the data
+  // (a capacity limit, so the padded layout), which lets the step be recorded in a CUDA Graph.
+  virtual bool has_static_shapes() const { return false; }
   // Layer::forward/backward are not used for routers.
   Tensor forward(ForwardContext& ctx, const Tensor& x) override;
   Tensor backward(ForwardContext& ctx, const Tensor& dy) override;

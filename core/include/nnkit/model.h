@@ -69,9 +69,13 @@ class NNKIT_API Transformer {
                            float weight);
   // Non-ignored targets of the batch staged in `slot` (-1 when none is).
   int64_t staged_valid_targets(size_t slot) const;
-  // True when a training step's shapes do not depend on the data (no MoE layer: their
-  // per-expert products are sized by each step's routing), so the step can be recorded.
+  // True when a training step's shapes can be made independent of the data, so the step can be
+  // recorded in a CUDA Graph: no MoE layer, or every router has a capacity (its padded layout
+  // fixes the per-expert products; dropless routing sizes them from each step's choices).
   bool has_static_shapes() const;
+  // Training passes from now on run under ForwardContext::static_shapes (what a recorded step
+  // needs: capacity-limited MoE layers use the padded expert layout). Off by default.
+  void set_static_shapes(bool on) { static_shapes_ = on; }
   // Rewrites every Parameter::compute copy from its f32 value; call after changing values
   // outside the optimizer (loading a checkpoint or HF weights). init_random() calls it.
   void refresh_compute_copies();
@@ -129,6 +133,7 @@ class NNKIT_API Transformer {
   int64_t positions_batch_ = 0;
   int64_t positions_seq_ = 0;
   std::vector<StagedBatch> staged_;  // per micro-batch slot (stage_batch)
+  bool static_shapes_ = false;       // set_static_shapes()
 };
 
 }  // namespace nnkit

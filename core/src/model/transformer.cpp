@@ -386,6 +386,7 @@ Tensor Transformer::forward_losses(const Tensor& ids, const Tensor& targets, int
   }
   ctx.positions = positions_;
   ctx.training = training;
+  ctx.static_shapes = training && static_shapes_;
   saved->ids = ids;
   saved->targets = targets;
   saved->checkpointing = activation_checkpointing;
@@ -448,7 +449,7 @@ void Transformer::forward_loss_staged(size_t slot, bool activation_checkpointing
 
 bool Transformer::has_static_shapes() const {
   for (const auto& b : blocks_) {
-    if (b->moe != nullptr) return false;  // per-expert row counts change every step
+    if (b->moe != nullptr && !b->moe->router().has_static_shapes()) return false;
   }
   return true;
 }

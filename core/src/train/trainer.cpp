@@ -339,12 +339,25 @@ TrainSummary train(const TrainRequest& request) {
     return "";
   };
 
-  // CUDA Graphs: a step whose shapes do not depend on the data (no MoE layer) is recorded once,
-  // after one ordinary step has created everything that lives across steps (optimizer moments,
-  // staged batches), and replayed from then on: one graph for forward, backward and the norm,
-  // one for the update, with the loss read in between. The recording is redone when what is
-  // baked into it changes (the fp16 loss scale, the count of non-ignored targets).
-  bool graphs_possible = model.has_static_shapes() && optimizer->capturable();
+  // CUDA Graphs: a step whose shapes do not depend on the data (no MoE layer, or MoE layers with
+  // a capacity, which then use the padded expert layout from the first step on) is recorded
+  // once, after one ordinary step has created everything that lives across steps (optimizer
+  // moments, staged batches), and replayed from then on: one graph for forward, backward and
+  // the norm, one for the update, with the loss read in between. The recording is redone when
+  // what is baked into it changes (the fp16 loss scale, the count of non-ignored targets).
+  // Dropless MoE runs uncaptured: its per-expert products are sized by each step's routing.
+  bool graphs_possible =
+      model.has_static_shapes() && optimizer->capturable() && backend->captures();
+  model.set_static_shapes(graphs_possible);
+  if (!graphs_possible && backend->captures() && optimizer->capturable()) {
+    log->info(
+        "the training step runs uncaptured (no CUDA Graph): dropless MoE layers size their "
+        "expert products from each step's routing; set model.moe.router.capacity_factor (e.g. "
+        "1.25) to record it");
+  }
+  // Test hook: NNKIT_GRAPHS_NO_REPLAY=1 keeps the static layout but runs every step uncaptured,
+  // the baseline a replayed step must equal bit for bit.
+  const bool replay_disabled = std::getenv("NNKIT_GRAPHS_NO_REPLAY") != nullptr;
   int64_t graph_step = -1, graph_update = -1;
   std::vector<int64_t> graph_key;  // loss scale bits + valid targets per micro-batch
   auto release_graphs = [&] {
@@ -383,7 +396,7 @@ TrainSummary train(const TrainRequest& request) {
     for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
       key.push_back(model.staged_valid_targets(static_cast<size_t>(micro)));
     }
-    const bool recordable = graphs_possible && !nan_steps.count(step) &&
+    const bool recordable = graphs_possible && !nan_steps.count(step) && !replay_disabled &&
                             step > summary.first_step;  // one ordinary step first
     if (recordable && graph_step >= 0 && key != graph_key) release_graphs();
     if (recordable && graph_step < 0) {
@@ -399,11 +412,13 @@ TrainSummary train(const TrainRequest& request) {
           log->info("training step recorded in a CUDA Graph (replayed from step {})", step + 1);
         } else {
           graphs_possible = false;  // the backend does not capture (or cuda_graphs is off)
+          model.set_static_shapes(false);
         }
       } catch (const Error& e) {
         backend->abort_capture();
         release_graphs();
         graphs_possible = false;
+        model.set_static_shapes(false);
         log->warn(
             "could not record the training step in a CUDA Graph ({}); running it "
             "uncaptured",

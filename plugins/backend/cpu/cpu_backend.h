@@ -110,6 +110,14 @@ class CpuBackend final : public Backend {
   void replay(int64_t graph) override;
   void release_graph(int64_t) override {}
 
+  // ---- appended in ABI 3: static-shape MoE --------------------------------------------------
+  bool captures() const override { return false; }
+  void moe_sort_by_expert_padded(const Tensor& expert_index, int64_t n_experts, int64_t top_k,
+                                 int64_t capacity, const Tensor& gate, const Tensor& token,
+                                 const Tensor& slot, const Tensor& offsets,
+                                 const Tensor& load) override;  // moe_dispatch.cpp
+  void logsumexp_rows(const Tensor& x, const Tensor& out) override;  // softmax_topk.cpp
+
  private:
   // cos/sin of pos * base^(-2i/D) for pos in [0, positions), i in [0, D/2), computed in double
   // and kept across calls: training re-uses the same few hundred positions every step.

@@ -103,3 +103,45 @@ void CpuBackend::moe_sort_by_expert(const Tensor& expert_index, int64_t n_expert
 }
 
 }  // namespace nnkit::cpu
+
+namespace nnkit::cpu {
+
+// The compact sort into scratch rows, then each expert's rows moved to its fixed block: the same
+// ranks and drops as moe_sort_by_expert by construction, and the CUDA layout bit for bit.
+void CpuBackend::moe_sort_by_expert_padded(const Tensor& expert_index, int64_t n_experts,
+                                           int64_t top_k, int64_t capacity, const Tensor& gate,
+                                           const Tensor& token, const Tensor& slot,
+                                           const Tensor& offsets, const Tensor& load) {
+  const char* op = "moe_sort_by_expert_padded";
+  if (capacity < 1) {
+    shape_fail(op, "capacity = " + std::to_string(capacity) +
+                       "; the static layout needs capacity >= 1 rows per expert");
+  }
+  if (n_experts < 1 || capacity > INT32_MAX / n_experts) {
+    shape_fail(op, std::to_string(n_experts) + " experts x capacity " + std::to_string(capacity) +
+                       " rows do not fit the i32 outputs");
+  }
+  const int64_t rows = n_experts * capacity;
+  expect_flat(op, "token", token, DType::kI32, rows);
+  expect_flat(op, "slot", slot, DType::kI32, rows);
+  const int64_t slots = expert_index.numel();
+  Tensor compact_token = empty({slots}, DType::kI32);
+  Tensor compact_slot = empty({slots}, DType::kI32);
+  moe_sort_by_expert(expert_index, n_experts, top_k, capacity, gate, compact_token, compact_slot,
+                     offsets, load);
+  const int32_t* off = ptr<int32_t>(offsets);
+  const int32_t* ct = ptr<int32_t>(compact_token);
+  const int32_t* cs = ptr<int32_t>(compact_slot);
+  int32_t* pt = ptr<int32_t>(token);
+  int32_t* ps = ptr<int32_t>(slot);
+  for (int64_t e = 0; e < n_experts; ++e) {
+    const int64_t kept = off[e + 1] - off[e];
+    for (int64_t r = 0; r < capacity; ++r) {
+      const int64_t row = e * capacity + r;
+      pt[row] = r < kept ? ct[off[e] + r] : -1;
+      ps[row] = r < kept ? cs[off[e] + r] : -1;
+    }
+  }
+}
+
+}  // namespace nnkit::cpu

@@ -1,6 +1,8 @@
-// Purpose: backend/cpu row softmax (forward, backward) and row top-k. Owned by backend/cpu.
+// Purpose: backend/cpu row softmax (forward, backward), row logsumexp and row top-k. Owned by
+// backend/cpu.
 // Softmax subtracts the row max before exponentiating so large logits do not overflow.
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -34,6 +36,29 @@ void CpuBackend::softmax_rows(const Tensor& x, const Tensor& y) {
     const float inv = 1.0f / sum;
 #pragma omp simd
     for (int64_t c = 0; c < cols; ++c) yr[c] *= inv;
+  }
+}
+
+// Max subtracted, the sum of exponentials in double: the router z-loss squares this value, so
+// it is kept as exact as the f32 inputs allow.
+void CpuBackend::logsumexp_rows(const Tensor& x, const Tensor& out) {
+  const RowShape s = expect_rows("logsumexp_rows", "x", x, DType::kF32);
+  expect_tensor("logsumexp_rows", "out", out, DType::kF32, {s.rows});
+  const float* px = ptr<float>(x);
+  float* po = ptr<float>(out);
+  const int64_t rows = s.rows, cols = s.cols;
+#pragma omp parallel for if (rows * cols > kParallelGrain) schedule(static)
+  for (int64_t n = 0; n < rows; ++n) {
+    const float* xr = px + n * cols;
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int64_t c = 0; c < cols; ++c) mx = std::max(mx, xr[c]);
+    if (!std::isfinite(mx)) {
+      po[n] = mx;  // all -inf (log 0), or a +inf/NaN entry that the sum would carry anyway
+      continue;
+    }
+    double sum = 0.0;
+    for (int64_t c = 0; c < cols; ++c) sum += std::exp(static_cast<double>(xr[c] - mx));
+    po[n] = static_cast<float>(static_cast<double>(mx) + std::log(sum));
   }
 }
 

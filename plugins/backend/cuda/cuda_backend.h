@@ -151,6 +151,14 @@ class CudaBackend final : public Backend {
   // per-op events cannot be recorded inside a graph).
   void set_graphs_enabled(bool enabled) { graphs_enabled_ = enabled && profiler_ == nullptr; }
 
+  // ---- appended in ABI 3: static-shape MoE --------------------------------------------------
+  bool captures() const override { return graphs_enabled_; }
+  void moe_sort_by_expert_padded(const Tensor& expert_index, int64_t n_experts, int64_t top_k,
+                                 int64_t capacity, const Tensor& gate, const Tensor& token,
+                                 const Tensor& slot, const Tensor& offsets,
+                                 const Tensor& load) override;  // moe_dispatch.cu
+  void logsumexp_rows(const Tensor& x, const Tensor& out) override;  // softmax_topk.cu
+
   // ---- for the kernel files -----------------------------------------------------------------
   cudaStream_t stream() const { return stream_; }
   DeviceFault* fault() const { return fault_; }

@@ -14,6 +14,9 @@
 //     (E * tiles) ints of scratch, whatever N*k is.
 // An index outside [-1, E) is recorded in the device fault word (FaultOp::kMoeSort, thrown by
 // the next synchronize) and the slot is treated as already dropped.
+// The static layout (moe_sort_by_expert_padded, for CUDA Graphs) sorts compactly into scratch
+// and then moves each expert's rows to its fixed block of `capacity` rows in one more launch:
+// the same ranks and drops by construction, and nothing the host must read.
 #include <algorithm>
 #include <cstdint>
 #include <string>
@@ -269,6 +272,19 @@ __global__ void __launch_bounds__(kTileThreads)
   fill_tail(a, offsets[E]);
 }
 
+// Row r of expert e's block (e = row / capacity) takes the expert's r-th kept slot, or padding.
+__global__ void moe_pad_kernel(const int32_t* compact_token, const int32_t* compact_slot,
+                               const int32_t* offsets, int capacity, int64_t rows, int32_t* token,
+                               int32_t* slot) {
+  for (int64_t row = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; row < rows;
+       row += int64_t(gridDim.x) * blockDim.x) {
+    const int e = static_cast<int>(row / capacity), r = static_cast<int>(row % capacity);
+    const int begin = offsets[e], kept = offsets[e + 1] - begin;
+    token[row] = r < kept ? compact_token[begin + r] : -1;
+    slot[row] = r < kept ? compact_slot[begin + r] : -1;
+  }
+}
+
 // `t` holds `numel` elements of `dtype` on this backend's device (read flat, any shape).
 void expect_flat(const Backend& backend, const char* op, const char* name, const Tensor& t,
                  DType dtype, int64_t numel) {
@@ -337,6 +353,34 @@ void CudaBackend::moe_sort_by_expert(const Tensor& expert_index, int64_t n_exper
   const size_t shared = size_t(E) * (2 + kTileThreads / 32) * sizeof(int);
   moe_place_kernel<<<tiles, kTileThreads, shared, stream_>>>(a, pc, ptr<int32_t>(offsets));
   NNKIT_CUDA_CHECK_LAUNCH(moe_place_kernel);
+}
+
+void CudaBackend::moe_sort_by_expert_padded(const Tensor& expert_index, int64_t n_experts,
+                                            int64_t top_k, int64_t capacity, const Tensor& gate,
+                                            const Tensor& token, const Tensor& slot,
+                                            const Tensor& offsets, const Tensor& load) {
+  OpScope op_scope(profiler_.get(), "moe_sort_by_expert_padded");
+  const char* op = "moe_sort_by_expert_padded";
+  if (capacity < 1) {
+    kChecks.fail(op, "capacity = " + std::to_string(capacity) +
+                         "; the static layout needs capacity >= 1 rows per expert");
+  }
+  if (n_experts < 1 || capacity > INT32_MAX / n_experts) {
+    kChecks.fail(op, std::to_string(n_experts) + " experts x capacity " +
+                         std::to_string(capacity) + " rows do not fit the i32 outputs");
+  }
+  const int64_t rows = n_experts * capacity;
+  expect_flat(*this, op, "token", token, DType::kI32, rows);
+  expect_flat(*this, op, "slot", slot, DType::kI32, rows);
+  const int64_t slots = expert_index.numel();
+  Tensor compact_token = empty({slots}, DType::kI32);
+  Tensor compact_slot = empty({slots}, DType::kI32);
+  moe_sort_by_expert(expert_index, n_experts, top_k, capacity, gate, compact_token, compact_slot,
+                     offsets, load);
+  moe_pad_kernel<<<grid_for(rows), kThreads, 0, stream_>>>(
+      ptr<int32_t>(compact_token), ptr<int32_t>(compact_slot), ptr<int32_t>(offsets),
+      static_cast<int>(capacity), rows, ptr<int32_t>(token), ptr<int32_t>(slot));
+  NNKIT_CUDA_CHECK_LAUNCH(moe_pad_kernel);
 }
 
 }  // namespace nnkit::cuda

@@ -1,4 +1,5 @@
-// Purpose: backend/cuda row softmax (forward, backward) and row top-k. Owned by backend/cuda.
+// Purpose: backend/cuda row softmax (forward, backward), row logsumexp and row top-k. Owned by
+// backend/cuda.
 // Softmax: one block per row, three passes over x (max, sum of exp, exp times 1/sum) so y is
 // written once: a bf16/f16 y is then rounded once, and y may alias x (all reads of the first two
 // passes are done before the barrier that ends the sum). x and y have storage types of their own,
@@ -9,7 +10,8 @@
 // lane keeps a sorted list of the best k of its strided columns, then k rounds of a warp arg-max
 // merge the 32 lists. Ranking is the CPU's: larger value first, ties to the lower index. Large k
 // (more than kWarpTopK, e.g. sampling over a vocabulary) takes one thread per row with insertion
-// into the output row itself.
+// into the output row itself. Logsumexp (the router z-loss, E columns): one warp per row, the sum
+// of exponentials in double like the CPU's.
 #include "cuda_check.h"
 #include "kernel_utils.cuh"
 
@@ -125,6 +127,25 @@ __global__ void topk_row_kernel(const float* x, int64_t rows, int64_t cols, int 
   for (int64_t c = 0; c < cols; ++c) insert_sorted(vr, ir, k, filled, xr[c], int32_t(c));
 }
 
+// One warp per row: max, then the sum of exp(x - max) in double.
+__global__ void logsumexp_rows_kernel(const float* x, float* out, int64_t rows, int64_t cols) {
+  const int64_t row = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  const float* xr = x + row * cols;
+  float mx = -INFINITY;
+  for (int64_t c = lane; c < cols; c += 32) mx = fmaxf(mx, xr[c]);
+  for (int d = 16; d > 0; d >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, d));
+  if (!isfinite(mx)) {
+    if (lane == 0) out[row] = mx;
+    return;
+  }
+  double sum = 0.0;
+  for (int64_t c = lane; c < cols; c += 32) sum += exp(double(xr[c] - mx));
+  for (int d = 16; d > 0; d >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, d);
+  if (lane == 0) out[row] = float(double(mx) + log(sum));
+}
+
 }  // namespace
 
 void CudaBackend::softmax_rows(const Tensor& x, const Tensor& y) {
@@ -147,6 +168,19 @@ void CudaBackend::softmax_rows(const Tensor& x, const Tensor& y) {
       NNKIT_CUDA_CHECK_LAUNCH(softmax_rows_kernel);
     });
   });
+}
+
+void CudaBackend::logsumexp_rows(const Tensor& x, const Tensor& out) {
+  OpScope op_scope(profiler_.get(), "logsumexp_rows");
+  const char* op = "logsumexp_rows";
+  const backend_common::RowShape s = kChecks.rows(op, "x", x, DType::kF32);
+  kChecks.tensor(op, "out", out, DType::kF32, {s.rows});
+  if (s.rows == 0) return;
+  constexpr int kWarpsPerBlock = kThreads / 32;
+  const auto blocks = static_cast<unsigned>((s.rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
+  logsumexp_rows_kernel<<<blocks, kThreads, 0, stream_>>>(ptr<float>(x), ptr<float>(out), s.rows,
+                                                          s.cols);
+  NNKIT_CUDA_CHECK_LAUNCH(logsumexp_rows_kernel);
 }
 
 void CudaBackend::softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) {

@@ -8,10 +8,11 @@
 //     chose expert i, P_i = mean_n probs[n, i];
 //   z-loss (ST-MoE): L_z = mean_n logsumexp(logits[n])^2.
 // Everything stays on the device: routing, the sort by expert (Backend::moe_sort_by_expert, which
-// also applies the capacity), gates and the load statistics. The host reads the per-expert row
-// offsets (one small copy per layer, which the experts' products need) and, when asked through
-// aux_stats() on logged steps, the statistics. The z-loss (off by default) still reads the
-// logits to the host.
+// also applies the capacity), gates, the load statistics and the z-loss. The host reads the
+// per-expert row offsets (one small copy per layer, which the experts' products need) and, when
+// asked through aux_stats() on logged steps, the statistics. Under ctx.static_shapes (a step
+// recorded in a CUDA Graph) a capacity-limited router reads nothing at all: it returns the padded
+// layout (Routing::padded_capacity), every expert a fixed block of `capacity` rows.
 // Ownership: owns the gate parameter descriptor, the last route()'s statistics and, after a
 // training route(), what backward_routing() needs (until the next route() or release_saved()).
 // Thread-safety: none; one thread drives a layer.
@@ -64,6 +65,7 @@ class TopKRouter final : public Router {
 
   int64_t top_k() const override { return top_k_; }
   int64_t n_experts() const override { return n_experts_; }
+  bool has_static_shapes() const override { return capacity_factor_.has_value(); }
   void release_saved() override { saved_ = Saved{}; }
 
   Routing route(ForwardContext& ctx, const Tensor& x) override {
@@ -103,11 +105,15 @@ class TopKRouter final : public Router {
     // Capacity: an expert takes at most `capacity` slots in slot order (token by token, rank
     // order within a token); the sort drops the rest (index -1, gate 0; the residual carries
     // the token). Dropless: nothing is dropped and the gates are the kept gates.
+    // An expert never takes more than N slots (a token's k experts are distinct), so the
+    // capacity is clamped to N: the same drops, and no padded block larger than it can fill.
     int64_t capacity = -1;
     if (capacity_factor_) {
       capacity = static_cast<int64_t>(std::ceil(*capacity_factor_ * static_cast<double>(n_slots) /
                                                 static_cast<double>(n_experts_)));
+      capacity = std::min(capacity, n_tokens);
     }
+    const bool padded = capacity >= 1 && ctx.static_shapes;
     routing.expert_index = backend.empty({n_tokens, top_k_}, DType::kI32);
     backend.copy(routing.expert_index, chosen);
     if (capacity >= 0) {
@@ -116,11 +122,16 @@ class TopKRouter final : public Router {
     } else {
       routing.gate = kept_gate;
     }
-    routing.token = backend.empty({n_slots}, DType::kI32);
-    routing.slot = backend.empty({n_slots}, DType::kI32);
+    const int64_t rows = padded ? n_experts_ * capacity : n_slots;
+    routing.token = backend.empty({rows}, DType::kI32);
+    routing.slot = backend.empty({rows}, DType::kI32);
     Tensor offsets = backend.empty({n_experts_ + 1}, DType::kI32);
     Tensor load = backend.empty({n_experts_});  // f_i, before dropping
-    if (n_slots > 0) {
+    if (padded) {
+      backend.moe_sort_by_expert_padded(routing.expert_index.view({n_slots}), n_experts_, top_k_,
+                                        capacity, routing.gate.view({n_slots}), routing.token,
+                                        routing.slot, offsets, load);
+    } else if (n_slots > 0) {
       backend.moe_sort_by_expert(routing.expert_index.view({n_slots}), n_experts_, top_k_, capacity,
                                  capacity >= 0 ? routing.gate.view({n_slots}) : Tensor(),
                                  routing.token, routing.slot, offsets, load);
@@ -128,23 +139,35 @@ class TopKRouter final : public Router {
       backend.fill(offsets, 0.0f);
       backend.fill(load, 0.0f);
     }
-    // The one host read of the layer: the per-expert row counts size the experts' products.
+    // The one host read of the layer (compact layout): the per-expert row counts size the
+    // experts' products. The padded layout's blocks are known without it.
     std::vector<int32_t> host_offsets(static_cast<size_t>(n_experts_) + 1, 0);
-    if (n_slots > 0) backend.copy_to_host_async(host_offsets.data(), offsets);
+    if (n_slots > 0 && !padded) backend.copy_to_host_async(host_offsets.data(), offsets);
 
     // Statistics of the full softmax, before any capacity dropping, kept on the device until
     // aux_stats() is asked (logged steps). Decoding (KV cache) has no loss to balance.
     const bool full = !ctx.use_kv_cache && n_tokens > 0;
     stats_ = DeviceStats{};
     stats_.n_slots = n_slots;
-    if (full) stats_.values = device_statistics(backend, probs, load);
-    std::vector<double> row_lse;
-    if (full && z_loss_weight_ > 0.0) row_lse = z_loss_statistics(backend, logits);
+    Tensor row_lse;  // (N) logsumexp(logits[n]), only with the z-loss
+    if (full && z_loss_weight_ > 0.0) {
+      row_lse = backend.empty({n_tokens});
+      backend.logsumexp_rows(logits, row_lse);
+    }
+    if (full) stats_.values = device_statistics(backend, probs, load, row_lse);
 
-    backend.await_host_copies();
-    routing.offsets.assign(host_offsets.begin(), host_offsets.end());
-    routing.n_routed = routing.offsets.back();
-    stats_.dropped = n_slots - routing.n_routed;
+    if (padded) {
+      routing.padded_capacity = capacity;
+      routing.offsets.resize(static_cast<size_t>(n_experts_) + 1);
+      for (int64_t e = 0; e <= n_experts_; ++e) routing.offsets[static_cast<size_t>(e)] = e * capacity;
+      routing.n_routed = rows;
+      stats_.kept_offsets = offsets;  // the dropped count is read with the statistics
+    } else {
+      backend.await_host_copies();
+      routing.offsets.assign(host_offsets.begin(), host_offsets.end());
+      routing.n_routed = routing.offsets.back();
+      stats_.dropped = n_slots - routing.n_routed;
+    }
 
     release_saved();
     if (ctx.training && capacity >= 0) {
@@ -164,7 +187,7 @@ class TopKRouter final : public Router {
       saved_.kept_gate = kept_gate;
       saved_.chosen = chosen;
       saved_.load = load;
-      saved_.row_lse = std::move(row_lse);
+      saved_.row_lse = row_lse;
     }
     return routing;
   }
@@ -229,9 +252,14 @@ class TopKRouter final : public Router {
     AuxStats out;
     out.aux_weight = aux_loss_weight_;
     out.z_weight = z_loss_weight_;
-    out.z_loss = stats_.z_loss;
     out.expert_fraction.assign(static_cast<size_t>(n_experts_), 0.0);
-    out.dropped_fraction = stats_.n_slots > 0 ? static_cast<double>(stats_.dropped) /
+    int64_t dropped = stats_.dropped;
+    if (stats_.kept_offsets.defined() && stats_backend_ != nullptr) {
+      std::vector<int32_t> offsets(static_cast<size_t>(n_experts_) + 1);
+      stats_backend_->copy_to_host(offsets.data(), stats_.kept_offsets);
+      dropped = stats_.n_slots - offsets.back();
+    }
+    out.dropped_fraction = stats_.n_slots > 0 ? static_cast<double>(dropped) /
                                                     static_cast<double>(stats_.n_slots)
                                               : 0.0;
     if (!stats_.values.defined() || stats_backend_ == nullptr) return out;
@@ -239,6 +267,7 @@ class TopKRouter final : public Router {
     stats_backend_->copy_to_host(host.data(), stats_.values);
     for (size_t e = 0; e < out.expert_fraction.size(); ++e) out.expert_fraction[e] = host[e];
     out.aux_loss = host[2 * static_cast<size_t>(n_experts_)];
+    out.z_loss = host[2 * static_cast<size_t>(n_experts_) + 1];
     return out;
   }
 
@@ -250,51 +279,37 @@ class TopKRouter final : public Router {
     Tensor chosen;                // (N, k) i32 chosen experts before dropping
     Tensor load;                  // (E) f32 f_i (share of slots per expert, before dropping)
     Tensor keep_mask;             // (N*k, 1) f32 1 kept / 0 dropped; only with a capacity
-    std::vector<double> row_lse;  // (N) logsumexp(logits[n]), only with the z-loss
+    Tensor row_lse;               // (N) f32 logsumexp(logits[n]), only with the z-loss
   };
 
   // The last route()'s statistics: the device part read by aux_stats() on demand.
   struct DeviceStats {
-    Tensor values;        // (2E + 1) f32: f_i (E), P_i (E), L_aux; undefined when not computed
+    Tensor values;        // (2E + 2) f32: f_i (E), P_i (E), L_aux, L_z; undefined when not computed
     int64_t n_slots = 0;  // N*k
-    int64_t dropped = 0;  // slots dropped by the capacity limit
-    double z_loss = 0.0;  // L_z (host-computed, only with the z-loss)
+    int64_t dropped = 0;  // slots dropped by the capacity limit (compact layout)
+    Tensor kept_offsets;  // (E + 1) i32 compact offsets of the kept slots (padded layout)
   };
 
-  // [f (E), P (E), L_aux (1)] on the device: P_i = mean_n probs[n, i] (Backend::sum_rows),
-  // L_aux = E * <f, P>.
-  Tensor device_statistics(Backend& backend, const Tensor& probs, const Tensor& load) const {
+  // [f (E), P (E), L_aux, L_z] on the device: P_i = mean_n probs[n, i] (Backend::sum_rows),
+  // L_aux = E * <f, P>, L_z = mean_n lse_n^2 (0 without the z-loss).
+  Tensor device_statistics(Backend& backend, const Tensor& probs, const Tensor& load,
+                           const Tensor& row_lse) const {
     const int64_t n_tokens = probs.dim(0);
-    Tensor values = backend.empty({2 * n_experts_ + 1});
+    Tensor values = backend.empty({2 * n_experts_ + 2});
     backend.copy(values.slice_rows(0, n_experts_), load);
     Tensor mean_prob = values.slice_rows(n_experts_, 2 * n_experts_).view({1, n_experts_});
     backend.sum_rows(probs, mean_prob, 1.0f / static_cast<float>(n_tokens), 0.0f);
     Tensor aux = values.slice_rows(2 * n_experts_, 2 * n_experts_ + 1);
     backend.row_dot(load.view({1, n_experts_}), mean_prob, aux);
     backend.scale(aux, static_cast<float>(n_experts_));
-    return values;
-  }
-
-  // The z-loss needs each row's logsumexp; it is computed on the host from a copy of the logits
-  // (the one statistic not kept on the device: the z-loss is off by default). Sets stats_.z_loss.
-  std::vector<double> z_loss_statistics(Backend& backend, const Tensor& logits) {
-    const int64_t n_tokens = logits.dim(0);
-    const auto n_experts = static_cast<size_t>(n_experts_);
-    std::vector<float> host_logits(static_cast<size_t>(logits.numel()));  // (N, E)
-    backend.copy_to_host(host_logits.data(), logits);
-    std::vector<double> row_lse(static_cast<size_t>(n_tokens));
-    double z = 0.0;
-    for (size_t n = 0; n < row_lse.size(); ++n) {
-      const float* row = host_logits.data() + n * n_experts;
-      double top = row[0];
-      for (size_t e = 1; e < n_experts; ++e) top = std::max(top, static_cast<double>(row[e]));
-      double sum = 0.0;
-      for (size_t e = 0; e < n_experts; ++e) sum += std::exp(row[e] - top);
-      row_lse[n] = top + std::log(sum);
-      z += row_lse[n] * row_lse[n];
+    Tensor z = values.slice_rows(2 * n_experts_ + 1, 2 * n_experts_ + 2);
+    if (row_lse.defined()) {
+      backend.row_dot(row_lse.view({1, n_tokens}), row_lse.view({1, n_tokens}), z);
+      backend.scale(z, 1.0f / static_cast<float>(n_tokens));
+    } else {
+      backend.fill(z, 0.0f);
     }
-    stats_.z_loss = z / static_cast<double>(n_tokens);
-    return row_lse;
+    return values;
   }
 
   // dprobs[n, i] += aux_weight * loss_scale * E * f_i / N for every token n (f_i held constant,
@@ -315,13 +330,12 @@ class TopKRouter final : public Router {
     Backend& backend = *ctx.backend;
     const int64_t n_tokens = dlogits.dim(0);
     const double factor = z_loss_weight_ * ctx.loss_scale * 2.0 / static_cast<double>(n_tokens);
-    std::vector<float> row_weight(saved_.row_lse.size());
-    for (size_t n = 0; n < row_weight.size(); ++n) {
-      row_weight[n] = static_cast<float>(factor * saved_.row_lse[n]);
-    }
+    Tensor row_weight = backend.empty({n_tokens});  // factor * lse_n
+    backend.copy(row_weight, saved_.row_lse);
+    backend.scale(row_weight, static_cast<float>(factor));
     Tensor weighted = backend.empty({n_tokens, n_experts_});
     backend.copy(weighted, saved_.probs);
-    backend.scale_rows(weighted, backend.from_host(row_weight.data(), {n_tokens}, DType::kF32));
+    backend.scale_rows(weighted, row_weight);
     backend.add(dlogits, dlogits, weighted);
   }
 
