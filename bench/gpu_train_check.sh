@@ -36,7 +36,7 @@ if has tests; then
   grep -E "^\[  (FAILED|PASSED) |exit" "$out/cuda_tests.txt" | tail -30
   stamp "cuda tests"
   if [ "${SKIP_CLI_TESTS:-0}" != "1" ]; then
-    timeout 400 build-gpu/bin/test_cli --gtest_filter='*Cuda*' > "$out/cuda_cli_tests.txt" 2>&1
+    timeout 400 build-gpu/bin/test_cli --gtest_filter="${CLI_TEST_FILTER:-*Cuda*}" > "$out/cuda_cli_tests.txt" 2>&1
     echo "test_cli (CUDA) exit $?" >> "$out/cuda_cli_tests.txt"
     grep -E "^\[  (FAILED|PASSED) |OK \]|exit" "$out/cuda_cli_tests.txt" | tail -12
     stamp "cli tests"
