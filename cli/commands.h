@@ -19,5 +19,6 @@ int run_plot(const Args& args);
 int run_tokenizer(const Args& args);
 int run_convert(const Args& args);
 int run_logits(const Args& args);
+int run_check_plugin(const Args& args);
 
 }  // namespace nnkit::cli

@@ -31,6 +31,8 @@ const std::map<std::string, CommandEntry>& commands() {
       {"tokenizer", {nnkit::cli::run_tokenizer, "train / inspect SentencePiece tokenizers"}},
       {"convert", {nnkit::cli::run_convert, "Hugging Face folders <-> run directories"}},
       {"logits", {nnkit::cli::run_logits, "raw logits of a few ids (parity checks)"}},
+      {"check-plugin",
+       {nnkit::cli::run_check_plugin, "conformance checks of one plugin (gradients, shapes, ...)"}},
   };
   return table;
 }
@@ -40,7 +42,7 @@ void print_usage() {
             << "Usage: nnkit COMMAND [options]   (nnkit COMMAND --help for details)\n\nCommands:\n";
   for (const auto& [name, entry] : commands()) {
     std::string padded = name;
-    padded.resize(10, ' ');
+    padded.resize(14, ' ');
     std::cout << "  " << padded << entry.summary << "\n";
   }
   std::cout << "\n  --version   print the version and the plugin ABI version\n";

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "nnkit/testing.h"
 #include "support/test_support.h"
 
 namespace nnkit::test {
@@ -85,17 +86,7 @@ std::vector<float> to_float(const HostMatrix& values) {
 
 std::vector<double> numeric_gradient(HostMatrix& values, const std::function<double()>& objective,
                                      double eps) {
-  std::vector<double> gradient(values.size());
-  for (size_t i = 0; i < values.size(); ++i) {
-    const double saved = values[i];
-    values[i] = saved + eps;
-    const double up = objective();
-    values[i] = saved - eps;
-    const double down = objective();
-    values[i] = saved;
-    gradient[i] = (up - down) / (2.0 * eps);
-  }
-  return gradient;
+  return testing::numeric_gradient(values, objective, eps);  // the installed kit's (nnkit/testing.h)
 }
 
 void expect_close(const std::vector<float>& actual, const std::vector<double>& expected,

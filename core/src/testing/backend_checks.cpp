@@ -1,0 +1,224 @@
+// Purpose: the backend op list of `nnkit check-plugin backend/NAME`: each op run on the backend
+// against a host reference in double, f32 tensors, with the tolerance written next to it. The
+// same list covers the CPU backend (where the references are the only other opinion) and any
+// third-party backend.
+#include <cmath>
+#include <functional>
+
+#include "testing/harness.h"
+
+namespace nnkit::testing {
+
+using detail::Host;
+
+namespace {
+
+constexpr double kAbs = 1e-5;
+constexpr double kRel = 1e-5;
+
+struct OpCase {
+  const char* name;
+  std::function<CheckResult(Backend&, const std::string&)> run;
+};
+
+// Values already rounded to f32, so that exact ops (copies, gathers) compare exactly.
+Host rnd(size_t n, uint64_t salt, double scale = 1.0) {
+  Host values = detail::random_host(n, 7, salt, scale);
+  for (double& v : values) v = static_cast<float>(v);
+  return values;
+}
+
+Tensor up(Backend& b, const Host& v, const Shape& s) {
+  return detail::upload(b, v, s);
+}
+
+Host down(Backend& b, const Tensor& t) {
+  return detail::download(b, t);
+}
+
+CheckResult gemm_case(Backend& b, const std::string& name, bool ta, bool tb) {
+  const int64_t M = 5, K = 7, N = 3;
+  const Host a = rnd(M * K, 1), bm = rnd(K * N, 2), c0 = rnd(M * N, 3);
+  Tensor at = up(b, a, ta ? Shape{K, M} : Shape{M, K});
+  Tensor bt = up(b, bm, tb ? Shape{N, K} : Shape{K, N});
+  Tensor ct = up(b, c0, {M, N});
+  const float alpha = 0.7f, beta = 0.3f;
+  b.gemm(at, ta, bt, tb, ct, alpha, beta);
+  Host expected(M * N);
+  for (int64_t i = 0; i < M; ++i) {
+    for (int64_t j = 0; j < N; ++j) {
+      double sum = 0.0;
+      for (int64_t k = 0; k < K; ++k) {
+        const double av = ta ? a[k * M + i] : a[i * K + k];
+        const double bv = tb ? bm[j * K + k] : bm[k * N + j];
+        sum += av * bv;
+      }
+      expected[i * N + j] = alpha * sum + beta * c0[i * N + j];
+    }
+  }
+  return detail::compare_row(name, down(b, ct), expected, kAbs, kRel);
+}
+
+const std::vector<OpCase>& op_cases() {
+  static const std::vector<OpCase> cases = {
+      {"copy_from_host / copy_to_host",
+       [](Backend& b, const std::string& n) {
+         const Host x = rnd(37, 10);
+         return detail::compare_row(n, down(b, up(b, x, {37})), Host(x.begin(), x.end()), 0, 0);
+       }},
+      {"fill",
+       [](Backend& b, const std::string& n) {
+         Tensor t = b.empty({9});
+         b.fill(t, 1.25f);
+         return detail::compare_row(n, down(b, t), Host(9, 1.25), 0, 0);
+       }},
+      {"add",
+       [](Backend& b, const std::string& n) {
+         const Host x = rnd(12, 11), y = rnd(12, 12);
+         Tensor out = b.empty({3, 4});
+         b.add(out, up(b, x, {3, 4}), up(b, y, {3, 4}));
+         Host e(12);
+         for (size_t i = 0; i < 12; ++i) e[i] = x[i] + y[i];
+         return detail::compare_row(n, down(b, out), e, kAbs, kRel);
+       }},
+      {"axpy",
+       [](Backend& b, const std::string& n) {
+         const Host x = rnd(12, 13), y = rnd(12, 14);
+         Tensor yt = up(b, y, {12});
+         b.axpy(yt, -0.5f, up(b, x, {12}));
+         Host e(12);
+         for (size_t i = 0; i < 12; ++i) e[i] = y[i] - 0.5 * x[i];
+         return detail::compare_row(n, down(b, yt), e, kAbs, kRel);
+       }},
+      {"scale",
+       [](Backend& b, const std::string& n) {
+         const Host x = rnd(12, 15);
+         Tensor t = up(b, x, {12});
+         b.scale(t, 3.0f);
+         Host e(12);
+         for (size_t i = 0; i < 12; ++i) e[i] = 3.0 * x[i];
+         return detail::compare_row(n, down(b, t), e, kAbs, kRel);
+       }},
+      {"gemm", [](Backend& b, const std::string& n) { return gemm_case(b, n, false, false); }},
+      {"gemm (a^T)", [](Backend& b, const std::string& n) { return gemm_case(b, n, true, false); }},
+      {"gemm (b^T)", [](Backend& b, const std::string& n) { return gemm_case(b, n, false, true); }},
+      {"gemm (a^T b^T)",
+       [](Backend& b, const std::string& n) { return gemm_case(b, n, true, true); }},
+      {"rmsnorm_forward",
+       [](Backend& b, const std::string& n) {
+         const int64_t R = 3, C = 8;
+         const Host x = rnd(R * C, 16), w = rnd(C, 17);
+         Tensor y = b.empty({R, C}), rstd = b.empty({R});
+         b.rmsnorm_forward(up(b, x, {R, C}), up(b, w, {C}), 1e-5f, y, rstd);
+         Host e(R * C);
+         for (int64_t r = 0; r < R; ++r) {
+           double ms = 0.0;
+           for (int64_t c = 0; c < C; ++c) ms += x[r * C + c] * x[r * C + c];
+           const double s = 1.0 / std::sqrt(ms / C + 1e-5);
+           for (int64_t c = 0; c < C; ++c) e[r * C + c] = x[r * C + c] * s * w[c];
+         }
+         return detail::compare_row(n, down(b, y), e, kAbs, 1e-4);
+       }},
+      {"softmax_rows",
+       [](Backend& b, const std::string& n) {
+         const int64_t R = 3, C = 7;
+         const Host x = rnd(R * C, 18, 4.0);
+         Tensor y = b.empty({R, C});
+         b.softmax_rows(up(b, x, {R, C}), y);
+         Host e(R * C);
+         for (int64_t r = 0; r < R; ++r) {
+           double top = -INFINITY, sum = 0.0;
+           for (int64_t c = 0; c < C; ++c) top = std::max(top, x[r * C + c]);
+           for (int64_t c = 0; c < C; ++c) sum += std::exp(x[r * C + c] - top);
+           for (int64_t c = 0; c < C; ++c) e[r * C + c] = std::exp(x[r * C + c] - top) / sum;
+         }
+         return detail::compare_row(n, down(b, y), e, kAbs, 1e-4);
+       }},
+      {"swiglu_forward",
+       [](Backend& b, const std::string& n) {
+         const Host g = rnd(10, 19, 3.0), u = rnd(10, 20);
+         Tensor out = b.empty({2, 5});
+         b.swiglu_forward(up(b, g, {2, 5}), up(b, u, {2, 5}), out);
+         Host e(10);
+         for (size_t i = 0; i < 10; ++i) e[i] = g[i] / (1.0 + std::exp(-g[i])) * u[i];
+         return detail::compare_row(n, down(b, out), e, kAbs, 1e-4);
+       }},
+      {"gather_rows (index -1 = zero row)",
+       [](Backend& b, const std::string& n) {
+         const Host src = rnd(4 * 3, 21);
+         const Host index = {2, 0, -1, 3, 2};
+         Tensor dst = b.empty({5, 3});
+         b.gather_rows(up(b, src, {4, 3}), detail::upload(b, index, {5}, DType::kI32), dst);
+         Host e;
+         for (double i : index) {
+           for (int c = 0; c < 3; ++c) e.push_back(i < 0 ? 0.0 : src[size_t(i) * 3 + c]);
+         }
+         return detail::compare_row(n, down(b, dst), e, 0, 0);
+       }},
+      {"scatter_add_rows (index -1 skipped)",
+       [](Backend& b, const std::string& n) {
+         const Host src = rnd(5 * 3, 22), w = rnd(5, 23), d0 = rnd(4 * 3, 24);
+         const Host index = {1, 3, -1, 1, 0};
+         Tensor dst = up(b, d0, {4, 3});
+         b.scatter_add_rows(up(b, src, {5, 3}), detail::upload(b, index, {5}, DType::kI32),
+                            up(b, w, {5}), dst);
+         Host e = d0;
+         for (size_t r = 0; r < 5; ++r) {
+           if (index[r] < 0) continue;
+           for (int c = 0; c < 3; ++c) e[size_t(index[r]) * 3 + c] += w[r] * src[r * 3 + c];
+         }
+         return detail::compare_row(n, down(b, dst), e, kAbs, kRel);
+       }},
+      {"cross_entropy_forward",
+       [](Backend& b, const std::string& n) {
+         const int64_t R = 3, V = 6;
+         const Host x = rnd(R * V, 25, 3.0);
+         const Host targets = {4, -1, 0};
+         Tensor losses = b.empty({R});
+         b.cross_entropy_forward(up(b, x, {R, V}), detail::upload(b, targets, {R}, DType::kI32),
+                                 losses);
+         Host e(R, 0.0);
+         for (int64_t r = 0; r < R; ++r) {
+           if (targets[r] < 0) continue;
+           double top = -INFINITY, sum = 0.0;
+           for (int64_t c = 0; c < V; ++c) top = std::max(top, x[r * V + c]);
+           for (int64_t c = 0; c < V; ++c) sum += std::exp(x[r * V + c] - top);
+           e[r] = std::log(sum) + top - x[r * V + int64_t(targets[r])];
+         }
+         return detail::compare_row(n, down(b, losses), e, kAbs, 1e-4);
+       }},
+      {"adamw_update",
+       [](Backend& b, const std::string& n) {
+         const Host p0 = rnd(6, 26), g = rnd(6, 27), m0 = rnd(6, 28, 0.1);
+         Host v0 = rnd(6, 29, 0.1);
+         for (double& v : v0) v = std::abs(v);
+         Tensor p = up(b, p0, {6}), m = up(b, m0, {6}), v = up(b, v0, {6});
+         AdamWStep s;
+         s.lr = 0.01f, s.beta1 = 0.9f, s.beta2 = 0.95f, s.eps = 1e-8f, s.weight_decay = 0.1f;
+         s.grad_scale = 0.5f, s.step = 3;
+         b.adamw_update(p, up(b, g, {6}), m, v, s);
+         Host e(6);
+         for (size_t i = 0; i < 6; ++i) {
+           const double gi = 0.5 * g[i];
+           const double mi = 0.9 * m0[i] + 0.1 * gi, vi = 0.95 * v0[i] + 0.05 * gi * gi;
+           const double mh = mi / (1 - std::pow(0.9, 3)), vh = vi / (1 - std::pow(0.95, 3));
+           e[i] = p0[i] - 0.01 * (mh / (std::sqrt(vh) + 1e-8) + 0.1 * p0[i]);
+         }
+         return detail::compare_row(n, down(b, p), e, 1e-6, 1e-5);
+       }},
+  };
+  return cases;
+}
+
+}  // namespace
+
+std::vector<CheckResult> check_backend_ops(Backend& backend) {
+  std::vector<CheckResult> rows;
+  for (const OpCase& op : op_cases()) {
+    const std::string name = std::string("op ") + op.name;
+    detail::guarded(rows, name, [&] { rows.push_back(op.run(backend, name)); });
+  }
+  return rows;
+}
+
+}  // namespace nnkit::testing
