@@ -1,6 +1,7 @@
 // Purpose: see run_loader.h.
 #include "run_loader.h"
 
+#include "memory_check.h"
 #include "nnkit/checkpoint.h"
 #include "nnkit/error.h"
 #include "nnkit/logging.h"
@@ -10,7 +11,8 @@ namespace nnkit::cli {
 
 namespace {
 
-LoadedModel finish(Session session) {
+LoadedModel finish(Session session, const ParsedArgs& args, const MemoryPlan& plan) {
+  check_memory_before(session, plan.shape(session.config), args, plan.command);
   LoadedModel loaded;
   loaded.session = std::move(session);
   loaded.backend = create_backend(loaded.session);
@@ -25,15 +27,15 @@ LoadedModel finish(Session session) {
 
 LoadedModel build_random_model(const std::filesystem::path& config,
                                const std::vector<std::string>& overrides, const ParsedArgs& args,
-                               int64_t seed) {
-  LoadedModel loaded = finish(open_session(config, overrides, args));
+                               int64_t seed, const MemoryPlan& plan) {
+  LoadedModel loaded = finish(open_session(config, overrides, args), args, plan);
   loaded.model->init_random(static_cast<uint64_t>(seed >= 0 ? seed : loaded.session.config.seed));
   return loaded;
 }
 
 LoadedModel load_checkpoint_model(const std::filesystem::path& run_dir,
-                                  const std::vector<std::string>& overrides,
-                                  const ParsedArgs& args) {
+                                  const std::vector<std::string>& overrides, const ParsedArgs& args,
+                                  const MemoryPlan& plan) {
   const CheckpointStore store(run_dir);
   const CheckpointRef ref = store.require_latest();
   const std::string yaml = CheckpointStore::read_config(ref);
@@ -46,7 +48,7 @@ LoadedModel load_checkpoint_model(const std::filesystem::path& run_dir,
     for (const auto& d : diffs) message += "\n  " + d;
     throw ConfigError("cli", message);
   }
-  LoadedModel loaded = finish(std::move(session));
+  LoadedModel loaded = finish(std::move(session), args, plan);
   CheckpointStore::load(ref, *loaded.model, nullptr);
   logger()->info("loaded {} (step {})", ref.dir.string(), ref.step);
   return loaded;

@@ -4,12 +4,14 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "args.h"
 #include "common.h"
+#include "nnkit/memory_estimate.h"
 #include "nnkit/model.h"
 
 namespace nnkit::cli {
@@ -21,14 +23,21 @@ struct LoadedModel {
   std::unique_ptr<Transformer> model;
 };
 
+// What the command will run, from the resolved config: the memory check (memory_check.h) runs
+// on it before the weights are allocated. `command` names the command in its message.
+struct MemoryPlan {
+  std::string command;
+  std::function<MemoryShape(const RunConfig&)> shape;
+};
+
 // seed < 0 uses the config's seed.
 LoadedModel build_random_model(const std::filesystem::path& config,
                                const std::vector<std::string>& overrides, const ParsedArgs& args,
-                               int64_t seed);
+                               int64_t seed, const MemoryPlan& plan);
 // Overrides may change inference-time options (e.g. model.attention.rope.ntk_alpha=8) but not
 // parameter shapes.
 LoadedModel load_checkpoint_model(const std::filesystem::path& run_dir,
-                                  const std::vector<std::string>& overrides,
-                                  const ParsedArgs& args);
+                                  const std::vector<std::string>& overrides, const ParsedArgs& args,
+                                  const MemoryPlan& plan);
 
 }  // namespace nnkit::cli

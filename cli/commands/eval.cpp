@@ -12,6 +12,7 @@
 #include "args.h"
 #include "commands.h"
 #include "common.h"
+#include "memory_check.h"
 #include "nnkit/error.h"
 #include "nnkit/logging.h"
 #include "nnkit/model.h"
@@ -129,7 +130,8 @@ int run_eval(const Args& raw) {
        {"--checkpoint", "RUN_DIR", "evaluate the newest valid checkpoint of a training run"},
        {"--seed", "N", "initialisation seed for --random-init (default: the config's seed)"},
        {"--max-tokens", "N", "evaluate at most N tokens"},
-       {"--json", "", "print {loss, ppl, tokens} as JSON"}},
+       {"--json", "", "print {loss, ppl, tokens} as JSON"},
+       skip_memory_check_flag()},
       "CONFIG  a YAML model description (with --random-init)",
       true};
   const std::optional<ParsedArgs> parsed = parse_command(spec, raw);
@@ -142,18 +144,26 @@ int run_eval(const Args& raw) {
   if (random_init == checkpoint.has_value()) {
     throw UsageError("cli", "give either CONFIG --random-init or --checkpoint RUN_DIR");
   }
+  // One batch of train.batch_size windows of train.seq_len tokens at a time.
+  const MemoryPlan plan{"nnkit eval", [](const RunConfig& cfg) {
+                          MemoryShape shape;
+                          shape.workload = Workload::kEval;
+                          shape.batch = cfg.train.batch_size;
+                          shape.seq = cfg.train.seq_len;
+                          return shape;
+                        }};
   LoadedModel loaded;
   if (random_init) {
     if (args.positionals().size() != 1) {
       throw UsageError("cli", "--random-init needs exactly one CONFIG (see --help)");
     }
     const int64_t seed = args.get_int("--seed", -1, 0, INT64_MAX);
-    loaded = build_random_model(args.positionals()[0], args.overrides(), args, seed);
+    loaded = build_random_model(args.positionals()[0], args.overrides(), args, seed, plan);
   } else {
     if (!args.positionals().empty()) {
       throw UsageError("cli", "--checkpoint takes the model from the run; drop CONFIG");
     }
-    loaded = load_checkpoint_model(*checkpoint, args.overrides(), args);
+    loaded = load_checkpoint_model(*checkpoint, args.overrides(), args, plan);
   }
   const RunConfig& cfg = loaded.session.config;
   const std::vector<int32_t> ids = load_token_ids(*data, *loaded.tokenizer, cfg.model.vocab_size);

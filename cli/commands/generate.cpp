@@ -1,7 +1,9 @@
 // Purpose: `nnkit generate`: streams text from a trained run (--checkpoint) or a random model
 // (CONFIG --random-init) with the sampler chain from the config's `decode:` list, or from the
 // sampler flags, which replace that list (--greedy, --top-k, --top-p, --min-p, --temperature,
-// --repetition-penalty; applied in that order, penalty first, temperature last).
+// --repetition-penalty; applied in that order, penalty first, temperature last). Text mode
+// echoes a single prompt before its continuation; --prompts prints each under a header.
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -11,6 +13,7 @@
 #include "args.h"
 #include "commands.h"
 #include "common.h"
+#include "memory_check.h"
 #include "nnkit/error.h"
 #include "nnkit/generator.h"
 #include "run_loader.h"
@@ -64,6 +67,15 @@ std::vector<std::string> read_prompts(const std::string& file) {
   return prompts;
 }
 
+// NTK scaling stretches RoPE so the model reads alpha times its training context.
+int64_t context_limit(const RunConfig& cfg) {
+  double alpha = 1.0;
+  if (cfg.model.attention.options.has("rope.ntk_alpha")) {
+    alpha = cfg.model.attention.options.get_float("rope.ntk_alpha");
+  }
+  return static_cast<int64_t>(static_cast<double>(cfg.model.max_seq_len) * alpha);
+}
+
 }  // namespace
 
 int run_generate(const Args& raw) {
@@ -87,7 +99,8 @@ int run_generate(const Args& raw) {
        {"--temperature", "T", "divide logits by T (> 0)"},
        {"--repetition-penalty", "R", "CTRL penalty for tokens already present"},
        {"--truncate-prompt", "", "keep the end of a prompt that is longer than the context"},
-       {"--json", "", "print one JSON object per prompt (text, ids, tokens/s)"}},
+       {"--json", "", "print one JSON object per prompt (text, ids, tokens/s)"},
+       skip_memory_check_flag()},
       "CONFIG  a YAML model description (with --random-init)",
       true};
   const std::optional<ParsedArgs> parsed = parse_command(spec, raw);
@@ -95,24 +108,41 @@ int run_generate(const Args& raw) {
   const ParsedArgs& args = *parsed;
   std::vector<std::string> overrides = args.overrides();
   if (auto o = sampler_override(args)) overrides.push_back(*o);
-  LoadedModel loaded;
   const auto checkpoint = args.get("--checkpoint");
   if (args.has("--random-init") == checkpoint.has_value()) {
     throw UsageError("cli", "give either --checkpoint RUN_DIR or CONFIG --random-init");
   }
-  if (checkpoint) {
-    if (!args.positionals().empty()) throw UsageError("cli", "--checkpoint takes no CONFIG");
-    loaded = load_checkpoint_model(*checkpoint, overrides, args);
-  } else {
-    if (args.positionals().size() != 1) throw UsageError("cli", "--random-init needs one CONFIG");
-    loaded = build_random_model(args.positionals()[0], overrides, args, -1);
-  }
   if (args.has("--prompt") && args.has("--prompts")) {
     throw UsageError("cli", "give --prompt or --prompts, not both");
   }
+  // Read before the model is loaded: their number and length size the KV cache that the memory
+  // check counts.
   const std::vector<std::string> prompts =
       args.has("--prompts") ? read_prompts(*args.get("--prompts"))
                             : std::vector<std::string>{args.get_or("--prompt", "")};
+  const int64_t max_new_tokens = args.get_int("--max-new-tokens", 128, 0, INT32_MAX);
+  size_t longest_prompt = 0;
+  for (const std::string& p : prompts) longest_prompt = std::max(longest_prompt, p.size());
+  const MemoryPlan plan{
+      "nnkit generate", [&](const RunConfig& cfg) {
+        // A token covers at least one byte; BOS comes first. The generator
+        // keeps prompt + new tokens within the context.
+        const int64_t room = std::max<int64_t>(1, context_limit(cfg) - max_new_tokens);
+        MemoryShape shape;
+        shape.workload = Workload::kGenerate;
+        shape.batch = static_cast<int64_t>(prompts.size());
+        shape.seq = std::min<int64_t>(static_cast<int64_t>(longest_prompt) + 1, room);
+        shape.kv_capacity = shape.seq + max_new_tokens;
+        return shape;
+      }};
+  LoadedModel loaded;
+  if (checkpoint) {
+    if (!args.positionals().empty()) throw UsageError("cli", "--checkpoint takes no CONFIG");
+    loaded = load_checkpoint_model(*checkpoint, overrides, args, plan);
+  } else {
+    if (args.positionals().size() != 1) throw UsageError("cli", "--random-init needs one CONFIG");
+    loaded = build_random_model(args.positionals()[0], overrides, args, -1, plan);
+  }
   const RunConfig& cfg = loaded.session.config;
   std::vector<std::shared_ptr<Sampler>> chain;
   for (const PluginChoice& c : cfg.decode) {
@@ -120,17 +150,15 @@ int run_generate(const Args& raw) {
                                                              CreateArgs{c.options, {}, nullptr}));
   }
   GenerateOptions options;
-  options.max_new_tokens = args.get_int("--max-new-tokens", 128, 0, INT32_MAX);
+  options.max_new_tokens = max_new_tokens;
   options.seed = static_cast<uint64_t>(args.get_int("--seed", cfg.seed, 0, INT64_MAX));
   options.stop = args.get_all("--stop");
   options.truncate_prompt = args.has("--truncate-prompt");
-  // NTK scaling stretches RoPE so the model reads alpha times its training context.
-  double alpha = 1.0;
-  if (cfg.model.attention.options.has("rope.ntk_alpha")) {
-    alpha = cfg.model.attention.options.get_float("rope.ntk_alpha");
-  }
-  options.context_limit = static_cast<int64_t>(static_cast<double>(cfg.model.max_seq_len) * alpha);
+  options.context_limit = context_limit(cfg);
   const bool stream = !args.has("--json") && prompts.size() == 1;
+  // Text mode prints the prompt before its continuation, as other generators do, so the text
+  // reads from its start instead of mid-word (--json keeps prompt and text apart).
+  if (stream) std::cout << prompts.front() << std::flush;
   const auto results = generate(*loaded.model, *loaded.tokenizer, chain, prompts, options,
                                 stream ? TextCallback([](size_t, const std::string& piece) {
                                   std::cout << piece << std::flush;

@@ -8,6 +8,7 @@
 #include "args.h"
 #include "commands.h"
 #include "common.h"
+#include "memory_check.h"
 #include "nnkit/error.h"
 #include "nnkit/model.h"
 #include "run_loader.h"
@@ -24,7 +25,8 @@ int run_logits(const Args& raw) {
        {"--checkpoint", "RUN_DIR", "the newest valid checkpoint of a run"},
        {"--random-init", "", "a freshly initialised model built from CONFIG"},
        {"--seed", "N", "initialisation seed for --random-init (default: the config's seed)"},
-       {"--json", "", "print every logit as JSON"}},
+       {"--json", "", "print every logit as JSON"},
+       skip_memory_check_flag()},
       "CONFIG  a YAML model description (with --random-init)",
       true};
   const std::optional<ParsedArgs> parsed = parse_command(spec, raw);
@@ -52,18 +54,25 @@ int run_logits(const Args& raw) {
   if (args.has("--random-init") == checkpoint.has_value()) {
     throw UsageError("cli", "give either CONFIG --random-init or --checkpoint RUN_DIR");
   }
+  const MemoryPlan plan{"nnkit logits", [&ids](const RunConfig&) {
+                          MemoryShape shape;
+                          shape.workload = Workload::kEval;
+                          shape.batch = 1;
+                          shape.seq = static_cast<int64_t>(ids.size());
+                          return shape;
+                        }};
   LoadedModel loaded;
   if (checkpoint) {
     if (!args.positionals().empty()) {
       throw UsageError("cli", "--checkpoint takes the model from the run; drop CONFIG");
     }
-    loaded = load_checkpoint_model(*checkpoint, args.overrides(), args);
+    loaded = load_checkpoint_model(*checkpoint, args.overrides(), args, plan);
   } else {
     if (args.positionals().size() != 1) {
       throw UsageError("cli", "--random-init needs exactly one CONFIG (see --help)");
     }
     loaded = build_random_model(args.positionals()[0], args.overrides(), args,
-                                args.get_int("--seed", -1, 0, INT64_MAX));
+                                args.get_int("--seed", -1, 0, INT64_MAX), plan);
   }
   const int64_t seq = static_cast<int64_t>(ids.size());
   if (seq > loaded.session.config.model.max_seq_len) {

@@ -15,6 +15,7 @@
 #include "args.h"
 #include "commands.h"
 #include "common.h"
+#include "memory_check.h"
 #include "nnkit/checkpoint.h"
 #include "nnkit/error.h"
 #include "nnkit/io/atomic_file.h"
@@ -77,7 +78,8 @@ int run_train(const Args& raw) {
        {"--resume", "RUN_DIR", "continue the run in RUN_DIR"},
        {"--data", "FILE", "token file from `nnkit data prepare` (default: train.data)"},
        {"--no-progress", "", "plain log lines even on a terminal"},
-       {"--json", "", "print a JSON summary at the end"}},
+       {"--json", "", "print a JSON summary at the end"},
+       skip_memory_check_flag()},
       "CONFIG  a YAML model description (optional with --resume: the run's own config is used)",
       true};
   const std::optional<ParsedArgs> parsed = parse_command(spec, raw);
@@ -104,6 +106,14 @@ int run_train(const Args& raw) {
   } else {
     throw UsageError("cli", "`nnkit train` needs a CONFIG (see --help)");
   }
+  // Before the run directory is made and the trainer allocates: a step that cannot fit is
+  // refused with the estimate.
+  MemoryShape memory_shape;
+  memory_shape.workload = Workload::kTrain;
+  memory_shape.batch = session.config.train.batch_size;
+  memory_shape.seq = session.config.train.seq_len;
+  memory_shape.activation_checkpointing = session.config.train.activation_checkpointing;
+  check_memory_before(session, memory_shape, args, "nnkit train");
   TrainRequest request;
   request.config = session.config;
   request.registry = session.registry.get();

@@ -1,17 +1,32 @@
 // Purpose: `nnkit validate CONFIG [overrides] [--json]`: resolves the config, loads every plugin
 // it names, builds the model without allocating weights and prints the resolved config and the
-// parameter counts. The backend is checked against its declared options but never created:
-// creating one claims a device, and validating a CUDA config must work on a machine without a
-// GPU.
+// parameter counts and memory estimates (nnkit/memory_estimate.h). The backend is checked against
+// its declared options but never created: creating one claims a device, and validating a CUDA
+// config must work on a machine without a GPU.
 #include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "args.h"
 #include "commands.h"
 #include "common.h"
+#include "nnkit/memory_estimate.h"
 #include "nnkit/model.h"
 
 namespace nnkit::cli {
+
+namespace {
+
+nlohmann::json memory_json(const MemoryEstimate& e) {
+  return {{"parameters", e.parameters},
+          {"compute_copies", e.compute_copies},
+          {"gradients", e.gradients},
+          {"optimizer_state", e.optimizer_state},
+          {"activations", e.activations},
+          {"kv_cache", e.kv_cache},
+          {"total", e.total()}};
+}
+
+}  // namespace
 
 int run_validate(const Args& raw) {
   CommandSpec spec{"validate",
@@ -34,6 +49,19 @@ int run_validate(const Args& raw) {
   const Transformer model(session.config, *session.registry, nullptr);
   const int64_t total = model.parameter_count();
   const int64_t active = model.active_parameter_count();
+  // The memory the commands would need: a training step and an eval batch at train.batch_size x
+  // train.seq_len, and generating one sequence that fills model.max_seq_len.
+  const RunConfig& cfg = session.config;
+  MemoryShape train_shape{Workload::kTrain, cfg.train.batch_size, cfg.train.seq_len, 0,
+                          cfg.train.activation_checkpointing};
+  MemoryShape eval_shape{Workload::kEval, cfg.train.batch_size, cfg.train.seq_len, 0, false};
+  MemoryShape generate_shape{Workload::kGenerate, 1, cfg.model.max_seq_len, cfg.model.max_seq_len,
+                             false};
+  const MemoryEstimate train_memory = estimate_memory(cfg, total, train_shape);
+  const MemoryEstimate eval_memory = estimate_memory(cfg, total, eval_shape);
+  const MemoryEstimate generate_memory = estimate_memory(cfg, total, generate_shape);
+  const auto available = host_memory_available();
+  const bool on_host = train_memory.device == "cpu";
   if (args.has("--json")) {
     nlohmann::json out{{"config", session.config.source_name},
                        {"total_params", total},
@@ -42,6 +70,14 @@ int run_validate(const Args& raw) {
                        {"moe", session.config.model.is_moe},
                        {"rope_base", model.rope_base()},
                        {"kv_cache_bytes_per_token", model.kv_cache_bytes_per_token()},
+                       {"memory_bytes", memory_json(train_memory)},
+                       {"memory_bytes_eval", memory_json(eval_memory)},
+                       {"memory_bytes_generate", memory_json(generate_memory)},
+                       {"memory_precision", train_memory.precision},
+                       // Only host memory can be read: the Backend interface has no query for a
+                       // device's free memory, so a CUDA config's estimate is not compared.
+                       {"memory_available_bytes",
+                        on_host && available ? nlohmann::json(available->bytes) : nlohmann::json()},
                        {"resolved", session.config.to_yaml()}};
     std::cout << out.dump(2) << "\n";
     return 0;
@@ -53,7 +89,19 @@ int run_validate(const Args& raw) {
             << "#   active per token:  " << group_digits(active) << "\n"
             << "#   RoPE base (NTK):   " << model.rope_base() << "\n"
             << "#   KV cache:          " << group_digits(model.kv_cache_bytes_per_token())
-            << " bytes per token (fp32)\n";
+            << " bytes per token (fp32)\n"
+            << "#   memory (train):    " << format_bytes(train_memory.total()) << " ("
+            << describe(train_memory) << ")\n"
+            << "#   memory (eval):     " << format_bytes(eval_memory.total()) << "\n"
+            << "#   memory (generate): " << format_bytes(generate_memory.total())
+            << " (one sequence of " << cfg.model.max_seq_len << " tokens)\n";
+  if (on_host && available) {
+    std::cout << "#   available:         " << format_bytes(available->bytes) << " ("
+              << available->source << ")\n";
+  } else if (!on_host) {
+    std::cout << "#   available:         not checked (" << train_memory.device
+              << " device memory cannot be queried through the backend)\n";
+  }
   return 0;
 }
 

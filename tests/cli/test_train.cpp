@@ -179,11 +179,12 @@ TEST_F(Train, TrainedRunEvaluatesPlotsAndGenerates) {
   EXPECT_EQ(first, second);
   EXPECT_NE(first, other);
 
-  // The default output streams the text.
+  // The default output streams the text, the prompt first (so it does not start mid-word).
   const RunResult text = run_nnkit({"generate", "--checkpoint", run.string(), "--prompt", "The",
                                     "--max-new-tokens", "8", "--greedy"});
   EXPECT_EXIT_CODE(text, 0);
-  EXPECT_FALSE(text.out.empty());
+  EXPECT_EQ(text.out.rfind("The", 0), 0u) << text.out;
+  EXPECT_GT(text.out.size(), std::string("The\n").size()) << text.out;
 }
 
 TEST_F(Train, GenerateFromAPromptsFilePrintsOneObjectPerLine) {
