@@ -95,6 +95,12 @@ def main():
     if len(steps) < args.steps or proc.returncode != 0:
         result["error"] = "run failed or ended early"
         result["log_tail"] = text[-3000:]
+    # Whether the trainer recorded the step in a CUDA Graph (or said why it could not).
+    result["cuda_graph"] = "recorded in a CUDA Graph" in text
+    for line in text.splitlines():
+        if "could not record" in line or "runs uncaptured" in line:
+            result["cuda_graph_note"] = line[-300:]
+            break
     if "op profile" in text:
         result["profile"] = text[text.index("op profile"):][:6000]
     print(json.dumps(result))
