@@ -55,6 +55,21 @@ struct AdamWStep {
   Tensor scalars;
 };
 
+// Unary activations of activation_forward / activation_backward (appended in ABI 3).
+//   kRelu: max(x, 0) (derivative 0 at 0);  kGelu: x * Phi(x), the exact erf form
+//   (0.5 x (1 + erf(x / sqrt 2)), torch's default);  kSilu: x * sigmoid(x);
+//   kReluSquared: max(x, 0)^2 (Primer's squared ReLU).
+enum class Activation : uint8_t { kRelu = 0, kGelu = 1, kSilu = 2, kReluSquared = 3 };
+
+// The scalars of sgd_momentum_update and lion_update (appended in ABI 3).
+struct MomentumStep {
+  float lr = 1e-4f;
+  float beta1 = 0.9f;   // momentum (SGD) / interpolation (Lion)
+  float beta2 = 0.99f;  // Lion's moment decay; unused by SGD
+  float weight_decay = 0.0f;
+  float grad_scale = 1.0f;  // multiplies grad first (clipping, loss-scale removal)
+};
+
 // One tensor of a multi-tensor AdamW update (adamw_update_multi).
 struct AdamWTensor {
   Tensor param;       // f32 master weights, updated in place
@@ -256,6 +271,36 @@ class NNKIT_API Backend : public Component {
   // x: (N, C) f32 -> out: (N) f32 = log(sum_c exp(x[n, c])), computed stably (max subtracted).
   // (The router z-loss on the device.)
   virtual void logsumexp_rows(const Tensor& x, const Tensor& out) = 0;
+
+  // ---- appended in ABI 3: the author op set (issue 11) --------------------------------------
+  // Elementwise building blocks, so that a plugin never emulates one op with another. Unless
+  // said otherwise: all tensors share one float dtype (f32, or compute_dtype() on CUDA) and one
+  // shape; out may alias an input; arithmetic is f32, rounded once on store.
+  // out = a * b.
+  virtual void mul(const Tensor& out, const Tensor& a, const Tensor& b) = 0;
+  // out = sign(x): -1, 0 or +1 (sign(-0) = 0; NaN stays NaN).
+  virtual void sign(const Tensor& out, const Tensor& x) = 0;
+  // out = min(max(x, lo), hi); lo <= hi (else a ShapeError). NaN stays NaN.
+  virtual void clamp(const Tensor& out, const Tensor& x, float lo, float hi) = 0;
+  // out = x + alpha.
+  virtual void add_scalar(const Tensor& out, const Tensor& x, float alpha) = 0;
+  // y = act(x) for act in Activation (x, y: same shape and float dtype; y may alias x).
+  virtual void activation_forward(Activation act, const Tensor& x, const Tensor& y) = 0;
+  // dx = dy * act'(x), from the forward's input x (dx may alias dy, not x).
+  virtual void activation_backward(Activation act, const Tensor& dy, const Tensor& x,
+                                   const Tensor& dx) = 0;
+  // One SGD-with-momentum step (decoupled weight decay), f32 tensors of one shape:
+  //   g = step.grad_scale * grad;  m = step.beta1 * m + g;
+  //   param -= step.lr * (m + step.weight_decay * param).
+  // param and momentum in place; grad read only. step.beta2 is not used.
+  virtual void sgd_momentum_update(const Tensor& param, const Tensor& grad,
+                                   const Tensor& momentum, const MomentumStep& step) = 0;
+  // One Lion step (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"), f32:
+  //   g = step.grad_scale * grad;  c = step.beta1 * m + (1 - step.beta1) * g;
+  //   param -= step.lr * (sign(c) + step.weight_decay * param);
+  //   m = step.beta2 * m + (1 - step.beta2) * g.
+  virtual void lion_update(const Tensor& param, const Tensor& grad, const Tensor& m,
+                           const MomentumStep& step) = 0;
 
   // ---- conveniences (non-virtual) -----------------------------------------------------------
   Tensor zeros(const Shape& shape, DType dtype = DType::kF32);

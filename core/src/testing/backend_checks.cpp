@@ -206,6 +206,83 @@ const std::vector<OpCase>& op_cases() {
          }
          return detail::compare_row(n, down(b, p), e, 1e-6, 1e-5);
        }},
+      // ---- the author op set (ABI 3)
+      {"mul",
+       [](Backend& b, const std::string& n) {
+         const Host x = rnd(12, 30), y = rnd(12, 31);
+         Tensor out = b.empty({12});
+         b.mul(out, up(b, x, {12}), up(b, y, {12}));
+         Host e(12);
+         for (size_t i = 0; i < 12; ++i) e[i] = x[i] * y[i];
+         return detail::compare_row(n, down(b, out), e, kAbs, kRel);
+       }},
+      {"sign, clamp, add_scalar",
+       [](Backend& b, const std::string& n) {
+         Host x = rnd(12, 32, 3.0);
+         x[0] = 0.0;
+         Tensor xt = up(b, x, {12}), s = b.empty({12}), c = b.empty({12}), a = b.empty({12});
+         b.sign(s, xt);
+         b.clamp(c, xt, -1.0f, 0.5f);
+         b.add_scalar(a, xt, 0.25f);
+         Host got = down(b, s), e;
+         for (double v : down(b, c)) got.push_back(v);
+         for (double v : down(b, a)) got.push_back(v);
+         for (double v : x) e.push_back(v > 0 ? 1.0 : (v < 0 ? -1.0 : 0.0));
+         for (double v : x) e.push_back(std::min(std::max(v, -1.0), 0.5));
+         for (double v : x) e.push_back(v + 0.25);
+         return detail::compare_row(n, got, e, kAbs, kRel);
+       }},
+      {"activation_forward / activation_backward",
+       [](Backend& b, const std::string& n) {
+         const Host x = rnd(16, 33, 3.0), dy = rnd(16, 34);
+         Host got, e;
+         for (Activation act : {Activation::kRelu, Activation::kGelu, Activation::kSilu,
+                                Activation::kReluSquared}) {
+           Tensor xt = up(b, x, {16}), y = b.empty({16}), dx = b.empty({16});
+           b.activation_forward(act, xt, y);
+           b.activation_backward(act, up(b, dy, {16}), xt, dx);
+           for (double v : down(b, y)) got.push_back(v);
+           for (double v : down(b, dx)) got.push_back(v);
+           for (size_t i = 0; i < 16; ++i) {
+             const double v = x[i], s = 1.0 / (1.0 + std::exp(-v));
+             const double phi = 0.5 * (1.0 + std::erf(v / std::sqrt(2.0)));
+             e.push_back(act == Activation::kRelu   ? (v > 0 ? v : 0)
+                         : act == Activation::kGelu ? v * phi
+                         : act == Activation::kSilu ? v * s
+                                                    : (v > 0 ? v * v : 0));
+           }
+           for (size_t i = 0; i < 16; ++i) {
+             const double v = x[i], s = 1.0 / (1.0 + std::exp(-v));
+             const double phi = 0.5 * (1.0 + std::erf(v / std::sqrt(2.0)));
+             const double pdf = std::exp(-0.5 * v * v) / std::sqrt(2.0 * 3.14159265358979323846);
+             e.push_back(dy[i] * (act == Activation::kRelu   ? (v > 0 ? 1.0 : 0.0)
+                                  : act == Activation::kGelu ? phi + v * pdf
+                                  : act == Activation::kSilu ? s * (1 + v * (1 - s))
+                                                             : (v > 0 ? 2 * v : 0.0)));
+           }
+         }
+         return detail::compare_row(n, got, e, 1e-5, 1e-5);
+       }},
+      {"sgd_momentum_update / lion_update",
+       [](Backend& b, const std::string& n) {
+         const Host p0 = rnd(8, 35), g = rnd(8, 36), m0 = rnd(8, 37, 0.1);
+         MomentumStep s;
+         s.lr = 0.01f, s.beta1 = 0.9f, s.beta2 = 0.99f, s.weight_decay = 0.1f, s.grad_scale = 0.5f;
+         Tensor p1 = up(b, p0, {8}), m1 = up(b, m0, {8}), p2 = up(b, p0, {8}), m2 = up(b, m0, {8});
+         b.sgd_momentum_update(p1, up(b, g, {8}), m1, s);
+         b.lion_update(p2, up(b, g, {8}), m2, s);
+         Host got = down(b, p1), e;
+         for (double v : down(b, p2)) got.push_back(v);
+         for (size_t i = 0; i < 8; ++i) {
+           const double m = 0.9 * m0[i] + 0.5 * g[i];
+           e.push_back(p0[i] - 0.01 * (m + 0.1 * p0[i]));
+         }
+         for (size_t i = 0; i < 8; ++i) {
+           const double c = 0.9 * m0[i] + 0.1 * 0.5 * g[i];
+           e.push_back(p0[i] - 0.01 * (((c > 0) - (c < 0)) + 0.1 * p0[i]));
+         }
+         return detail::compare_row(n, got, e, 1e-6, 1e-5);
+       }},
   };
   return cases;
 }

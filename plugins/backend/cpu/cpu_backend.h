@@ -118,6 +118,19 @@ class CpuBackend final : public Backend {
                                  const Tensor& load) override;  // moe_dispatch.cpp
   void logsumexp_rows(const Tensor& x, const Tensor& out) override;  // softmax_topk.cpp
 
+  // ---- appended in ABI 3: the author op set (issue 11); author_ops.cpp
+  void mul(const Tensor& out, const Tensor& a, const Tensor& b) override;
+  void sign(const Tensor& out, const Tensor& x) override;
+  void clamp(const Tensor& out, const Tensor& x, float lo, float hi) override;
+  void add_scalar(const Tensor& out, const Tensor& x, float alpha) override;
+  void activation_forward(Activation act, const Tensor& x, const Tensor& y) override;
+  void activation_backward(Activation act, const Tensor& dy, const Tensor& x,
+                           const Tensor& dx) override;
+  void sgd_momentum_update(const Tensor& param, const Tensor& grad, const Tensor& momentum,
+                           const MomentumStep& step) override;
+  void lion_update(const Tensor& param, const Tensor& grad, const Tensor& m,
+                   const MomentumStep& step) override;
+
  private:
   // cos/sin of pos * base^(-2i/D) for pos in [0, positions), i in [0, D/2), computed in double
   // and kept across calls: training re-uses the same few hundred positions every step.

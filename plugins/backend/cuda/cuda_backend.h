@@ -159,6 +159,19 @@ class CudaBackend final : public Backend {
                                  const Tensor& load) override;  // moe_dispatch.cu
   void logsumexp_rows(const Tensor& x, const Tensor& out) override;  // softmax_topk.cu
 
+  // ---- appended in ABI 3: the author op set (issue 11); author_ops.cu
+  void mul(const Tensor& out, const Tensor& a, const Tensor& b) override;
+  void sign(const Tensor& out, const Tensor& x) override;
+  void clamp(const Tensor& out, const Tensor& x, float lo, float hi) override;
+  void add_scalar(const Tensor& out, const Tensor& x, float alpha) override;
+  void activation_forward(Activation act, const Tensor& x, const Tensor& y) override;
+  void activation_backward(Activation act, const Tensor& dy, const Tensor& x,
+                           const Tensor& dx) override;
+  void sgd_momentum_update(const Tensor& param, const Tensor& grad, const Tensor& momentum,
+                           const MomentumStep& step) override;
+  void lion_update(const Tensor& param, const Tensor& grad, const Tensor& m,
+                   const MomentumStep& step) override;
+
   // ---- for the kernel files -----------------------------------------------------------------
   cudaStream_t stream() const { return stream_; }
   DeviceFault* fault() const { return fault_; }
