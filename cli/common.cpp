@@ -49,13 +49,6 @@ RegistryOptions registry_options(const ParsedArgs& args,
 
 namespace {
 
-// Token files start with the magic "NNKTOK01" (see nnkit/io/token_file.h).
-bool is_token_file(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  char magic[8] = {};
-  return in.read(magic, sizeof(magic)) && std::string(magic, sizeof(magic)) == "NNKTOK01";
-}
-
 Session finish_session(ConfigDocument document, const std::vector<std::string>& overrides,
                        const ParsedArgs& args) {
   for (const std::string& o : overrides) document.apply_override(o, args.argument_number(o));

@@ -16,7 +16,16 @@ packages=(
 )
 if [ "${NNKIT_SKIP_APT:-0}" != "1" ]; then
   sudo=""
-  if [ "$(id -u)" != "0" ]; then sudo="sudo"; fi
+  if [ "$(id -u)" != "0" ]; then
+    if ! command -v sudo >/dev/null 2>&1; then
+      echo "setup: installing the packages needs root, and sudo is not installed. Run this script" \
+           "as root, install sudo, or install these packages yourself and re-run with" \
+           "NNKIT_SKIP_APT=1: ${packages[*]}" >&2
+      exit 1
+    fi
+    echo "setup: not root: installing the packages with sudo (it may ask for your password)" >&2
+    sudo="sudo"
+  fi
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}"

@@ -8,6 +8,7 @@
 #include "nnkit/error.h"
 #include "nnkit/hf.h"
 #include "nnkit/registry.h"
+#include "same_path.h"
 
 namespace nnkit::cli {
 
@@ -67,6 +68,8 @@ int run_convert(const Args& raw) {
   }
   const auto output = args.get("--output");
   if (!output) throw UsageError("cli", "`nnkit convert " + pos[0] + "` needs -o DIR");
+  // Writing into the folder being read would replace the files still to be read.
+  refuse_output_equal_to_input(*output, {pos[1]}, "-o " + *output);
   const Registry registry(Registry::default_search_paths(apply_common_flags(args)));
   if (pos[0] == "import-hf") {
     if (args.has("--dtype") || args.has("--shard-size")) {

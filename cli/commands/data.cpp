@@ -1,5 +1,6 @@
 // Purpose: `nnkit data prepare INPUT... -o FILE [--config CONFIG]`: tokenises text files with the
-// configured tokenizer (tokenizer/byte by default) into an nnkit token file for training.
+// configured tokenizer (tokenizer/byte by default) into an nnkit token file for training. The
+// file records that tokenizer (data_identity.h), and -o may not name one of the inputs.
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -7,9 +8,11 @@
 #include "args.h"
 #include "commands.h"
 #include "common.h"
+#include "data_identity.h"
 #include "nnkit/error.h"
 #include "nnkit/io/token_file.h"
 #include "nnkit/logging.h"
+#include "same_path.h"
 
 namespace nnkit::cli {
 
@@ -33,6 +36,9 @@ int run_data(const Args& raw) {
   if (pos.size() < 2) throw UsageError("cli", "`nnkit data prepare` needs at least one INPUT file");
   const auto output = args.get("--output");
   if (!output) throw UsageError("cli", "`nnkit data prepare` needs -o FILE");
+  std::vector<std::filesystem::path> inputs(pos.begin() + 1, pos.end());
+  if (auto config = args.get("--config")) inputs.emplace_back(*config);
+  refuse_output_equal_to_input(*output, inputs, "-o " + *output);
   Session session;
   if (auto config = args.get("--config")) {
     session = open_session(*config, args.overrides(), args);
@@ -46,12 +52,19 @@ int run_data(const Args& raw) {
   auto tokenizer = create_tokenizer(session);
   std::vector<int32_t> ids;
   for (size_t i = 1; i < pos.size(); ++i) {
-    const std::vector<int32_t> part = load_token_ids(pos[i], *tokenizer, tokenizer->vocab_size());
+    std::vector<int32_t> part;
+    try {
+      part = load_token_ids(pos[i], *tokenizer, tokenizer->vocab_size());
+    } catch (const IoError&) {
+      throw;
+    } catch (const Error& e) {  // the tokenizer's refusal (e.g. text that is not UTF-8)
+      throw IoError("data", "cannot tokenise " + pos[i] + ": " + e.what());
+    }
     ids.insert(ids.end(), part.begin(), part.end());
     ids.push_back(tokenizer->eos_id());
     logger()->info("{}: {} tokens", pos[i], part.size());
   }
-  write_token_file(*output, ids, tokenizer->vocab_size());
+  write_token_file(*output, ids, tokenizer->vocab_size(), tokenizer_identity(session, *tokenizer));
   std::cout << "wrote " << ids.size() << " tokens (vocabulary " << tokenizer->vocab_size()
             << ") to " << *output << "\n";
   return 0;

@@ -12,6 +12,7 @@
 #include "args.h"
 #include "commands.h"
 #include "common.h"
+#include "data_identity.h"
 #include "memory_check.h"
 #include "nnkit/error.h"
 #include "nnkit/logging.h"
@@ -131,7 +132,8 @@ int run_eval(const Args& raw) {
        {"--seed", "N", "initialisation seed for --random-init (default: the config's seed)"},
        {"--max-tokens", "N", "evaluate at most N tokens"},
        {"--json", "", "print {loss, ppl, tokens} as JSON"},
-       skip_memory_check_flag()},
+       skip_memory_check_flag(),
+       allow_tokenizer_mismatch_flag()},
       "CONFIG  a YAML model description (with --random-init)",
       true};
   const std::optional<ParsedArgs> parsed = parse_command(spec, raw);
@@ -166,6 +168,7 @@ int run_eval(const Args& raw) {
     loaded = load_checkpoint_model(*checkpoint, args.overrides(), args, plan);
   }
   const RunConfig& cfg = loaded.session.config;
+  check_data_tokenizer(*data, tokenizer_identity(loaded.session, *loaded.tokenizer), args);
   const std::vector<int32_t> ids = load_token_ids(*data, *loaded.tokenizer, cfg.model.vocab_size);
   const int64_t max_tokens = args.get_int("--max-tokens", 0, 1, INT64_MAX);
   const EvalResult result =

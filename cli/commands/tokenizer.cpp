@@ -3,6 +3,9 @@
 // optional) and inspects one (tokenizer/sentencepiece).
 #include "nnkit/tokenizer.h"
 
+#include <cctype>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -13,6 +16,7 @@
 #include "nnkit/error.h"
 #include "nnkit/registry.h"
 #include "nnkit/tokenizer_trainer.h"
+#include "same_path.h"
 
 namespace nnkit::cli {
 
@@ -54,6 +58,29 @@ std::vector<int32_t> parse_ids(const std::vector<std::string>& words) {
   return ids;
 }
 
+// SentencePiece stops on an empty corpus with its internal assertion text
+// ("[!sentences_.empty()]"); say what is wrong instead. Reads until the first character that is not
+// white space.
+void require_some_text(const std::vector<std::filesystem::path>& inputs) {
+  std::string sizes;
+  for (const auto& file : inputs) {
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(file, ec)) return;  // the trainer names what it is
+    std::ifstream in(file, std::ios::binary);
+    if (!in) return;  // the trainer names an unreadable file
+    char c = 0;
+    while (in.get(c)) {
+      if (!std::isspace(static_cast<unsigned char>(c))) return;
+    }
+    const auto bytes = std::filesystem::file_size(file, ec);
+    sizes += (sizes.empty() ? "" : ", ") + file.string() + ": " +
+             (ec || bytes == 0 ? std::string("0 bytes")
+                               : std::to_string(bytes) + " bytes of white space");
+  }
+  throw UsageError("cli", "the input files hold no text (" + sizes +
+                              "); `nnkit tokenizer train` needs text to learn pieces from");
+}
+
 }  // namespace
 
 int run_tokenizer(const Args& raw) {
@@ -63,7 +90,8 @@ int run_tokenizer(const Args& raw) {
       "       nnkit tokenizer encode --model FILE TEXT...\n"
       "       nnkit tokenizer decode --model FILE ID...",
       "Trains a SentencePiece model (writes PREFIX.model and PREFIX.vocab with pad 0, unk 1, "
-      "bos 2, eos 3; byte fallback and no normalisation, so any text round-trips) and "
+      "bos 2, eos 3; byte fallback and no normalisation, so any UTF-8 text round-trips; text that "
+      "is not UTF-8 is refused, naming the byte) and "
       "encodes/decodes with one. Use it in a config as "
       "`tokenizer: {type: sentencepiece, model: PREFIX.model}`.",
       {{"--output", "PREFIX", "train: output prefix", false, "-o"},
@@ -93,6 +121,13 @@ int run_tokenizer(const Args& raw) {
     TokenizerTrainOptions options;
     options.inputs.assign(rest.begin(), rest.end());
     options.output_prefix = *output;
+    // The trainer writes PREFIX.model and PREFIX.vocab: neither may be one of the inputs.
+    for (const char* suffix : {".model", ".vocab"}) {
+      refuse_output_equal_to_input(
+          *output + suffix, options.inputs,
+          "the file " + *output + suffix + " (written for -o " + *output + ")");
+    }
+    require_some_text(options.inputs);
     options.vocab_size = args.get_int("--vocab-size", 32000, 8, INT32_MAX);
     options.model_type = args.get_or("--model-type", "unigram");
     options.character_coverage = args.get_double("--character-coverage", 1.0, 1e-6, 1.0);

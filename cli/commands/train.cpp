@@ -15,6 +15,7 @@
 #include "args.h"
 #include "commands.h"
 #include "common.h"
+#include "data_identity.h"
 #include "memory_check.h"
 #include "nnkit/checkpoint.h"
 #include "nnkit/error.h"
@@ -79,7 +80,8 @@ int run_train(const Args& raw) {
        {"--data", "FILE", "token file from `nnkit data prepare` (default: train.data)"},
        {"--no-progress", "", "plain log lines even on a terminal"},
        {"--json", "", "print a JSON summary at the end"},
-       skip_memory_check_flag()},
+       skip_memory_check_flag(),
+       allow_tokenizer_mismatch_flag()},
       "CONFIG  a YAML model description (optional with --resume: the run's own config is used)",
       true};
   const std::optional<ParsedArgs> parsed = parse_command(spec, raw);
@@ -114,6 +116,12 @@ int run_train(const Args& raw) {
   memory_shape.seq = session.config.train.seq_len;
   memory_shape.activation_checkpointing = session.config.train.activation_checkpointing;
   check_memory_before(session, memory_shape, args, "nnkit train");
+  // The data must come from the model's tokenizer (a resumed run without --data keeps the data
+  // checked when it started; its stored train.data is checked again here).
+  const std::string data = args.get_or("--data", session.config.train.data);
+  if (!data.empty()) {
+    check_data_tokenizer(data, tokenizer_identity(session, *create_tokenizer(session)), args);
+  }
   TrainRequest request;
   request.config = session.config;
   request.registry = session.registry.get();
@@ -142,14 +150,22 @@ int run_train(const Args& raw) {
     logger()->info("{} already reached step {} of {}; raise train.steps to continue",
                    request.run_dir.string(), summary.last_step, request.config.train.steps);
   }
+  // Numbers this command did not measure are null (JSON) or left out (log line), never 0: no
+  // step ran when the run was already done (or stopped before its first step), and no
+  // validation runs with train.eval_every = 0.
+  const bool stepped = summary.last_step > summary.first_step;
+  const bool validated = stepped && request.config.train.eval_every > 0;
+  const auto measured = [](bool known, double value) {
+    return known ? nlohmann::json(value) : nlohmann::json();
+  };
   if (args.has("--json")) {
     std::cout << nlohmann::json{{"run_dir", request.run_dir.string()},
                                 {"already_done", already_done},
                                 {"first_step", summary.first_step},
                                 {"last_step", summary.last_step},
-                                {"loss", summary.last_loss},
-                                {"val_loss", summary.last_val_loss},
-                                {"tokens_per_s", summary.tokens_per_second},
+                                {"loss", measured(stepped, summary.last_loss)},
+                                {"val_loss", measured(validated, summary.last_val_loss)},
+                                {"tokens_per_s", measured(stepped, summary.tokens_per_second)},
                                 {"interrupted", summary.interrupted},
                                 {"checkpoint", summary.last_checkpoint.string()}}
                      .dump()
@@ -163,8 +179,9 @@ int run_train(const Args& raw) {
     return 128 + (signal_number != 0 ? signal_number : SIGINT);
   }
   if (already_done) return 0;
-  logger()->info("done: {} steps, loss {:.4f}, val_loss {:.4f}, {:.0f} tokens/s; run in {}",
-                 summary.last_step, summary.last_loss, summary.last_val_loss,
+  logger()->info("done: {} steps, loss {:.4f}{}, {:.0f} tokens/s; run in {}", summary.last_step,
+                 summary.last_loss,
+                 validated ? fmt::format(", val_loss {:.4f}", summary.last_val_loss) : "",
                  summary.tokens_per_second, request.run_dir.string());
   return 0;
 }

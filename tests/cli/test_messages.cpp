@@ -43,6 +43,17 @@ TEST_F(Messages, ResumingAFinishedRunSaysSoAndChangesNothing) {
   const nlohmann::json summary = nlohmann::json::parse(j.out);
   EXPECT_EQ(summary["last_step"], 3);
   EXPECT_EQ(summary["already_done"], true);
+  // No step ran, so no loss was measured: null, not 0.
+  EXPECT_TRUE(summary["loss"].is_null()) << j.out;
+  EXPECT_TRUE(summary["val_loss"].is_null()) << j.out;
+  EXPECT_TRUE(summary["tokens_per_s"].is_null()) << j.out;
+  // A run without validation does not report a val_loss of 0 either.
+  const RunResult more = run_nnkit({"train", "--resume", run.string(), "train.steps=4", "--json"});
+  EXPECT_EXIT_CODE(more, 0);
+  const nlohmann::json trained = nlohmann::json::parse(more.out);
+  EXPECT_TRUE(trained["loss"].is_number()) << more.out;
+  EXPECT_TRUE(trained["val_loss"].is_null()) << more.out;
+  EXPECT_EQ(more.err.find("val_loss 0.0000"), std::string::npos) << more.err;
 }
 
 TEST_F(Messages, ResumingWithFewerStepsThanDoneIsRefused) {

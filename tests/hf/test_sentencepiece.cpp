@@ -1,5 +1,6 @@
 // Purpose: tokenizer_trainer/sentencepiece and tokenizer/sentencepiece: training on a small
-// English text, the special ids, exact round trips of any text (byte fallback, no normalisation),
+// English text, the special ids, exact round trips of any UTF-8 text (byte fallback, no
+// normalisation) and the refusal of text that is not UTF-8,
 // clear errors for missing or broken model files, and tokenizer.model travelling with HF folders.
 #include <gtest/gtest.h>
 
@@ -119,6 +120,36 @@ TEST_F(SentencePiece, AnyTextRoundTripsExactly) {
     // Common English compresses even with ~100 learned pieces: clearly fewer pieces than bytes.
     const std::string sentence = "The quiet engineer builds a map of the stars in the evening.";
     EXPECT_LT(tok->encode(sentence).size(), sentence.size() * 3 / 4) << type;
+  }
+}
+
+// SentencePiece turns a byte outside well-formed UTF-8 into U+FFFD before its byte fallback, so
+// such text cannot round-trip: encode refuses it, naming the offset and the byte (it used to
+// come back as U+FFFD without a word). Well-formed 4-byte sequences still round-trip.
+TEST_F(SentencePiece, TextThatIsNotUtf8IsRefusedNamingTheByte) {
+  const std::pair<std::string, std::string> bad[] = {
+      {"ab\xff"
+       "cd",
+       "at byte 2 (0xff)"},                      // never valid
+      {"x\xc0\xaf", "at byte 1 (0xc0)"},         // overlong '/'
+      {"ok \xed\xa0\x80", "at byte 3 (0xed)"},   // a UTF-16 surrogate
+      {"\xf4\x90\x80\x80", "at byte 0 (0xf4)"},  // above U+10FFFF
+      {"cut \xe6\x97", "at byte 4 (0xe6)"},      // truncated sequence
+  };
+  for (const char* type : {"unigram", "bpe"}) {
+    auto tok = load(type);
+    for (const auto& [text, where] : bad) {
+      try {
+        tok->encode(text);
+        ADD_FAILURE() << type << ": no error for invalid UTF-8 (" << where << ")";
+      } catch (const Error& e) {
+        const std::string what = e.what();
+        EXPECT_NE(what.find("not valid UTF-8 " + where), std::string::npos) << what;
+        EXPECT_NE(what.find("tokenizer/byte"), std::string::npos) << what;
+      }
+    }
+    const std::string emoji = "\xf0\x9f\x99\x82 and \xf4\x8f\xbf\xbf";  // U+1F642, U+10FFFF
+    EXPECT_EQ(tok->decode(tok->encode(emoji)), emoji) << type;
   }
 }
 

@@ -89,9 +89,59 @@ TEST(TokenFile, UnsupportedVersion) {
   TempDir dir;
   write_token_file(dir / "t.bin", {1, 2, 3}, 10);
   std::string raw = read_file(dir / "t.bin");
-  raw[8] = 2;
+  raw[8] = 3;
   test::write_raw(dir / "t.bin", raw);
-  expect_io_error([&] { TokenFile f(dir / "t.bin"); }, {"format version 2 is not supported"});
+  expect_io_error([&] { TokenFile f(dir / "t.bin"); }, {"format version 3 is not supported"});
+}
+
+TokenizerIdentity sentencepiece_identity() {
+  TokenizerIdentity t;
+  t.name = "sentencepiece";
+  t.model_hash = "crc32c:1234abcd:250000";
+  t.vocab_size = 8000;
+  return t;
+}
+
+// Version 2 records the tokenizer after the payload; the ids keep their offset.
+TEST(TokenFile, Version2RecordsTheTokenizer) {
+  TempDir dir;
+  const std::vector<int32_t> ids = {5, 7999, 0};
+  write_token_file(dir / "t.bin", ids, 8000, sentencepiece_identity());
+  TokenFile f(dir / "t.bin");
+  EXPECT_EQ(f.format_version(), 2);
+  ASSERT_TRUE(f.tokenizer().has_value());
+  EXPECT_EQ(*f.tokenizer(), sentencepiece_identity());
+  EXPECT_EQ(f.tokenizer()->describe(),
+            "tokenizer/sentencepiece (vocab 8000, model crc32c:1234abcd:250000)");
+  EXPECT_EQ(all_ids(f), ids);
+  // Without an identity the writer keeps version 1, which still loads with no record.
+  write_token_file(dir / "v1.bin", ids, 8000);
+  TokenFile v1(dir / "v1.bin");
+  EXPECT_EQ(v1.format_version(), 1);
+  EXPECT_FALSE(v1.tokenizer().has_value());
+  EXPECT_EQ(all_ids(v1), ids);
+  EXPECT_EQ(std::filesystem::file_size(dir / "v1.bin"), 32u + 2 * ids.size());
+  EXPECT_TRUE(is_token_file(dir / "t.bin"));
+  test::write_raw(dir / "text.txt", "NNKTOK0 is not quite the magic");
+  EXPECT_FALSE(is_token_file(dir / "text.txt"));
+}
+
+TEST(TokenFile, DamagedTokenizerRecordIsRefused) {
+  TempDir dir;
+  write_token_file(dir / "t.bin", {1, 2}, 10, sentencepiece_identity());
+  const std::string raw = read_file(dir / "t.bin");
+  const size_t record = 32 + 2 * 2;  // after the payload: u32 length, u32 CRC, JSON
+  std::string flipped = raw;
+  flipped[record + 8 + 3] ^= 0x20;
+  test::write_raw(dir / "crc.bin", flipped);
+  expect_io_error([&] { TokenFile f(dir / "crc.bin"); },
+                  {"crc.bin", "tokenizer record's checksum does not match"});
+  std::string huge = raw;
+  huge[record + 3] = '\x7f';
+  test::write_raw(dir / "len.bin", huge);
+  expect_io_error([&] { TokenFile f(dir / "len.bin"); }, {"tokenizer record is", "at most 65536"});
+  test::write_raw(dir / "cut.bin", raw.substr(0, raw.size() - 5));
+  expect_io_error([&] { TokenFile f(dir / "cut.bin"); }, {"truncated", "tokenizer record"});
 }
 
 TEST(TokenFile, Truncated) {

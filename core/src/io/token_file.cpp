@@ -3,6 +3,8 @@
 
 #include <bit>
 #include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "io/mapped_file.h"
 #include "io/quote.h"
@@ -37,9 +39,30 @@ uint64_t get_u64(const std::byte* p) {
   return v;
 }
 
+std::string identity_json(const TokenizerIdentity& t) {
+  return nlohmann::json{{"kind", t.kind},
+                        {"name", t.name},
+                        {"model_hash", t.model_hash},
+                        {"vocab_size", t.vocab_size}}
+      .dump();
+}
+
 }  // namespace
 
-void write_token_file(const fs::path& path, const std::vector<int32_t>& ids, int64_t vocab_size) {
+bool is_token_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  char magic[8] = {};
+  return in.read(magic, sizeof(magic)) && std::memcmp(magic, kTokenFileMagic, 8) == 0;
+}
+
+std::string TokenizerIdentity::describe() const {
+  std::string out = kind + "/" + name + " (vocab " + std::to_string(vocab_size);
+  if (!model_hash.empty()) out += ", model " + model_hash;
+  return out + ")";
+}
+
+void write_token_file(const fs::path& path, const std::vector<int32_t>& ids, int64_t vocab_size,
+                      const std::optional<TokenizerIdentity>& identity) {
   const std::string file = io_detail::quoted(path);
   if (vocab_size < 1 || vocab_size > int64_t{0xFFFFFFFF}) {
     throw IoError("io", "cannot write token file " + file + ": vocab size " +
@@ -67,7 +90,7 @@ void write_token_file(const fs::path& path, const std::vector<int32_t>& ids, int
   }
   unsigned char header[kTokenFileHeaderBytes] = {};
   std::memcpy(header, kTokenFileMagic, 8);
-  put_u32(header + 8, kTokenFileVersion);
+  put_u32(header + 8, identity ? 2 : 1);
   put_u32(header + 12, width);
   put_u64(header + 16, ids.size());
   put_u32(header + 24, static_cast<uint32_t>(vocab_size));
@@ -75,6 +98,14 @@ void write_token_file(const fs::path& path, const std::vector<int32_t>& ids, int
   AtomicFileWriter writer(path);
   writer.write(header, sizeof(header));
   writer.write(payload.data(), payload.size());
+  if (identity) {
+    const std::string json = identity_json(*identity);
+    unsigned char trailer[8];
+    put_u32(trailer, static_cast<uint32_t>(json.size()));
+    put_u32(trailer + 4, crc32c(json));
+    writer.write(trailer, sizeof(trailer));
+    writer.write(json.data(), json.size());
+  }
   writer.commit();
 }
 
@@ -85,6 +116,8 @@ struct TokenFile::Impl {
   int64_t count = 0;
   int64_t vocab = 0;
   int width = 0;
+  int version = 1;
+  std::optional<TokenizerIdentity> tokenizer;
 
   [[noreturn]] void fail(const std::string& message) const {
     throw IoError("io", "token file " + io_detail::quoted(path) + ": " + message);
@@ -114,7 +147,7 @@ TokenFile::TokenFile(const fs::path& path) : impl_(new Impl) {
            " bytes, the file has " + std::to_string(b.size()) + "; " + kPrepareHint + " again");
   }
   const uint32_t version = get_u32(b.data() + 8);
-  if (version != kTokenFileVersion) {
+  if (version != 1 && version != 2) {
     m.fail("format version " + std::to_string(version) + " is not supported (this nnkit reads " +
            "version " + std::to_string(kTokenFileVersion) + "); " + kPrepareHint + " again");
   }
@@ -133,10 +166,24 @@ TokenFile::TokenFile(const fs::path& path) : impl_(new Impl) {
       __builtin_add_overflow(payload, uint64_t{kTokenFileHeaderBytes}, &expected)) {
     m.fail("token count " + std::to_string(count) + " is impossible; the file is corrupt");
   }
+  // Version 2: the tokenizer identity follows the payload (u32 length, u32 CRC-32C, JSON).
+  uint32_t identity_bytes = 0;
+  if (version == 2 && b.size() >= expected && b.size() - expected >= 8) {
+    identity_bytes = get_u32(b.data() + expected);
+    if (identity_bytes > kTokenFileMaxIdentityBytes) {
+      m.fail("the tokenizer record is " + std::to_string(identity_bytes) + " bytes (at most " +
+             std::to_string(kTokenFileMaxIdentityBytes) + "); the file is corrupt; " +
+             kPrepareHint + " again");
+    }
+  }
+  if (version == 2) expected += 8 + identity_bytes;
   if (expected != b.size()) {
     m.fail(std::string(expected > b.size() ? "truncated" : "has trailing bytes") + ": expected " +
            std::to_string(expected) + " bytes (32-byte header + " + std::to_string(count) +
-           " tokens x " + std::to_string(width) + " bytes), found " + std::to_string(b.size()) +
+           " tokens x " + std::to_string(width) + " bytes" +
+           (version == 2 ? " + " + std::to_string(8 + identity_bytes) + "-byte tokenizer record"
+                         : std::string()) +
+           "), found " + std::to_string(b.size()) +
            "; " + kPrepareHint + " again");
   }
   const uint32_t actual_crc = crc32c(0, b.data() + kTokenFileHeaderBytes, payload);
@@ -144,6 +191,31 @@ TokenFile::TokenFile(const fs::path& path) : impl_(new Impl) {
     m.fail("checksum mismatch (stored " + hex32(stored_crc) + ", computed " + hex32(actual_crc) +
            "); the file is corrupt; " + kPrepareHint + " again");
   }
+  if (version == 2) {
+    const std::byte* record = b.data() + kTokenFileHeaderBytes + payload;
+    const std::string json(reinterpret_cast<const char*>(record + 8), identity_bytes);
+    if (crc32c(json) != get_u32(record + 4)) {
+      m.fail("the tokenizer record's checksum does not match; the file is corrupt; " +
+             std::string(kPrepareHint) + " again");
+    }
+    const nlohmann::json j = nlohmann::json::parse(json, nullptr, false);
+    TokenizerIdentity t;
+    const bool ok = j.is_object() && j.contains("kind") && j["kind"].is_string() &&
+                    j.contains("name") && j["name"].is_string() && j.contains("model_hash") &&
+                    j["model_hash"].is_string() && j.contains("vocab_size") &&
+                    j["vocab_size"].is_number_integer();
+    if (!ok) {
+      m.fail("the tokenizer record is not {kind, name, model_hash, vocab_size} JSON; the file "
+             "is corrupt; " +
+             std::string(kPrepareHint) + " again");
+    }
+    t.kind = j["kind"].get<std::string>();
+    t.name = j["name"].get<std::string>();
+    t.model_hash = j["model_hash"].get<std::string>();
+    t.vocab_size = j["vocab_size"].get<int64_t>();
+    m.tokenizer = std::move(t);
+  }
+  m.version = static_cast<int>(version);
   m.ids = b.data() + kTokenFileHeaderBytes;
   m.count = static_cast<int64_t>(count);
   m.vocab = vocab;
@@ -172,6 +244,12 @@ int64_t TokenFile::vocab_size() const {
 }
 int TokenFile::bytes_per_id() const {
   return impl_->width;
+}
+int TokenFile::format_version() const {
+  return impl_->version;
+}
+const std::optional<TokenizerIdentity>& TokenFile::tokenizer() const {
+  return impl_->tokenizer;
 }
 
 int32_t TokenFile::at(int64_t i) const {

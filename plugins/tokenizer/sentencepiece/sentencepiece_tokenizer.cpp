@@ -5,6 +5,10 @@
 // pad_id() reports the unk id (pad positions are never predicted, only skipped).
 // `model:` may be absolute, relative to the folder of the config file that names it (so a run
 // directory can be moved), or relative to the working directory, tried in that order.
+// Text must be UTF-8: SentencePiece replaces every byte that is not part of a valid UTF-8
+// sequence with U+FFFD before its byte fallback sees it, so such text cannot round-trip, and
+// encode() refuses it with the byte offset instead of changing it silently (tokenizer/byte takes
+// any bytes).
 // Ownership: the tokenizer owns its SentencePieceProcessor; encode/decode are const and
 // thread-safe (SentencePieceProcessor's encode/decode are const and keep no per-call state).
 #include <sentencepiece_processor.h>
@@ -38,6 +42,41 @@ fs::path resolve_model_path(const Options& options) {
     if (fs::exists(beside, ec)) return beside;
   }
   return given;
+}
+
+// The offset of the first byte of `text` that is not part of a well-formed UTF-8 sequence
+// (Unicode 15, table 3-7: no overlong forms, no surrogates, nothing above U+10FFFF), or npos.
+size_t first_invalid_utf8(std::string_view text) {
+  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+  const size_t n = text.size();
+  size_t i = 0;
+  while (i < n) {
+    const unsigned char c = s[i];
+    size_t len = 0;
+    unsigned char lo = 0x80, hi = 0xBF;  // the allowed range of the second byte
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if (c >= 0xC2 && c <= 0xDF) {
+      len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      if (c == 0xE0) lo = 0xA0;
+      if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      if (c == 0xF0) lo = 0x90;
+      if (c == 0xF4) hi = 0x8F;
+    } else {
+      return i;
+    }
+    if (i + len > n || s[i + 1] < lo || s[i + 1] > hi) return i;
+    for (size_t k = 2; k < len; ++k) {
+      if (s[i + k] < 0x80 || s[i + k] > 0xBF) return i;
+    }
+    i += len;
+  }
+  return std::string_view::npos;
 }
 
 class SentencePieceTokenizer final : public Tokenizer {
@@ -78,6 +117,16 @@ class SentencePieceTokenizer final : public Tokenizer {
   int32_t eos_id() const override { return eos_id_; }
 
   std::vector<int32_t> encode(std::string_view text) const override {
+    const size_t bad = first_invalid_utf8(text);
+    if (bad != std::string_view::npos) {
+      static const char* const kHex = "0123456789abcdef";
+      const auto byte = static_cast<unsigned char>(text[bad]);
+      throw Error(id(), std::string("text is not valid UTF-8 at byte ") + std::to_string(bad) +
+                            " (0x" + kHex[byte >> 4] + kHex[byte & 15] +
+                            "); SentencePiece would replace it with U+FFFD, so it could not be "
+                            "decoded back. Convert the text to UTF-8 (e.g. iconv), or use "
+                            "tokenizer/byte, which takes any bytes");
+    }
     std::vector<int> ids;
     const auto status = processor_.Encode(text, &ids);
     if (!status.ok()) throw Error(id(), "cannot encode text: " + status.ToString());
