@@ -50,14 +50,25 @@ RegistryOptions registry_options(const ParsedArgs& args,
 namespace {
 
 Session finish_session(ConfigDocument document, const std::vector<std::string>& overrides,
-                       const ParsedArgs& args) {
+                       const ParsedArgs& args, const std::vector<PluginRecord>& recorded = {}) {
   for (const std::string& o : overrides) document.apply_override(o, args.argument_number(o));
   std::vector<fs::path> explicit_paths = apply_common_flags(args);
   for (const fs::path& p : document.plugin_paths()) explicit_paths.push_back(p);
+  std::map<std::string, fs::path> prefer = document.plugin_prefer();
+  // A run's own libraries (RUN/plugins.json) come first and win, wherever the command runs from
+  // and whatever --plugin-path it was trained with; a library that is gone is searched again.
+  for (const PluginRecord& r : recorded) {
+    std::error_code ec;
+    if (!fs::is_regular_file(r.path, ec)) {
+      logger()->warn("{} was trained with {}, which no longer exists; searching for {} again",
+                     r.id(), r.path, r.id());
+      continue;
+    }
+    prefer.emplace(r.id(), r.path);
+  }
   Session session;
-  session.registry = std::make_unique<Registry>(
-      Registry::default_search_paths(explicit_paths),
-      registry_options(args, document.plugin_prefer()));
+  session.registry = std::make_unique<Registry>(Registry::default_search_paths(explicit_paths),
+                                                registry_options(args, std::move(prefer)));
   session.config = resolve_config(document, *session.registry);
   return session;
 }
@@ -70,8 +81,19 @@ Session open_session(const fs::path& config_path, const std::vector<std::string>
 }
 
 Session open_session_from_text(const std::string& yaml, const std::string& source_name,
-                               const std::vector<std::string>& overrides, const ParsedArgs& args) {
-  return finish_session(ConfigDocument::parse(yaml, source_name), overrides, args);
+                               const std::vector<std::string>& overrides, const ParsedArgs& args,
+                               const std::vector<PluginRecord>& recorded) {
+  return finish_session(ConfigDocument::parse(yaml, source_name), overrides, args, recorded);
+}
+
+void record_run_plugins(const fs::path& run_dir, const Session& session, bool resume) {
+  const std::vector<PluginRecord> now = plugin_records(session.config, *session.registry);
+  if (resume) {
+    for (const std::string& change : plugin_record_changes(read_plugin_records(run_dir), now)) {
+      logger()->warn("resuming {} with a different plugin library: {}", run_dir.string(), change);
+    }
+  }
+  write_plugin_records(run_dir, now);
 }
 
 std::shared_ptr<Backend> create_backend(const Session& session) {

@@ -14,6 +14,7 @@
 #include "args.h"
 #include "nnkit/backend.h"
 #include "nnkit/config.h"
+#include "nnkit/plugin_record.h"
 #include "nnkit/registry.h"
 #include "nnkit/tokenizer.h"
 
@@ -38,9 +39,17 @@ struct Session {
 // resolves the config. Throws ConfigError/PluginError with positions.
 Session open_session(const std::filesystem::path& config_path,
                      const std::vector<std::string>& overrides, const ParsedArgs& args);
-// Same, from YAML text already in memory (a checkpoint's stored config).
+// Same, from YAML text already in memory (a checkpoint's stored config). `recorded` (a run's
+// plugins.json) names the libraries to load first and prefer, so a run reloads the plugins it
+// was trained with from any working directory.
 Session open_session_from_text(const std::string& yaml, const std::string& source_name,
-                               const std::vector<std::string>& overrides, const ParsedArgs& args);
+                               const std::vector<std::string>& overrides, const ParsedArgs& args,
+                               const std::vector<PluginRecord>& recorded = {});
+
+// Writes RUN/plugins.json for the plugins session's config uses; on `resume`, first warns for
+// each library that changed since the run recorded it (another file or another SHA-256).
+void record_run_plugins(const std::filesystem::path& run_dir, const Session& session,
+                        bool resume);
 
 std::shared_ptr<Backend> create_backend(const Session& session);
 std::shared_ptr<Tokenizer> create_tokenizer(const Session& session);

@@ -39,9 +39,11 @@ LoadedModel load_checkpoint_model(const std::filesystem::path& run_dir,
   const CheckpointStore store(run_dir);
   const CheckpointRef ref = store.require_latest();
   const std::string yaml = CheckpointStore::read_config(ref);
-  Session stored = open_session_from_text(yaml, (ref.dir / "config.yaml").string(), {}, args);
+  const std::vector<PluginRecord> recorded = read_plugin_records(run_dir);
+  Session stored =
+      open_session_from_text(yaml, (ref.dir / "config.yaml").string(), {}, args, recorded);
   Session session =
-      open_session_from_text(yaml, (ref.dir / "config.yaml").string(), overrides, args);
+      open_session_from_text(yaml, (ref.dir / "config.yaml").string(), overrides, args, recorded);
   const auto diffs = model_shape_differences(stored.config, session.config);
   if (!diffs.empty()) {
     std::string message = "overrides change the shape of the checkpoint's model:";

@@ -104,7 +104,8 @@ int run_train(const Args& raw) {
   } else if (resume) {
     const CheckpointRef ref = CheckpointStore(*resume).require_latest();
     session = open_session_from_text(CheckpointStore::read_config(ref),
-                                     (ref.dir / "config.yaml").string(), args.overrides(), args);
+                                     (ref.dir / "config.yaml").string(), args.overrides(), args,
+                                     read_plugin_records(*resume));
   } else {
     throw UsageError("cli", "`nnkit train` needs a CONFIG (see --help)");
   }
@@ -134,6 +135,7 @@ int run_train(const Args& raw) {
     ensure_writable_directory(request.run_dir);
     run_lock = CheckpointStore(request.run_dir).lock_for_writing("nnkit train");
   }
+  record_run_plugins(request.run_dir, session, request.resume);
   request.data = args.get_or("--data", "");
   request.progress_bar = ::isatty(STDERR_FILENO) && !args.has("--no-progress");
   request.stop_requested = [] { return g_stop_signal.load() != 0; };

@@ -17,6 +17,7 @@
 #include "nnkit/error.h"
 #include "nnkit/layer.h"
 #include "nnkit/model.h"
+#include "nnkit/plugin_record.h"
 #include "nnkit/registry.h"
 #include "support/test_support.h"
 
@@ -260,6 +261,54 @@ TEST(Loading, LoadUseUnload100TimesLeavesNothingBehind) {
     model.reset();
     backend.reset();
   }
+}
+
+}  // namespace
+}  // namespace nnkit
+
+namespace nnkit {
+namespace {
+
+TEST(PluginRecord, Sha256KnownAnswers) {
+  // FIPS 180-4 examples (and the million-'a' vector, which crosses many blocks).
+  EXPECT_EQ(sha256_hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  EXPECT_EQ(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_EQ(sha256_hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
+            "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+  EXPECT_EQ(sha256_hex(std::string(1000000, 'a')),
+            "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+}
+
+TEST(PluginRecord, RecordsEveryPluginOfAConfigAndNamesChanges) {
+  const ConfigDocument doc = ConfigDocument::parse(model_yaml("{type: rmsnorm}"), "p.yaml");
+  const RunConfig cfg = resolve_config(doc, test::registry());
+  const std::vector<PluginRecord> records = plugin_records(cfg, test::registry());
+  std::vector<std::string> ids;
+  for (const PluginRecord& r : records) {
+    ids.push_back(r.id());
+    EXPECT_TRUE(fs::path(r.path).is_absolute()) << r.path;
+    EXPECT_EQ(r.sha256, sha256_file(r.path));
+  }
+  EXPECT_EQ(ids, (std::vector<std::string>{"norm/rmsnorm", "attention/mqa", "ffn/swiglu",
+                                           "backend/cpu", "tokenizer/byte", "optim/adamw",
+                                           "schedule/warmup_cosine", "decode/greedy"}));
+  const fs::path dir = fs::temp_directory_path() / "nnkit-record-test";
+  fs::create_directories(dir);
+  write_plugin_records(dir, records);
+  const std::vector<PluginRecord> back = read_plugin_records(dir);
+  ASSERT_EQ(back.size(), records.size());
+  EXPECT_EQ(back[3].path, records[3].path);
+  EXPECT_TRUE(plugin_record_changes(records, back).empty());
+  std::vector<PluginRecord> changed = back;
+  changed[0].sha256 = std::string(64, '0');
+  changed[1].path = "/elsewhere/libnnkit_attention_mqa.so";
+  const std::vector<std::string> changes = plugin_record_changes(records, changed);
+  ASSERT_EQ(changes.size(), 2u);
+  EXPECT_NE(changes[0].find("norm/rmsnorm: "), std::string::npos) << changes[0];
+  EXPECT_NE(changes[0].find("changed since the run started"), std::string::npos) << changes[0];
+  EXPECT_NE(changes[1].find("now comes from /elsewhere"), std::string::npos) << changes[1];
+  EXPECT_TRUE(read_plugin_records(dir / "missing").empty());
+  fs::remove_all(dir);
 }
 
 }  // namespace

@@ -10,23 +10,8 @@
 # Usage: third_party_plugin.sh CMAKE BUILD_DIR SOURCE_DIR CXX_COMPILER [GENERATOR]
 set -euo pipefail
 
-cmake_bin=$1
-build_dir=$2
-source_dir=$3
-cxx=$4
-generator=${5:-}
-
-work=$(mktemp -d "${TMPDIR:-/tmp}/nnkit-sdk-test.XXXXXX")
-trap 'rm -rf "$work"' EXIT
-prefix=$work/prefix
-example_build=$work/example-build
-unset NNKIT_PLUGIN_PATH  # the installed CLI must find its own plugins unaided
-
-fail() {
-  echo "FAIL: $*" >&2
-  exit 1
-}
-step() { echo "--- $*"; }
+# shellcheck source=sdk_script_setup.sh
+source "$(dirname "$0")/sdk_script_setup.sh" "$@"
 
 step "install $build_dir into $prefix"
 "$cmake_bin" --install "$build_dir" --prefix "$prefix" >"$work/install.log" ||

@@ -136,7 +136,8 @@ std::vector<std::filesystem::path> ConfigDocument::plugin_paths() const {
     }
     std::filesystem::path p(item.as<std::string>());
     if (p.is_relative() && !impl_->base_dir.empty()) p = impl_->base_dir / p;
-    paths.push_back(p);
+    // Absolute, so that the config a run stores finds them from any working directory.
+    paths.push_back(std::filesystem::absolute(p).lexically_normal());
   }
   return paths;
 }
@@ -167,7 +168,7 @@ std::map<std::string, std::filesystem::path> ConfigDocument::plugin_prefer() con
     }
     std::filesystem::path p(it->second.Scalar());
     if (p.is_relative() && !impl_->base_dir.empty()) p = impl_->base_dir / p;
-    prefer[id] = p;
+    prefer[id] = std::filesystem::absolute(p).lexically_normal();
   }
   return prefer;
 }
