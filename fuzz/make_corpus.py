@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the seed corpus for nnkit_safetensors_fuzz into fuzz/corpus/ (small valid and invalid
+"""Writes the seed corpus for nnkit_fuzz_safetensors into fuzz/corpus/ (small valid and invalid
 safetensors files). Deterministic; re-run after changing it and commit the result."""
 import json
 import os

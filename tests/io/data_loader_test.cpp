@@ -171,5 +171,29 @@ TEST(WindowLoader, Errors) {
   expect_io_error([&] { ok.next_train_batch(0, in, tg); }, {"batch size"});
 }
 
+// The trainer.json form of the loader state: round trip, and anything malformed is an IoError
+// (std::stoull used to let std::invalid_argument escape for "abc\n...", found by the
+// trainer_state fuzz target's seeds).
+TEST(WindowLoader, StateEncodesAndRefusesMalformedText) {
+  TempDir dir;
+  TokenFile tokens = make_tokens(dir, 100);
+  WindowLoader a(tokens, 4, 0.1, 7);
+  std::vector<int32_t> in, tg;
+  a.next_train_batch(3, in, tg);
+  const WindowLoader::State state = WindowLoader::State::decode(a.save_state().encode());
+  EXPECT_EQ(state.windows_drawn, 3u);
+  WindowLoader b(tokens, 4, 0.1, 99);
+  b.restore_state(state);
+  std::vector<int32_t> in_a, tg_a, in_b, tg_b;
+  a.next_train_batch(2, in_a, tg_a);
+  b.next_train_batch(2, in_b, tg_b);
+  EXPECT_EQ(in_a, in_b);
+  for (const std::string bad :
+       {"abc\n1 2 3", "no newline", "-3\nx", "\nx", " 3\nx", "99999999999999999999999\nx"}) {
+    expect_io_error([&] { WindowLoader::State::decode(bad); },
+                    {"malformed data-loader state", "checkpoint is corrupt"});
+  }
+}
+
 }  // namespace
 }  // namespace nnkit

@@ -69,6 +69,9 @@ class NNKIT_API CheckpointStore {
   // Verifies, then copies weights (and optimizer state when given) into already-allocated
   // tensors; every model parameter must be present with its shape (error names the tensor).
   static TrainerState load(const CheckpointRef& ref, Transformer& model, Optimizer* optimizer);
+  // trainer.json text -> TrainerState; throws IoError naming `where` for anything malformed
+  // (load() uses it; the fuzz target trainer_state feeds it arbitrary bytes).
+  static TrainerState parse_trainer_state(const std::string& json, const std::string& where);
 
  private:
   std::filesystem::path run_dir_;

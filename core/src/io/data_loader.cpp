@@ -2,7 +2,9 @@
 #include "nnkit/io/data_loader.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <sstream>
 
 #include "io/quote.h"
@@ -117,6 +119,30 @@ WindowLoader::State WindowLoader::save_state() const {
   std::ostringstream text;
   text << rng_;
   return State{text.str(), windows_drawn_};
+}
+
+std::string WindowLoader::State::encode() const {
+  return std::to_string(windows_drawn) + "\n" + rng;
+}
+
+WindowLoader::State WindowLoader::State::decode(const std::string& text) {
+  const size_t newline = text.find('\n');
+  const std::string count = text.substr(0, newline == std::string::npos ? 0 : newline);
+  // Digits only: std::stoull would also take a sign, spaces or a prefix, and throws its own
+  // exception types on anything else.
+  const bool digits = !count.empty() && count.size() <= 20 &&
+                      count.find_first_not_of("0123456789") == std::string::npos;
+  errno = 0;
+  const unsigned long long drawn = digits ? std::strtoull(count.c_str(), nullptr, 10) : 0;
+  if (newline == std::string::npos || !digits || errno == ERANGE) {
+    throw IoError("io",
+                  "trainer.json has a malformed data-loader state (expected \"<windows drawn>\\n"
+                  "<random-generator state>\"); the checkpoint is corrupt");
+  }
+  State state;
+  state.windows_drawn = drawn;
+  state.rng = text.substr(newline + 1);
+  return state;
 }
 
 void WindowLoader::restore_state(const State& state) {

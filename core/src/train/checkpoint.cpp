@@ -254,6 +254,13 @@ void CheckpointStore::verify(const CheckpointRef& ref) {
       throw IoError("checkpoint", file.string() + " is missing from the checkpoint");
     }
     const auto& entry = manifest["files"][name];
+    // A hand-edited or damaged manifest may hold anything here; value() would throw
+    // nlohmann's type_error, which named neither the file nor the problem.
+    if (!entry.is_object() || !entry.contains("bytes") || !entry["bytes"].is_number_unsigned() ||
+        !entry.contains("crc32c") || !entry["crc32c"].is_string()) {
+      throw IoError("checkpoint", manifest_path.string() + " has no {bytes, crc32c} entry for " +
+                                      name + "; the checkpoint is corrupt");
+    }
     uint64_t size = 0;
     const uint32_t crc = file_crc(file, &size);
     if (size != entry.value("bytes", uint64_t{0})) {
@@ -270,6 +277,26 @@ void CheckpointStore::verify(const CheckpointRef& ref) {
   }
 }
 
+TrainerState CheckpointStore::parse_trainer_state(const std::string& json,
+                                                  const std::string& where) {
+  TrainerState state;
+  try {
+    const nlohmann::json trainer = nlohmann::json::parse(json);
+    state.step = trainer.at("step").get<int64_t>();
+    state.tokens_seen = trainer.at("tokens_seen").get<int64_t>();
+    state.bad_steps_in_a_row = trainer.at("bad_steps_in_a_row").get<int64_t>();
+    state.loader_state = trainer.at("loader_state").get<std::string>();
+    // Absent in checkpoints of runs without fp16 loss scaling (and of older versions).
+    state.loss_scaler_state = trainer.value("loss_scaler", std::string());
+  } catch (const nlohmann::json::exception& e) {
+    throw IoError("checkpoint", where + " is invalid: " + e.what());
+  }
+  if (state.step < 0 || state.tokens_seen < 0 || state.bad_steps_in_a_row < 0) {
+    throw IoError("checkpoint", where + " is invalid: negative step or token counts");
+  }
+  return state;
+}
+
 std::string CheckpointStore::read_config(const CheckpointRef& ref) {
   return read_file(ref.dir / "config.yaml");
 }
@@ -282,19 +309,8 @@ TrainerState CheckpointStore::load(const CheckpointRef& ref, Transformer& model,
   for (Parameter* p : model.parameters()) weights.emplace_back(p->name, p->value);
   load_tensors(ref.dir / "model.safetensors", backend, weights);
   model.refresh_compute_copies();  // the saved f32 masters -> this backend's compute copies
-  TrainerState state;
-  nlohmann::json trainer;
-  try {
-    trainer = nlohmann::json::parse(read_file(ref.dir / "trainer.json"));
-    state.step = trainer.at("step").get<int64_t>();
-    state.tokens_seen = trainer.at("tokens_seen").get<int64_t>();
-    state.bad_steps_in_a_row = trainer.at("bad_steps_in_a_row").get<int64_t>();
-    state.loader_state = trainer.at("loader_state").get<std::string>();
-    // Absent in checkpoints of runs without fp16 loss scaling (and of older versions).
-    state.loss_scaler_state = trainer.value("loss_scaler", std::string());
-  } catch (const nlohmann::json::exception& e) {
-    throw IoError("checkpoint", (ref.dir / "trainer.json").string() + " is invalid: " + e.what());
-  }
+  const TrainerState state =
+      parse_trainer_state(read_file(ref.dir / "trainer.json"), (ref.dir / "trainer.json").string());
   if (optimizer != nullptr) {
     load_tensors(ref.dir / "optimizer.safetensors", backend,
                  optimizer->state(backend, model.parameters()));

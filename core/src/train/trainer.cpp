@@ -132,22 +132,6 @@ double validation_loss(Transformer& model, WindowLoader& loader, int64_t batch,
   return count > 0 ? total / static_cast<double>(count) : std::nan("");
 }
 
-// The loader's resumable state as one string for trainer.json: "<windows drawn>\n<rng text>".
-std::string encode_loader_state(const WindowLoader::State& state) {
-  return std::to_string(state.windows_drawn) + "\n" + state.rng;
-}
-
-WindowLoader::State decode_loader_state(const std::string& text) {
-  const size_t newline = text.find('\n');
-  if (newline == std::string::npos) {
-    throw IoError("checkpoint", "trainer.json has a malformed data-loader state");
-  }
-  WindowLoader::State state;
-  state.windows_drawn = std::stoull(text.substr(0, newline));
-  state.rng = text.substr(newline + 1);
-  return state;
-}
-
 }  // namespace
 
 std::vector<std::string> model_shape_differences(const RunConfig& a, const RunConfig& b) {
@@ -228,7 +212,7 @@ TrainSummary train(const TrainRequest& request) {
   TrainerState state;
   if (resume_from) {
     state = CheckpointStore::load(*resume_from, model, optimizer.get());
-    loader.restore_state(decode_loader_state(state.loader_state));
+    loader.restore_state(WindowLoader::State::decode(state.loader_state));
     log->info("resumed {} from {} (step {})", request.run_dir.string(), resume_from->dir.string(),
               state.step);
     // After the checkpoint was verified, before anything in the run is rewritten: fewer steps
@@ -306,7 +290,7 @@ TrainSummary train(const TrainRequest& request) {
   double tokens_per_second = 0.0;
 
   auto save = [&](const char* why) {
-    state.loader_state = encode_loader_state(loader.save_state());
+    state.loader_state = loader.save_state().encode();
     state.loss_scaler_state = fp16 ? scaler.save() : std::string();
     summary.last_checkpoint = store.save(state, model, optimizer.get(), config_yaml);
     if (request.progress_bar) std::fprintf(stderr, "\n");

@@ -37,6 +37,11 @@ class NNKIT_API WindowLoader {
   struct State {
     std::string rng;
     uint64_t windows_drawn = 0;
+    // One string for trainer.json: "<windows drawn>\n<rng text>".
+    NNKIT_API std::string encode() const;
+    // The inverse of encode(); throws IoError naming what is malformed (the RNG text itself is
+    // checked by restore_state).
+    NNKIT_API static State decode(const std::string& text);
   };
 
   // Throws IoError when the file has no tokens or either part is smaller than one window
