@@ -302,6 +302,45 @@ class NNKIT_API Backend : public Component {
   virtual void lion_update(const Tensor& param, const Tensor& grad, const Tensor& m,
                            const MomentumStep& step) = 0;
 
+  // ---- appended in ABI 3: device sampling (issue 10) ----
+  // The sampler chain on the device (Sampler::apply_device, nnkit/device_sampling.h). logits:
+  // (B, V) f32, transformed in place, one row per sequence; every op is row-independent and
+  // enqueues only (nothing is read on the host). Filters set excluded entries to -inf. Ranking
+  // is the host samplers': larger logit first, ties to the lower index, NaN last; -0 ties +0.
+  // A token's weight is exp(logit - row max) (0 for -inf and NaN; with a +inf max the +inf
+  // tokens share the mass). Sums are in double in a fixed order, so every backend keeps the
+  // same tokens and draws the same ids from the same logits (plugins/backend/common/
+  // sampling_math.h holds the shared arithmetic).
+  // logits / temperature, each finite entry, computed in double; when that leaves the float
+  // range the row is first shifted by its largest finite logit (decode/temperature's rule).
+  // Non-finite entries stay. temperature > 0.
+  virtual void temperature_rows(const Tensor& logits, double temperature) = 0;
+  // Keeps the k first-ranked tokens of each row (exactly min(k, V)); k >= 1.
+  virtual void top_k_filter_rows(const Tensor& logits, int64_t k) = 0;
+  // Keeps the smallest ranked prefix whose weight reaches (p - 1e-6) of the row's total (at
+  // least one token; ties at the boundary to the lower index); p >= 1 or a row without weight
+  // keeps everything.
+  virtual void top_p_filter_rows(const Tensor& logits, double p) = 0;
+  // Drops the tokens whose weight (probability relative to the most likely) is below p; p <= 0
+  // keeps everything.
+  virtual void min_p_filter_rows(const Tensor& logits, double p) = 0;
+  // history: (B, L) i32, lengths: (B) i32 (nnkit::DeviceSamplingContext). Every distinct id in
+  // history[b, 0 : lengths[b]] inside [0, V) has its logit divided by penalty when positive,
+  // multiplied otherwise, once however often it occurs. penalty > 0.
+  virtual void repetition_penalty_rows(const Tensor& logits, const Tensor& history,
+                                       const Tensor& lengths, float penalty) = 0;
+  // ids: (B) i32 = the argmax of each row (argmax = true, or a row whose largest logit is not
+  // finite), else a draw from softmax(row) with the uniform of nnkit/philox.h keyed by
+  // (seed, b, s): s = step_device[0] when that (1) i32 tensor is defined (read at run time),
+  // `step` otherwise. logits is only read.
+  virtual void sample_rows(const Tensor& logits, uint64_t seed, int64_t step,
+                           const Tensor& step_device, bool argmax, const Tensor& ids) = 0;
+  // history: (B, L) i32, lengths: (B) i32, ids: (B) i32: history[b, lengths[b]] = ids[b] and
+  // lengths[b] += 1 for every row with lengths[b] < L (a full row is left as it is). step: (1)
+  // i32 or undefined, += 1. history and lengths may be undefined (only step advances).
+  virtual void append_tokens(const Tensor& history, const Tensor& lengths, const Tensor& ids,
+                             const Tensor& step) = 0;
+
   // ---- conveniences (non-virtual) -----------------------------------------------------------
   Tensor zeros(const Shape& shape, DType dtype = DType::kF32);
   // x: (N, C) f32 -> out: (1, C) f32 = alpha * sum_n x[n, :] + beta * out, as products with

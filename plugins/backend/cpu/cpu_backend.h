@@ -131,6 +131,18 @@ class CpuBackend final : public Backend {
   void lion_update(const Tensor& param, const Tensor& grad, const Tensor& m,
                    const MomentumStep& step) override;
 
+  // ---- appended in ABI 3: device sampling (issue 10); sampling.cpp
+  void temperature_rows(const Tensor& logits, double temperature) override;
+  void top_k_filter_rows(const Tensor& logits, int64_t k) override;
+  void top_p_filter_rows(const Tensor& logits, double p) override;
+  void min_p_filter_rows(const Tensor& logits, double p) override;
+  void repetition_penalty_rows(const Tensor& logits, const Tensor& history, const Tensor& lengths,
+                               float penalty) override;
+  void sample_rows(const Tensor& logits, uint64_t seed, int64_t step, const Tensor& step_device,
+                   bool argmax, const Tensor& ids) override;
+  void append_tokens(const Tensor& history, const Tensor& lengths, const Tensor& ids,
+                     const Tensor& step) override;
+
  private:
   // cos/sin of pos * base^(-2i/D) for pos in [0, positions), i in [0, D/2), computed in double
   // and kept across calls: training re-uses the same few hundred positions every step.

@@ -172,6 +172,18 @@ class CudaBackend final : public Backend {
   void lion_update(const Tensor& param, const Tensor& grad, const Tensor& m,
                    const MomentumStep& step) override;
 
+  // ---- appended in ABI 3: device sampling (issue 10); sampling.cu
+  void temperature_rows(const Tensor& logits, double temperature) override;
+  void top_k_filter_rows(const Tensor& logits, int64_t k) override;
+  void top_p_filter_rows(const Tensor& logits, double p) override;
+  void min_p_filter_rows(const Tensor& logits, double p) override;
+  void repetition_penalty_rows(const Tensor& logits, const Tensor& history, const Tensor& lengths,
+                               float penalty) override;
+  void sample_rows(const Tensor& logits, uint64_t seed, int64_t step, const Tensor& step_device,
+                   bool argmax, const Tensor& ids) override;
+  void append_tokens(const Tensor& history, const Tensor& lengths, const Tensor& ids,
+                     const Tensor& step) override;
+
   // ---- for the kernel files -----------------------------------------------------------------
   cudaStream_t stream() const { return stream_; }
   DeviceFault* fault() const { return fault_; }

@@ -6,6 +6,7 @@
 #include <span>
 #include <vector>
 
+#include "nnkit/backend.h"
 #include "nnkit/plugin.h"
 #include "nnkit/sampler.h"
 
@@ -16,6 +17,10 @@ class GreedySampler final : public Sampler {
  public:
   void apply(std::span<float>, const std::vector<int32_t>&) const override {}
   bool selects_argmax() const override { return true; }
+  // Nothing to transform: the argmax is sample_rows' job.
+  bool apply_device(Backend&, const Tensor&, const DeviceSamplingContext&) const override {
+    return true;
+  }
 };
 
 std::vector<OptionSpec> greedy_options() {

@@ -5,6 +5,7 @@
 #include <span>
 #include <vector>
 
+#include "nnkit/backend.h"
 #include "nnkit/plugin.h"
 #include "nnkit/sampler.h"
 #include "support/logit_row.h"
@@ -25,6 +26,12 @@ class MinPSampler final : public Sampler {
     for (size_t i = 0; i < logits.size(); ++i) {
       if (relative[i] < p_) logits[i] = kFiltered;
     }
+  }
+
+  bool apply_device(Backend& backend, const Tensor& logits,
+                    const DeviceSamplingContext&) const override {
+    backend.min_p_filter_rows(logits, p_);
+    return true;
   }
 
  private:

@@ -7,6 +7,7 @@
 #include <span>
 #include <vector>
 
+#include "nnkit/backend.h"
 #include "nnkit/plugin.h"
 #include "nnkit/sampler.h"
 
@@ -33,6 +34,15 @@ class RepetitionPenaltySampler final : public Sampler {
       penalised[i] = true;
       logits[i] = logits[i] > 0.0f ? logits[i] / penalty : logits[i] * penalty;
     }
+  }
+
+  // Needs the history on the device; without it the chain runs on the host.
+  bool apply_device(Backend& backend, const Tensor& logits,
+                    const DeviceSamplingContext& ctx) const override {
+    if (!ctx.history.defined() || !ctx.lengths.defined()) return false;
+    backend.repetition_penalty_rows(logits, ctx.history, ctx.lengths,
+                                    static_cast<float>(penalty_));
+    return true;
   }
 
  private:

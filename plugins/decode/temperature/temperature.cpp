@@ -11,6 +11,7 @@
 #include <span>
 #include <vector>
 
+#include "nnkit/backend.h"
 #include "nnkit/plugin.h"
 #include "nnkit/sampler.h"
 
@@ -51,6 +52,12 @@ class TemperatureSampler final : public Sampler {
       x = scaled < -kFloatMax ? -std::numeric_limits<float>::infinity()
                               : static_cast<float>(scaled);
     }
+  }
+
+  bool apply_device(Backend& backend, const Tensor& logits,
+                    const DeviceSamplingContext&) const override {
+    backend.temperature_rows(logits, value_);  // the same rule, shift included
+    return true;
   }
 
  private:

@@ -5,6 +5,7 @@
 #include <span>
 #include <vector>
 
+#include "nnkit/backend.h"
 #include "nnkit/plugin.h"
 #include "nnkit/sampler.h"
 #include "support/logit_row.h"
@@ -23,6 +24,12 @@ class TopKSampler final : public Sampler {
     if (keep >= logits.size()) return;
     const std::vector<int32_t> ids = ranked_ids(logits, keep);
     for (size_t i = keep; i < ids.size(); ++i) logits[static_cast<size_t>(ids[i])] = kFiltered;
+  }
+
+  bool apply_device(Backend& backend, const Tensor& logits,
+                    const DeviceSamplingContext&) const override {
+    backend.top_k_filter_rows(logits, k_);
+    return true;
   }
 
  private:

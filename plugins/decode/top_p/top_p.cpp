@@ -5,6 +5,7 @@
 #include <span>
 #include <vector>
 
+#include "nnkit/backend.h"
 #include "nnkit/plugin.h"
 #include "nnkit/sampler.h"
 #include "support/logit_row.h"
@@ -41,6 +42,13 @@ class TopPSampler final : public Sampler {
       if (mass >= p_ - kMassTolerance) break;
     }
     for (size_t i = kept; i < ids.size(); ++i) logits[static_cast<size_t>(ids[i])] = kFiltered;
+  }
+
+  // The op keeps the same set with the same kMassTolerance (Backend::top_p_filter_rows).
+  bool apply_device(Backend& backend, const Tensor& logits,
+                    const DeviceSamplingContext&) const override {
+    backend.top_p_filter_rows(logits, p_);
+    return true;
   }
 
  private:
