@@ -62,6 +62,31 @@ TEST(CheckPlugin, EveryBundledPluginPasses) {
   EXPECT_GE(checked, 10u);
 }
 
+// The agreement rows (CPU vs CUDA when run with --backend cuda) run here with a second CPU
+// backend as the reference: every pair must agree, and the rows must be there.
+TEST(CheckPlugin, AgreementRowsWithAReferenceBackend) {
+  auto backend = test::cpu_backend(1);
+  auto reference = test::cpu_backend(1);
+  const std::map<std::string, std::map<std::string, std::string>> cases = {
+      {"moe/topk", {}},
+      {"moe/swiglu", {{"n_experts", "4"}, {"ffn_dim", "8"}}},
+      {"norm/rmsnorm", {}}};
+  for (const auto& [id, values] : cases) {
+    testing::CheckOptions options;
+    options.options = values;
+    const size_t slash = id.find('/');
+    const testing::CheckReport report = testing::check_plugin(
+        test::registry(), id.substr(0, slash), id.substr(slash + 1), options, *backend,
+        reference.get());
+    EXPECT_TRUE(report.passed()) << report.table();
+    size_t agreement_rows = 0;
+    for (const testing::CheckResult& r : report.results) {
+      if (r.check.find("agree") != std::string::npos) ++agreement_rows;
+    }
+    EXPECT_GE(agreement_rows, 2u) << id << "\n" << report.table();
+  }
+}
+
 Registry fixture_registry(const std::string& variant) {
   return Registry(Registry::default_search_paths({fs::path(NNKIT_SDK_FIXTURES) / variant}));
 }

@@ -109,10 +109,12 @@ NNKIT_API std::vector<CheckResult> check_layer(const Registry& registry, const P
                                                const CheckOptions& options, Backend& backend,
                                                Backend* reference);
 NNKIT_API std::vector<CheckResult> check_router(const Registry& registry, const PluginInfo& info,
-                                                const CheckOptions& options, Backend& backend);
+                                                const CheckOptions& options, Backend& backend,
+                                                Backend* reference = nullptr);
 NNKIT_API std::vector<CheckResult> check_experts(const Registry& registry,
                                                  const PluginInfo& info,
-                                                 const CheckOptions& options, Backend& backend);
+                                                 const CheckOptions& options, Backend& backend,
+                                                 Backend* reference = nullptr);
 NNKIT_API std::vector<CheckResult> check_optimizer(const Registry& registry,
                                                    const PluginInfo& info,
                                                    const CheckOptions& options, Backend& backend);

@@ -93,9 +93,9 @@ CheckReport check_plugin(const Registry& registry, const std::string& kind,
     if (kind == "norm" || kind == "attention" || kind == "ffn") {
       append(check_layer(registry, info, options, backend, reference));
     } else if (kind == "moe" && report.role == "router") {
-      append(check_router(registry, info, options, backend));
+      append(check_router(registry, info, options, backend, reference));
     } else if (kind == "moe" && report.role == "experts") {
-      append(check_experts(registry, info, options, backend));
+      append(check_experts(registry, info, options, backend, reference));
     } else if (kind == "moe") {
       report.results.push_back(detail::fail_row(
           "moe role", "could not tell router from experts: the plugin cannot be created from its "

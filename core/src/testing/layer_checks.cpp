@@ -6,6 +6,7 @@
 #include <cmath>
 #include <functional>
 #include <memory>
+#include <utility>
 
 #include "nnkit/error.h"
 #include "nnkit/layer.h"
@@ -104,6 +105,48 @@ void parameter_gradient_rows(std::vector<CheckResult>& rows, Backend& backend, L
       rows.push_back(detail::gradient_row(check, grads[i], idx, numeric, kFdAbs, kFdRel));
     });
   }
+}
+
+// A fixed routing for experts checks: token n takes experts (n + j * 3) mod (E - 1) (distinct
+// per token), so one expert is left without tokens when E > 2 (an empty block must work).
+Host fixed_expert_index(int64_t n_tokens, int64_t k, int64_t n_experts) {
+  Host index;
+  for (int64_t n = 0; n < n_tokens; ++n) {
+    for (int64_t j = 0; j < k; ++j) {
+      int64_t e = (n + j * 3) % std::max<int64_t>(1, n_experts - (n_experts > 2 ? 1 : 0));
+      if (j > 0 && e == static_cast<int64_t>(index.back())) e = (e + 1) % n_experts;
+      index.push_back(static_cast<double>(e));
+    }
+  }
+  return index;
+}
+
+// The Routing a router would give for `index` and `gates` ((N, k) each), sorted on `backend`.
+Routing fixed_routing(Backend& backend, const Host& index, const Host& gates, int64_t n_tokens,
+                      int64_t k, int64_t n_experts) {
+  Routing routing;
+  routing.n_tokens = n_tokens;
+  routing.top_k = k;
+  routing.n_experts = n_experts;
+  routing.expert_index = detail::upload(backend, index, {n_tokens, k}, DType::kI32);
+  routing.gate = detail::upload(backend, gates, {n_tokens, k});
+  routing.token = backend.empty({n_tokens * k}, DType::kI32);
+  routing.slot = backend.empty({n_tokens * k}, DType::kI32);
+  Tensor offsets = backend.empty({n_experts + 1}, DType::kI32);
+  Tensor load = backend.empty({n_experts});
+  backend.moe_sort_by_expert(routing.expert_index.view({n_tokens * k}), n_experts, k, -1,
+                             Tensor(), routing.token, routing.slot, offsets, load);
+  for (double o : detail::download(backend, offsets)) {
+    routing.offsets.push_back(static_cast<int64_t>(o));
+  }
+  routing.n_routed = routing.offsets.back();
+  return routing;
+}
+
+// Tolerances of a comparison with the reference backend: f32 on both sides, or one side in
+// the backend's low-precision compute dtype.
+std::pair<double, double> agreement_tolerance(const Backend& backend) {
+  return backend.compute_dtype() == DType::kF32 ? std::pair{1e-4, 1e-3} : std::pair{3e-2, 3e-2};
 }
 
 }  // namespace
@@ -224,8 +267,7 @@ std::vector<CheckResult> check_layer(const Registry& registry, const PluginInfo&
       Tensor ref_y;
       const Host y_ref = ref.forward(x, true, &ref_y);
       const Host dx_ref = ref.backward(r, ref_y);
-      const bool f32 = backend.compute_dtype() == DType::kF32;
-      const double abs_tol = f32 ? 1e-4 : 3e-2, rel_tol = f32 ? 1e-3 : 3e-2;
+      const auto [abs_tol, rel_tol] = agreement_tolerance(backend);
       rows.push_back(detail::compare_row("forward agrees with " + to_string(reference->device()),
                                          y, y_ref, abs_tol, rel_tol));
       rows.push_back(detail::compare_row("dx agrees with " + to_string(reference->device()), dx,
@@ -243,7 +285,8 @@ std::vector<CheckResult> check_layer(const Registry& registry, const PluginInfo&
 }
 
 std::vector<CheckResult> check_router(const Registry& registry, const PluginInfo& info,
-                                      const CheckOptions& options, Backend& backend) {
+                                      const CheckOptions& options, Backend& backend,
+                                      Backend* reference) {
   std::vector<CheckResult> rows;
   const Options opts = make_options(info, options.options);
   const int64_t B = options.batch, T = options.seq, C = options.dims.hidden_dim, N = B * T;
@@ -332,6 +375,30 @@ std::vector<CheckResult> check_router(const Registry& registry, const PluginInfo
                                       : detail::fail_row("deterministic routing",
                                                          "two routes of the same input differ"));
   });
+  if (reference != nullptr) {
+    const std::string other = to_string(reference->device());
+    detail::guarded(rows, "routing agrees with " + other, [&] {
+      auto ref = registry.create<Router>(info.kind, info.name,
+                                         CreateArgs{opts, options.dims, reference});
+      detail::init_parameters(*reference, *ref, options.seed, 3.0);
+      ForwardContext ctx = detail::make_context(*reference, B, T, true);
+      Routing routing = ref->route(ctx, detail::upload(*reference, x, {N, C}));
+      const Host index = detail::download(*reference, routing.expert_index);
+      rows.push_back(index == base_index
+                         ? detail::pass_row("top-k choices agree with " + other)
+                         : detail::fail_row("top-k choices agree with " + other,
+                                            "the two backends chose different experts"));
+      Tensor dx_ref = ref->backward_routing(ctx, detail::upload(*reference, r, {N, k}));
+      const auto [abs_tol, rel_tol] = agreement_tolerance(backend);
+      rows.push_back(detail::compare_row("dx agrees with " + other, dx,
+                                         detail::download(*reference, dx_ref), abs_tol, rel_tol));
+      for (size_t i = 0; i < grads_once.size(); ++i) {
+        rows.push_back(detail::compare_row(
+            ref->parameters()[i].name + " grad agrees with " + other, grads_once[i],
+            detail::download(*reference, ref->parameters()[i].grad), abs_tol, rel_tol));
+      }
+    });
+  }
   if (backend.compute_dtype() != DType::kF32) return rows;
   // Router-safe differences: a probe whose step changes any top-k choice is masked (NaN).
   auto masked_objective = [&](const Host& xs) {
@@ -352,7 +419,8 @@ std::vector<CheckResult> check_router(const Registry& registry, const PluginInfo
 }
 
 std::vector<CheckResult> check_experts(const Registry& registry, const PluginInfo& info,
-                                       const CheckOptions& options, Backend& backend) {
+                                       const CheckOptions& options, Backend& backend,
+                                       Backend* reference) {
   std::vector<CheckResult> rows;
   const Options opts = make_options(info, options.options);
   const int64_t B = options.batch, T = options.seq, C = options.dims.hidden_dim, N = B * T;
@@ -367,35 +435,11 @@ std::vector<CheckResult> check_experts(const Registry& registry, const PluginInf
   }
   const int64_t E = experts->n_experts();
   const int64_t k = std::min<int64_t>(2, E);
-  // A fixed routing: token n takes experts (n + j * 3) mod E, one expert left without tokens
-  // when E > 2 (an empty block must work), gates in (0.2, 1).
-  Host index, gates = detail::random_host(static_cast<size_t>(N * k), options.seed, 31, 0.4);
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t j = 0; j < k; ++j) {
-      int64_t e = (n + j * 3) % std::max<int64_t>(1, E - (E > 2 ? 1 : 0));
-      if (j > 0 && e == static_cast<int64_t>(index.back())) e = (e + 1) % E;
-      index.push_back(static_cast<double>(e));
-    }
-  }
+  const Host index = fixed_expert_index(N, k, E);
+  Host gates = detail::random_host(static_cast<size_t>(N * k), options.seed, 31, 0.4);
   for (double& g : gates) g += 0.6;
   auto make_routing = [&](const Host& gate_values) {
-    Routing routing;
-    routing.n_tokens = N;
-    routing.top_k = k;
-    routing.n_experts = E;
-    routing.expert_index = detail::upload(backend, index, {N, k}, DType::kI32);
-    routing.gate = detail::upload(backend, gate_values, {N, k});
-    routing.token = backend.empty({N * k}, DType::kI32);
-    routing.slot = backend.empty({N * k}, DType::kI32);
-    Tensor offsets = backend.empty({E + 1}, DType::kI32);
-    Tensor load = backend.empty({E});
-    backend.moe_sort_by_expert(routing.expert_index.view({N * k}), E, k, -1, Tensor(),
-                               routing.token, routing.slot, offsets, load);
-    for (double o : detail::download(backend, offsets)) {
-      routing.offsets.push_back(static_cast<int64_t>(o));
-    }
-    routing.n_routed = routing.offsets.back();
-    return routing;
+    return fixed_routing(backend, index, gate_values, N, k, E);
   };
   const Host x = detail::random_host(static_cast<size_t>(N * C), options.seed, 32);
   const Host r = detail::random_host(static_cast<size_t>(N * C), options.seed, 33);
@@ -452,6 +496,35 @@ std::vector<CheckResult> check_experts(const Registry& registry, const PluginInf
     rows.push_back(a == b ? detail::pass_row("deterministic forward", "two runs bitwise equal")
                           : detail::compare_row("deterministic forward", a, b, 0.0, 0.0));
   });
+  if (reference != nullptr) {
+    const std::string other = to_string(reference->device());
+    detail::guarded(rows, "agrees with " + other, [&] {
+      auto ref = registry.create<Experts>(info.kind, info.name,
+                                          CreateArgs{opts, options.dims, reference});
+      detail::init_parameters(*reference, *ref, options.seed);
+      ForwardContext ctx = detail::make_context(*reference, B, T, true);
+      Tensor y_ref = ref->forward_routed(
+          ctx, detail::upload(*reference, x, {N, C}),
+          fixed_routing(*reference, index, gates, N, k, E));
+      Tensor dgate_ref;
+      Tensor dx_ref =
+          ref->backward_routed(ctx, detail::upload(*reference, r, {N, C}), dgate_ref);
+      const auto [abs_tol, rel_tol] = agreement_tolerance(backend);
+      rows.push_back(detail::compare_row("forward agrees with " + other,
+                                         forward(x, gates, false, nullptr),
+                                         detail::download(*reference, y_ref), abs_tol, rel_tol));
+      rows.push_back(detail::compare_row("dx agrees with " + other, dx,
+                                         detail::download(*reference, dx_ref), abs_tol, rel_tol));
+      rows.push_back(detail::compare_row("dgate agrees with " + other, dgate,
+                                         detail::download(*reference, dgate_ref), abs_tol,
+                                         rel_tol));
+      for (size_t i = 0; i < grads_once.size(); ++i) {
+        rows.push_back(detail::compare_row(
+            ref->parameters()[i].name + " grad agrees with " + other, grads_once[i],
+            detail::download(*reference, ref->parameters()[i].grad), abs_tol, rel_tol));
+      }
+    });
+  }
   if (backend.compute_dtype() != DType::kF32) return rows;
   const double eps = options.fd_step;
   detail::guarded(rows, "gradient dx", [&] {
