@@ -145,15 +145,33 @@ TEST(CheckPlugin, TheGoodFixturePasses) {
   EXPECT_TRUE(report.passed()) << report.table();
 }
 
-// The CLI: (exit code, output) of `nnkit check-plugin ARGS`.
-std::pair<int, std::string> cli(const std::string& args) {
-  const std::string command = std::string(NNKIT_CLI) + " check-plugin " + args + " 2>&1";
+// (exit code, output) of `nnkit ARGS` (any command).
+std::pair<int, std::string> nnkit_command(const std::string& args) {
+  const std::string command = std::string(NNKIT_CLI) + " " + args + " 2>&1";
   std::string out;
   FILE* pipe = ::popen(command.c_str(), "r");
   std::array<char, 4096> buffer{};
   while (std::fgets(buffer.data(), buffer.size(), pipe) != nullptr) out += buffer.data();
   const int status = ::pclose(pipe);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+// (exit code, output) of `nnkit check-plugin ARGS`.
+std::pair<int, std::string> cli(const std::string& args) {
+  return nnkit_command("check-plugin " + args);
+}
+
+TEST(PluginsCli, ListsRolesAndConflicts) {
+  const std::string shadow = (fs::path(NNKIT_SDK_FIXTURES) / "shadow").string();
+  auto [code, out] = nnkit_command("plugins --plugin-path " + shadow);
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("moe/topk (router)"), std::string::npos) << out;
+  EXPECT_NE(out.find("moe/swiglu (experts)"), std::string::npos) << out;
+  EXPECT_NE(out.find("CONFLICT: also provided by"), std::string::npos) << out;
+  auto [json_code, json] = nnkit_command("plugins --json --plugin-path " + shadow);
+  EXPECT_EQ(json_code, 0) << json;
+  EXPECT_NE(json.find("\"conflicts\""), std::string::npos) << json;
+  EXPECT_NE(json.find("\"role\": \"experts\""), std::string::npos) << json;
 }
 
 TEST(CheckPluginCli, ExitCodesAndMessagesNameThePluginAndTheProblem) {
