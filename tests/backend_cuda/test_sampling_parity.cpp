@@ -3,8 +3,12 @@
 // (random rows, rows full of ties, -inf and NaN entries), sample_rows' ids exactly over many seeds
 // and steps (argmax and draws, the step read from the device), repetition_penalty_rows and
 // append_tokens, the whole chain through sample_on_device, and a draw recorded in a CUDA Graph
-// and replayed with a new step. Owned by the backend/cuda tests; skips without a CUDA device.
+// and replayed with a new step; and a micro-benchmark of the chain per token (DISABLED_, run with
+// --gtest_also_run_disabled_tests --gtest_filter='*SamplingBench*'). Owned by the backend/cuda
+// tests; skips without a CUDA device.
+#include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdint>
 #include <limits>
 #include <memory>
@@ -219,6 +223,51 @@ TEST_F(CudaSampling, TheChainMatchesAndReplaysFromAGraph) {
   cuda().release_graph(graph);
   TensorPair h{cpu_ctx.history, cuda_ctx.history};
   expect_ints_match_cpu(h, "history after the replays");
+}
+
+// Wall time per token of each op and of the full chain (the 6.9B model's V = 32000; 256k for a
+// large vocabulary), after a synchronize, 50 calls back to back.
+TEST_F(CudaSampling, DISABLED_SamplingBenchPerToken) {
+  const std::vector<std::shared_ptr<Sampler>> chain = {
+      create<Sampler>("decode", "repetition_penalty", {{"penalty", "1.2"}}),
+      create<Sampler>("decode", "temperature", {{"value", "0.8"}}),
+      create<Sampler>("decode", "top_k", {{"k", "50"}}),
+      create<Sampler>("decode", "top_p", {{"p", "0.9"}}),
+      create<Sampler>("decode", "min_p", {{"p", "0.02"}})};
+  for (const Shape2 s : {Shape2{1, 32000}, Shape2{8, 32000}, Shape2{64, 32000}, Shape2{1, 262144}}) {
+    const std::vector<float> x = logits_for(s, 31, false);
+    Tensor logits = tensor_from(cuda(), x, {s.b, s.v});
+    Tensor work = cuda().empty({s.b, s.v});
+    Tensor ids = cuda().empty({s.b}, DType::kI32);
+    std::vector<std::vector<int32_t>> histories(size_t(s.b), std::vector<int32_t>(200, 5));
+    const DeviceSamplingContext ctx = make_device_sampling_context(cuda(), histories, 512, true);
+    const auto time_us = [&](auto&& op) {
+      for (int i = 0; i < 3; ++i) op();
+      cuda().synchronize();
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < 50; ++i) op();
+      cuda().synchronize();
+      return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0)
+                 .count() / 50.0;
+    };
+    const auto refreshed = [&](auto&& op) {
+      return [&, op] {
+        cuda().copy(work, logits);
+        op();
+      };
+    };
+    const double copy = time_us([&] { cuda().copy(work, logits); });
+    std::printf("B=%lld V=%lld: copy %.1f us", static_cast<long long>(s.b),
+                static_cast<long long>(s.v), copy);
+    std::printf(", top_k %.1f", time_us(refreshed([&] { cuda().top_k_filter_rows(work, 50); })) - copy);
+    std::printf(", top_p %.1f", time_us(refreshed([&] { cuda().top_p_filter_rows(work, 0.9); })) - copy);
+    std::printf(", min_p %.1f", time_us(refreshed([&] { cuda().min_p_filter_rows(work, 0.02); })) - copy);
+    std::printf(", draw %.1f", time_us([&] { cuda().sample_rows(logits, 1, 0, Tensor(), false, ids); }));
+    std::printf(", chain %.1f us per token\n", time_us([&] {
+      sample_on_device(cuda(), chain, logits, ctx, 1, 0, ids);
+      append_device_history(cuda(), ctx, ids);
+    }));
+  }
 }
 
 }  // namespace
