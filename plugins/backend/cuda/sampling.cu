@@ -3,8 +3,8 @@
 // copy of the logits to the host. Owned by backend/cuda.
 // Shape: one thread block per row (B <= 64 rows of up to 256k logits in decoding). top-k and
 // top-p are a radix selection over the 32-bit ranking key, 4 bits per pass (at most 8 passes over
-// the row, most rows stop after 2-4): each pass histograms the tokens that match the digits chosen
-// so far, and thread 0 picks the next digit; top-k by counts (integers: warp-aggregated shared
+// the row; a row stops as soon as a digit isolates the cut): each pass histograms the tokens that
+// match the digits chosen so far, and thread 0 picks the next digit; top-k by counts (integers: warp-aggregated shared
 // atomics), top-p by softmax weight (double, per-lane bins summed by a fixed tree). The rare tie
 // at the boundary is cut by index in one more pass.
 // Parity: every decision that depends on a floating-point sum uses the arithmetic and layout of
