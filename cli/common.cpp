@@ -54,9 +54,10 @@ Session finish_session(ConfigDocument document, const std::vector<std::string>& 
   for (const std::string& o : overrides) document.apply_override(o, args.argument_number(o));
   std::vector<fs::path> explicit_paths = apply_common_flags(args);
   for (const fs::path& p : document.plugin_paths()) explicit_paths.push_back(p);
-  std::map<std::string, fs::path> prefer = document.plugin_prefer();
+  RegistryOptions options = registry_options(args, document.plugin_prefer());
   // A run's own libraries (RUN/plugins.json) come first and win, wherever the command runs from
-  // and whatever --plugin-path it was trained with; a library that is gone is searched again.
+  // and whatever --plugin-path it was trained with; one that is gone or no longer loads (a
+  // build tree replaced by an installation) leaves the plugin to the search path.
   for (const PluginRecord& r : recorded) {
     std::error_code ec;
     if (!fs::is_regular_file(r.path, ec)) {
@@ -64,11 +65,11 @@ Session finish_session(ConfigDocument document, const std::vector<std::string>& 
                      r.id(), r.path, r.id());
       continue;
     }
-    prefer.emplace(r.id(), r.path);
+    options.prefer_if_loadable.emplace(r.id(), r.path);
   }
   Session session;
   session.registry = std::make_unique<Registry>(Registry::default_search_paths(explicit_paths),
-                                                registry_options(args, std::move(prefer)));
+                                                std::move(options));
   session.config = resolve_config(document, *session.registry);
   return session;
 }

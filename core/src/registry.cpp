@@ -79,6 +79,7 @@ Registry::Registry(std::vector<fs::path> search_paths, RegistryOptions options)
   // A preferred library is loaded first, so that it is the one kept whichever folder the other
   // copy sits in; the conflict check below then refuses the others quietly.
   for (const auto& [id, file] : options_.prefer) scan_file(file);
+  for (const auto& [id, file] : options_.prefer_if_loadable) scan_file(file);
   for (const fs::path& path : search_paths_) {
     std::error_code ec;
     if (fs::is_regular_file(path, ec)) {
@@ -211,6 +212,10 @@ void Registry::scan_file(const fs::path& file) {
   for (PluginInfo& existing : plugins_) {
     if (existing.kind != info.kind || existing.name != info.name) continue;
     auto preferred = options_.prefer.find(info.id());
+    if (preferred == options_.prefer.end()) {
+      preferred = options_.prefer_if_loadable.find(info.id());
+      if (preferred == options_.prefer_if_loadable.end()) preferred = options_.prefer.end();
+    }
     if (preferred != options_.prefer.end() &&
         canonical_text(preferred->second) == canonical_text(existing.path)) {
       logger()->debug("{} from {} not used: plugin_prefer chose {}", info.id(), info.path,
@@ -311,6 +316,7 @@ std::shared_ptr<Component> Registry::create_component(const std::string& kind,
 
 std::string Registry::role_of(const PluginInfo& info) const {
   if (info.kind != "moe") return "";
+  const std::lock_guard<std::mutex> lock(roles_mutex_);
   if (auto it = roles_.find(info.id()); it != roles_.end()) return it->second;
   Options options(info.id(), "role probe", SourceLocation{"<default>", 0, 0});
   int64_t n_experts = 4;

@@ -90,6 +90,19 @@ TEST(Loading, PluginPreferChoosesEitherLibrary) {
   EXPECT_TRUE(contains(m, "does not provide it")) << m;
 }
 
+TEST(Loading, ARecordedLibraryWinsWhenItLoadsAndIsIgnoredWhenNot) {
+  const std::string builtin = test::registry().find("norm", "rmsnorm")->path;
+  RegistryOptions recorded;
+  recorded.prefer_if_loadable["norm/rmsnorm"] = fixture_lib("shadow");
+  const Registry wins(with_defaults(fixture_dir("shadow")), recorded);
+  EXPECT_EQ(wins.require("norm", "rmsnorm").path, fixture_lib("shadow").string());
+  // A recorded file that provides something else (or nothing loadable): the search path decides.
+  RegistryOptions stale;
+  stale.prefer_if_loadable["norm/rmsnorm"] = test::registry().find("attention", "mqa")->path;
+  const Registry falls_back(Registry::default_search_paths(), stale);
+  EXPECT_EQ(falls_back.require("norm", "rmsnorm").path, builtin);
+}
+
 TEST(Loading, PluginPreferFromTheYamlResolvesRelativeToTheFile) {
   const fs::path dir = fs::temp_directory_path() / "nnkit-prefer-test";
   fs::create_directories(dir);

@@ -19,6 +19,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -50,6 +51,10 @@ struct RejectedLibrary {
 struct RegistryOptions {
   // "kind/name" -> the library file to take it from when several provide it (`plugin_prefer:`).
   std::map<std::string, std::filesystem::path> prefer;
+  // Like prefer, but a file that cannot be loaded (moved, rebuilt for another nnkit) or does
+  // not provide the plugin is ignored instead of being an error: a run's recorded libraries
+  // (RUN/plugins.json), which should win when they still work.
+  std::map<std::string, std::filesystem::path> prefer_if_loadable;
   // Load libraries from folders anyone may write to (`--allow-unsafe-plugin-dirs`).
   bool allow_unsafe_dirs = false;
 };
@@ -116,6 +121,7 @@ class NNKIT_API Registry {
   std::vector<std::filesystem::path> search_paths_;
   RegistryOptions options_;
   std::vector<PluginInfo> plugins_;
+  mutable std::mutex roles_mutex_;                    // role_of may be called concurrently
   mutable std::map<std::string, std::string> roles_;  // role_of cache, by id
   std::vector<std::shared_ptr<Library>> libraries_;  // parallel to plugins_
   std::vector<RejectedLibrary> rejected_;
