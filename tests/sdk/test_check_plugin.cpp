@@ -139,6 +139,16 @@ TEST(CheckPlugin, AConstructorThrowing42FailsWithoutACrash) {
   EXPECT_NE(failures(report).find("norm/throws_42"), std::string::npos) << report.table();
 }
 
+TEST(CheckPlugin, ADevicePathThatDisagreesWithTheHostPathFails) {
+  const Registry r = fixture_registry("sampler");
+  const testing::CheckReport report = check(r, "decode/bad_device");
+  const testing::CheckResult* device = row(report, "device path equals host path");
+  ASSERT_NE(device, nullptr) << report.table();
+  EXPECT_FALSE(device->passed) << report.table();
+  EXPECT_FALSE(device->skipped);
+  EXPECT_TRUE(row(report, "reproducible")->passed) << report.table();
+}
+
 TEST(CheckPlugin, TheGoodFixturePasses) {
   const Registry r = fixture_registry("good");
   const testing::CheckReport report = check(r, "norm/good_rms");

@@ -118,8 +118,10 @@ NNKIT_API std::vector<CheckResult> check_experts(const Registry& registry,
 NNKIT_API std::vector<CheckResult> check_optimizer(const Registry& registry,
                                                    const PluginInfo& info,
                                                    const CheckOptions& options, Backend& backend);
+// With a backend, also compares the sampler's device path (apply_device) with apply().
 NNKIT_API std::vector<CheckResult> check_sampler(const Registry& registry, const PluginInfo& info,
-                                                 const CheckOptions& options);
+                                                 const CheckOptions& options,
+                                                 Backend* backend = nullptr);
 NNKIT_API std::vector<CheckResult> check_tokenizer(const Registry& registry,
                                                    const PluginInfo& info,
                                                    const CheckOptions& options);

@@ -103,7 +103,7 @@ CheckReport check_plugin(const Registry& registry, const std::string& kind,
     } else if (kind == "optim") {
       append(check_optimizer(registry, info, options, backend));
     } else if (kind == "decode") {
-      append(check_sampler(registry, info, options));
+      append(check_sampler(registry, info, options, &backend));
     } else if (kind == "tokenizer") {
       append(check_tokenizer(registry, info, options));
     } else if (kind == "schedule") {

@@ -2,13 +2,15 @@
 // against the kit's own AdamW reference for optim/adamw; for any optimizer determinism, a state
 // save/restore round trip, the weight-decay rule), samplers (a valid row, ids in the vocabulary,
 // a chi-square test of the draws, reproducibility), tokenizers (UTF-8 round trip, special ids)
-// and schedules (finite, non-negative factors).
+// and schedules (finite, non-negative factors); a sampler's device path (apply_device) against
+// its host path on the same rows.
 #include <algorithm>
 #include <cmath>
 #include <memory>
 #include <random>
 
 #include "nnkit/error.h"
+#include "nnkit/device_sampling.h"
 #include "nnkit/generator.h"
 #include "nnkit/optim.h"
 #include "nnkit/sampler.h"
@@ -230,7 +232,7 @@ std::vector<CheckResult> check_optimizer(const Registry& registry, const PluginI
 }
 
 std::vector<CheckResult> check_sampler(const Registry& registry, const PluginInfo& info,
-                                       const CheckOptions& options) {
+                                       const CheckOptions& options, Backend* backend) {
   std::vector<CheckResult> rows;
   const Options opts = make_options(info, options.options);
   std::shared_ptr<Sampler> sampler;
@@ -315,10 +317,56 @@ std::vector<CheckResult> check_sampler(const Registry& registry, const PluginInf
   chi.detail = impossible ? "an excluded (-inf) id was drawn"
                           : std::to_string(std::max(0, dof)) + " degrees of freedom, 99.9% bound";
   rows.push_back(chi);
-  // TODO(issue 11): when the sampler gains a device path (Backend-side sampling, being added to
-  // sampler.h), compare it here with the host path on the same row and seed.
-  rows.push_back(detail::skip_row("device path equals host path",
-                                  "samplers have no device path in this SDK yet"));
+  if (backend == nullptr) {
+    rows.push_back(detail::skip_row("device path equals host path", "no backend given"));
+    return rows;
+  }
+  detail::guarded(rows, "device path equals host path", [&] {
+    // Two rows with their own histories: apply_device on the (2, V) tensor must keep the same
+    // tokens as apply() on each row and give the same values (f32 rounding apart).
+    const Host second = detail::random_host(static_cast<size_t>(V), options.seed, 42, 3.0);
+    const std::vector<std::vector<int32_t>> histories = {history, {2, 9, 9}};
+    std::vector<float> host_rows = logits;
+    host_rows.insert(host_rows.end(), second.begin(), second.end());
+    Host both(host_rows.begin(), host_rows.end());
+    const DeviceSamplingContext ctx =
+        make_device_sampling_context(*backend, histories, /*capacity=*/8);
+    Tensor device_rows = detail::upload(*backend, both, {2, V});
+    const bool has_path = sampler->apply_device(*backend, device_rows, ctx);
+    if (has_path != sampler->apply_device(*backend, detail::upload(*backend, both, {2, V}), ctx)) {
+      rows.push_back(detail::fail_row("device path equals host path",
+                                      "apply_device answered differently for the same context"));
+      return;
+    }
+    if (!has_path) {
+      rows.push_back(detail::skip_row("device path equals host path",
+                                      "the sampler has no device path (apply_device declines)"));
+      return;
+    }
+    for (size_t b = 0; b < 2; ++b) {
+      sampler->apply(std::span<float>(host_rows.data() + b * V, static_cast<size_t>(V)),
+                     histories[b]);
+    }
+    const Host device = detail::download(*backend, device_rows);
+    Host expected(host_rows.begin(), host_rows.end()), got = device;
+    size_t kept_differs = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      const bool host_out = std::isinf(expected[i]) && expected[i] < 0;
+      const bool device_out = std::isinf(got[i]) && got[i] < 0;
+      if (host_out != device_out) ++kept_differs;
+      if (host_out || device_out) expected[i] = got[i] = 0.0;  // compared as kept sets
+    }
+    if (kept_differs > 0) {
+      rows.push_back(detail::fail_row("device path equals host path",
+                                      std::to_string(kept_differs) +
+                                          " tokens kept by one path and excluded by the other"));
+      return;
+    }
+    CheckResult row = detail::compare_row("device path equals host path", got, expected, 1e-6,
+                                          1e-5);
+    row.detail = "2 rows, same kept tokens; " + row.detail;
+    rows.push_back(row);
+  });
   return rows;
 }
 
