@@ -102,13 +102,14 @@ TEST_F(CudaSampling, RowsWithoutWeightAndSpecialValuesMatch) {
   const float inf = std::numeric_limits<float>::infinity();
   const float nan = std::numeric_limits<float>::quiet_NaN();
   // Row 0 all -inf, row 1 with +inf entries, row 2 a single finite value among NaN, row 3 all
-  // equal.
+  // equal, row 4 at most 0 with zeros of both signs (the max is a zero).
   std::vector<float> x;
   for (int i = 0; i < 260; ++i) x.push_back(kNegInf);
   for (int i = 0; i < 260; ++i) x.push_back(i % 50 == 3 ? inf : float(i % 7));
   for (int i = 0; i < 260; ++i) x.push_back(i == 100 ? 1.0f : nan);
   for (int i = 0; i < 260; ++i) x.push_back(0.25f);
-  const Shape2 s{4, 260};
+  for (int i = 0; i < 260; ++i) x.push_back(i % 3 == 0 ? -0.0f : (i % 3 == 1 ? 0.0f : -float(i)));
+  const Shape2 s{5, 260};
   expect_same_filter(x, s, [](Backend& be, const Tensor& t) { be.top_k_filter_rows(t, 7); },
                      "top_k");
   expect_same_filter(x, s, [](Backend& be, const Tensor& t) { be.top_p_filter_rows(t, 0.5); },
@@ -117,9 +118,11 @@ TEST_F(CudaSampling, RowsWithoutWeightAndSpecialValuesMatch) {
                      "min_p");
   expect_same_filter(x, s, [](Backend& be, const Tensor& t) { be.temperature_rows(t, 0.3); },
                      "temperature");
+  expect_same_filter(x, s, [](Backend& be, const Tensor& t) { be.temperature_rows(t, 1e-40); },
+                     "temperature (overflow)");
   for (bool argmax : {false, true}) {
     TensorPair t = same_values(x, {s.b, s.v});
-    TensorPair ids = same_ints(std::vector<int32_t>(4, -1), {4});
+    TensorPair ids = same_ints(std::vector<int32_t>(5, -1), {5});
     cpu().sample_rows(t.cpu, 5, 3, Tensor(), argmax, ids.cpu);
     cuda().sample_rows(t.cuda, 5, 3, Tensor(), argmax, ids.cuda);
     expect_ints_match_cpu(ids, argmax ? "argmax" : "draw");

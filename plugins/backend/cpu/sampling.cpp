@@ -38,13 +38,14 @@ RowShape expect_logits(const char* op, const Tensor& logits) {
   return s;
 }
 
-// The largest non-NaN logit (-inf when there is none).
+// The largest non-NaN logit (-inf when there is none); a zero max is +0 (the kernels' fmaxf may
+// return either zero, and x - max must not depend on which).
 float row_max(const float* x, int64_t cols) {
   float mx = kFiltered;
   for (int64_t c = 0; c < cols; ++c) {
     if (x[c] > mx) mx = x[c];  // NaN compares false
   }
-  return mx;
+  return mx == 0.0f ? 0.0f : mx;
 }
 
 // The first-ranked token (larger key first, lower index on ties).
@@ -148,6 +149,7 @@ void CpuBackend::temperature_rows(const Tensor& logits, double temperature) {
       max_logit = std::max(max_logit, static_cast<double>(x[c]));
       overflows = overflows || std::fabs(static_cast<double>(x[c]) / temperature) > kFloatMax;
     }
+    if (max_logit == 0.0) max_logit = 0.0;  // +0, as row_max
     const double shift = overflows ? max_logit : 0.0;
     for (int64_t c = 0; c < s.cols; ++c) {
       if (!std::isfinite(x[c])) continue;

@@ -25,11 +25,13 @@ using sampling::row_weight;
 
 constexpr int kRowThreads = 256;  // blocks of the elementwise row ops
 
-// The largest non-NaN logit of the row (fmaxf skips NaN); every thread gets it.
+// The largest non-NaN logit of the row (fmaxf skips NaN); every thread gets it. A zero max is
+// +0 whichever zero fmaxf kept (the CPU does the same).
 __device__ float row_max(const float* x, int64_t cols, float* shared) {
   float mx = -INFINITY;
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) mx = fmaxf(mx, x[c]);
-  return block_max(mx, shared);
+  mx = block_max(mx, shared);
+  return mx == 0.0f ? 0.0f : mx;
 }
 
 // The first-ranked token of the row (larger key first, lower index on ties); every thread gets
@@ -277,6 +279,7 @@ __global__ void temperature_kernel(float* logits, int64_t cols, double temperatu
     overflows |= fabs(static_cast<double>(x[c]) / temperature) > kFloatMax ? 1 : 0;
   }
   mx = block_max(mx, shared_max);
+  if (mx == 0.0f) mx = 0.0f;  // +0, as row_max
   overflows = __syncthreads_or(overflows);
   const double shift = overflows ? static_cast<double>(mx) : 0.0;
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
