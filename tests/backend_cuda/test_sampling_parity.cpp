@@ -54,6 +54,15 @@ class CudaSampling : public CudaParityTest {
   }
 };
 
+// Every built-in filter, in the order a config would list them.
+std::vector<std::shared_ptr<Sampler>> every_filter_chain() {
+  return {create<Sampler>("decode", "repetition_penalty", {{"penalty", "1.2"}}),
+          create<Sampler>("decode", "temperature", {{"value", "0.8"}}),
+          create<Sampler>("decode", "top_k", {{"k", "50"}}),
+          create<Sampler>("decode", "top_p", {{"p", "0.9"}}),
+          create<Sampler>("decode", "min_p", {{"p", "0.02"}})};
+}
+
 std::string name_of(Shape2 s, bool ties) {
   return "B=" + std::to_string(s.b) + " V=" + std::to_string(s.v) + (ties ? " (ties)" : "");
 }
@@ -185,12 +194,7 @@ TEST_F(CudaSampling, RepetitionPenaltyAndHistoryMatch) {
 }
 
 TEST_F(CudaSampling, TheChainMatchesAndReplaysFromAGraph) {
-  const std::vector<std::shared_ptr<Sampler>> chain = {
-      create<Sampler>("decode", "repetition_penalty", {{"penalty", "1.2"}}),
-      create<Sampler>("decode", "temperature", {{"value", "0.8"}}),
-      create<Sampler>("decode", "top_k", {{"k", "50"}}),
-      create<Sampler>("decode", "top_p", {{"p", "0.9"}}),
-      create<Sampler>("decode", "min_p", {{"p", "0.02"}})};
+  const std::vector<std::shared_ptr<Sampler>> chain = every_filter_chain();
   const Shape2 s{8, 32000};
   const std::vector<float> x = logits_for(s, 4242, false);
   std::vector<std::vector<int32_t>> histories;
@@ -231,12 +235,7 @@ TEST_F(CudaSampling, TheChainMatchesAndReplaysFromAGraph) {
 // Wall time per token of each op and of the full chain (the 6.9B model's V = 32000; 256k for a
 // large vocabulary), after a synchronize, 50 calls back to back.
 TEST_F(CudaSampling, DISABLED_SamplingBenchPerToken) {
-  const std::vector<std::shared_ptr<Sampler>> chain = {
-      create<Sampler>("decode", "repetition_penalty", {{"penalty", "1.2"}}),
-      create<Sampler>("decode", "temperature", {{"value", "0.8"}}),
-      create<Sampler>("decode", "top_k", {{"k", "50"}}),
-      create<Sampler>("decode", "top_p", {{"p", "0.9"}}),
-      create<Sampler>("decode", "min_p", {{"p", "0.02"}})};
+  const std::vector<std::shared_ptr<Sampler>> chain = every_filter_chain();
   for (const Shape2 s : {Shape2{1, 32000}, Shape2{8, 32000}, Shape2{64, 32000}, Shape2{1, 262144}}) {
     const std::vector<float> x = logits_for(s, 31, false);
     Tensor logits = tensor_from(cuda(), x, {s.b, s.v});
