@@ -158,7 +158,12 @@ void safetensors(std::string_view input) {
 void sentencepiece_model(std::string_view input) {
 #ifdef NNKIT_FUZZ_SENTENCEPIECE
   sentencepiece::SentencePieceProcessor processor;
-  if (!processor.LoadFromSerializedProto(input).ok()) return;  // the plugin's ConfigError
+  try {
+    // A failed status and a thrown std::exception both become the plugin's ConfigError.
+    if (!processor.LoadFromSerializedProto(input).ok()) return;
+  } catch (const std::exception&) {
+    return;
+  }
   std::vector<int> ids;
   if (!processor.Encode("The quick brown fox, 42 \xc3\xa9t\xc3\xa9s.", &ids).ok()) return;
   std::string text;

@@ -13,6 +13,7 @@ packages=(
   libgtest-dev libgmock-dev
   libsentencepiece-dev    # tokenizer/sentencepiece (optional: skipped when missing)
   fortunes fortunes-min   # the demo corpus: real English text
+  clang libclang-rt-14-dev  # the fuzz targets (libFuzzer) that CI runs (fuzz/README.md)
 )
 if [ "${NNKIT_SKIP_APT:-0}" != "1" ]; then
   sudo=""

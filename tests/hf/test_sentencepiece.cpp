@@ -173,6 +173,16 @@ TEST_F(SentencePiece, BrokenModelFileIsAConfigErrorNamingThePath) {
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find(path.string()), std::string::npos) << e.what();
   }
+  // A model whose trie the library cannot build (a zero-length piece; found by the fuzz target
+  // sentencepiece_model, tests/fuzz/crashes/): the library throws instead of returning a status.
+  const fs::path crash = fs::path(NNKIT_SOURCE_DIR_FOR_FUZZ_CRASHES) / "sentencepiece_model" /
+                         "zero-length-piece.model";
+  try {
+    create<Tokenizer>("tokenizer", "sentencepiece", {{"model", crash.string()}});
+    FAIL() << "loaded a model with a zero-length piece";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("the file is corrupt"), std::string::npos) << e.what();
+  }
 }
 
 TEST_F(SentencePiece, TrainerRefusesBadOptions) {

@@ -93,7 +93,15 @@ class SentencePieceTokenizer final : public Tokenizer {
       options.fail("model", "SentencePiece model file " + path.string() +
                                 " does not exist (train one with `nnkit tokenizer train`)");
     }
-    const auto status = processor_.Load(path.string());
+    sentencepiece::util::Status status;
+    try {
+      status = processor_.Load(path.string());
+    } catch (const std::exception& e) {
+      // libsentencepiece's trie builder throws (instead of returning a status) for some damaged
+      // models, e.g. a zero-length piece (found by the sentencepiece_model fuzz target).
+      options.fail("model", "cannot load SentencePiece model " + path.string() +
+                                ": the file is corrupt (" + e.what() + ")");
+    }
     if (!status.ok()) {
       options.fail("model",
                    "cannot load SentencePiece model " + path.string() + ": " + status.ToString());
