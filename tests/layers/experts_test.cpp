@@ -208,6 +208,29 @@ TEST_F(ExpertsTest, PaddedLayoutGivesTheSameOutputsAndGradients) {
   }
 }
 
+TEST_F(ExpertsTest, DecodingInThePaddedLayoutUsesTheGroupedProducts) {
+  // Inference with the device offsets (the decode step of a recorded graph): one grouped
+  // product per weight over all experts, the same outputs as the compact per-expert loop.
+  const Tensor gate = tensor_from(*backend, gate_host, {kTokens, kTopK});
+  Routing padded = make_padded_routing(kExpertIndex, gate, 5);
+  padded.kept_offsets = backend->empty({kExperts + 1}, DType::kI32);
+  {
+    Tensor load = backend->empty({kExperts});
+    Tensor token = backend->empty({kExperts * 5}, DType::kI32);
+    Tensor slot = backend->empty({kExperts * 5}, DType::kI32);
+    Tensor g = backend->empty({kTokens * kTopK});
+    backend->copy(g, gate.view({kTokens * kTopK}));
+    backend->moe_sort_by_expert_padded(tensor_from_i32(*backend, kExpertIndex, {kTokens * kTopK}),
+                                       kExperts, kTopK, 5, g, token, slot, padded.kept_offsets,
+                                       load);
+  }
+  const Tensor x = tensor_from(*backend, x_host, {kTokens, kChannels});
+  ForwardContext ctx = make_context(*backend, 1, kTokens, false);
+  const std::vector<float> want = to_vector(*backend, experts->forward_routed(ctx, x, routing));
+  const std::vector<float> got = to_vector(*backend, experts->forward_routed(ctx, x, padded));
+  expect_close(got, to_double(want), 1e-7, 1e-6, "y (grouped)");
+}
+
 TEST_F(ExpertsTest, AllSlotsDroppedGivesZeros) {
   const Routing empty =
       make_routing(std::vector<int32_t>(kTokens * kTopK, -1), backend->zeros({kTokens, kTopK}));

@@ -2,7 +2,7 @@
 // with forward_cached(all_positions=true) and then fed one token at a time; every position's
 // logits must match Transformer::logits() of the whole sequence (MoE and dense, NTK alpha 1 and
 // 8). A left-padded batch of two prompts of different lengths (kv_start) must give each prompt
-// the logits it gets alone.
+// the logits it gets alone. The device-length decode step (decode_step) must do the same.
 #include <gtest/gtest.h>
 
 #include <ostream>
@@ -137,6 +137,56 @@ TEST_P(KvCacheParityTest, LeftPaddedBatchEqualsEachPromptAlone) {
           << "sequence " << b;
     }
   }
+}
+
+TEST_P(KvCacheParityTest, DeviceLengthDecodeStepsEqualTheFullForward) {
+  // decode_step() reads the cache length from device memory (what a recorded CUDA Graph
+  // replays); on every backend it must give each position the full forward's logits, for a
+  // left-padded batch as for one sequence.
+  const ModelSpec& spec = GetParam().spec;
+  const int64_t vocab = spec.vocab_size;
+  auto model = build_model(spec, 23);
+  const std::vector<int64_t> prompt_len = {3, 6};
+  const int64_t longest = 6, steps = 5;
+  std::vector<std::vector<int32_t>> seqs;
+  std::vector<std::vector<float>> alone;
+  for (size_t b = 0; b < 2; ++b) {
+    seqs.push_back(random_ids(size_t(prompt_len[b] + steps), vocab, 60 + b, /*low=*/1));
+    alone.push_back(host_values(*model, model->logits(seqs[b], 1, int64_t(seqs[b].size()))));
+  }
+  std::vector<int32_t> padded(size_t(2 * longest), 0);
+  std::vector<int32_t> kv_start(2);
+  for (size_t b = 0; b < 2; ++b) {
+    kv_start[b] = static_cast<int32_t>(longest - prompt_len[b]);
+    std::copy_n(seqs[b].begin(), prompt_len[b],
+                padded.begin() + int64_t(b) * longest + kv_start[b]);
+  }
+  model->init_cache(2, longest + steps);
+  model->forward_cached(padded, 2, longest, 0, kv_start, false);
+  model->begin_decode(2, kv_start);
+  for (int64_t step = 0; step < steps; ++step) {
+    SCOPED_TRACE("decode step " + std::to_string(step));
+    const std::vector<int32_t> next = {seqs[0][size_t(prompt_len[0] + step)],
+                                       seqs[1][size_t(prompt_len[1] + step)]};
+    const std::vector<float> logits = host_values(*model, model->decode_step(next, longest + step));
+    for (size_t b = 0; b < 2; ++b) {
+      const int64_t position = prompt_len[b] + step;
+      EXPECT_LE(max_abs_diff(rows_of(logits, vocab, int64_t(b), int64_t(b) + 1),
+                             rows_of(alone[b], vocab, position, position + 1)),
+                kParityTolerance)
+          << "sequence " << b;
+    }
+  }
+  EXPECT_FALSE(model->decode_recorded()) << "the CPU backend records nothing";
+  // A step past the cache is refused, naming the capacity.
+  try {
+    model->decode_step({1, 1}, longest + steps);
+    FAIL() << "expected a ShapeError";
+  } catch (const ShapeError& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot take 1 more"), std::string::npos) << e.what();
+  }
+  model->end_decode();
+  EXPECT_THROW(model->decode_step({1, 1}, longest), Error);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, KvCacheParityTest, ::testing::ValuesIn(cache_cases()),

@@ -272,6 +272,36 @@ class NNKIT_API Backend : public Component {
   // (The router z-loss on the device.)
   virtual void logsumexp_rows(const Tensor& x, const Tensor& out) = 0;
 
+  // ---- appended in ABI 3: device-resident decoding (lengths read from device memory) --------
+  // A decode step recorded once in a CUDA Graph and replayed for every token cannot carry the
+  // cache length as a host number; these ops read it from a (1) i32 device tensor instead.
+  // cache: (B * capacity, W) rows of B sequences, sequence b's block starting at b * capacity;
+  // rows: (B * T, W), sequence b's T rows in order. Writes rows[b * T + t] to cache row
+  // b * capacity + cache_len + t, cache_len = *cache_len_device. One dtype. A length that does
+  // not fit (cache_len + T > capacity) writes nothing and is reported as a fault (CUDA: by the
+  // next synchronisation; CPU: a ShapeError).
+  virtual void kv_cache_append(const Tensor& cache, const Tensor& rows, int64_t batch,
+                               int64_t capacity, const Tensor& cache_len_device) = 0;
+  // One new query per sequence against its cache (decoding): q: (B, H*D), k, v: (B *
+  // kv_capacity, Hkv*D) caches, out: (B, H*D), one float dtype. kv_len = *kv_len_device keys
+  // are in use; the query sits at position kv_len - 1 and sees keys kv_start[b] <= j < kv_len
+  // (kv_start (B) i32 or undefined = 0). shape.batch, n_heads, n_kv_heads, head_dim,
+  // kv_capacity and scale are used; q_len must be 1, kv_len and q_offset are ignored. Long
+  // caches are split across thread blocks and combined (f32 statistics).
+  virtual void attention_decode(const Tensor& q, const Tensor& k, const Tensor& v,
+                                const Tensor& kv_start, const Tensor& kv_len_device,
+                                const Tensor& out, const AttentionShape& shape) = 0;
+  // The experts' x W^T for the padded MoE layout with few rows per expert (decoding):
+  // x: (E * capacity, K), weights: E tensors (N, K) of x's dtype (one per expert), y: (E *
+  // capacity, N) of x's dtype. kept_offsets: (E + 1) i32 device, the compact offsets of
+  // moe_sort_by_expert_padded: expert e's first kept_e = kept_offsets[e + 1] - kept_offsets[e]
+  // rows of its block are computed, y[e * capacity + r] = x[e * capacity + r] W_e^T; its other
+  // rows of y are set to 0. An expert nobody chose costs no read of its weights.
+  // capacity <= 16 (the products are reads of the weights, not compute).
+  virtual void moe_grouped_gemm_nt(const Tensor& x, const std::vector<Tensor>& weights,
+                                   const Tensor& kept_offsets, int64_t capacity,
+                                   const Tensor& y) = 0;
+
   // ---- appended in ABI 3: the author op set (issue 11) --------------------------------------
   // Elementwise building blocks, so that a plugin never emulates one op with another. Unless
   // said otherwise: all tensors share one float dtype (f32, or compute_dtype() on CUDA) and one

@@ -45,6 +45,12 @@ struct ForwardContext {
   // ABI 3: the pass is (or will be) recorded in a CUDA Graph, so no layer may size its work from
   // a host read of device data. Routers with a capacity then return the padded Routing layout.
   bool static_shapes = false;
+  // ABI 3, device-resident decoding: when defined, (1) i32 device tensors holding the tokens
+  // already in the KV cache and cache_len + seq. A step recorded once and replayed for every
+  // token reads its lengths from here (Backend::kv_cache_append, attention_decode); cache_len
+  // then only bounds what the host checks. Attention layers must use these when defined.
+  Tensor cache_len_device;
+  Tensor kv_len_device;
 };
 
 class NNKIT_API Layer : public Component {
@@ -139,6 +145,10 @@ struct Routing {
   // rows an expert did not fill are padding with token -1 and slot -1 (Backend::gather_rows
   // reads them as zero rows, scatter_add_rows skips them). 0 = the compact layout above.
   int64_t padded_capacity = 0;
+  // The padded layout's (E + 1) i32 compact offsets of the kept slots on the device (expert
+  // e's block holds kept_offsets[e + 1] - kept_offsets[e] rows), for products that read their
+  // row counts on the device (Backend::moe_grouped_gemm_nt). Undefined in the compact layout.
+  Tensor kept_offsets;
 };
 
 // `moe/<router>`: scores experts per token. Its parameters are named "gate.weight" (HF Mixtral).

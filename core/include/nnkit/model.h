@@ -99,8 +99,21 @@ class NNKIT_API Transformer {
   Tensor forward_cached(const std::vector<int32_t>& ids, int64_t batch, int64_t seq,
                         int64_t cache_len, const std::vector<int32_t>& kv_start,
                         bool all_positions);
+  // Device-resident decoding, after a prefill with forward_cached: begin_decode() keeps the
+  // step's inputs (ids, positions, cache length) in fixed device tensors; decode_step() runs one
+  // new token per sequence against a cache holding cache_len tokens and returns logits (B, V)
+  // f32 on the device (valid until the next step). The cache length is read on the device, so
+  // on a backend that captures (CUDA with cuda_graphs) the second step is recorded in a CUDA
+  // Graph and every later step replays it; MoE layers take the padded expert layout there.
+  // end_decode() releases the recording (init_cache() or begin_decode() again starts anew).
+  void begin_decode(int64_t batch, const std::vector<int32_t>& kv_start);
+  Tensor decode_step(const std::vector<int32_t>& ids, int64_t cache_len);
+  void end_decode();
+  // True when the decode steps are replayed from a CUDA Graph.
+  bool decode_recorded() const;
 
  private:
+  struct DecodeState;
   struct Block;
   struct Activations;
   Tensor run_trunk(ForwardContext& ctx, const Tensor& ids, bool checkpointing);
@@ -134,6 +147,7 @@ class NNKIT_API Transformer {
   int64_t positions_seq_ = 0;
   std::vector<StagedBatch> staged_;  // per micro-batch slot (stage_batch)
   bool static_shapes_ = false;       // set_static_shapes()
+  std::unique_ptr<DecodeState> decode_;  // begin_decode() .. end_decode()
 };
 
 }  // namespace nnkit

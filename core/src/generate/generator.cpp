@@ -7,7 +7,9 @@
 #include <limits>
 #include <random>
 
+#include "nnkit/device_sampling.h"
 #include "nnkit/error.h"
+#include "nnkit/logging.h"
 
 namespace nnkit {
 
@@ -121,21 +123,60 @@ std::vector<GenerationResult> generate(Transformer& model, const Tokenizer& toke
     emitted[b] = std::max(emitted[b], ready);
   };
 
+  // On a GPU the sampler chain runs on the device and only the sampled ids come back; a chain
+  // with a host-only sampler falls back to the host rows (said once). The CPU backend keeps the
+  // host chain (the same work, and the host generator's draws).
+  const bool on_device = backend.device().type != DeviceType::kCpu;
+  DeviceSamplingContext sampling;
+  Tensor device_ids;
+  bool device_sampling = false;
+  if (on_device) {
+    sampling = make_device_sampling_context(backend, history, longest + options.max_new_tokens + 1);
+    device_ids = backend.empty({batch}, DType::kI32);
+  }
+  std::vector<int32_t> sampled(static_cast<size_t>(batch), 0);
+  std::vector<float> host;
+  // Picks every row's next token from `logits` into `sampled` (device or host chain).
+  auto sample_step = [&](const Tensor& logits, int64_t step) {
+    if (on_device && (step == 0 || device_sampling)) {
+      device_sampling = sample_on_device(backend, chain, logits, sampling, options.seed, step,
+                                         device_ids);
+      if (device_sampling) {
+        append_device_history(backend, sampling, device_ids);
+        backend.copy_to_host(sampled.data(), device_ids);
+        return;
+      }
+      if (step == 0) {
+        logger()->info(
+            "a sampler in the decode chain has no device path: sampling runs on the host (one "
+            "copy of the logits per token)");
+      }
+    }
+    host.resize(static_cast<size_t>(batch * vocab));
+    backend.copy_to_host(host.data(), logits);
+    for (size_t b = 0; b < static_cast<size_t>(batch); ++b) {
+      if (done[b]) continue;
+      std::vector<float> row(host.begin() + static_cast<int64_t>(b) * vocab,
+                             host.begin() + static_cast<int64_t>(b + 1) * vocab);
+      sampled[b] = pick_token(row, chain, history[b], uniform(rngs[b]));
+    }
+  };
+
   const auto t0 = std::chrono::steady_clock::now();
   Tensor logits = model.forward_cached(padded, batch, longest, 0, kv_start, false);
-  std::vector<float> host(static_cast<size_t>(batch * vocab));
-  backend.copy_to_host(host.data(), logits);
+  sample_step(logits, 0);
   const auto t1 = std::chrono::steady_clock::now();
   int64_t cache_len = longest;
   int64_t decode_steps = 0;
+  // The steps read their lengths from device memory: on a backend that captures, the second
+  // step is recorded in a CUDA Graph and replayed for every later token.
+  model.begin_decode(batch, kv_start);
   std::vector<int32_t> next(static_cast<size_t>(batch), tokenizer.pad_id());
   for (int64_t step = 0; step < options.max_new_tokens; ++step) {
     bool all_done = true;
     for (size_t b = 0; b < static_cast<size_t>(batch); ++b) {
       if (done[b]) continue;
-      std::vector<float> row(host.begin() + static_cast<int64_t>(b) * vocab,
-                             host.begin() + static_cast<int64_t>(b + 1) * vocab);
-      const int32_t token = pick_token(row, chain, history[b], uniform(rngs[b]));
+      const int32_t token = sampled[b];
       next[b] = token;
       GenerationResult& r = results[b];
       if (token == tokenizer.eos_id()) {
@@ -163,12 +204,14 @@ std::vector<GenerationResult> generate(Transformer& model, const Tokenizer& toke
       all_done = all_done && done[b];
     }
     if (all_done || step + 1 == options.max_new_tokens) break;
-    logits = model.forward_cached(next, batch, 1, cache_len, kv_start, false);
-    backend.copy_to_host(host.data(), logits);
+    logits = model.decode_step(next, cache_len);
+    sample_step(logits, step + 1);
     ++cache_len;
     ++decode_steps;
   }
   const auto t2 = std::chrono::steady_clock::now();
+  const bool recorded = model.decode_recorded();
+  model.end_decode();
   const double prefill_s = std::chrono::duration<double>(t1 - t0).count();
   const double decode_s = std::chrono::duration<double>(t2 - t1).count();
   for (size_t b = 0; b < static_cast<size_t>(batch); ++b) {
@@ -178,6 +221,8 @@ std::vector<GenerationResult> generate(Transformer& model, const Tokenizer& toke
     results[b].decode_tokens_per_s =
         static_cast<double>(batch * std::max<int64_t>(decode_steps, 1)) / std::max(decode_s, 1e-9);
     if (results[b].stop_reason.empty()) results[b].stop_reason = "length";
+    results[b].decode_graph = recorded;
+    results[b].device_sampling = device_sampling;
   }
   return results;
 }

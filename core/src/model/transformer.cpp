@@ -1,6 +1,7 @@
 // Purpose: building and running the transformer (see model.h). Each backward below is its
 // forward read in reverse; parameter gradients accumulate inside the components.
 #include <cmath>
+#include <cstdlib>
 
 #include "model/moe_layer.h"
 #include "nnkit/error.h"
@@ -84,6 +85,21 @@ struct Transformer::Activations {
   bool checkpointing = false;
 };
 
+// Device-resident decoding (begin_decode .. end_decode).
+struct Transformer::DecodeState {
+  int64_t batch = 0;
+  std::vector<int32_t> kv_start;  // (B) host copy; empty = no padding
+  Tensor ids;                     // (B) i32: the step's input tokens
+  Tensor positions;               // (B) i32: their RoPE positions
+  Tensor cache_len;               // (1) i32: tokens already cached
+  Tensor kv_len;                  // (1) i32: cache_len + 1
+  Tensor kv_start_device;         // (B) i32 or undefined
+  Tensor logits;                  // (B, V) f32: the last step's output
+  int64_t steps = 0;              // steps run so far
+  int64_t graph = -1;             // the recorded step, or -1
+  bool record = false;            // the backend captures and recording has not failed
+};
+
 namespace {
 
 uint64_t name_seed(uint64_t seed, const std::string& name) {
@@ -144,7 +160,9 @@ Transformer::Transformer(const RunConfig& config, const Registry& registry,
   qualified_names_ = true;
 }
 
-Transformer::~Transformer() = default;
+Transformer::~Transformer() {
+  end_decode();
+}
 
 void Transformer::for_each_parameter(
     const std::function<void(const std::string&, Parameter&)>& fn) {
@@ -539,6 +557,7 @@ Tensor Transformer::logits(const std::vector<int32_t>& ids, int64_t batch, int64
 }
 
 void Transformer::init_cache(int64_t batch, int64_t capacity) {
+  end_decode();  // a recorded step holds the old caches' addresses
   for (auto& b : blocks_) b->attention->init_cache(*backend_, batch, capacity);
 }
 
@@ -568,6 +587,97 @@ Tensor Transformer::forward_cached(const std::vector<int32_t>& ids, int64_t batc
     hidden = picked;
   }
   return head_logits(ctx, hidden);
+}
+
+// ---- device-resident decoding ----------------------------------------------------------------
+
+
+void Transformer::begin_decode(int64_t batch, const std::vector<int32_t>& kv_start) {
+  end_decode();
+  if (batch < 1 || (!kv_start.empty() && static_cast<int64_t>(kv_start.size()) != batch)) {
+    throw ShapeError("model", "begin_decode needs batch >= 1 and one kv_start per sequence, got " +
+                                  std::to_string(batch) + " and " +
+                                  std::to_string(kv_start.size()));
+  }
+  Backend& be = *backend_;
+  auto state = std::make_unique<DecodeState>();
+  state->batch = batch;
+  state->kv_start = kv_start;
+  state->ids = be.zeros({batch}, DType::kI32);
+  state->positions = be.zeros({batch}, DType::kI32);
+  state->cache_len = be.zeros({1}, DType::kI32);
+  state->kv_len = be.zeros({1}, DType::kI32);
+  if (!kv_start.empty()) {
+    state->kv_start_device = be.from_host(kv_start.data(), {batch}, DType::kI32);
+  }
+  // Test hook (as in training): NNKIT_GRAPHS_NO_REPLAY=1 keeps the recorded step's layout but
+  // runs every step uncaptured, the baseline a replayed step must equal bit for bit.
+  state->record = be.captures() && std::getenv("NNKIT_GRAPHS_NO_REPLAY") == nullptr;
+  decode_ = std::move(state);
+}
+
+void Transformer::end_decode() {
+  if (decode_ && decode_->graph >= 0) backend_->release_graph(decode_->graph);
+  decode_.reset();
+}
+
+bool Transformer::decode_recorded() const {
+  return decode_ && decode_->graph >= 0;
+}
+
+Tensor Transformer::decode_step(const std::vector<int32_t>& ids, int64_t cache_len) {
+  if (!decode_) throw Error("model", "decode_step() needs a preceding begin_decode()");
+  DecodeState& d = *decode_;
+  if (static_cast<int64_t>(ids.size()) != d.batch) {
+    throw ShapeError("model", "decode_step takes one id per sequence (" + std::to_string(d.batch) +
+                                  "), got " + std::to_string(ids.size()));
+  }
+  check_ids(ids, config_.vocab_size, "input");
+  Backend& be = *backend_;
+  const std::vector<int32_t> positions = default_positions(d.batch, 1, cache_len, d.kv_start);
+  const int32_t lengths[2] = {static_cast<int32_t>(cache_len), static_cast<int32_t>(cache_len + 1)};
+  be.copy_from_host(d.ids, ids.data());
+  be.copy_from_host(d.positions, positions.data());
+  be.copy_from_host(d.cache_len, &lengths[0]);
+  be.copy_from_host(d.kv_len, &lengths[1]);
+  if (d.graph >= 0) {
+    be.replay(d.graph);
+    ++d.steps;
+    return d.logits;
+  }
+  auto run_step = [&] {
+    ForwardContext ctx;
+    ctx.backend = &be;
+    ctx.batch = d.batch;
+    ctx.seq = 1;
+    ctx.use_kv_cache = true;
+    ctx.cache_len = cache_len;
+    ctx.cache_len_device = d.cache_len;
+    ctx.kv_len_device = d.kv_len;
+    ctx.positions = d.positions;
+    ctx.kv_start = d.kv_start_device;
+    ctx.static_shapes = be.captures();
+    return head_logits(ctx, run_trunk(ctx, d.ids, false));
+  };
+  // The first step runs plainly (it creates what lives across steps: the products' workspaces,
+  // the cache's first use); the second is recorded, then replayed from there on.
+  if (d.record && d.steps >= 1) {
+    try {
+      if (be.begin_capture()) {
+        d.logits = run_step();
+        d.graph = be.end_capture();
+        be.replay(d.graph);
+        ++d.steps;
+        return d.logits;
+      }
+    } catch (const Error&) {
+      be.abort_capture();
+      d.record = false;  // run uncaptured from now on (the generator reports it)
+    }
+  }
+  d.logits = run_step();
+  ++d.steps;
+  return d.logits;
 }
 
 }  // namespace nnkit

@@ -120,6 +120,27 @@ class MultiQueryAttention final : public Attention {
     backend.rope(q, ctx.positions, n_heads_, head_dim_, static_cast<float>(rope_base_), false);
     backend.rope(k, ctx.positions, n_kv_heads_, head_dim_, static_cast<float>(rope_base_), false);
 
+    if (ctx.use_kv_cache && ctx.cache_len_device.defined()) {
+      // Device-resident decoding: lengths come from device memory (a recorded step replays
+      // for every token), so the append and the attention read them there.
+      if (!k_cache_.defined()) throw Error(id(), "KV-cache forward before init_cache()");
+      NNKIT_CHECK_SHAPE(ctx.seq == 1 && ctx.batch == cache_batch_ && ctx.kv_len_device.defined(),
+                        id(), "device-length decoding takes one token per cached sequence (" +
+                                  std::to_string(cache_batch_) + "), got batch " +
+                                  std::to_string(ctx.batch) + " x " + std::to_string(ctx.seq));
+      backend.kv_cache_append(k_cache_, k, ctx.batch, cache_capacity_, ctx.cache_len_device);
+      backend.kv_cache_append(v_cache_, v, ctx.batch, cache_capacity_, ctx.cache_len_device);
+      AttentionShape shape = attention_shape(ctx.batch, 1);
+      shape.kv_capacity = cache_capacity_;
+      Tensor attended = backend.empty({rows, q_width()}, x.dtype());
+      backend.attention_decode(q, k_cache_, v_cache_, ctx.kv_start, ctx.kv_len_device, attended,
+                               shape);
+      Tensor y = backend.empty({rows, hidden_}, x.dtype());
+      backend.gemm(attended, false, value(o_proj_), true, y);
+      release_saved();
+      return y;
+    }
+
     AttentionShape shape = attention_shape(ctx.batch, ctx.seq);
     Tensor keys = k;
     Tensor values = v;

@@ -117,6 +117,15 @@ class CpuBackend final : public Backend {
                                  const Tensor& slot, const Tensor& offsets,
                                  const Tensor& load) override;  // moe_dispatch.cpp
   void logsumexp_rows(const Tensor& x, const Tensor& out) override;  // softmax_topk.cpp
+  // device-resident decoding (decode_ops.cpp)
+  void kv_cache_append(const Tensor& cache, const Tensor& rows, int64_t batch, int64_t capacity,
+                       const Tensor& cache_len_device) override;
+  void attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& kv_start,
+                        const Tensor& kv_len_device, const Tensor& out,
+                        const AttentionShape& shape) override;
+  void moe_grouped_gemm_nt(const Tensor& x, const std::vector<Tensor>& weights,
+                           const Tensor& kept_offsets, int64_t capacity,
+                           const Tensor& y) override;
 
   // ---- appended in ABI 3: the author op set (issue 11); author_ops.cpp
   void mul(const Tensor& out, const Tensor& a, const Tensor& b) override;

@@ -208,6 +208,8 @@ const char* fault_op_name(int32_t op) {
       return "cross_entropy";
     case FaultOp::kMoeSort:
       return "moe_sort_by_expert";
+    case FaultOp::kKvCacheAppend:
+      return "kv_cache_append";
   }
   return "an indexed op";
 }
@@ -435,6 +437,9 @@ void CudaBackend::raise_fault() {
                    " is outside [0, " + std::to_string(fault.limit) + "); the row was skipped. " +
                    (fault.op - 1 == static_cast<int32_t>(FaultOp::kMoeSort)
                         ? std::string("The router chose an expert outside [0, n_experts)")
+                    : fault.op - 1 == static_cast<int32_t>(FaultOp::kKvCacheAppend)
+                        ? std::string("The KV cache is full: generate fewer tokens or "
+                                      "initialise a larger cache")
                         : std::string("Check token ids against the model's vocab_size")));
 }
 

@@ -1,9 +1,11 @@
 // Purpose: backend/cuda row gather / scatter-add (embeddings, MoE dispatch and combine) and the
 // softmax cross-entropy loss. Owned by backend/cuda.
 // scatter_add_rows must add rows in order of n (the Backend contract, and what makes training
-// repeat bit for bit). Instead of float atomics, the source rows are stably sorted by destination
-// (CUB radix sort of (index, n) pairs), then one block per destination row walks its sources in
-// ascending n and adds each into the running value, the same order as the CPU.
+// repeat bit for bit). Few sources (<= 512, decoding) take one kernel that finds each
+// destination's sources by an in-order ballot scan. Otherwise, instead of float atomics, the
+// source rows are stably sorted by destination (CUB radix sort of (index, n) pairs), then one
+// block per destination row walks its sources in ascending n and adds each into the running
+// value, the same order as the CPU.
 // Out-of-range indices cannot throw from a kernel: they are skipped and reported through the
 // backend's fault word (see cuda_backend.h).
 // Dtypes: gather_rows copies rows of any dtype as raw bytes, in the widest units (up to 16 bytes)
@@ -85,6 +87,53 @@ __device__ int64_t lower_bound(const int32_t* sorted, int64_t n, int32_t key) {
 // One block per destination row; threads over packs of kWidth columns (cols a multiple of kWidth
 // when kWidth > 1); sources in ascending n. The running sum stays in f32 and is rounded into dst
 // once.
+// Few sources (decoding: the MoE combine of a handful of tokens): one block per destination
+// row finds its sources by scanning the index list in order (a warp ballot per 32 entries), so
+// no sort is needed; the sum then runs over the same sources in the same ascending order as
+// scatter_accumulate_kernel, bit for bit. Out-of-range indices are reported by block 0.
+constexpr int64_t kSmallScatterSources = 512;
+
+template <typename TS, typename TD, int kWidth>
+__global__ void scatter_small_kernel(const TS* src, const float* weight, const int32_t* index,
+                                     int64_t n, int64_t dst_rows, TD* dst, int64_t cols,
+                                     DeviceFault* fault) {
+  __shared__ int32_t sources[kSmallScatterSources];
+  __shared__ int count;
+  const int32_t row = static_cast<int32_t>(blockIdx.x);
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    int found = 0;
+    for (int64_t base = 0; base < n; base += 32) {
+      const int64_t i = base + lane;
+      const int32_t to = i < n ? index[i] : -1;
+      if (blockIdx.x == 0 && i < n && to != -1 && (to < 0 || to >= dst_rows)) {
+        report_fault(fault, FaultOp::kScatterAddRows, to, dst_rows, i);
+      }
+      const unsigned match = __ballot_sync(0xffffffffu, i < n && to == row);
+      if ((match >> lane) & 1u) sources[found + __popc(match & ((1u << lane) - 1u))] = int32_t(i);
+      found += __popc(match);
+    }
+    if (lane == 0) count = found;
+  }
+  __syncthreads();
+  const int found = count;
+  if (found == 0) return;
+  TD* dr = dst + int64_t(row) * cols;
+  for (int64_t c = int64_t(threadIdx.x) * kWidth; c < cols; c += int64_t(blockDim.x) * kWidth) {
+    float acc[kWidth];
+    load_floats<kWidth>(dr + c, acc);
+    for (int j = 0; j < found; ++j) {
+      const int64_t from = sources[j];
+      const float w = weight != nullptr ? weight[from] : 1.0f;
+      float v[kWidth];
+      load_floats<kWidth>(src + from * cols + c, v);
+#pragma unroll
+      for (int e = 0; e < kWidth; ++e) acc[e] += w * v[e];
+    }
+    store_floats<kWidth>(dr + c, acc);
+  }
+}
+
 template <typename TS, typename TD, int kWidth>
 __global__ void scatter_accumulate_kernel(const TS* src, const float* weight,
                                           const int32_t* sorted_keys, const int32_t* sorted_order,
@@ -332,6 +381,27 @@ void CudaBackend::scatter_add_rows(const Tensor& src, const Tensor& index, const
   const int64_t n = s.rows;
   if (n == 0 || s.cols == 0 || d.rows == 0) return;
 
+  const float* weights = weight.defined() ? ptr<float>(weight) : nullptr;
+  if (n <= kSmallScatterSources && d.rows <= 4096) {
+    dispatch_float(src.dtype(), [&](auto src_tag) {
+      using TS = typename decltype(src_tag)::type;
+      dispatch_float(dst.dtype(), [&](auto dst_tag) {
+        using TD = typename decltype(dst_tag)::type;
+        constexpr int kPacked = kPackWidth<TS>;
+        const bool packed = s.cols % kPacked == 0 && aligned16(src.raw()) &&
+                            reinterpret_cast<uintptr_t>(dst.raw()) % alignof(Pack<TD, kPacked>) == 0;
+        with_pack_width<TS>(packed, [&](auto width) {
+          constexpr int kW = decltype(width)::value;
+          const int64_t lanes = s.cols / kW;
+          const int threads = lanes <= 64 ? 64 : (lanes <= 128 ? 128 : 256);
+          scatter_small_kernel<TS, TD, kW><<<static_cast<unsigned>(d.rows), threads, 0, stream_>>>(
+              ptr<TS>(src), weights, ptr<int32_t>(index), n, d.rows, ptr<TD>(dst), s.cols, fault_);
+          NNKIT_CUDA_CHECK_LAUNCH(scatter_small_kernel);
+        });
+      });
+    });
+    return;
+  }
   // keys_in | order_in | keys_out | order_out | CUB temporary storage, one scratch block.
   size_t temp_bytes = 0;
   NNKIT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
@@ -353,7 +423,6 @@ void CudaBackend::scatter_add_rows(const Tensor& src, const Tensor& index, const
   NNKIT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys_in, keys_out, order_in,
                                                    order_out, static_cast<int>(n), 0,
                                                    key_bits(d.rows), stream_));
-  const float* weights = weight.defined() ? ptr<float>(weight) : nullptr;
   dispatch_float(src.dtype(), [&](auto src_tag) {
     using TS = typename decltype(src_tag)::type;
     dispatch_float(dst.dtype(), [&](auto dst_tag) {

@@ -4,7 +4,8 @@
 // slot, offsets); one gather brings their rows together, each expert runs dense products on its
 // contiguous block (sized by the host copy of the offsets), and one weighted scatter-add
 // combines y[n] += gate * y_e. Every computation is a Backend op; nothing per token touches the
-// host. Activations are in x's dtype (bf16 on a bf16 CUDA backend); gates and dgate are f32.
+// host. In the padded layout while decoding (a few rows per expert, counts on the device) the
+// three products are one moe_grouped_gemm_nt launch each. Activations are in x's dtype (bf16 on a bf16 CUDA backend); gates and dgate are f32.
 // Ownership: owns its parameter descriptors and, after forward_routed(training), the dispatch
 // lists and activations backward needs (until the next forward or release_saved()).
 // Thread-safety: none; one thread drives a layer.
@@ -81,7 +82,26 @@ class SwiGluExperts final : public Experts {
       saved.h_up = backend.empty({m, ffn_dim_}, dtype);
       saved.activated = backend.empty({m, ffn_dim_}, dtype);
       saved.y_routed = backend.empty({m, hidden_}, dtype);
-      for (int64_t e = 0; e < n_experts_; ++e) {
+      // Decoding in the padded layout: each product is one launch over all experts that reads
+      // only the chosen experts' weights, sized on the device (what a recorded step needs).
+      const bool grouped = !ctx.training && routing.kept_offsets.defined() &&
+                           routing.padded_capacity >= 1 && routing.padded_capacity <= 16;
+      if (grouped) {
+        std::vector<Tensor> gate_w, up_w, down_w;
+        for (const ExpertWeights& w : weights_) {
+          gate_w.push_back(value(w.gate_proj));
+          up_w.push_back(value(w.up_proj));
+          down_w.push_back(value(w.down_proj));
+        }
+        const int64_t cap = routing.padded_capacity;
+        backend.moe_grouped_gemm_nt(saved.x_routed, gate_w, routing.kept_offsets, cap,
+                                    saved.h_gate);
+        backend.moe_grouped_gemm_nt(saved.x_routed, up_w, routing.kept_offsets, cap, saved.h_up);
+        backend.swiglu_forward(saved.h_gate, saved.h_up, saved.activated);
+        backend.moe_grouped_gemm_nt(saved.activated, down_w, routing.kept_offsets, cap,
+                                    saved.y_routed);
+      }
+      for (int64_t e = 0; e < n_experts_ && !grouped; ++e) {
         const int64_t begin = dispatch.offset[e];
         const int64_t end = dispatch.offset[e + 1];
         if (begin == end) continue;

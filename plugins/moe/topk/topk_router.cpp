@@ -83,8 +83,12 @@ class TopKRouter final : public Router {
     // pedantic mode, 3.7% of a training step, for no gain the f32 gates do not already give.
     Tensor logits = backend.empty({n_tokens, n_experts_});  // (N, E) f32 = x W^T
     backend.gemm(x, false, value(gate_), true, logits);
+    // The full softmax feeds the statistics and backward only: decoding with renormalised
+    // gates skips it (one launch less per layer and token).
+    const bool full = !ctx.use_kv_cache && n_tokens > 0;
+    const bool need_probs = ctx.training || full || !renormalize_;
     Tensor probs = backend.empty({n_tokens, n_experts_});  // (N, E)
-    backend.softmax_rows(logits, probs);
+    if (need_probs) backend.softmax_rows(logits, probs);
 
     // Top-k. Renormalised gates p_i / sum_kept p_j equal a softmax over the kept logits, so they
     // come from the top-k logits (softmax is monotonic: the same experts win).
@@ -113,23 +117,32 @@ class TopKRouter final : public Router {
                                                 static_cast<double>(n_experts_)));
       capacity = std::min(capacity, n_tokens);
     }
-    const bool padded = capacity >= 1 && ctx.static_shapes;
-    routing.expert_index = backend.empty({n_tokens, top_k_}, DType::kI32);
-    backend.copy(routing.expert_index, chosen);
+    // Decoding (KV cache) under static shapes takes the padded layout even when dropless: an
+    // expert takes at most N slots, so blocks of N rows drop nothing.
+    int64_t block_rows = capacity;
+    if (ctx.static_shapes && ctx.use_kv_cache && capacity < 0) block_rows = n_tokens;
+    const bool padded = block_rows >= 1 && ctx.static_shapes;
+    // The sort rewrites dropped slots in place; `chosen` must survive for backward (training).
+    if (ctx.training) {
+      routing.expert_index = backend.empty({n_tokens, top_k_}, DType::kI32);
+      backend.copy(routing.expert_index, chosen);
+    } else {
+      routing.expert_index = chosen;
+    }
     if (capacity >= 0) {
       routing.gate = backend.empty({n_tokens, top_k_});
       backend.copy(routing.gate, kept_gate);
     } else {
       routing.gate = kept_gate;
     }
-    const int64_t rows = padded ? n_experts_ * capacity : n_slots;
+    const int64_t rows = padded ? n_experts_ * block_rows : n_slots;
     routing.token = backend.empty({rows}, DType::kI32);
     routing.slot = backend.empty({rows}, DType::kI32);
     Tensor offsets = backend.empty({n_experts_ + 1}, DType::kI32);
     Tensor load = backend.empty({n_experts_});  // f_i, before dropping
     if (padded) {
       backend.moe_sort_by_expert_padded(routing.expert_index.view({n_slots}), n_experts_, top_k_,
-                                        capacity, routing.gate.view({n_slots}), routing.token,
+                                        block_rows, routing.gate.view({n_slots}), routing.token,
                                         routing.slot, offsets, load);
     } else if (n_slots > 0) {
       backend.moe_sort_by_expert(routing.expert_index.view({n_slots}), n_experts_, top_k_, capacity,
@@ -146,7 +159,6 @@ class TopKRouter final : public Router {
 
     // Statistics of the full softmax, before any capacity dropping, kept on the device until
     // aux_stats() is asked (logged steps). Decoding (KV cache) has no loss to balance.
-    const bool full = !ctx.use_kv_cache && n_tokens > 0;
     stats_ = DeviceStats{};
     stats_.n_slots = n_slots;
     Tensor row_lse;  // (N) logsumexp(logits[n]), only with the z-loss
@@ -157,9 +169,12 @@ class TopKRouter final : public Router {
     if (full) stats_.values = device_statistics(backend, probs, load, row_lse);
 
     if (padded) {
-      routing.padded_capacity = capacity;
+      routing.padded_capacity = block_rows;
+      routing.kept_offsets = offsets;
       routing.offsets.resize(static_cast<size_t>(n_experts_) + 1);
-      for (int64_t e = 0; e <= n_experts_; ++e) routing.offsets[static_cast<size_t>(e)] = e * capacity;
+      for (int64_t e = 0; e <= n_experts_; ++e) {
+        routing.offsets[static_cast<size_t>(e)] = e * block_rows;
+      }
       routing.n_routed = rows;
       stats_.kept_offsets = offsets;  // the dropped count is read with the statistics
     } else {

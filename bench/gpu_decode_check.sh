@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# One GPU lease of the decoding work (issue: GPU decoding at memory speed): build Release with the
+# CUDA backend, then
+#   tests   test_backend_cuda's decode/sort cases + test_cli's CudaGenerate.* (GPU == CPU greedy
+#           tokens, graph replay == uncaptured)
+#   bench   the 6.9B seed model, 16-token prompts, 128 new tokens, greedy, bf16: nnkit vs HF
+#           transformers (bench/gpu_decode_bench.py), batch 1 and 8
+#   tiny    configs/tiny.yaml decoding at batch 1 on the GPU vs the CPU backend
+#   profile NNKIT_CUDA_PROFILE=1 decode of the 6.9B model (uncaptured: per-op time, launches)
+#   bash bench/gpu_decode_check.sh [OUT_DIR] [STAGES]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-build-gpu/out}
+stages=${2:-tests,bench,tiny,profile}
+mkdir -p "$out"
+has() { [[ ",$stages," == *",$1,"* ]]; }
+start=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - start )) s] $*"; }
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
+  -DNNKIT_TEST_AREAS="backend_cuda;cli" > "$out/build.txt" 2>&1 &&
+  cmake --build build-gpu -j "$(nproc)" >> "$out/build.txt" 2>&1 || { tail -60 "$out/build.txt"; exit 1; }
+stamp "built"
+nnkit=build-gpu/bin/nnkit
+prompt16="The quick brown "
+
+if has tests; then
+  timeout 300 build-gpu/bin/test_backend_cuda --gtest_filter="${CUDA_TEST_FILTER:-*}" \
+    > "$out/cuda_tests.txt" 2>&1
+  echo "test_backend_cuda exit $?" >> "$out/cuda_tests.txt"
+  grep -E "^\[  (FAILED|PASSED) |Failure|exit" "$out/cuda_tests.txt" | tail -30
+  timeout 400 build-gpu/bin/test_cli --gtest_filter="${CLI_TEST_FILTER:-*CudaGenerate*}" \
+    > "$out/cuda_cli_tests.txt" 2>&1
+  echo "test_cli exit $?" >> "$out/cuda_cli_tests.txt"
+  grep -E "^\[  (FAILED|PASSED) |OK \]|Failure|exit" "$out/cuda_cli_tests.txt" | tail -20
+  stamp "tests"
+fi
+
+if has bench; then
+  timeout 500 python3 bench/gpu_decode_bench.py --nnkit "$nnkit" --batch 1 8 \
+    ${DECODE_BENCH_ARGS:-} > "$out/bench_decode.txt" 2>&1
+  echo "decode bench exit $?" >> "$out/bench_decode.txt"
+  cut -c1-400 "$out/bench_decode.txt"
+  stamp "bench"
+fi
+
+if has tiny; then
+  for backend in 'backend={type: cuda, precision: bf16}' 'backend={type: cpu}'; do
+    "$nnkit" generate configs/tiny.yaml --random-init --prompt "$prompt16" --max-new-tokens 200 \
+      --seed 7 --json 'decode=[{type: greedy}]' "$backend" 2>/dev/null |
+      python3 -c "import json,sys; r=json.loads(sys.stdin.readline()); print(sys.argv[1], 'decode', round(r['decode_tokens_per_s'],1), 'tok/s graph', r.get('decode_graph'))" "$backend"
+  done | tee "$out/tiny_decode.txt"
+  stamp "tiny"
+fi
+
+if has profile; then
+  NNKIT_CUDA_PROFILE=1 "$nnkit" generate configs/cuda-nn-6.9b.yaml --random-init --log-level info \
+    --prompt "$prompt16" --max-new-tokens 64 --seed 1 'decode=[{type: greedy}]' \
+    > "$out/profile_decode.txt" 2>&1
+  grep -A40 "op profile" "$out/profile_decode.txt" | head -45
+  stamp "profile"
+fi

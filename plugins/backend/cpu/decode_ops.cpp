@@ -1,0 +1,156 @@
+// Purpose: backend/cpu device-length decoding ops (kv_cache_append, attention_decode) and the
+// grouped expert product of the padded MoE layout (moe_grouped_gemm_nt). Owned by backend/cpu.
+// The CPU records no graphs, but the decode step is one code path on every backend: these read
+// the cache length from the (1) i32 tensor exactly as the CUDA kernels do, so CPU and CUDA
+// decoding stay comparable op for op. Sums are f32 in a fixed order (deterministic); the
+// softmax subtracts the row max.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "checks.h"
+#include "cpu_backend.h"
+#include "fast_math.h"
+
+namespace nnkit::cpu {
+
+namespace {
+
+// *t as a length: t is a (1) i32 tensor on the host.
+int64_t read_length(const char* op, const char* name, const Tensor& t) {
+  expect_tensor(op, name, t, DType::kI32, {1});
+  return *ptr<int32_t>(t);
+}
+
+}  // namespace
+
+void CpuBackend::kv_cache_append(const Tensor& cache, const Tensor& rows, int64_t batch,
+                                 int64_t capacity, const Tensor& cache_len_device) {
+  const char* op = "kv_cache_append";
+  const RowShape c = expect_rows(op, "cache", cache, DType::kF32);
+  const RowShape r = expect_rows(op, "rows", rows, DType::kF32);
+  if (batch < 1 || capacity < 1 || c.rows != batch * capacity || r.cols != c.cols ||
+      r.rows % batch != 0) {
+    shape_fail(op, "cache is " + describe(cache) + " and rows " + describe(rows) +
+                       "; expected (B * capacity, W) and (B * T, W) with B = " +
+                       std::to_string(batch) + ", capacity = " + std::to_string(capacity));
+  }
+  const int64_t len = read_length(op, "cache_len", cache_len_device);
+  const int64_t t_rows = r.rows / batch;
+  if (len < 0 || len + t_rows > capacity) {
+    shape_fail(op, "a cache of " + std::to_string(capacity) + " tokens cannot take " +
+                       std::to_string(t_rows) + " more after " + std::to_string(len));
+  }
+  const float* src = ptr<float>(rows);
+  float* dst = ptr<float>(cache);
+  const size_t bytes = static_cast<size_t>(t_rows * c.cols) * sizeof(float);
+  for (int64_t b = 0; b < batch; ++b) {
+    std::memcpy(dst + (b * capacity + len) * c.cols, src + b * t_rows * c.cols, bytes);
+  }
+}
+
+void CpuBackend::attention_decode(const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const Tensor& kv_start, const Tensor& kv_len_device,
+                                  const Tensor& out, const AttentionShape& s) {
+  const char* op = "attention_decode";
+  if (s.batch < 1 || s.q_len != 1 || s.n_heads < 1 || s.n_kv_heads < 1 || s.head_dim < 1 ||
+      s.n_heads % s.n_kv_heads != 0 || s.kv_capacity < 1) {
+    shape_fail(op, "needs batch >= 1, q_len = 1, n_heads a multiple of n_kv_heads and a cache; "
+                   "got batch " + std::to_string(s.batch) + ", q_len " + std::to_string(s.q_len) +
+                       ", heads " + std::to_string(s.n_heads) + "/" +
+                       std::to_string(s.n_kv_heads) + ", capacity " +
+                       std::to_string(s.kv_capacity));
+  }
+  const int64_t H = s.n_heads, Hkv = s.n_kv_heads, D = s.head_dim, B = s.batch;
+  expect_tensor(op, "q", q, DType::kF32, {B, H * D});
+  expect_tensor(op, "out", out, DType::kF32, {B, H * D});
+  expect_tensor(op, "k", k, DType::kF32, {B * s.kv_capacity, Hkv * D});
+  expect_tensor(op, "v", v, DType::kF32, {B * s.kv_capacity, Hkv * D});
+  if (kv_start.defined()) expect_tensor(op, "kv_start", kv_start, DType::kI32, {B});
+  const int64_t kv_len = read_length(op, "kv_len", kv_len_device);
+  if (kv_len < 1 || kv_len > s.kv_capacity) {
+    shape_fail(op, "kv_len " + std::to_string(kv_len) + " is outside [1, " +
+                       std::to_string(s.kv_capacity) + "]");
+  }
+  const float* pq = ptr<float>(q);
+  const float* pk = ptr<float>(k);
+  const float* pv = ptr<float>(v);
+  float* po = ptr<float>(out);
+  const int32_t* starts = kv_start.defined() ? ptr<int32_t>(kv_start) : nullptr;
+  const int64_t group = H / Hkv;
+  std::vector<float> scores(static_cast<size_t>(kv_len));
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t first = starts != nullptr ? std::clamp<int64_t>(starts[b], 0, kv_len) : 0;
+    for (int64_t h = 0; h < H; ++h) {
+      const float* qh = pq + b * H * D + h * D;
+      float* oh = po + b * H * D + h * D;
+      const int64_t g = h / group;
+      float mx = -std::numeric_limits<float>::infinity();
+      for (int64_t j = first; j < kv_len; ++j) {
+        const float* kj = pk + (b * s.kv_capacity + j) * Hkv * D + g * D;
+        float dot = 0.0f;
+        for (int64_t d = 0; d < D; ++d) dot += qh[d] * kj[d];
+        scores[static_cast<size_t>(j)] = dot * s.scale;
+        mx = std::max(mx, scores[static_cast<size_t>(j)]);
+      }
+      std::fill(oh, oh + D, 0.0f);
+      if (first >= kv_len) continue;  // every key masked: a zero output
+      float total = 0.0f;
+      for (int64_t j = first; j < kv_len; ++j) {
+        const float p = std::exp(scores[static_cast<size_t>(j)] - mx);
+        total += p;
+        const float* vj = pv + (b * s.kv_capacity + j) * Hkv * D + g * D;
+        for (int64_t d = 0; d < D; ++d) oh[d] += p * vj[d];
+      }
+      const float inv = 1.0f / total;
+      for (int64_t d = 0; d < D; ++d) oh[d] *= inv;
+    }
+  }
+}
+
+void CpuBackend::moe_grouped_gemm_nt(const Tensor& x, const std::vector<Tensor>& weights,
+                                     const Tensor& kept_offsets, int64_t capacity,
+                                     const Tensor& y) {
+  const char* op = "moe_grouped_gemm_nt";
+  const auto E = static_cast<int64_t>(weights.size());
+  if (E < 1 || capacity < 1 || capacity > 16) {
+    shape_fail(op, std::to_string(E) + " experts, capacity " + std::to_string(capacity) +
+                       "; expected >= 1 expert and 1 <= capacity <= 16");
+  }
+  const RowShape xs = expect_rows(op, "x", x, DType::kF32);
+  const int64_t K = xs.cols;
+  const int64_t N = weights[0].rank() == 2 ? weights[0].dim(0) : -1;
+  for (int64_t e = 0; e < E; ++e) {
+    expect_tensor(op, ("weights[" + std::to_string(e) + "]").c_str(), weights[size_t(e)],
+                  DType::kF32, {N, K});
+  }
+  expect_tensor(op, "x", x, DType::kF32, {E * capacity, K});
+  expect_tensor(op, "y", y, DType::kF32, {E * capacity, N});
+  expect_tensor(op, "kept_offsets", kept_offsets, DType::kI32, {E + 1});
+  const int32_t* off = ptr<int32_t>(kept_offsets);
+  const float* px = ptr<float>(x);
+  float* py = ptr<float>(y);
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t kept = std::clamp<int64_t>(off[e + 1] - off[e], 0, capacity);
+    const float* w = ptr<float>(weights[size_t(e)]);
+    for (int64_t r = 0; r < capacity; ++r) {
+      float* yr = py + (e * capacity + r) * N;
+      if (r >= kept) {
+        std::fill(yr, yr + N, 0.0f);
+        continue;
+      }
+      const float* xr = px + (e * capacity + r) * K;
+      for (int64_t n = 0; n < N; ++n) {
+        const float* wn = w + n * K;
+        float dot = 0.0f;
+        for (int64_t c = 0; c < K; ++c) dot += xr[c] * wn[c];
+        yr[n] = dot;
+      }
+    }
+  }
+}
+
+}  // namespace nnkit::cpu
