@@ -1,7 +1,7 @@
 // Purpose: the device-length decode ops on CUDA against the CPU backend: kv_cache_append (and its
 // full-cache fault), attention_decode for short and long (multi-chunk) caches with left padding,
-// MQA and GQA, in f32 and bf16, and moe_grouped_gemm_nt (experts with 0..capacity rows, padding
-// rows zeroed). Owned by the backend/cuda tests; every test skips without a CUDA device.
+// MQA and GQA, in f32 and bf16, and moe_grouped_gemm_nt / moe_grouped_swiglu_nt (experts with
+// 0..capacity rows, padding rows zeroed). Owned by the backend/cuda tests; every test skips without a CUDA device.
 #include <string>
 #include <vector>
 
@@ -118,6 +118,13 @@ TEST_F(CudaDecode, GroupedExpertProductMatchesTheCpuAndSkipsEmptyExperts) {
       cpu().moe_grouped_gemm_nt(x.cpu, w_cpu, kept.cpu, capacity, y.cpu);
       cuda().moe_grouped_gemm_nt(x.cuda, w_cuda, kept.cuda, capacity, y.cuda);
       expect_rounded_matches_cpu(y, rounded_once(Tolerance{2e-5, 2e-5}, dtype), what);
+      // The fused SwiGLU of two grouped products (the up weights: the gate weights reversed).
+      const std::vector<Tensor> up_cpu(w_cpu.rbegin(), w_cpu.rend());
+      const std::vector<Tensor> up_cuda(w_cuda.rbegin(), w_cuda.rend());
+      TensorPair a = poisoned({E * capacity, N}, dtype);
+      cpu().moe_grouped_swiglu_nt(x.cpu, w_cpu, up_cpu, kept.cpu, capacity, a.cpu);
+      cuda().moe_grouped_swiglu_nt(x.cuda, w_cuda, up_cuda, kept.cuda, capacity, a.cuda);
+      expect_rounded_matches_cpu(a, rounded_once(Tolerance{4e-5, 2e-5}, dtype), what + " swiglu");
       if (::testing::Test::HasFailure()) return;
     }
   }

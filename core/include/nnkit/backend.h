@@ -301,6 +301,13 @@ class NNKIT_API Backend : public Component {
   virtual void moe_grouped_gemm_nt(const Tensor& x, const std::vector<Tensor>& weights,
                                    const Tensor& kept_offsets, int64_t capacity,
                                    const Tensor& y) = 0;
+  // The experts' first two products and their SwiGLU in one pass (decoding): y = silu(x Wg^T)
+  // * (x Wu^T) per expert, from the f32 sums (no rounding of the two products in between), with
+  // moe_grouped_gemm_nt's layout and padding rule; y: (E * capacity, F).
+  virtual void moe_grouped_swiglu_nt(const Tensor& x, const std::vector<Tensor>& gate_weights,
+                                     const std::vector<Tensor>& up_weights,
+                                     const Tensor& kept_offsets, int64_t capacity,
+                                     const Tensor& y) = 0;
 
   // ---- appended in ABI 3: the author op set (issue 11) --------------------------------------
   // Elementwise building blocks, so that a plugin never emulates one op with another. Unless

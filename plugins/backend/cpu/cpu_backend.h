@@ -126,6 +126,9 @@ class CpuBackend final : public Backend {
   void moe_grouped_gemm_nt(const Tensor& x, const std::vector<Tensor>& weights,
                            const Tensor& kept_offsets, int64_t capacity,
                            const Tensor& y) override;
+  void moe_grouped_swiglu_nt(const Tensor& x, const std::vector<Tensor>& gate_weights,
+                             const std::vector<Tensor>& up_weights, const Tensor& kept_offsets,
+                             int64_t capacity, const Tensor& y) override;
 
   // ---- appended in ABI 3: the author op set (issue 11); author_ops.cpp
   void mul(const Tensor& out, const Tensor& a, const Tensor& b) override;

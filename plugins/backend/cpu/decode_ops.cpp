@@ -1,5 +1,5 @@
 // Purpose: backend/cpu device-length decoding ops (kv_cache_append, attention_decode) and the
-// grouped expert product of the padded MoE layout (moe_grouped_gemm_nt). Owned by backend/cpu.
+// grouped expert products of the padded MoE layout (moe_grouped_gemm_nt, moe_grouped_swiglu_nt). Owned by backend/cpu.
 // The CPU records no graphs, but the decode step is one code path on every backend: these read
 // the cache length from the (1) i32 tensor exactly as the CUDA kernels do, so CPU and CUDA
 // decoding stay comparable op for op. Sums are f32 in a fixed order (deterministic); the
@@ -111,14 +111,19 @@ void CpuBackend::attention_decode(const Tensor& q, const Tensor& k, const Tensor
   }
 }
 
-void CpuBackend::moe_grouped_gemm_nt(const Tensor& x, const std::vector<Tensor>& weights,
-                                     const Tensor& kept_offsets, int64_t capacity,
-                                     const Tensor& y) {
-  const char* op = "moe_grouped_gemm_nt";
+namespace {
+
+// Both grouped ops: y rows of each expert's kept rows = x W^T (or silu(x Wg^T) * (x Wu^T) when
+// `up` is given), other rows 0.
+void grouped_products(const char* op, const Tensor& x, const std::vector<Tensor>& weights,
+                      const std::vector<Tensor>* up, const Tensor& kept_offsets,
+                      int64_t capacity, const Tensor& y) {
   const auto E = static_cast<int64_t>(weights.size());
-  if (E < 1 || capacity < 1 || capacity > 16) {
+  if (E < 1 || capacity < 1 || capacity > 16 ||
+      (up != nullptr && static_cast<int64_t>(up->size()) != E)) {
     shape_fail(op, std::to_string(E) + " experts, capacity " + std::to_string(capacity) +
-                       "; expected >= 1 expert and 1 <= capacity <= 16");
+                       "; expected >= 1 expert (as many up as gate weights) and 1 <= capacity "
+                       "<= 16");
   }
   const RowShape xs = expect_rows(op, "x", x, DType::kF32);
   const int64_t K = xs.cols;
@@ -126,6 +131,10 @@ void CpuBackend::moe_grouped_gemm_nt(const Tensor& x, const std::vector<Tensor>&
   for (int64_t e = 0; e < E; ++e) {
     expect_tensor(op, ("weights[" + std::to_string(e) + "]").c_str(), weights[size_t(e)],
                   DType::kF32, {N, K});
+    if (up != nullptr) {
+      expect_tensor(op, ("up_weights[" + std::to_string(e) + "]").c_str(), (*up)[size_t(e)],
+                    DType::kF32, {N, K});
+    }
   }
   expect_tensor(op, "x", x, DType::kF32, {E * capacity, K});
   expect_tensor(op, "y", y, DType::kF32, {E * capacity, N});
@@ -133,9 +142,15 @@ void CpuBackend::moe_grouped_gemm_nt(const Tensor& x, const std::vector<Tensor>&
   const int32_t* off = ptr<int32_t>(kept_offsets);
   const float* px = ptr<float>(x);
   float* py = ptr<float>(y);
+  auto dot = [K](const float* a, const float* b) {
+    float sum = 0.0f;
+    for (int64_t c = 0; c < K; ++c) sum += a[c] * b[c];
+    return sum;
+  };
   for (int64_t e = 0; e < E; ++e) {
     const int64_t kept = std::clamp<int64_t>(off[e + 1] - off[e], 0, capacity);
     const float* w = ptr<float>(weights[size_t(e)]);
+    const float* u = up != nullptr ? ptr<float>((*up)[size_t(e)]) : nullptr;
     for (int64_t r = 0; r < capacity; ++r) {
       float* yr = py + (e * capacity + r) * N;
       if (r >= kept) {
@@ -144,13 +159,27 @@ void CpuBackend::moe_grouped_gemm_nt(const Tensor& x, const std::vector<Tensor>&
       }
       const float* xr = px + (e * capacity + r) * K;
       for (int64_t n = 0; n < N; ++n) {
-        const float* wn = w + n * K;
-        float dot = 0.0f;
-        for (int64_t c = 0; c < K; ++c) dot += xr[c] * wn[c];
-        yr[n] = dot;
+        const float g = dot(xr, w + n * K);
+        yr[n] = u == nullptr ? g : g * (1.0f / (1.0f + std::exp(-g))) * dot(xr, u + n * K);
       }
     }
   }
+}
+
+}  // namespace
+
+void CpuBackend::moe_grouped_gemm_nt(const Tensor& x, const std::vector<Tensor>& weights,
+                                     const Tensor& kept_offsets, int64_t capacity,
+                                     const Tensor& y) {
+  grouped_products("moe_grouped_gemm_nt", x, weights, nullptr, kept_offsets, capacity, y);
+}
+
+void CpuBackend::moe_grouped_swiglu_nt(const Tensor& x, const std::vector<Tensor>& gate_weights,
+                                       const std::vector<Tensor>& up_weights,
+                                       const Tensor& kept_offsets, int64_t capacity,
+                                       const Tensor& y) {
+  grouped_products("moe_grouped_swiglu_nt", x, gate_weights, &up_weights, kept_offsets, capacity,
+                   y);
 }
 
 }  // namespace nnkit::cpu

@@ -156,10 +156,13 @@ struct ExpertWeights {
 };
 
 // Grid (column blocks, E); a warp per output column j of expert e, all `capacity` rows at once
-// (kRows >= capacity registers). Experts with no kept row only write zeros.
-template <typename T, int kRows, int kWidth>
-__global__ void grouped_gemm_nt_kernel(const T* x, ExpertWeights weights, const int32_t* kept,
-                                       int capacity, int64_t n, int64_t k, T* y) {
+// (kRows >= capacity registers). Experts with no kept row only write zeros. kSwiglu: two weight
+// tables (gate, up) and y = silu(x Wg^T) * (x Wu^T) from the f32 sums (the SwiGLU of the
+// experts' first two products in one pass over x).
+template <typename T, int kRows, int kWidth, bool kSwiglu>
+__global__ void grouped_gemm_nt_kernel(const T* x, ExpertWeights weights, ExpertWeights up,
+                                       const int32_t* kept, int capacity, int64_t n, int64_t k,
+                                       T* y) {
   const int e = blockIdx.y;
   const int64_t j = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x & 31;
@@ -174,25 +177,39 @@ __global__ void grouped_gemm_nt_kernel(const T* x, ExpertWeights weights, const 
   }
   const T* xe = x + int64_t(e) * capacity * k;
   const T* wj = static_cast<const T*>(weights.w[e]) + j * k;
-  float acc[kRows];
+  const T* uj = kSwiglu ? static_cast<const T*>(up.w[e]) + j * k : nullptr;
+  float acc[kRows], acc_up[kSwiglu ? kRows : 1];
 #pragma unroll
   for (int i = 0; i < kRows; ++i) acc[i] = 0.0f;
+#pragma unroll
+  for (int i = 0; i < (kSwiglu ? kRows : 1); ++i) acc_up[i] = 0.0f;
+  // Unrolled so each lane keeps several weight loads in flight: these products are bound by
+  // memory latency x bytes in flight, not by arithmetic (same per-lane order: same sums).
+#pragma unroll 4
   for (int64_t p = int64_t(lane) * kWidth; p < k; p += 32 * kWidth) {
-    float w[kWidth];
+    float w[kWidth], u[kWidth];
     load_floats<kWidth>(wj + p, w);
+    if constexpr (kSwiglu) load_floats<kWidth>(uj + p, u);
 #pragma unroll
     for (int i = 0; i < kRows; ++i) {
       if (i < rows) {
         float xv[kWidth];
         load_floats<kWidth>(xe + i * k + p, xv);
 #pragma unroll
-        for (int c = 0; c < kWidth; ++c) acc[i] += xv[c] * w[c];
+        for (int c = 0; c < kWidth; ++c) {
+          acc[i] += xv[c] * w[c];
+          if constexpr (kSwiglu) acc_up[i] += xv[c] * u[c];
+        }
       }
     }
   }
 #pragma unroll
   for (int i = 0; i < kRows; ++i) {
-    const float sum = warp_sum(acc[i]);
+    float sum = warp_sum(acc[i]);
+    if constexpr (kSwiglu) {
+      const float g = sum, u = warp_sum(acc_up[i]);
+      sum = g * (1.0f / (1.0f + expf(-g))) * u;  // swiglu_forward's formula, in f32
+    }
     if (lane == 0 && i < capacity) ye[i * n + j] = from_float<T>(i < rows ? sum : 0.0f);
   }
   if (lane == 0) {
@@ -200,28 +217,31 @@ __global__ void grouped_gemm_nt_kernel(const T* x, ExpertWeights weights, const 
   }
 }
 
-template <typename T, int kRows, int kWidth>
-void launch_grouped(const T* x, const ExpertWeights& w, const int32_t* kept, int capacity,
-                    int64_t n, int64_t k, T* y, int experts, cudaStream_t stream) {
+template <typename T, int kRows, int kWidth, bool kSwiglu>
+void launch_grouped(const T* x, const ExpertWeights& w, const ExpertWeights& up,
+                    const int32_t* kept, int capacity, int64_t n, int64_t k, T* y, int experts,
+                    cudaStream_t stream) {
   constexpr int kWarps = kThreads / 32;
   const dim3 grid(static_cast<unsigned>((n + kWarps - 1) / kWarps), static_cast<unsigned>(experts));
-  grouped_gemm_nt_kernel<T, kRows, kWidth><<<grid, kThreads, 0, stream>>>(x, w, kept, capacity, n, k, y);
+  grouped_gemm_nt_kernel<T, kRows, kWidth, kSwiglu>
+      <<<grid, kThreads, 0, stream>>>(x, w, up, kept, capacity, n, k, y);
   NNKIT_CUDA_CHECK_LAUNCH(grouped_gemm_nt_kernel);
 }
 
-template <typename T, int kWidth>
-void grouped_by_rows(const T* x, const ExpertWeights& w, const int32_t* kept, int capacity,
-                     int64_t n, int64_t k, T* y, int experts, cudaStream_t stream) {
+template <typename T, int kWidth, bool kSwiglu>
+void grouped_by_rows(const T* x, const ExpertWeights& w, const ExpertWeights& up,
+                     const int32_t* kept, int capacity, int64_t n, int64_t k, T* y, int experts,
+                     cudaStream_t stream) {
   if (capacity <= 1) {
-    launch_grouped<T, 1, kWidth>(x, w, kept, capacity, n, k, y, experts, stream);
+    launch_grouped<T, 1, kWidth, kSwiglu>(x, w, up, kept, capacity, n, k, y, experts, stream);
   } else if (capacity <= 2) {
-    launch_grouped<T, 2, kWidth>(x, w, kept, capacity, n, k, y, experts, stream);
+    launch_grouped<T, 2, kWidth, kSwiglu>(x, w, up, kept, capacity, n, k, y, experts, stream);
   } else if (capacity <= 4) {
-    launch_grouped<T, 4, kWidth>(x, w, kept, capacity, n, k, y, experts, stream);
+    launch_grouped<T, 4, kWidth, kSwiglu>(x, w, up, kept, capacity, n, k, y, experts, stream);
   } else if (capacity <= 8) {
-    launch_grouped<T, 8, kWidth>(x, w, kept, capacity, n, k, y, experts, stream);
+    launch_grouped<T, 8, kWidth, kSwiglu>(x, w, up, kept, capacity, n, k, y, experts, stream);
   } else {
-    launch_grouped<T, 16, kWidth>(x, w, kept, capacity, n, k, y, experts, stream);
+    launch_grouped<T, 16, kWidth, kSwiglu>(x, w, up, kept, capacity, n, k, y, experts, stream);
   }
 }
 
@@ -301,41 +321,83 @@ void CudaBackend::attention_decode(const Tensor& q, const Tensor& k, const Tenso
   });
 }
 
+namespace {
+
+// The checks of both grouped ops; fills the weight tables and says whether 16-byte packs fit.
+struct GroupedArgs {
+  ExpertWeights gate{}, up{};
+  int64_t n = 0, k = 0;
+  bool packed = false;
+};
+
+GroupedArgs check_grouped(const char* op, const Tensor& x, const std::vector<Tensor>& weights,
+                          const std::vector<Tensor>* up_weights, const Tensor& kept_offsets,
+                          int64_t capacity, const Tensor& y) {
+  const auto E = static_cast<int64_t>(weights.size());
+  if (E < 1 || E > kMaxGroupedExperts || capacity < 1 || capacity > 16 ||
+      (up_weights != nullptr && static_cast<int64_t>(up_weights->size()) != E)) {
+    kChecks.fail(op, std::to_string(E) + " experts, capacity " + std::to_string(capacity) +
+                         "; this backend groups 1 to " + std::to_string(kMaxGroupedExperts) +
+                         " experts of 1 to 16 rows (and as many up as gate weights)");
+  }
+  const backend_common::RowShape xs = kChecks.float_rows(op, "x", x, kFloatDTypes);
+  GroupedArgs a;
+  a.k = xs.cols;
+  a.n = weights[0].rank() == 2 ? weights[0].dim(0) : -1;
+  a.packed = x.dtype() != DType::kF32 && a.k % 8 == 0 && aligned16(x.raw());
+  for (int64_t e = 0; e < E; ++e) {
+    const Tensor& w = weights[static_cast<size_t>(e)];
+    kChecks.tensor(op, ("weights[" + std::to_string(e) + "]").c_str(), w, x.dtype(), {a.n, a.k});
+    a.gate.w[e] = w.raw();
+    a.packed = a.packed && aligned16(w.raw());
+    if (up_weights != nullptr) {
+      const Tensor& u = (*up_weights)[static_cast<size_t>(e)];
+      kChecks.tensor(op, ("up_weights[" + std::to_string(e) + "]").c_str(), u, x.dtype(),
+                     {a.n, a.k});
+      a.up.w[e] = u.raw();
+      a.packed = a.packed && aligned16(u.raw());
+    }
+  }
+  kChecks.tensor(op, "x", x, x.dtype(), {E * capacity, a.k});
+  kChecks.tensor(op, "y", y, x.dtype(), {E * capacity, a.n});
+  kChecks.tensor(op, "kept_offsets", kept_offsets, DType::kI32, {E + 1});
+  return a;
+}
+
+template <bool kSwiglu>
+void run_grouped(const GroupedArgs& a, const Tensor& x, const Tensor& kept_offsets,
+                 int64_t capacity, const Tensor& y, int experts, cudaStream_t stream) {
+  if (a.n == 0) return;
+  dispatch_float(x.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    with_pack_width<T>(a.packed, [&](auto width) {
+      grouped_by_rows<T, decltype(width)::value, kSwiglu>(
+          ptr<T>(x), a.gate, a.up, ptr<int32_t>(kept_offsets), static_cast<int>(capacity), a.n,
+          a.k, ptr<T>(y), experts, stream);
+    });
+  });
+}
+
+}  // namespace
+
 void CudaBackend::moe_grouped_gemm_nt(const Tensor& x, const std::vector<Tensor>& weights,
                                       const Tensor& kept_offsets, int64_t capacity,
                                       const Tensor& y) {
   OpScope op_scope(profiler_.get(), "moe_grouped_gemm_nt");
-  const char* op = "moe_grouped_gemm_nt";
-  const auto E = static_cast<int64_t>(weights.size());
-  if (E < 1 || E > kMaxGroupedExperts || capacity < 1 || capacity > 16) {
-    kChecks.fail(op, std::to_string(E) + " experts, capacity " + std::to_string(capacity) +
-                         "; this backend groups 1 to " + std::to_string(kMaxGroupedExperts) +
-                         " experts of 1 to 16 rows");
-  }
-  const backend_common::RowShape xs = kChecks.float_rows(op, "x", x, kFloatDTypes);
-  const int64_t K = xs.cols;
-  const int64_t N = weights[0].rank() == 2 ? weights[0].dim(0) : -1;
-  ExpertWeights table{};
-  bool packed = x.dtype() != DType::kF32 && K % 8 == 0 && aligned16(x.raw());
-  for (int64_t e = 0; e < E; ++e) {
-    const Tensor& w = weights[static_cast<size_t>(e)];
-    kChecks.tensor(op, ("weights[" + std::to_string(e) + "]").c_str(), w, x.dtype(), {N, K});
-    table.w[e] = w.raw();
-    packed = packed && aligned16(w.raw());
-  }
-  kChecks.tensor(op, "x", x, x.dtype(), {E * capacity, K});
-  kChecks.tensor(op, "y", y, x.dtype(), {E * capacity, N});
-  kChecks.tensor(op, "kept_offsets", kept_offsets, DType::kI32, {E + 1});
-  if (N == 0) return;
-  dispatch_float(x.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    const auto cap = static_cast<int>(capacity);
-    with_pack_width<T>(packed, [&](auto width) {
-      grouped_by_rows<T, decltype(width)::value>(ptr<T>(x), table, ptr<int32_t>(kept_offsets),
-                                                 cap, N, K, ptr<T>(y), static_cast<int>(E),
-                                                 stream_);
-    });
-  });
+  const GroupedArgs a =
+      check_grouped("moe_grouped_gemm_nt", x, weights, nullptr, kept_offsets, capacity, y);
+  run_grouped<false>(a, x, kept_offsets, capacity, y, static_cast<int>(weights.size()), stream_);
+}
+
+void CudaBackend::moe_grouped_swiglu_nt(const Tensor& x, const std::vector<Tensor>& gate_weights,
+                                        const std::vector<Tensor>& up_weights,
+                                        const Tensor& kept_offsets, int64_t capacity,
+                                        const Tensor& y) {
+  OpScope op_scope(profiler_.get(), "moe_grouped_swiglu_nt");
+  const GroupedArgs a = check_grouped("moe_grouped_swiglu_nt", x, gate_weights, &up_weights,
+                                      kept_offsets, capacity, y);
+  run_grouped<true>(a, x, kept_offsets, capacity, y, static_cast<int>(gate_weights.size()),
+                    stream_);
 }
 
 }  // namespace nnkit::cuda

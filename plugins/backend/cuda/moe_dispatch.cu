@@ -16,7 +16,8 @@
 // the next synchronize) and the slot is treated as already dropped.
 // The static layout (moe_sort_by_expert_padded, for CUDA Graphs) sorts compactly into scratch
 // and then moves each expert's rows to its fixed block of `capacity` rows in one more launch:
-// the same ranks and drops by construction, and nothing the host must read.
+// the same ranks and drops by construction, and nothing the host must read. At decoding sizes
+// the one-block kernel places the rows into their blocks directly (one launch).
 #include <algorithm>
 #include <cstdint>
 #include <string>
@@ -78,6 +79,7 @@ struct SortArgs {
   int n_experts;          // E
   int top_k;              // k
   int capacity;           // < 0: dropless; else clamped to S
+  int block_rows;         // > 0: the padded layout, expert e's rows start at e * block_rows
 };
 
 // Ranks and places kRounds * blockDim.x consecutive slots starting at `begin`, one per thread
@@ -107,7 +109,7 @@ __device__ void place_tile(const SortArgs& a, const int (&experts)[kRounds], int
         a.expert_index[s] = -1;
         if (a.gate != nullptr) a.gate[s] = 0.0f;
       } else {
-        const int row = row_base[e] + rank;
+        const int row = a.block_rows > 0 ? e * a.block_rows + rank : row_base[e] + rank;
         a.token[row] = static_cast<int32_t>(s / a.top_k);
         a.slot[row] = static_cast<int32_t>(s);
       }
@@ -172,6 +174,12 @@ __global__ void __launch_bounds__(kSmallThreads)
   int* running = row_base + E;
   int* warp_counts = running + E;
   for (int x = threadIdx.x; x < E * (3 + 32); x += blockDim.x) smem[x] = 0;
+  // The padded layout in this one block: every row starts as padding, placement overwrites the
+  // kept ones after the barriers below (no separate padding launch).
+  for (int64_t r = threadIdx.x; a.block_rows > 0 && r < int64_t(E) * a.block_rows; r += blockDim.x) {
+    a.token[r] = -1;
+    a.slot[r] = -1;
+  }
   __syncthreads();
   int experts[kSmallRounds];
   load_tile(a, 0, experts, fault);
@@ -193,7 +201,7 @@ __global__ void __launch_bounds__(kSmallThreads)
   if (e == 0) offsets[E] = routed;
   __syncthreads();
   place_tile(a, experts, 0, running, row_base, warp_counts);
-  fill_tail(a, routed);
+  if (a.block_rows == 0) fill_tail(a, routed);
 }
 
 // ---- larger inputs: histogram, scan, place ---------------------------------------------------
@@ -332,7 +340,8 @@ void CudaBackend::moe_sort_by_expert(const Tensor& expert_index, int64_t n_exper
       ptr<int32_t>(expert_index), gate.defined() ? ptr<float>(gate) : nullptr,
       ptr<int32_t>(token),        ptr<int32_t>(slot),
       static_cast<int>(slots),    static_cast<int>(n_experts),
-      static_cast<int>(top_k),    capacity < 0 ? -1 : static_cast<int>(std::min(capacity, slots))};
+      static_cast<int>(top_k),    capacity < 0 ? -1 : static_cast<int>(std::min(capacity, slots)),
+      0};
   const int E = a.n_experts;
   if (slots <= kSmallSlots && E <= kSmallMaxExperts) {
     const size_t shared = size_t(E) * (3 + kSmallThreads / 32) * sizeof(int);
@@ -373,6 +382,23 @@ void CudaBackend::moe_sort_by_expert_padded(const Tensor& expert_index, int64_t 
   expect_flat(*this, op, "token", token, DType::kI32, rows);
   expect_flat(*this, op, "slot", slot, DType::kI32, rows);
   const int64_t slots = expert_index.numel();
+  if (slots <= kSmallSlots && n_experts <= kSmallMaxExperts && slots % top_k == 0 &&
+      top_k >= 1 && gate.defined() && slots > 0) {
+    // Decoding sizes: one block sorts straight into the padded rows (one launch).
+    kChecks.dtype(op, "expert_index", expert_index, DType::kI32);
+    expect_flat(*this, op, "gate", gate, DType::kF32, slots);
+    expect_flat(*this, op, "offsets", offsets, DType::kI32, n_experts + 1);
+    expect_flat(*this, op, "load", load, DType::kF32, n_experts);
+    const SortArgs a{ptr<int32_t>(expert_index), ptr<float>(gate), ptr<int32_t>(token),
+                     ptr<int32_t>(slot), static_cast<int>(slots), static_cast<int>(n_experts),
+                     static_cast<int>(top_k), static_cast<int>(std::min(capacity, slots)),
+                     static_cast<int>(capacity)};
+    const size_t shared = size_t(n_experts) * (3 + kSmallThreads / 32) * sizeof(int);
+    moe_sort_small_kernel<<<1, kSmallThreads, shared, stream_>>>(a, ptr<int32_t>(offsets),
+                                                                 ptr<float>(load), fault_);
+    NNKIT_CUDA_CHECK_LAUNCH(moe_sort_small_kernel);
+    return;
+  }
   Tensor compact_token = empty({slots}, DType::kI32);
   Tensor compact_slot = empty({slots}, DType::kI32);
   moe_sort_by_expert(expert_index, n_experts, top_k, capacity, gate, compact_token, compact_slot,

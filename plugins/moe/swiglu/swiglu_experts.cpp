@@ -5,7 +5,8 @@
 // contiguous block (sized by the host copy of the offsets), and one weighted scatter-add
 // combines y[n] += gate * y_e. Every computation is a Backend op; nothing per token touches the
 // host. In the padded layout while decoding (a few rows per expert, counts on the device) the
-// three products are one moe_grouped_gemm_nt launch each. Activations are in x's dtype (bf16 on a bf16 CUDA backend); gates and dgate are f32.
+// products are two launches over all experts: moe_grouped_swiglu_nt (gate, up and the SwiGLU)
+// and moe_grouped_gemm_nt (down). Activations are in x's dtype (bf16 on a bf16 CUDA backend); gates and dgate are f32.
 // Ownership: owns its parameter descriptors and, after forward_routed(training), the dispatch
 // lists and activations backward needs (until the next forward or release_saved()).
 // Thread-safety: none; one thread drives a layer.
@@ -94,10 +95,8 @@ class SwiGluExperts final : public Experts {
           down_w.push_back(value(w.down_proj));
         }
         const int64_t cap = routing.padded_capacity;
-        backend.moe_grouped_gemm_nt(saved.x_routed, gate_w, routing.kept_offsets, cap,
-                                    saved.h_gate);
-        backend.moe_grouped_gemm_nt(saved.x_routed, up_w, routing.kept_offsets, cap, saved.h_up);
-        backend.swiglu_forward(saved.h_gate, saved.h_up, saved.activated);
+        backend.moe_grouped_swiglu_nt(saved.x_routed, gate_w, up_w, routing.kept_offsets, cap,
+                                      saved.activated);
         backend.moe_grouped_gemm_nt(saved.activated, down_w, routing.kept_offsets, cap,
                                     saved.y_routed);
       }
