@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "nnkit/error.h"
 #include "nnkit/testing.h"
 #include "support/test_support.h"
 
@@ -84,6 +85,34 @@ TEST(CheckPlugin, AgreementRowsWithAReferenceBackend) {
       if (r.check.find("agree") != std::string::npos) ++agreement_rows;
     }
     EXPECT_GE(agreement_rows, 2u) << id << "\n" << report.table();
+  }
+}
+
+// `nnkit check-plugin --backend cuda` for the bundled layers and the CUDA backend's op list:
+// the layers run on the GPU at its default precision and every agreement row against the CPU
+// must hold. Skips without a usable CUDA device (the lead's GPU runs execute it).
+TEST(CheckPlugin, BundledLayersAndTheCudaBackendPassOnTheGpu) {
+  std::shared_ptr<Backend> cuda;
+  try {
+    cuda = test::cuda_backend();
+  } catch (const Error& e) {
+    GTEST_SKIP() << "no CUDA device: " << e.what();
+  }
+  auto cpu = test::cpu_backend(1);
+  const std::map<std::string, std::map<std::string, std::string>> cases = {
+      {"norm/rmsnorm", {}},
+      {"attention/mqa", {{"n_heads", "4"}, {"n_kv_heads", "2"}, {"head_dim", "4"}}},
+      {"ffn/swiglu", {{"ffn_dim", "12"}}},
+      {"moe/topk", {}},
+      {"moe/swiglu", {{"n_experts", "4"}, {"ffn_dim", "8"}}},
+      {"backend/cuda", {}}};
+  for (const auto& [id, values] : cases) {
+    testing::CheckOptions options;
+    options.options = values;
+    const size_t slash = id.find('/');
+    const testing::CheckReport report = testing::check_plugin(
+        test::registry(), id.substr(0, slash), id.substr(slash + 1), options, *cuda, cpu.get());
+    EXPECT_TRUE(report.passed()) << id << "\n" << report.table();
   }
 }
 
