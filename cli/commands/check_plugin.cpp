@@ -74,7 +74,8 @@ int run_check_plugin(const Args& raw) {
   const bool json = args.has("--json");
 
   std::error_code ec;
-  const bool is_library = fs::is_regular_file(target, ec) || target.find(".so") != std::string::npos;
+  const bool is_library =
+      fs::is_regular_file(target, ec) || target.find(".so") != std::string::npos;
   std::string kind, name;
   RegistryOptions registry_opts = registry_options(args);
   if (is_library) {

@@ -26,9 +26,9 @@ class GemmaRmsNorm final : public nnkit::Norm {
 
   nnkit::Tensor forward(nnkit::ForwardContext& ctx, const nnkit::Tensor& x) override {
     nnkit::Backend& be = *ctx.backend;
-    NNKIT_CHECK_SHAPE(x.rank() == 2 && x.dim(1) == hidden_, id(),
-                      "forward expects (N, " + std::to_string(hidden_) + "), got " +
-                          nnkit::describe(x));
+    NNKIT_CHECK_SHAPE(
+        x.rank() == 2 && x.dim(1) == hidden_, id(),
+        "forward expects (N, " + std::to_string(hidden_) + "), got " + nnkit::describe(x));
     nnkit::Tensor scale = be.empty({hidden_}, value(weight_).dtype());  // (C) = 1 + w
     be.add_scalar(scale, value(weight_), 1.0f);
     nnkit::Tensor y = be.empty(x.shape(), x.dtype());

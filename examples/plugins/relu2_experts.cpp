@@ -41,8 +41,8 @@ class Relu2Experts final : public nnkit::Experts {
     s.rows = nnkit::moe::dispatch(be, x, routing, n_experts_, id());
     const int64_t m = s.rows.rows;
     if (m > 0) {
-      s.h = be.empty({m, ffn_dim_}, x.dtype());       // (M, F) = x_e W1^T
-      s.a = be.empty({m, ffn_dim_}, x.dtype());       // (M, F) = relu(h)^2
+      s.h = be.empty({m, ffn_dim_}, x.dtype());      // (M, F) = x_e W1^T
+      s.a = be.empty({m, ffn_dim_}, x.dtype());      // (M, F) = relu(h)^2
       s.y_rows = be.empty({m, hidden_}, x.dtype());  // (M, C) = a W2^T
       for (int64_t e = 0; e < n_experts_; ++e) {
         if (s.rows.begin(e) == s.rows.end(e)) continue;

@@ -99,8 +99,8 @@ double activation_ref(Activation act, double x) {
 
 TEST_F(AuthorOps, ActivationsForwardAndBackward) {
   const std::vector<float> x = edge_values(), dy = random_values(64, 79, 1.5f);
-  for (Activation act : {Activation::kRelu, Activation::kGelu, Activation::kSilu,
-                         Activation::kReluSquared}) {
+  for (Activation act :
+       {Activation::kRelu, Activation::kGelu, Activation::kSilu, Activation::kReluSquared}) {
     const std::string name = "activation " + std::to_string(static_cast<int>(act));
     Tensor tx = tensor_from(be(), x, {64}), y = be().empty({64});
     be().activation_forward(act, tx, y);
@@ -177,13 +177,15 @@ TEST_F(AuthorOps, ArgumentErrorsNameTheOp) {
   EXPECT_NE(error_of([&] { be().sign(a, i); }).find("sign"), std::string::npos);
   EXPECT_NE(error_of([&] { be().clamp(a, a, 1.0f, -1.0f); }).find("must not exceed"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { be().activation_backward(Activation::kRelu, a, a, a); })
-                .find("dx may alias dy, not x"),
+  EXPECT_NE(error_of([&] {
+              be().activation_backward(Activation::kRelu, a, a, a);
+            }).find("dx may alias dy, not x"),
             std::string::npos);
   EXPECT_NE(error_of([&] { be().lion_update(a, b, a, MomentumStep{}); }).find("lion_update"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { be().activation_forward(static_cast<Activation>(9), a, a); })
-                .find("unknown activation"),
+  EXPECT_NE(error_of([&] {
+              be().activation_forward(static_cast<Activation>(9), a, a);
+            }).find("unknown activation"),
             std::string::npos);
 }
 

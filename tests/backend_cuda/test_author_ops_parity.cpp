@@ -56,14 +56,14 @@ TEST_F(CudaAuthorOpsParity, MulSignClampAddScalar) {
 TEST_F(CudaAuthorOpsParity, ActivationsForwardAndBackward) {
   // relu and relu^2 are exact in f32 on both sides (one product at most); gelu and silu go
   // through erf/exp, whose device versions are within a few ulp: kElementwiseExp.
-  for (Activation act : {Activation::kRelu, Activation::kGelu, Activation::kSilu,
-                         Activation::kReluSquared}) {
+  for (Activation act :
+       {Activation::kRelu, Activation::kGelu, Activation::kSilu, Activation::kReluSquared}) {
     const bool exact = act == Activation::kRelu || act == Activation::kReluSquared;
     const Tolerance f32 = exact ? kExact : Tolerance{4e-6, 1e-7};
     for (DType dt : kAllFloat) {
       for (const Shape& shape : kShapes) {
-        const std::string what = "activation " + std::to_string(int(act)) + " " +
-                                 dtype_text(dt) + " " + to_string(shape);
+        const std::string what = "activation " + std::to_string(int(act)) + " " + dtype_text(dt) +
+                                 " " + to_string(shape);
         TensorPair x = same_rounded_random(shape, 210, dt, 4.0f);
         TensorPair dy = same_rounded_random(shape, 211, dt, 2.0f);
         TensorPair y = poisoned(shape, dt);
@@ -74,9 +74,8 @@ TEST_F(CudaAuthorOpsParity, ActivationsForwardAndBackward) {
         cpu().activation_backward(act, dy.cpu, x.cpu, dx.cpu);
         cuda().activation_backward(act, dy.cuda, x.cuda, dx.cuda);
         // The backward multiplies dy by act'(x): one more product than the forward.
-        expect_rounded_matches_cpu(dx, rounded_once(exact ? kMultiplyAdd : Tolerance{8e-6, 1e-7},
-                                                    dt),
-                                   "backward " + what);
+        expect_rounded_matches_cpu(
+            dx, rounded_once(exact ? kMultiplyAdd : Tolerance{8e-6, 1e-7}, dt), "backward " + what);
       }
     }
   }

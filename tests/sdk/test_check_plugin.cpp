@@ -55,8 +55,8 @@ TEST(CheckPlugin, EveryBundledPluginPasses) {
     if (info.kind == "tokenizer_trainer" || info.id() == "backend/cuda") continue;
     auto it = required.find(info.id());
     const testing::CheckReport report =
-        check(test::registry(), info.id(), it == required.end() ? std::map<std::string, std::string>{}
-                                                                 : it->second);
+        check(test::registry(), info.id(),
+              it == required.end() ? std::map<std::string, std::string>{} : it->second);
     EXPECT_TRUE(report.passed()) << info.id() << "\n" << report.table();
     ++checked;
   }
@@ -76,9 +76,9 @@ TEST(CheckPlugin, AgreementRowsWithAReferenceBackend) {
     testing::CheckOptions options;
     options.options = values;
     const size_t slash = id.find('/');
-    const testing::CheckReport report = testing::check_plugin(
-        test::registry(), id.substr(0, slash), id.substr(slash + 1), options, *backend,
-        reference.get());
+    const testing::CheckReport report =
+        testing::check_plugin(test::registry(), id.substr(0, slash), id.substr(slash + 1), options,
+                              *backend, reference.get());
     EXPECT_TRUE(report.passed()) << report.table();
     size_t agreement_rows = 0;
     for (const testing::CheckResult& r : report.results) {

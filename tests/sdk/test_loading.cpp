@@ -5,14 +5,14 @@
 // router in the experts slot is told so; a layer returning the wrong shape is named by the
 // model; and loading, using and unloading plugins 100 times leaves nothing behind (the ASan
 // build's LeakSanitizer checks the last part).
-#include <gtest/gtest.h>
 #include <dlfcn.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 
 #include <cmath>
 #include <filesystem>
-#include <functional>
 #include <fstream>
+#include <functional>
 
 #include "nnkit/config.h"
 #include "nnkit/error.h"
@@ -107,11 +107,9 @@ TEST(Loading, PluginPreferFromTheYamlResolvesRelativeToTheFile) {
   const fs::path dir = fs::temp_directory_path() / "nnkit-prefer-test";
   fs::create_directories(dir);
   const fs::path config = dir / "prefer.yaml";
-  std::ofstream(config) << model_yaml("{type: rmsnorm}", "plugin_prefer: {norm/rmsnorm: " +
-                                                             fixture_lib("shadow").string() +
-                                                             "}\nplugin_paths: [" +
-                                                             fixture_dir("shadow").string() +
-                                                             "]\n");
+  std::ofstream(config) << model_yaml(
+      "{type: rmsnorm}", "plugin_prefer: {norm/rmsnorm: " + fixture_lib("shadow").string() +
+                             "}\nplugin_paths: [" + fixture_dir("shadow").string() + "]\n");
   const ConfigDocument doc = ConfigDocument::load_file(config);
   ASSERT_EQ(doc.plugin_prefer().size(), 1u);
   RegistryOptions options;
@@ -221,8 +219,8 @@ TEST(Loading, ARouterInTheExpertsSlotIsToldItIsARouter) {
       "model:\n  vocab_size: 32\n  hidden_dim: 8\n  n_layers: 1\n  max_seq_len: 8\n"
       "  attention: {type: mqa, n_heads: 2, n_kv_heads: 1, head_dim: 4}\n"
       "  moe:\n    router: {type: swiglu}\n    experts: {type: swiglu, n_experts: 4, ffn_dim: 8}\n";
-  const std::string m2 =
-      message_of([&] { resolve_config(ConfigDocument::parse(swapped, "s.yaml"), test::registry()); });
+  const std::string m2 = message_of(
+      [&] { resolve_config(ConfigDocument::parse(swapped, "s.yaml"), test::registry()); });
   EXPECT_TRUE(contains(m2, "swiglu is an experts plugin")) << m2;
 }
 
@@ -266,7 +264,8 @@ TEST(Loading, LoadUseUnload100TimesLeavesNothingBehind) {
                          "optim/adamw", "schedule/warmup_cosine", "decode/greedy"}) {
     const std::string text = id;
     const size_t slash = text.find('/');
-    libraries.push_back(test::registry().require(text.substr(0, slash), text.substr(slash + 1)).path);
+    libraries.push_back(
+        test::registry().require(text.substr(0, slash), text.substr(slash + 1)).path);
   }
   for (int round = 0; round < 100; ++round) {
     auto registry = std::make_unique<Registry>(libraries);

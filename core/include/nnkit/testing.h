@@ -44,14 +44,13 @@ struct Comparison {
   size_t worst = 0;  // index of the largest difference
   bool ok = true;    // also false when a value is not finite or the sizes differ
 };
-NNKIT_API Comparison compare(const std::vector<double>& actual,
-                             const std::vector<double>& expected, double abs_tol,
-                             double rel_tol);
+NNKIT_API Comparison compare(const std::vector<double>& actual, const std::vector<double>& expected,
+                             double abs_tol, double rel_tol);
 
 // ---- conformance checks --------------------------------------------------------------------
 struct CheckResult {
-  std::string check;       // "gradient dx (finite differences)"
-  bool passed = false;     // false with skipped = true: not run (detail says why)
+  std::string check;    // "gradient dx (finite differences)"
+  bool passed = false;  // false with skipped = true: not run (detail says why)
   bool skipped = false;
   double error = 0.0;      // what was measured (max |diff| unless detail says otherwise)
   double tolerance = 0.0;  // what it was held to (0 for yes/no checks)
@@ -111,22 +110,18 @@ NNKIT_API std::vector<CheckResult> check_layer(const Registry& registry, const P
 NNKIT_API std::vector<CheckResult> check_router(const Registry& registry, const PluginInfo& info,
                                                 const CheckOptions& options, Backend& backend,
                                                 Backend* reference = nullptr);
-NNKIT_API std::vector<CheckResult> check_experts(const Registry& registry,
-                                                 const PluginInfo& info,
+NNKIT_API std::vector<CheckResult> check_experts(const Registry& registry, const PluginInfo& info,
                                                  const CheckOptions& options, Backend& backend,
                                                  Backend* reference = nullptr);
-NNKIT_API std::vector<CheckResult> check_optimizer(const Registry& registry,
-                                                   const PluginInfo& info,
+NNKIT_API std::vector<CheckResult> check_optimizer(const Registry& registry, const PluginInfo& info,
                                                    const CheckOptions& options, Backend& backend);
 // With a backend, also compares the sampler's device path (apply_device) with apply().
 NNKIT_API std::vector<CheckResult> check_sampler(const Registry& registry, const PluginInfo& info,
                                                  const CheckOptions& options,
                                                  Backend* backend = nullptr);
-NNKIT_API std::vector<CheckResult> check_tokenizer(const Registry& registry,
-                                                   const PluginInfo& info,
+NNKIT_API std::vector<CheckResult> check_tokenizer(const Registry& registry, const PluginInfo& info,
                                                    const CheckOptions& options);
-NNKIT_API std::vector<CheckResult> check_schedule(const Registry& registry,
-                                                  const PluginInfo& info,
+NNKIT_API std::vector<CheckResult> check_schedule(const Registry& registry, const PluginInfo& info,
                                                   const CheckOptions& options);
 // Every op of the shared list (see backend_op_checks) on `backend` against host references.
 NNKIT_API std::vector<CheckResult> check_backend_ops(Backend& backend);

@@ -236,8 +236,8 @@ const std::vector<OpCase>& op_cases() {
        [](Backend& b, const std::string& n) {
          const Host x = rnd(16, 33, 3.0), dy = rnd(16, 34);
          Host got, e;
-         for (Activation act : {Activation::kRelu, Activation::kGelu, Activation::kSilu,
-                                Activation::kReluSquared}) {
+         for (Activation act :
+              {Activation::kRelu, Activation::kGelu, Activation::kSilu, Activation::kReluSquared}) {
            Tensor xt = up(b, x, {16}), y = b.empty({16}), dx = b.empty({16});
            b.activation_forward(act, xt, y);
            b.activation_backward(act, up(b, dy, {16}), xt, dx);

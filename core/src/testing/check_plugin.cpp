@@ -14,8 +14,8 @@ namespace {
 
 const std::vector<std::string>& known_kinds() {
   static const std::vector<std::string> kinds = {
-      "backend", "norm",   "attention", "moe",       "ffn",
-      "optim",   "schedule", "decode",  "tokenizer", "tokenizer_trainer"};
+      "backend", "norm",     "attention", "moe",       "ffn",
+      "optim",   "schedule", "decode",    "tokenizer", "tokenizer_trainer"};
   return kinds;
 }
 
@@ -26,14 +26,14 @@ std::vector<CheckResult> check_descriptor(const Registry& registry, const Plugin
   std::vector<CheckResult> rows;
   // The registry refuses a wrong ABI or build tag before anything else; being here means both
   // matched.
-  rows.push_back(detail::pass_row("ABI version and build tag",
-                                  "ABI " + std::to_string(kPluginAbiVersion) + ", " +
-                                      NNKIT_BUILD_TAG));
+  rows.push_back(
+      detail::pass_row("ABI version and build tag",
+                       "ABI " + std::to_string(kPluginAbiVersion) + ", " + NNKIT_BUILD_TAG));
   const bool known =
       std::find(known_kinds().begin(), known_kinds().end(), info.kind) != known_kinds().end();
-  rows.push_back(known ? detail::pass_row("kind is known", info.kind)
-                       : detail::fail_row("kind is known", "no config slot takes kind '" +
-                                                               info.kind + "'"));
+  rows.push_back(
+      known ? detail::pass_row("kind is known", info.kind)
+            : detail::fail_row("kind is known", "no config slot takes kind '" + info.kind + "'"));
   std::string problems;
   for (const OptionSpec& spec : info.options) {
     if (const std::string p = declared_default_problem(spec); !p.empty()) {
@@ -68,18 +68,17 @@ std::vector<CheckResult> check_descriptor(const Registry& registry, const Plugin
         }
       }
     }
-    rows.push_back(bad.empty() ? detail::pass_row("options at their bounds",
-                                                  std::to_string(tried) +
-                                                      " values: built, or refused with "
-                                                      "nnkit::Error")
-                               : detail::fail_row("options at their bounds", bad));
+    rows.push_back(bad.empty()
+                       ? detail::pass_row("options at their bounds",
+                                          std::to_string(tried) + " values: built, or refused with "
+                                                                  "nnkit::Error")
+                       : detail::fail_row("options at their bounds", bad));
   }
   return rows;
 }
 
-CheckReport check_plugin(const Registry& registry, const std::string& kind,
-                         const std::string& name, const CheckOptions& options, Backend& backend,
-                         Backend* reference) {
+CheckReport check_plugin(const Registry& registry, const std::string& kind, const std::string& name,
+                         const CheckOptions& options, Backend& backend, Backend* reference) {
   const PluginInfo& info = registry.require(kind, name);
   CheckReport report;
   report.plugin = info.id();
@@ -98,8 +97,9 @@ CheckReport check_plugin(const Registry& registry, const std::string& kind,
       append(check_experts(registry, info, options, backend, reference));
     } else if (kind == "moe") {
       report.results.push_back(detail::fail_row(
-          "moe role", "could not tell router from experts: the plugin cannot be created from its "
-                      "defaults (give required options with --options)"));
+          "moe role",
+          "could not tell router from experts: the plugin cannot be created from its "
+          "defaults (give required options with --options)"));
     } else if (kind == "optim") {
       append(check_optimizer(registry, info, options, backend));
     } else if (kind == "decode") {

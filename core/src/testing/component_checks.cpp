@@ -9,8 +9,8 @@
 #include <memory>
 #include <random>
 
-#include "nnkit/error.h"
 #include "nnkit/device_sampling.h"
+#include "nnkit/error.h"
 #include "nnkit/generator.h"
 #include "nnkit/optim.h"
 #include "nnkit/sampler.h"
@@ -82,8 +82,8 @@ std::vector<Host> adamw_reference(std::vector<Host> values, const std::vector<Pa
                                   const Options& o, int64_t steps, double lr, uint64_t seed) {
   const double b1 = o.get_float("beta1"), b2 = o.get_float("beta2"), eps = o.get_float("eps");
   const double wd = o.get_float("weight_decay");
-  const bool decay_all = o.has("decay_norms_and_embeddings") &&
-                         o.get_bool("decay_norms_and_embeddings");
+  const bool decay_all =
+      o.has("decay_norms_and_embeddings") && o.get_bool("decay_norms_and_embeddings");
   for (size_t i = 0; i < params.size(); ++i) {
     const bool decays = decay_all || (params[i].decay && !params[i].is_embedding);
     Host m(values[i].size(), 0.0), v(values[i].size(), 0.0);
@@ -175,8 +175,8 @@ std::vector<CheckResult> check_optimizer(const Registry& registry, const PluginI
     if (state_a.size() != state_b.size()) throw Error(info.id(), "state() sizes differ");
     for (size_t i = 0; i < state_a.size(); ++i) {
       if (state_a[i].first != state_b[i].first) {
-        throw Error(info.id(), "state() names differ: " + state_a[i].first + " vs " +
-                                   state_b[i].first);
+        throw Error(info.id(),
+                    "state() names differ: " + state_a[i].first + " vs " + state_b[i].first);
       }
       backend.copy(state_b[i].second, state_a[i].second);
     }
@@ -223,10 +223,9 @@ std::vector<CheckResult> check_optimizer(const Registry& registry, const PluginI
         }
       }
     }
-    rows.push_back(problem.empty()
-                       ? detail::pass_row("weight-decay rule",
-                                          "norms and embeddings exempt, weights decay")
-                       : detail::fail_row("weight-decay rule", problem));
+    rows.push_back(problem.empty() ? detail::pass_row("weight-decay rule",
+                                                      "norms and embeddings exempt, weights decay")
+                                   : detail::fail_row("weight-decay rule", problem));
   });
   return rows;
 }
@@ -237,8 +236,8 @@ std::vector<CheckResult> check_sampler(const Registry& registry, const PluginInf
   const Options opts = make_options(info, options.options);
   std::shared_ptr<Sampler> sampler;
   if (!detail::guarded(rows, "created", [&] {
-        sampler = registry.create<Sampler>(info.kind, info.name,
-                                           CreateArgs{opts, options.dims, nullptr});
+        sampler =
+            registry.create<Sampler>(info.kind, info.name, CreateArgs{opts, options.dims, nullptr});
       })) {
     return rows;
   }
@@ -280,9 +279,9 @@ std::vector<CheckResult> check_sampler(const Registry& registry, const PluginInf
     }
     counts[static_cast<size_t>(id)] += 1.0;
   }
-  rows.push_back(in_range ? detail::pass_row("ids inside the vocabulary",
-                                             std::to_string(draws) + " draws")
-                          : detail::fail_row("ids inside the vocabulary", "an id outside [0, V)"));
+  rows.push_back(
+      in_range ? detail::pass_row("ids inside the vocabulary", std::to_string(draws) + " draws")
+               : detail::fail_row("ids inside the vocabulary", "an id outside [0, V)"));
   if (!in_range || !valid || !any_finite) return rows;
   Host p(static_cast<size_t>(V), 0.0);
   if (sampler->selects_argmax()) {
@@ -357,13 +356,13 @@ std::vector<CheckResult> check_sampler(const Registry& registry, const PluginInf
       if (host_out || device_out) expected[i] = got[i] = 0.0;  // compared as kept sets
     }
     if (kept_differs > 0) {
-      rows.push_back(detail::fail_row("device path equals host path",
-                                      std::to_string(kept_differs) +
-                                          " tokens kept by one path and excluded by the other"));
+      rows.push_back(detail::fail_row(
+          "device path equals host path",
+          std::to_string(kept_differs) + " tokens kept by one path and excluded by the other"));
       return;
     }
-    CheckResult row = detail::compare_row("device path equals host path", got, expected, 1e-6,
-                                          1e-5);
+    CheckResult row =
+        detail::compare_row("device path equals host path", got, expected, 1e-6, 1e-5);
     row.detail = "2 rows, same kept tokens; " + row.detail;
     rows.push_back(row);
   });
@@ -400,10 +399,13 @@ std::vector<CheckResult> check_tokenizer(const Registry& registry, const PluginI
                        : detail::fail_row("special ids decode to no text",
                                           "BOS, EOS decoded to '" + special_text + "'"));
   });
-  const std::vector<std::string> corpus = {
-      "Hello, world!", "  leading and trailing  ", "line one\nline two\ttab",
-      "caf\xc3\xa9 na\xc3\xafve \xc3\xbc", "\xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e",
-      "emoji \xf0\x9f\x99\x82 and 1234567890", ""};
+  const std::vector<std::string> corpus = {"Hello, world!",
+                                           "  leading and trailing  ",
+                                           "line one\nline two\ttab",
+                                           "caf\xc3\xa9 na\xc3\xafve \xc3\xbc",
+                                           "\xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e",
+                                           "emoji \xf0\x9f\x99\x82 and 1234567890",
+                                           ""};
   size_t failures = 0;
   std::string first_failure;
   bool ids_ok = true;
@@ -415,12 +417,12 @@ std::vector<CheckResult> check_tokenizer(const Registry& registry, const PluginI
         if (failures++ == 0) first_failure = text;
       }
     }
-    rows.push_back(failures == 0 ? detail::pass_row("UTF-8 round trip",
-                                                    std::to_string(corpus.size()) + " texts")
-                                 : detail::fail_row("UTF-8 round trip",
-                                                    std::to_string(failures) +
-                                                        " texts changed, first: '" +
-                                                        first_failure + "'"));
+    rows.push_back(
+        failures == 0
+            ? detail::pass_row("UTF-8 round trip", std::to_string(corpus.size()) + " texts")
+            : detail::fail_row(
+                  "UTF-8 round trip",
+                  std::to_string(failures) + " texts changed, first: '" + first_failure + "'"));
     rows.push_back(ids_ok ? detail::pass_row("encoded ids inside the vocabulary")
                           : detail::fail_row("encoded ids inside the vocabulary",
                                              "an id outside [0, vocab_size)"));
@@ -445,8 +447,8 @@ std::vector<CheckResult> check_schedule(const Registry& registry, const PluginIn
       for (int64_t step = 0; step < total && problem.empty(); ++step) {
         const double f = schedule->factor(step, total);
         if (!std::isfinite(f) || f < 0.0) {
-          problem = "factor(" + std::to_string(step) + ", " + std::to_string(total) + ") = " +
-                    std::to_string(f);
+          problem = "factor(" + std::to_string(step) + ", " + std::to_string(total) +
+                    ") = " + std::to_string(f);
         } else if (f != schedule->factor(step, total)) {
           problem = "factor is not a function of (step, total)";
         }

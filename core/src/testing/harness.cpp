@@ -30,8 +30,8 @@ Tensor upload(Backend& backend, const Host& values, const Shape& shape, DType dt
 
 void upload_into(Backend& backend, const Tensor& t, const Host& values) {
   if (static_cast<int64_t>(values.size()) != t.numel()) {
-    throw ShapeError("testing", "upload of " + std::to_string(values.size()) + " values into " +
-                                    describe(t));
+    throw ShapeError("testing",
+                     "upload of " + std::to_string(values.size()) + " values into " + describe(t));
   }
   if (t.dtype() == DType::kI32) {
     std::vector<int32_t> ints(values.size());
@@ -157,7 +157,8 @@ CheckResult gradient_row(const std::string& check, const Host& analytic,
   if (masked > 0) row.detail += ", " + std::to_string(masked) + " masked (top-k flipped)";
   if (!c.ok && c.worst < a.size()) {
     row.detail += "; worst: analytic " + number(a[c.worst]) + ", numeric " + number(n[c.worst]);
-    if (std::abs(n[c.worst]) > 0.0) row.detail += " (ratio " + number(a[c.worst] / n[c.worst]) + ")";
+    if (std::abs(n[c.worst]) > 0.0)
+      row.detail += " (ratio " + number(a[c.worst] / n[c.worst]) + ")";
   }
   return row;
 }

@@ -42,8 +42,8 @@ double dot(const Host& a, const Host& b);
 // A row comparing `analytic` (full tensor) at `indices` with `numeric` (parallel to indices);
 // NaN entries of `numeric` are masked (a router's top-k flipped there) and counted.
 CheckResult gradient_row(const std::string& check, const Host& analytic,
-                         const std::vector<size_t>& indices, const Host& numeric,
-                         double abs_tol, double rel_tol);
+                         const std::vector<size_t>& indices, const Host& numeric, double abs_tol,
+                         double rel_tol);
 CheckResult pass_row(const std::string& check, const std::string& detail = "");
 CheckResult fail_row(const std::string& check, const std::string& detail);
 CheckResult skip_row(const std::string& check, const std::string& detail);

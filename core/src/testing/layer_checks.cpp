@@ -134,8 +134,8 @@ Routing fixed_routing(Backend& backend, const Host& index, const Host& gates, in
   routing.slot = backend.empty({n_tokens * k}, DType::kI32);
   Tensor offsets = backend.empty({n_experts + 1}, DType::kI32);
   Tensor load = backend.empty({n_experts});
-  backend.moe_sort_by_expert(routing.expert_index.view({n_tokens * k}), n_experts, k, -1,
-                             Tensor(), routing.token, routing.slot, offsets, load);
+  backend.moe_sort_by_expert(routing.expert_index.view({n_tokens * k}), n_experts, k, -1, Tensor(),
+                             routing.token, routing.slot, offsets, load);
   for (double o : detail::download(backend, offsets)) {
     routing.offsets.push_back(static_cast<int64_t>(o));
   }
@@ -181,22 +181,20 @@ std::vector<CheckResult> check_layer(const Registry& registry, const PluginInfo&
   std::vector<Host> grads_once;
   const bool ran = detail::guarded(rows, "forward and backward", [&] {
     y = h.forward(x, true, &y_tensor);
-    const bool shape_ok = y_tensor.shape() == Shape{N, C} &&
-                          y_tensor.dtype() == backend.compute_dtype();
-    rows.push_back(shape_ok ? detail::pass_row("forward output shape and dtype",
-                                               describe(y_tensor))
+    const bool shape_ok =
+        y_tensor.shape() == Shape{N, C} && y_tensor.dtype() == backend.compute_dtype();
+    rows.push_back(shape_ok ? detail::pass_row("forward output shape and dtype", describe(y_tensor))
                             : detail::fail_row("forward output shape and dtype",
-                                               "returned " + describe(y_tensor) +
-                                                   ", expected (" + std::to_string(N) + ", " +
-                                                   std::to_string(C) + ") in " +
-                                                   dtype_name(backend.compute_dtype())));
+                                               "returned " + describe(y_tensor) + ", expected (" +
+                                                   std::to_string(N) + ", " + std::to_string(C) +
+                                                   ") in " + dtype_name(backend.compute_dtype())));
     if (!shape_ok) throw ShapeError(info.id(), "forward returned " + describe(y_tensor));
     dx = h.backward(r, y_tensor, &dx_tensor);
-    const bool dx_ok = dx_tensor.shape() == Shape{N, C} &&
-                       dx_tensor.dtype() == backend.compute_dtype();
-    rows.push_back(dx_ok ? detail::pass_row("backward dx shape and dtype", describe(dx_tensor))
-                         : detail::fail_row("backward dx shape and dtype",
-                                            "returned " + describe(dx_tensor)));
+    const bool dx_ok =
+        dx_tensor.shape() == Shape{N, C} && dx_tensor.dtype() == backend.compute_dtype();
+    rows.push_back(
+        dx_ok ? detail::pass_row("backward dx shape and dtype", describe(dx_tensor))
+              : detail::fail_row("backward dx shape and dtype", "returned " + describe(dx_tensor)));
     if (!dx_ok) throw ShapeError(info.id(), "backward returned " + describe(dx_tensor));
     grads_once = h.grads();
   });
@@ -227,8 +225,9 @@ std::vector<CheckResult> check_layer(const Registry& registry, const PluginInfo&
           xs, idx, [&] { return detail::dot(h.forward(xs, false), r); }, eps);
       rows.push_back(detail::gradient_row("gradient dx", dx, idx, numeric, kFdAbs, kFdRel));
     });
-    parameter_gradient_rows(rows, backend, *h.layer, h.params, grads_once,
-                            [&] { return detail::dot(h.forward(x, false), r); }, options);
+    parameter_gradient_rows(
+        rows, backend, *h.layer, h.params, grads_once,
+        [&] { return detail::dot(h.forward(x, false), r); }, options);
   }
 
   if (auto* attention = dynamic_cast<Attention*>(h.layer.get())) {
@@ -240,14 +239,14 @@ std::vector<CheckResult> check_layer(const Registry& registry, const PluginInfo&
         ForwardContext ctx = detail::make_context(backend, B, 1, false);
         ctx.use_kv_cache = true;
         ctx.cache_len = t;
-        ctx.positions = detail::upload(backend, Host(static_cast<size_t>(B), double(t)), {B},
-                                       DType::kI32);
+        ctx.positions =
+            detail::upload(backend, Host(static_cast<size_t>(B), double(t)), {B}, DType::kI32);
         Host xt;
         for (int64_t b = 0; b < B; ++b) {
           xt.insert(xt.end(), x.begin() + (b * T + t) * C, x.begin() + (b * T + t + 1) * C);
         }
-        Tensor yt = attention->forward(
-            ctx, detail::upload(backend, xt, {B, C}, backend.compute_dtype()));
+        Tensor yt =
+            attention->forward(ctx, detail::upload(backend, xt, {B, C}, backend.compute_dtype()));
         const Host y_host = detail::download(backend, yt);
         for (int64_t b = 0; b < B; ++b) {
           std::copy(y_host.begin() + b * C, y_host.begin() + (b + 1) * C,
@@ -268,15 +267,14 @@ std::vector<CheckResult> check_layer(const Registry& registry, const PluginInfo&
       const Host y_ref = ref.forward(x, true, &ref_y);
       const Host dx_ref = ref.backward(r, ref_y);
       const auto [abs_tol, rel_tol] = agreement_tolerance(backend);
-      rows.push_back(detail::compare_row("forward agrees with " + to_string(reference->device()),
-                                         y, y_ref, abs_tol, rel_tol));
+      rows.push_back(detail::compare_row("forward agrees with " + to_string(reference->device()), y,
+                                         y_ref, abs_tol, rel_tol));
       rows.push_back(detail::compare_row("dx agrees with " + to_string(reference->device()), dx,
                                          dx_ref, abs_tol, rel_tol));
       const std::vector<Host> g_ref = ref.grads();
       for (size_t i = 0; i < g_ref.size(); ++i) {
         rows.push_back(detail::compare_row(
-            h.layer->parameters()[i].name + " grad agrees with " +
-                to_string(reference->device()),
+            h.layer->parameters()[i].name + " grad agrees with " + to_string(reference->device()),
             grads_once[i], g_ref[i], abs_tol, rel_tol));
       }
     });
@@ -293,8 +291,8 @@ std::vector<CheckResult> check_router(const Registry& registry, const PluginInfo
   std::shared_ptr<Router> router;
   std::vector<Host> params;
   if (!detail::guarded(rows, "created", [&] {
-        router = registry.create<Router>(info.kind, info.name,
-                                         CreateArgs{opts, options.dims, &backend});
+        router =
+            registry.create<Router>(info.kind, info.name, CreateArgs{opts, options.dims, &backend});
         // A larger gain keeps the router's scores apart, so that few probes sit near a tie.
         params = detail::init_parameters(backend, *router, options.seed, 3.0);
       })) {
@@ -308,7 +306,8 @@ std::vector<CheckResult> check_router(const Registry& registry, const PluginInfo
   Host base_index;
   auto objective = [&](const Host& xs, bool* flipped) {
     ForwardContext ctx = detail::make_context(backend, B, T, true);
-    Routing routing = router->route(ctx, detail::upload(backend, xs, {N, C}));
+    Routing routing =
+        router->route(ctx, detail::upload(backend, xs, {N, C}, backend.compute_dtype()));
     const Host index = detail::download(backend, routing.expert_index);
     if (flipped != nullptr) *flipped = index != base_index;
     const AuxStats stats = router->aux_stats();
@@ -319,7 +318,8 @@ std::vector<CheckResult> check_router(const Registry& registry, const PluginInfo
   std::vector<Host> grads_once;
   const bool ran = detail::guarded(rows, "route and backward_routing", [&] {
     ForwardContext ctx = detail::make_context(backend, B, T, true);
-    Routing routing = router->route(ctx, detail::upload(backend, x, {N, C}));
+    Routing routing =
+        router->route(ctx, detail::upload(backend, x, {N, C}, backend.compute_dtype()));
     base_index = detail::download(backend, routing.expert_index);
     // Layout: every kept slot exactly once, grouped by expert, offsets consistent.
     std::string problem;
@@ -344,10 +344,10 @@ std::vector<CheckResult> check_router(const Registry& registry, const PluginInfo
         }
       }
     }
-    rows.push_back(problem.empty() ? detail::pass_row("routing layout",
-                                                      std::to_string(routing.n_routed) +
-                                                          " routed slots grouped by expert")
-                                   : detail::fail_row("routing layout", problem));
+    rows.push_back(problem.empty()
+                       ? detail::pass_row("routing layout", std::to_string(routing.n_routed) +
+                                                                " routed slots grouped by expert")
+                       : detail::fail_row("routing layout", problem));
     Tensor dgate = detail::upload(backend, r, {N, k});
     Tensor dx_t = router->backward_routing(ctx, dgate);
     const bool dx_ok = dx_t.shape() == Shape{N, C};
@@ -356,12 +356,13 @@ std::vector<CheckResult> check_router(const Registry& registry, const PluginInfo
     if (!dx_ok) throw ShapeError(info.id(), "backward_routing returned " + describe(dx_t));
     dx = detail::download(backend, dx_t);
     grads_once.clear();
-    for (Parameter& p : router->parameters()) grads_once.push_back(detail::download(backend, p.grad));
+    for (Parameter& p : router->parameters())
+      grads_once.push_back(detail::download(backend, p.grad));
   });
   if (!ran) return rows;
   detail::guarded(rows, "parameter gradients accumulate", [&] {
     ForwardContext ctx = detail::make_context(backend, B, T, true);
-    router->route(ctx, detail::upload(backend, x, {N, C}));
+    router->route(ctx, detail::upload(backend, x, {N, C}, backend.compute_dtype()));
     router->backward_routing(ctx, detail::upload(backend, r, {N, k}));
     std::vector<Host> twice;
     for (Parameter& p : router->parameters()) twice.push_back(detail::download(backend, p.grad));
@@ -378,8 +379,8 @@ std::vector<CheckResult> check_router(const Registry& registry, const PluginInfo
   if (reference != nullptr) {
     const std::string other = to_string(reference->device());
     detail::guarded(rows, "routing agrees with " + other, [&] {
-      auto ref = registry.create<Router>(info.kind, info.name,
-                                         CreateArgs{opts, options.dims, reference});
+      auto ref =
+          registry.create<Router>(info.kind, info.name, CreateArgs{opts, options.dims, reference});
       detail::init_parameters(*reference, *ref, options.seed, 3.0);
       ForwardContext ctx = detail::make_context(*reference, B, T, true);
       Routing routing = ref->route(ctx, detail::upload(*reference, x, {N, C}));
@@ -409,12 +410,12 @@ std::vector<CheckResult> check_router(const Registry& registry, const PluginInfo
   detail::guarded(rows, "gradient dx", [&] {
     Host xs = x;
     const std::vector<size_t> idx = spread_indices(xs.size(), options.fd_elements);
-    const Host numeric =
-        numeric_gradient_at(xs, idx, [&] { return masked_objective(xs); }, options.fd_step);
+    const Host numeric = numeric_gradient_at(
+        xs, idx, [&] { return masked_objective(xs); }, options.fd_step);
     rows.push_back(detail::gradient_row("gradient dx", dx, idx, numeric, kFdAbs, kFdRel));
   });
-  parameter_gradient_rows(rows, backend, *router, params, grads_once,
-                          [&] { return masked_objective(x); }, options);
+  parameter_gradient_rows(
+      rows, backend, *router, params, grads_once, [&] { return masked_objective(x); }, options);
   return rows;
 }
 
@@ -482,7 +483,8 @@ std::vector<CheckResult> check_experts(const Registry& registry, const PluginInf
     run_backward(&dx, &dgate);
     rows.push_back(detail::pass_row("backward shapes", "dx (N, C), dgate (N, k)"));
     grads_once.clear();
-    for (Parameter& p : experts->parameters()) grads_once.push_back(detail::download(backend, p.grad));
+    for (Parameter& p : experts->parameters())
+      grads_once.push_back(detail::download(backend, p.grad));
   });
   if (!ran) return rows;
   detail::guarded(rows, "parameter gradients accumulate", [&] {
@@ -499,16 +501,14 @@ std::vector<CheckResult> check_experts(const Registry& registry, const PluginInf
   if (reference != nullptr) {
     const std::string other = to_string(reference->device());
     detail::guarded(rows, "agrees with " + other, [&] {
-      auto ref = registry.create<Experts>(info.kind, info.name,
-                                          CreateArgs{opts, options.dims, reference});
+      auto ref =
+          registry.create<Experts>(info.kind, info.name, CreateArgs{opts, options.dims, reference});
       detail::init_parameters(*reference, *ref, options.seed);
       ForwardContext ctx = detail::make_context(*reference, B, T, true);
-      Tensor y_ref = ref->forward_routed(
-          ctx, detail::upload(*reference, x, {N, C}),
-          fixed_routing(*reference, index, gates, N, k, E));
+      Tensor y_ref = ref->forward_routed(ctx, detail::upload(*reference, x, {N, C}),
+                                         fixed_routing(*reference, index, gates, N, k, E));
       Tensor dgate_ref;
-      Tensor dx_ref =
-          ref->backward_routed(ctx, detail::upload(*reference, r, {N, C}), dgate_ref);
+      Tensor dx_ref = ref->backward_routed(ctx, detail::upload(*reference, r, {N, C}), dgate_ref);
       const auto [abs_tol, rel_tol] = agreement_tolerance(backend);
       rows.push_back(detail::compare_row("forward agrees with " + other,
                                          forward(x, gates, false, nullptr),
@@ -541,9 +541,9 @@ std::vector<CheckResult> check_experts(const Registry& registry, const PluginInf
         gs, idx, [&] { return detail::dot(forward(x, gs, false, nullptr), r); }, eps);
     rows.push_back(detail::gradient_row("gradient dgate", dgate, idx, numeric, kFdAbs, kFdRel));
   });
-  parameter_gradient_rows(rows, backend, *experts, params, grads_once,
-                          [&] { return detail::dot(forward(x, gates, false, nullptr), r); },
-                          options);
+  parameter_gradient_rows(
+      rows, backend, *experts, params, grads_once,
+      [&] { return detail::dot(forward(x, gates, false, nullptr), r); }, options);
   return rows;
 }
 

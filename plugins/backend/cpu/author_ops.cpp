@@ -102,8 +102,8 @@ void CpuBackend::sign(const Tensor& out, const Tensor& x) {
 void CpuBackend::clamp(const Tensor& out, const Tensor& x, float lo, float hi) {
   expect_elementwise("clamp", out, "x", x);
   if (!(lo <= hi)) {
-    shape_fail("clamp", "lo (" + std::to_string(lo) + ") must not exceed hi (" +
-                            std::to_string(hi) + ")");
+    shape_fail("clamp",
+               "lo (" + std::to_string(lo) + ") must not exceed hi (" + std::to_string(hi) + ")");
   }
   // Comparisons written so that NaN falls through both and stays NaN.
   map_unary(out, x, [lo, hi](float v) { return v < lo ? lo : (v > hi ? hi : v); });

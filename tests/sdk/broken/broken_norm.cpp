@@ -92,16 +92,15 @@ NNKIT_PLUGIN(norm, overwrite, "0.0.1", "overwrites dweight", &fixture_options, &
 #elif defined(BROKEN_SHAPE)
 NNKIT_PLUGIN(norm, wrong_shape, "0.0.1", "returns (N, 2C)", &fixture_options, &create_fixture)
 #elif defined(BROKEN_DEFAULT)
-NNKIT_PLUGIN(norm, bad_default, "0.0.1", "default outside range", &fixture_options,
-             &create_fixture)
+NNKIT_PLUGIN(norm, bad_default, "0.0.1", "default outside range", &fixture_options, &create_fixture)
 #elif defined(BROKEN_THROW42)
 NNKIT_PLUGIN(norm, throws_42, "0.0.1", "constructor throws 42", &fixture_options, &create_fixture)
 #elif defined(BROKEN_NAME)
 extern "C" __attribute__((visibility("default"))) const nnkit::PluginDescriptor*
 nnkit_plugin_descriptor() noexcept {
   static const nnkit::PluginDescriptor descriptor{
-      nnkit::kPluginAbiVersion, NNKIT_BUILD_TAG, "norm", "../evil", "0.0.1", "a path as a name",
-      &fixture_options,         &create_fixture};
+      nnkit::kPluginAbiVersion, NNKIT_BUILD_TAG,  "norm",         "../evil", "0.0.1",
+      "a path as a name",       &fixture_options, &create_fixture};
   return &descriptor;
 }
 #elif defined(SHADOW_RMSNORM)

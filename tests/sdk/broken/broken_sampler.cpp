@@ -32,5 +32,5 @@ nnkit::Component* create_bad_device(const nnkit::CreateArgs&) {
 
 }  // namespace
 
-NNKIT_PLUGIN(decode, bad_device, "0.0.1", "device path disagrees with the host path",
-             &no_options, &create_bad_device)
+NNKIT_PLUGIN(decode, bad_device, "0.0.1", "device path disagrees with the host path", &no_options,
+             &create_bad_device)
