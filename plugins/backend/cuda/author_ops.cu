@@ -39,9 +39,11 @@ struct ActivationOp {
       case Activation::kRelu:
         return x > 0.0f ? x : 0.0f;
       case Activation::kGelu:
-        return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+        // In double, as the CPU: in f32, 1 + erf(x / sqrt 2) cancels for negative x (x = -3
+        // loses ~10 of its 24 bits), far outside the parity bound.
+        return static_cast<float>(0.5 * double(x) * (1.0 + erf(double(x) * 0.70710678118654752)));
       case Activation::kSilu:
-        return x / (1.0f + expf(-x));
+        return static_cast<float>(double(x) / (1.0 + exp(-double(x))));  // as the CPU
       case Activation::kReluSquared:
         return x > 0.0f ? x * x : 0.0f;
     }
@@ -55,12 +57,16 @@ struct ActivationGradOp {
     switch (act) {
       case Activation::kRelu:
         return x > 0.0f ? dy : 0.0f;
-      case Activation::kGelu:
-        return dy * (0.5f * (1.0f + erff(x * 0.70710678118654752f)) +
-                     x * 0.39894228040143268f * expf(-0.5f * x * x));
+      case Activation::kGelu: {
+        // The CPU's rule: the derivative in double (the forward's cancellation), rounded, times dy.
+        const double xd = x;
+        const float d = static_cast<float>(0.5 * (1.0 + erf(xd * 0.70710678118654752)) +
+                                           xd * 0.39894228040143268 * exp(-0.5 * xd * xd));
+        return dy * d;
+      }
       case Activation::kSilu: {
-        const float s = 1.0f / (1.0f + expf(-x));
-        return dy * s * (1.0f + x * (1.0f - s));
+        const double s = 1.0 / (1.0 + exp(-double(x)));
+        return dy * static_cast<float>(s * (1.0 + double(x) * (1.0 - s)));
       }
       case Activation::kReluSquared:
         return x > 0.0f ? dy * 2.0f * x : 0.0f;
