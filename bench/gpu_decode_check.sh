@@ -7,6 +7,9 @@
 #           transformers (bench/gpu_decode_bench.py), batch 1 and 8
 #   tiny    configs/tiny.yaml decoding at batch 1 on the GPU vs the CPU backend
 #   profile NNKIT_CUDA_PROFILE=1 decode of the 6.9B model (uncaptured: per-op time, launches)
+#   long    long context on the 6.9B model: a 32K-token prompt (alpha 1, max_seq_len 32768) and a
+#           128K-token prompt with model.attention.rope.ntk_alpha=8, 128 new tokens each;
+#           prefill/decode tok/s and peak device memory (nvidia-smi, 200 ms samples)
 #   bash bench/gpu_decode_check.sh [OUT_DIR] [STAGES]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +53,22 @@ if has tiny; then
       python3 -c "import json,sys; r=json.loads(sys.stdin.readline()); print(sys.argv[1], 'decode', round(r['decode_tokens_per_s'],1), 'tok/s graph', r.get('decode_graph'))" "$backend"
   done | tee "$out/tiny_decode.txt"
   stamp "tiny"
+fi
+
+if has long; then
+  for spec in "32000 1" "128000 8"; do
+    set -- $spec
+    python3 -c "import sys; t='The quick brown fox jumps over the lazy dog. '; print((t*(int(sys.argv[1])//len(t)+1))[:int(sys.argv[1])])" "$1" > /tmp/long_prompt.txt
+    ( peak=0; while true; do m=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1); [ "$m" -gt "$peak" ] 2>/dev/null && peak=$m && echo "$peak" > /tmp/long_peak; sleep 0.2; done ) &
+    sampler=$!
+    timeout 300 "$nnkit" generate configs/cuda-nn-6.9b.yaml --random-init --prompts /tmp/long_prompt.txt \
+      --max-new-tokens 128 --seed 1 --json 'decode=[{type: greedy}]' "model.attention.rope.ntk_alpha=$2" \
+      > /tmp/long_out.json 2> "$out/long_$1.err"
+    echo "exit $?" >> "$out/long_$1.err"
+    kill $sampler 2>/dev/null; wait $sampler 2>/dev/null
+    python3 -c "import json,sys; r=json.loads(open('/tmp/long_out.json').readline()); print('prompt', len(r['prompt_ids']), 'alpha', sys.argv[2], 'prefill tok/s', round(r['prefill_tokens_per_s'],1), 'decode tok/s', round(r['decode_tokens_per_s'],1), 'graph', r['decode_graph'], 'generated', len(r['ids']), 'peak MiB', open('/tmp/long_peak').read().strip())" "$1" "$2" 2>&1 | tee -a "$out/long.txt" || tail -5 "$out/long_$1.err"
+  done
+  stamp "long"
 fi
 
 if has profile; then
