@@ -382,7 +382,10 @@ void CudaBackend::scatter_add_rows(const Tensor& src, const Tensor& index, const
   if (n == 0 || s.cols == 0 || d.rows == 0) return;
 
   const float* weights = weight.defined() ? ptr<float>(weight) : nullptr;
-  if (n <= kSmallScatterSources && d.rows <= 4096) {
+  // Runs launch(src tag, dst tag, width tag, threads) with the storage types, the pack width
+  // (one 16-byte source load; the destination pack, 8 or 32 bytes for halves into f32, must be
+  // aligned too; each element's sum runs in the same order either way) and the block size.
+  auto dispatch = [&](auto&& launch) {
     dispatch_float(src.dtype(), [&](auto src_tag) {
       using TS = typename decltype(src_tag)::type;
       dispatch_float(dst.dtype(), [&](auto dst_tag) {
@@ -391,14 +394,20 @@ void CudaBackend::scatter_add_rows(const Tensor& src, const Tensor& index, const
         const bool packed = s.cols % kPacked == 0 && aligned16(src.raw()) &&
                             reinterpret_cast<uintptr_t>(dst.raw()) % alignof(Pack<TD, kPacked>) == 0;
         with_pack_width<TS>(packed, [&](auto width) {
-          constexpr int kW = decltype(width)::value;
-          const int64_t lanes = s.cols / kW;
-          const int threads = lanes <= 64 ? 64 : (lanes <= 128 ? 128 : 256);
-          scatter_small_kernel<TS, TD, kW><<<static_cast<unsigned>(d.rows), threads, 0, stream_>>>(
-              ptr<TS>(src), weights, ptr<int32_t>(index), n, d.rows, ptr<TD>(dst), s.cols, fault_);
-          NNKIT_CUDA_CHECK_LAUNCH(scatter_small_kernel);
+          const int64_t lanes = s.cols / decltype(width)::value;
+          launch(src_tag, dst_tag, width, lanes <= 64 ? 64 : (lanes <= 128 ? 128 : 256));
         });
       });
+    });
+  };
+  if (n <= kSmallScatterSources && d.rows <= 4096) {
+    dispatch([&](auto src_tag, auto dst_tag, auto width, int threads) {
+      using TS = typename decltype(src_tag)::type;
+      using TD = typename decltype(dst_tag)::type;
+      scatter_small_kernel<TS, TD, decltype(width)::value>
+          <<<static_cast<unsigned>(d.rows), threads, 0, stream_>>>(
+              ptr<TS>(src), weights, ptr<int32_t>(index), n, d.rows, ptr<TD>(dst), s.cols, fault_);
+      NNKIT_CUDA_CHECK_LAUNCH(scatter_small_kernel);
     });
     return;
   }
@@ -423,25 +432,13 @@ void CudaBackend::scatter_add_rows(const Tensor& src, const Tensor& index, const
   NNKIT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys_in, keys_out, order_in,
                                                    order_out, static_cast<int>(n), 0,
                                                    key_bits(d.rows), stream_));
-  dispatch_float(src.dtype(), [&](auto src_tag) {
+  dispatch([&](auto src_tag, auto dst_tag, auto width, int threads) {
     using TS = typename decltype(src_tag)::type;
-    dispatch_float(dst.dtype(), [&](auto dst_tag) {
-      using TD = typename decltype(dst_tag)::type;
-      // Packs of one 16-byte source load; the destination pack (8 or 32 bytes for halves into
-      // f32) must be aligned too. Each element's sum runs in the same order either way.
-      constexpr int kPacked = kPackWidth<TS>;
-      const bool packed = s.cols % kPacked == 0 && aligned16(src.raw()) &&
-                          reinterpret_cast<uintptr_t>(dst.raw()) % alignof(Pack<TD, kPacked>) == 0;
-      with_pack_width<TS>(packed, [&](auto width) {
-        constexpr int kW = decltype(width)::value;
-        const int64_t lanes = s.cols / kW;
-        const int threads = lanes <= 64 ? 64 : (lanes <= 128 ? 128 : 256);
-        scatter_accumulate_kernel<TS, TD, kW>
-            <<<static_cast<unsigned>(d.rows), threads, 0, stream_>>>(
-                ptr<TS>(src), weights, keys_out, order_out, n, ptr<TD>(dst), s.cols);
-        NNKIT_CUDA_CHECK_LAUNCH(scatter_accumulate_kernel);
-      });
-    });
+    using TD = typename decltype(dst_tag)::type;
+    scatter_accumulate_kernel<TS, TD, decltype(width)::value>
+        <<<static_cast<unsigned>(d.rows), threads, 0, stream_>>>(
+            ptr<TS>(src), weights, keys_out, order_out, n, ptr<TD>(dst), s.cols);
+    NNKIT_CUDA_CHECK_LAUNCH(scatter_accumulate_kernel);
   });
 }
 
