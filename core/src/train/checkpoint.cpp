@@ -282,9 +282,20 @@ TrainerState CheckpointStore::parse_trainer_state(const std::string& json,
   TrainerState state;
   try {
     const nlohmann::json trainer = nlohmann::json::parse(json);
-    state.step = trainer.at("step").get<int64_t>();
-    state.tokens_seen = trainer.at("tokens_seen").get<int64_t>();
-    state.bad_steps_in_a_row = trainer.at("bad_steps_in_a_row").get<int64_t>();
+    // A count must be a JSON integer: a number too large for int64 parses as a double, and
+    // converting it would be undefined (found by the trainer_state fuzzer).
+    auto count = [&](const char* key) {
+      const nlohmann::json& v = trainer.at(key);
+      if (!v.is_number_integer()) {
+        throw IoError("checkpoint", where + " is invalid: \"" + key +
+                                        "\" must be a whole number that fits 64 bits, got " +
+                                        v.dump().substr(0, 40));
+      }
+      return v.get<int64_t>();
+    };
+    state.step = count("step");
+    state.tokens_seen = count("tokens_seen");
+    state.bad_steps_in_a_row = count("bad_steps_in_a_row");
     state.loader_state = trainer.at("loader_state").get<std::string>();
     // Absent in checkpoints of runs without fp16 loss scaling (and of older versions).
     state.loss_scaler_state = trainer.value("loss_scaler", std::string());
