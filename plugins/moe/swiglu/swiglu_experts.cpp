@@ -79,14 +79,17 @@ class SwiGluExperts final : public Experts {
       saved.gate_routed = backend.empty({m, 1});
       backend.gather_rows(routing.gate.view({n_tokens * routing.top_k, 1}), dispatch.slot,
                           saved.gate_routed);
-      saved.h_gate = backend.empty({m, ffn_dim_}, dtype);
-      saved.h_up = backend.empty({m, ffn_dim_}, dtype);
-      saved.activated = backend.empty({m, ffn_dim_}, dtype);
-      saved.y_routed = backend.empty({m, hidden_}, dtype);
       // Decoding in the padded layout: each product is one launch over all experts that reads
-      // only the chosen experts' weights, sized on the device (what a recorded step needs).
+      // only the chosen experts' weights, sized on the device (what a recorded step needs). The
+      // fused SwiGLU needs no separate gate/up activations.
       const bool grouped = !ctx.training && routing.kept_offsets.defined() &&
                            routing.padded_capacity >= 1 && routing.padded_capacity <= 16;
+      if (!grouped) {
+        saved.h_gate = backend.empty({m, ffn_dim_}, dtype);
+        saved.h_up = backend.empty({m, ffn_dim_}, dtype);
+      }
+      saved.activated = backend.empty({m, ffn_dim_}, dtype);
+      saved.y_routed = backend.empty({m, hidden_}, dtype);
       if (grouped) {
         std::vector<Tensor> gate_w, up_w, down_w;
         for (const ExpertWeights& w : weights_) {
