@@ -39,8 +39,7 @@ std::vector<fs::path> apply_common_flags(const ParsedArgs& args) {
   return paths;
 }
 
-RegistryOptions registry_options(const ParsedArgs& args,
-                                 std::map<std::string, fs::path> prefer) {
+RegistryOptions registry_options(const ParsedArgs& args, std::map<std::string, fs::path> prefer) {
   RegistryOptions options;
   options.prefer = std::move(prefer);
   options.allow_unsafe_dirs = args.has("--allow-unsafe-plugin-dirs");

@@ -48,8 +48,7 @@ Session open_session_from_text(const std::string& yaml, const std::string& sourc
 
 // Writes RUN/plugins.json for the plugins session's config uses; on `resume`, first warns for
 // each library that changed since the run recorded it (another file or another SHA-256).
-void record_run_plugins(const std::filesystem::path& run_dir, const Session& session,
-                        bool resume);
+void record_run_plugins(const std::filesystem::path& run_dir, const Session& session, bool resume);
 
 std::shared_ptr<Backend> create_backend(const Session& session);
 std::shared_ptr<Tokenizer> create_tokenizer(const Session& session);

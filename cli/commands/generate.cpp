@@ -175,7 +175,8 @@ int run_generate(const Args& raw) {
                                   {"prefill_tokens_per_s", r.prefill_tokens_per_s},
                                   {"decode_tokens_per_s", r.decode_tokens_per_s},
                                   {"batch", results.size()},
-                                  {"precision", dtype_name(loaded.model->backend().compute_dtype())},
+                                  {"precision",
+                                   dtype_name(loaded.model->backend().compute_dtype())},
                                   {"backend", loaded.model->backend().id()},
                                   {"decode_graph", r.decode_graph},
                                   {"device_sampling", r.device_sampling}}

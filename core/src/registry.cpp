@@ -2,10 +2,10 @@
 #include "nnkit/registry.h"
 
 #include <algorithm>
-#include <cctype>
-#include <cmath>
 #include <boost/dll/runtime_symbol_info.hpp>
 #include <boost/dll/shared_library.hpp>
+#include <cctype>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <set>
@@ -113,10 +113,11 @@ std::string Registry::unsafe_reason(const fs::path& file) const {
 void Registry::scan_folder(const fs::path& path) {
   std::error_code ec;
   if (!options_.allow_unsafe_dirs && world_writable(path)) {
-    const std::string reason = "the folder is world-writable (anyone on this machine could plant "
-                               "a library in it); no library in it is loaded. Remove the write "
-                               "permission for others (chmod o-w) or pass "
-                               "--allow-unsafe-plugin-dirs";
+    const std::string reason =
+        "the folder is world-writable (anyone on this machine could plant "
+        "a library in it); no library in it is loaded. Remove the write "
+        "permission for others (chmod o-w) or pass "
+        "--allow-unsafe-plugin-dirs";
     logger()->warn("skipping {}: {}", path.string(), reason);
     rejected_.push_back({path.string(), reason});
     return;
@@ -265,12 +266,13 @@ const PluginInfo& Registry::require(const std::string& kind, const std::string& 
     }
     if (!info->conflicts.empty()) {
       std::string message = info->id() + asked + " is provided by " +
-                            std::to_string(info->conflicts.size() + 1) + " libraries: " +
-                            info->path;
+                            std::to_string(info->conflicts.size() + 1) +
+                            " libraries: " + info->path;
       for (const std::string& other : info->conflicts) message += " and " + other;
-      message += "; remove all but one from the search path, or choose one in the config: "
-                 "plugin_prefer: {" +
-                 info->id() + ": " + info->path + "}";
+      message +=
+          "; remove all but one from the search path, or choose one in the config: "
+          "plugin_prefer: {" +
+          info->id() + ": " + info->path + "}";
       throw PluginError("registry", message);
     }
     return *info;
@@ -304,9 +306,10 @@ std::shared_ptr<Component> Registry::create_component(const std::string& kind,
     throw PluginError(info.id(), std::string("failed to create: ") + e.what());
   } catch (...) {
     // `throw 42` in a constructor must not take the process down (nor pass for success).
-    throw PluginError(info.id(), "failed to create: its factory threw something that is not a "
-                                 "std::exception (a plugin bug; library " +
-                                     info.path + ")");
+    throw PluginError(info.id(),
+                      "failed to create: its factory threw something that is not a "
+                      "std::exception (a plugin bug; library " +
+                          info.path + ")");
   }
   if (raw == nullptr) throw PluginError(info.id(), "its factory returned nothing");
   raw->set_id(info.id());

@@ -216,7 +216,8 @@ SortResult run_padded_sort(Backend& be, const std::vector<int32_t>& index,
   const auto S = static_cast<int64_t>(index.size());
   Tensor ti = tensor_from_i32(be, index, {S / k, k});
   Tensor tg = tensor_from(be, gate, {S});
-  Tensor token = tensor_from_i32(be, std::vector<int32_t>(size_t(E * capacity), 99), {E * capacity});
+  Tensor token =
+      tensor_from_i32(be, std::vector<int32_t>(size_t(E * capacity), 99), {E * capacity});
   Tensor slot = tensor_from_i32(be, std::vector<int32_t>(size_t(E * capacity), 99), {E * capacity});
   Tensor offsets = be.empty({E + 1}, DType::kI32);
   Tensor load = be.empty({E});
@@ -294,8 +295,8 @@ TEST_F(BackendMoeSort, PaddedArgumentsAreChecked) {
 TEST_F(BackendMoeSort, LogsumexpRowsIsStableAndMatchesADoubleReference) {
   // Rows of ordinary values, values that overflow exp() without the max, and -inf entries.
   const float inf = std::numeric_limits<float>::infinity();
-  const std::vector<float> x = {0.5f,    -1.0f, 2.0f,  0.0f,  1000.0f, 999.0f, 998.0f, -50.0f,
-                                -inf,    3.0f,  -inf,  -inf,  -inf,    -inf,   -inf,   -inf};
+  const std::vector<float> x = {0.5f, -1.0f, 2.0f, 0.0f, 1000.0f, 999.0f, 998.0f, -50.0f,
+                                -inf, 3.0f,  -inf, -inf, -inf,    -inf,   -inf,   -inf};
   Tensor out = be().empty({4});
   be().logsumexp_rows(tensor_from(be(), x, {4, 4}), out);
   const std::vector<float> got = to_vector(be(), out);
@@ -308,8 +309,9 @@ TEST_F(BackendMoeSort, LogsumexpRowsIsStableAndMatchesADoubleReference) {
     EXPECT_NEAR(got[n], want, 1e-6 * std::max(1.0, std::fabs(want))) << "row " << n;
   }
   EXPECT_EQ(got[3], -inf) << "log(0) of an all -inf row";
-  EXPECT_NE(shape_error([&] { be().logsumexp_rows(be().zeros({4, 4}), be().zeros({3})); })
-                .find("out"),
+  EXPECT_NE(shape_error([&] {
+              be().logsumexp_rows(be().zeros({4, 4}), be().zeros({3}));
+            }).find("out"),
             std::string::npos);
 }
 

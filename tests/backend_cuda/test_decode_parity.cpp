@@ -1,7 +1,8 @@
 // Purpose: the device-length decode ops on CUDA against the CPU backend: kv_cache_append (and its
 // full-cache fault), attention_decode for short and long (multi-chunk) caches with left padding,
 // MQA and GQA, in f32 and bf16, and moe_grouped_gemm_nt / moe_grouped_swiglu_nt (experts with
-// 0..capacity rows, padding rows zeroed). Owned by the backend/cuda tests; every test skips without a CUDA device.
+// 0..capacity rows, padding rows zeroed). Owned by the backend/cuda tests; every test skips without
+// a CUDA device.
 #include <string>
 #include <vector>
 
@@ -103,7 +104,8 @@ TEST_F(CudaDecode, GroupedExpertProductMatchesTheCpuAndSkipsEmptyExperts) {
   for (int64_t capacity : {int64_t(1), int64_t(3), int64_t(8), int64_t(16)}) {
     // Kept rows per expert: 0, capacity, and in between.
     std::vector<int32_t> offsets{0};
-    for (int64_t e = 0; e < E; ++e) offsets.push_back(offsets.back() + int32_t((e * 7) % (capacity + 1)));
+    for (int64_t e = 0; e < E; ++e)
+      offsets.push_back(offsets.back() + int32_t((e * 7) % (capacity + 1)));
     TensorPair kept = same_ints(offsets, {E + 1});
     for (DType dtype : {DType::kF32, DType::kBF16}) {
       const std::string what = "capacity " + std::to_string(capacity) + " " + dtype_name(dtype);

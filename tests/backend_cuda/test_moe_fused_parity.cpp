@@ -128,8 +128,8 @@ TEST_F(CudaMoeSort, PaddedLayoutMatchesTheCpuBitForBit) {
     const std::vector<float> gate = random_values(size_t(S), 731);
     const int64_t fair = std::max<int64_t>(1, S / c.experts);
     for (int64_t capacity : {int64_t(1), fair, (5 * fair) / 4, c.tokens}) {
-      const std::string what = "padded N*k " + std::to_string(S) + " capacity " +
-                               std::to_string(capacity);
+      const std::string what =
+          "padded N*k " + std::to_string(S) + " capacity " + std::to_string(capacity);
       expect_same_sort(run_padded_sort(cuda(), index, gate, c.experts, c.k, capacity),
                        run_padded_sort(cpu(), index, gate, c.experts, c.k, capacity), what);
       if (::testing::Test::HasFailure()) return;

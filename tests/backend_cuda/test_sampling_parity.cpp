@@ -8,8 +8,8 @@
 // tests; skips without a CUDA device.
 #include <chrono>
 #include <cmath>
-#include <cstdio>
 #include <cstdint>
+#include <cstdio>
 #include <limits>
 #include <memory>
 #include <string>
@@ -73,24 +73,25 @@ TEST_F(CudaSampling, FiltersMatchTheCpuBitForBit) {
       const std::vector<float> x = logits_for(s, 10 + uint64_t(s.v) + (ties ? 1 : 0), ties);
       const std::string n = name_of(s, ties);
       for (int64_t k : {1, 2, 5, 50, 1000}) {
-        expect_same_filter(x, s, [k](Backend& be, const Tensor& t) {
-          be.top_k_filter_rows(t, k);
-        }, n + " top_k " + std::to_string(k));
+        expect_same_filter(
+            x, s, [k](Backend& be, const Tensor& t) { be.top_k_filter_rows(t, k); },
+            n + " top_k " + std::to_string(k));
       }
       for (double p : {1e-9, 0.1, 0.5, 0.9, 0.99, 0.999999}) {
-        expect_same_filter(x, s, [p](Backend& be, const Tensor& t) {
-          be.top_p_filter_rows(t, p);
-        }, n + " top_p " + std::to_string(p));
+        expect_same_filter(
+            x, s, [p](Backend& be, const Tensor& t) { be.top_p_filter_rows(t, p); },
+            n + " top_p " + std::to_string(p));
       }
       for (double p : {0.001, 0.05, 0.5}) {
-        expect_same_filter(x, s, [p](Backend& be, const Tensor& t) {
-          be.min_p_filter_rows(t, p);
-        }, n + " min_p " + std::to_string(p));
+        expect_same_filter(
+            x, s, [p](Backend& be, const Tensor& t) { be.min_p_filter_rows(t, p); },
+            n + " min_p " + std::to_string(p));
       }
       for (double temperature : {0.7, 1.3, 1e-40}) {
-        expect_same_filter(x, s, [temperature](Backend& be, const Tensor& t) {
-          be.temperature_rows(t, temperature);
-        }, n + " temperature " + std::to_string(temperature));
+        expect_same_filter(
+            x, s,
+            [temperature](Backend& be, const Tensor& t) { be.temperature_rows(t, temperature); },
+            n + " temperature " + std::to_string(temperature));
       }
     }
   }
@@ -100,10 +101,12 @@ TEST_F(CudaSampling, FiltersMatchOnTheLargestShapes) {
   // B = 64 rows of 32000 and 2 rows of 256k: more passes of the radix selection, long lanes.
   for (const Shape2 s : {Shape2{64, 32000}, Shape2{2, 262144}}) {
     const std::vector<float> x = logits_for(s, 77, false);
-    expect_same_filter(x, s, [](Backend& be, const Tensor& t) { be.top_k_filter_rows(t, 40); },
-                       name_of(s, false) + " top_k 40");
-    expect_same_filter(x, s, [](Backend& be, const Tensor& t) { be.top_p_filter_rows(t, 0.9); },
-                       name_of(s, false) + " top_p 0.9");
+    expect_same_filter(
+        x, s, [](Backend& be, const Tensor& t) { be.top_k_filter_rows(t, 40); },
+        name_of(s, false) + " top_k 40");
+    expect_same_filter(
+        x, s, [](Backend& be, const Tensor& t) { be.top_p_filter_rows(t, 0.9); },
+        name_of(s, false) + " top_p 0.9");
   }
 }
 
@@ -119,16 +122,17 @@ TEST_F(CudaSampling, RowsWithoutWeightAndSpecialValuesMatch) {
   for (int i = 0; i < 260; ++i) x.push_back(0.25f);
   for (int i = 0; i < 260; ++i) x.push_back(i % 3 == 0 ? -0.0f : (i % 3 == 1 ? 0.0f : -float(i)));
   const Shape2 s{5, 260};
-  expect_same_filter(x, s, [](Backend& be, const Tensor& t) { be.top_k_filter_rows(t, 7); },
-                     "top_k");
-  expect_same_filter(x, s, [](Backend& be, const Tensor& t) { be.top_p_filter_rows(t, 0.5); },
-                     "top_p");
-  expect_same_filter(x, s, [](Backend& be, const Tensor& t) { be.min_p_filter_rows(t, 0.5); },
-                     "min_p");
-  expect_same_filter(x, s, [](Backend& be, const Tensor& t) { be.temperature_rows(t, 0.3); },
-                     "temperature");
-  expect_same_filter(x, s, [](Backend& be, const Tensor& t) { be.temperature_rows(t, 1e-40); },
-                     "temperature (overflow)");
+  expect_same_filter(
+      x, s, [](Backend& be, const Tensor& t) { be.top_k_filter_rows(t, 7); }, "top_k");
+  expect_same_filter(
+      x, s, [](Backend& be, const Tensor& t) { be.top_p_filter_rows(t, 0.5); }, "top_p");
+  expect_same_filter(
+      x, s, [](Backend& be, const Tensor& t) { be.min_p_filter_rows(t, 0.5); }, "min_p");
+  expect_same_filter(
+      x, s, [](Backend& be, const Tensor& t) { be.temperature_rows(t, 0.3); }, "temperature");
+  expect_same_filter(
+      x, s, [](Backend& be, const Tensor& t) { be.temperature_rows(t, 1e-40); },
+      "temperature (overflow)");
   for (bool argmax : {false, true}) {
     TensorPair t = same_values(x, {s.b, s.v});
     TensorPair ids = same_ints(std::vector<int32_t>(5, -1), {5});
@@ -149,8 +153,8 @@ TEST_F(CudaSampling, DrawsMatchTheCpuExactly) {
           const bool argmax = step % 10 == 9;
           cpu().sample_rows(t.cpu, seed, step, Tensor(), argmax, ids.cpu);
           cuda().sample_rows(t.cuda, seed, step, Tensor(), argmax, ids.cuda);
-          expect_ints_match_cpu(ids, name_of(s, ties) + " seed " + std::to_string(seed) +
-                                         " step " + std::to_string(step));
+          expect_ints_match_cpu(ids, name_of(s, ties) + " seed " + std::to_string(seed) + " step " +
+                                         std::to_string(step));
         }
       }
       // The step read from the device.
@@ -177,10 +181,13 @@ TEST_F(CudaSampling, RepetitionPenaltyAndHistoryMatch) {
     }
     TensorPair h = same_ints(hist, {s.b, L});
     TensorPair l = same_ints(lens, {s.b});
-    expect_same_filter(x, s, [&](Backend& be, const Tensor& t) {
-      be.repetition_penalty_rows(t, &be == &cpu() ? h.cpu : h.cuda, &be == &cpu() ? l.cpu : l.cuda,
-                                 1.3f);
-    }, name_of(s, false) + " repetition_penalty");
+    expect_same_filter(
+        x, s,
+        [&](Backend& be, const Tensor& t) {
+          be.repetition_penalty_rows(t, &be == &cpu() ? h.cpu : h.cuda,
+                                     &be == &cpu() ? l.cpu : l.cuda, 1.3f);
+        },
+        name_of(s, false) + " repetition_penalty");
     TensorPair ids = same_ints(std::vector<int32_t>(size_t(s.b), 7), {s.b});
     TensorPair step = same_ints({3}, {1});
     for (int i = 0; i < 3; ++i) {
@@ -238,7 +245,8 @@ TEST_F(CudaSampling, TheChainMatchesAndReplaysFromAGraph) {
 // --gtest_also_run_disabled_tests --gtest_filter='*SamplingBench*' on a GPU.
 TEST_F(CudaSampling, DISABLED_SamplingBenchPerToken) {
   const std::vector<std::shared_ptr<Sampler>> chain = every_filter_chain();
-  for (const Shape2 s : {Shape2{1, 32000}, Shape2{8, 32000}, Shape2{64, 32000}, Shape2{1, 262144}}) {
+  for (const Shape2 s :
+       {Shape2{1, 32000}, Shape2{8, 32000}, Shape2{64, 32000}, Shape2{1, 262144}}) {
     const std::vector<float> x = logits_for(s, 31, false);
     Tensor logits = tensor_from(cuda(), x, {s.b, s.v});
     Tensor work = cuda().empty({s.b, s.v});
@@ -252,7 +260,8 @@ TEST_F(CudaSampling, DISABLED_SamplingBenchPerToken) {
       for (int i = 0; i < 50; ++i) op();
       cuda().synchronize();
       return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0)
-                 .count() / 50.0;
+                 .count() /
+             50.0;
     };
     const auto refreshed = [&](auto&& op) {
       return [&, op] {
@@ -263,14 +272,18 @@ TEST_F(CudaSampling, DISABLED_SamplingBenchPerToken) {
     const double copy = time_us([&] { cuda().copy(work, logits); });
     std::printf("B=%lld V=%lld: copy %.1f us", static_cast<long long>(s.b),
                 static_cast<long long>(s.v), copy);
-    std::printf(", top_k %.1f", time_us(refreshed([&] { cuda().top_k_filter_rows(work, 50); })) - copy);
-    std::printf(", top_p %.1f", time_us(refreshed([&] { cuda().top_p_filter_rows(work, 0.9); })) - copy);
-    std::printf(", min_p %.1f", time_us(refreshed([&] { cuda().min_p_filter_rows(work, 0.02); })) - copy);
-    std::printf(", draw %.1f", time_us([&] { cuda().sample_rows(logits, 1, 0, Tensor(), false, ids); }));
+    std::printf(", top_k %.1f",
+                time_us(refreshed([&] { cuda().top_k_filter_rows(work, 50); })) - copy);
+    std::printf(", top_p %.1f",
+                time_us(refreshed([&] { cuda().top_p_filter_rows(work, 0.9); })) - copy);
+    std::printf(", min_p %.1f",
+                time_us(refreshed([&] { cuda().min_p_filter_rows(work, 0.02); })) - copy);
+    std::printf(", draw %.1f",
+                time_us([&] { cuda().sample_rows(logits, 1, 0, Tensor(), false, ids); }));
     std::printf(", chain %.1f us per token\n", time_us([&] {
-      sample_on_device(cuda(), chain, logits, ctx, 1, 0, ids);
-      append_device_history(cuda(), ctx, ids);
-    }));
+                  sample_on_device(cuda(), chain, logits, ctx, 1, 0, ids);
+                  append_device_history(cuda(), ctx, ids);
+                }));
   }
 }
 

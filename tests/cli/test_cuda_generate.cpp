@@ -1,8 +1,8 @@
 // Purpose: end-to-end decoding on the CUDA backend: greedy fp32 decoding on the GPU gives the CPU
 // backend's tokens for 128 tokens (configs/tiny.yaml and bench/gpu-medium.yaml, random init,
 // fixed seed), the decode step is recorded in a CUDA Graph and replays exactly what the same
-// steps compute uncaptured, and --json reports the batch, precision and whether the graph ran. Every test skips with the reason when no CUDA device is
-// usable (the CPU-only CI).
+// steps compute uncaptured, and --json reports the batch, precision and whether the graph ran.
+// Every test skips with the reason when no CUDA device is usable (the CPU-only CI).
 #include <sstream>
 
 #include "cli_support.h"
@@ -27,9 +27,16 @@ class CudaGenerate : public CliTest {
   // `nnkit generate CONFIG --random-init --json` with greedy decoding; one JSON line per prompt.
   std::vector<Json> generate(const fs::path& config, const std::vector<std::string>& extra,
                              const std::vector<std::string>& env = {}) {
-    std::vector<std::string> args = {"generate",  config.string(), "--random-init",
-                                     "--prompt",  "The meaning of life is",
-                                     "--max-new-tokens", "128", "--seed", "5", "--json",
+    std::vector<std::string> args = {"generate",
+                                     config.string(),
+                                     "--random-init",
+                                     "--prompt",
+                                     "The meaning of life is",
+                                     "--max-new-tokens",
+                                     "128",
+                                     "--seed",
+                                     "5",
+                                     "--json",
                                      "decode=[{type: greedy}]"};
     args.insert(args.end(), extra.begin(), extra.end());
     const RunResult r = run_nnkit(args, env, dir_.path(), 600);
@@ -72,8 +79,16 @@ TEST_F(CudaGenerate, ReplayedDecodeStepsEqualUncapturedSteps) {
   EXPECT_EQ(replayed[0]["ids"], plain[0]["ids"]) << "replayed steps chose other tokens";
   // The device chain (top-k 40, temperature 0.8 from the config) reproduces its draws per seed.
   auto sampled = [&] {
-    std::vector<std::string> args = {"generate", config.string(), "--random-init", "--prompt",
-                                     "Once upon", "--max-new-tokens", "64", "--seed", "9", "--json",
+    std::vector<std::string> args = {"generate",
+                                     config.string(),
+                                     "--random-init",
+                                     "--prompt",
+                                     "Once upon",
+                                     "--max-new-tokens",
+                                     "64",
+                                     "--seed",
+                                     "9",
+                                     "--json",
                                      "backend={type: cuda, precision: bf16}"};
     const RunResult r = run_nnkit(args, {}, dir_.path(), 600);
     EXPECT_EQ(r.exit_code, 0) << r.err;

@@ -1,8 +1,8 @@
 // Purpose: end-to-end mixed-precision training on the CUDA backend: bf16 and fp16 (with dynamic
 // loss scaling) track fp32 over 300 steps of bench/gpu-medium.yaml, an fp16 overflow is skipped
 // and lowers the scale, CUDA Graph replay of a dense model's step and of a capacity-limited MoE
-// step equals the ordinary steps, and a bf16 GPU run resumes on the CPU. Every test skips with the reason
-// when no CUDA device is usable (the CPU-only CI) or the demo corpus is missing.
+// step equals the ordinary steps, and a bf16 GPU run resumes on the CPU. Every test skips with the
+// reason when no CUDA device is usable (the CPU-only CI) or the demo corpus is missing.
 #include <cmath>
 #include <cstdio>
 
@@ -161,7 +161,8 @@ TEST_F(CudaTraining, CapacityMoeStepIsRecordedAndReplaysLikeUncapturedSteps) {
   ASSERT_EXIT_CODE(b, 0);
   EXPECT_EQ(b.err.find("recorded in a CUDA Graph"), std::string::npos) << b.err;
   const fs::path weights = fs::path("checkpoints") / "step-00000012" / "model.safetensors";
-  const std::string x = read_text(path("graphs") / weights), y = read_text(path("static") / weights);
+  const std::string x = read_text(path("graphs") / weights),
+                    y = read_text(path("static") / weights);
   ASSERT_FALSE(x.empty());
   EXPECT_TRUE(x == y) << "replayed MoE steps changed the weights";
   const auto replayed = read_jsonl(path("graphs") / "metrics.jsonl");

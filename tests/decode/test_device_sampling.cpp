@@ -43,7 +43,8 @@ class DeviceSampling : public ::testing::Test {
   std::vector<int32_t> ints(const Tensor& t) { return test::to_vector_i32(be(), t); }
 
   // ids of sample_rows on `logits` (B, V) at one step.
-  std::vector<int32_t> draw(const Tensor& logits, uint64_t seed, int64_t step, bool argmax = false) {
+  std::vector<int32_t> draw(const Tensor& logits, uint64_t seed, int64_t step,
+                            bool argmax = false) {
     Tensor ids = be().empty({logits.shape()[0]}, DType::kI32);
     be().sample_rows(logits, seed, step, Tensor(), argmax, ids);
     return ints(ids);
@@ -71,12 +72,13 @@ std::vector<float> row_of(const std::vector<float>& all, int64_t b, int64_t v) {
 
 // Pearson's statistic of `counts` against `probs` (expected = probs * total).
 double chi_square(const std::vector<int64_t>& counts, const std::vector<double>& probs) {
-  const double total = static_cast<double>(std::accumulate(counts.begin(), counts.end(), int64_t{0}));
+  const double total =
+      static_cast<double>(std::accumulate(counts.begin(), counts.end(), int64_t{0}));
   double stat = 0.0;
   for (size_t i = 0; i < counts.size(); ++i) {
     const double expected = probs[i] * total;
-    stat += (static_cast<double>(counts[i]) - expected) * (static_cast<double>(counts[i]) - expected) /
-            expected;
+    stat += (static_cast<double>(counts[i]) - expected) *
+            (static_cast<double>(counts[i]) - expected) / expected;
   }
   return stat;
 }
@@ -139,8 +141,8 @@ TEST(DeviceSamplingMath, ExpIsWithinTwoUlpOfLibm) {
 }
 
 TEST(DeviceSamplingMath, RankKeyOrdersLikeTheHostSamplers) {
-  const std::vector<float> ascending = {kNegInf, -3e38f, -1.0f, -1e-40f, 0.0f, 1e-40f, 1.0f, 3e38f,
-                                        INFINITY};
+  const std::vector<float> ascending = {kNegInf, -3e38f, -1.0f, -1e-40f, 0.0f,
+                                        1e-40f,  1.0f,   3e38f, INFINITY};
   for (size_t i = 1; i < ascending.size(); ++i) {
     EXPECT_LT(sampling::rank_key(ascending[i - 1]), sampling::rank_key(ascending[i])) << i;
     EXPECT_EQ(sampling::key_float(sampling::rank_key(ascending[i])), ascending[i]);
@@ -177,8 +179,9 @@ TEST_F(DeviceSampling, TopPKeepsTheSmallestPrefixReachingP) {
   // Probabilities 0.5, 0.25, 0.125, 0.125 (at ids 2, 0, 1, 3).
   const std::vector<float> row = {std::log(0.25f), std::log(0.125f), std::log(0.5f),
                                   std::log(0.125f)};
-  const std::map<double, std::vector<int32_t>> want = {
-      {0.4, {2}}, {0.5, {2}}, {0.6, {0, 2}}, {0.75, {0, 2}}, {0.8, {0, 1, 2}}, {0.95, {0, 1, 2, 3}}};
+  const std::map<double, std::vector<int32_t>> want = {{0.4, {2}},       {0.5, {2}},
+                                                       {0.6, {0, 2}},    {0.75, {0, 2}},
+                                                       {0.8, {0, 1, 2}}, {0.95, {0, 1, 2, 3}}};
   for (const auto& [p, ids] : want) {
     Tensor t = rows(row, 1);
     be().top_p_filter_rows(t, p);
@@ -257,12 +260,16 @@ struct HostCase {
 };
 
 TEST_F(DeviceSampling, EveryFilterMatchesTheHostSampler) {
-  const std::vector<HostCase> cases = {
-      {"temperature", {{"value", "0.7"}}}, {"temperature", {{"value", "1e-30"}}},
-      {"top_k", {{"k", "1"}}},             {"top_k", {{"k", "40"}}},
-      {"top_p", {{"p", "0.9"}}},           {"top_p", {{"p", "0.3"}}},
-      {"top_p", {{"p", "0.999"}}},         {"min_p", {{"p", "0.05"}}},
-      {"min_p", {{"p", "0.5"}}},           {"repetition_penalty", {{"penalty", "1.3"}}}};
+  const std::vector<HostCase> cases = {{"temperature", {{"value", "0.7"}}},
+                                       {"temperature", {{"value", "1e-30"}}},
+                                       {"top_k", {{"k", "1"}}},
+                                       {"top_k", {{"k", "40"}}},
+                                       {"top_p", {{"p", "0.9"}}},
+                                       {"top_p", {{"p", "0.3"}}},
+                                       {"top_p", {{"p", "0.999"}}},
+                                       {"min_p", {{"p", "0.05"}}},
+                                       {"min_p", {{"p", "0.5"}}},
+                                       {"repetition_penalty", {{"penalty", "1.3"}}}};
   for (const int64_t V : {260, 32000}) {
     const int64_t B = 8;
     std::vector<float> all = test::random_values(static_cast<size_t>(B * V), 90 + V, 6.0f);
@@ -276,7 +283,8 @@ TEST_F(DeviceSampling, EveryFilterMatchesTheHostSampler) {
     for (int64_t b = 0; b < B; ++b) {
       lens[static_cast<size_t>(b)] = static_cast<int32_t>(3 + b);
       for (int64_t i = 0; i < L; ++i) {
-        hist[static_cast<size_t>(b * L + i)] = static_cast<int32_t>((b * 37 + i * 11) % (V / 4 + 3));
+        hist[static_cast<size_t>(b * L + i)] =
+            static_cast<int32_t>((b * 37 + i * 11) % (V / 4 + 3));
       }
       host_hist[static_cast<size_t>(b)].assign(hist.begin() + b * L,
                                                hist.begin() + b * L + lens[static_cast<size_t>(b)]);
@@ -293,8 +301,8 @@ TEST_F(DeviceSampling, EveryFilterMatchesTheHostSampler) {
         std::vector<float> host = row_of(all, b, V);
         sampler->apply(host, host_hist[static_cast<size_t>(b)]);
         const std::vector<float> got = row_of(device, b, V);
-        const std::string what = c.name + " " + c.options.begin()->second + " V=" +
-                                 std::to_string(V) + " row " + std::to_string(b);
+        const std::string what = c.name + " " + c.options.begin()->second +
+                                 " V=" + std::to_string(V) + " row " + std::to_string(b);
         EXPECT_EQ(kept(got), kept(host)) << what;
         size_t differ = 0;
         for (size_t i = 0; i < host.size(); ++i) differ += got[i] == host[i] ? 0 : 1;
@@ -403,8 +411,8 @@ TEST_F(DeviceSampling, TopKDrawsNeverLeaveTheKLargest) {
   const int64_t B = 8, V = 32000;
   const std::vector<float> all = test::random_values(static_cast<size_t>(B * V), 8, 3.0f);
   Tensor logits = rows(all, B);
-  const std::vector<std::shared_ptr<Sampler>> chain = {make_sampler("top_k", {{"k", "5"}}),
-                                                       make_sampler("temperature", {{"value", "2.0"}})};
+  const std::vector<std::shared_ptr<Sampler>> chain = {
+      make_sampler("top_k", {{"k", "5"}}), make_sampler("temperature", {{"value", "2.0"}})};
   std::vector<std::set<int32_t>> allowed(static_cast<size_t>(B));
   for (int64_t b = 0; b < B; ++b) {
     std::vector<float> row = row_of(all, b, V);
@@ -420,7 +428,8 @@ TEST_F(DeviceSampling, TopKDrawsNeverLeaveTheKLargest) {
     ASSERT_TRUE(sample_on_device(be(), chain, logits, DeviceSamplingContext{}, 11, step, ids));
     const std::vector<int32_t> got = ints(ids);
     for (int64_t b = 0; b < B; ++b) {
-      ASSERT_TRUE(allowed[size_t(b)].count(got[size_t(b)])) << "row " << b << " drew " << got[size_t(b)];
+      ASSERT_TRUE(allowed[size_t(b)].count(got[size_t(b)]))
+          << "row " << b << " drew " << got[size_t(b)];
       if (b == 0) seen.insert(got[0]);
     }
   }

@@ -195,7 +195,8 @@ TEST_F(ExpertsTest, PaddedLayoutGivesTheSameOutputsAndGradients) {
     Tensor dgate;
     out.dx = to_vector(*backend, experts->backward_routed(ctx, dy, dgate));
     out.dgate = to_vector(*backend, dgate);
-    for (const Parameter& p : experts->parameters()) out.grads[p.name] = to_vector(*backend, p.grad);
+    for (const Parameter& p : experts->parameters())
+      out.grads[p.name] = to_vector(*backend, p.grad);
     return out;
   };
   const Run want = run(routing), got = run(padded);

@@ -86,7 +86,8 @@ std::vector<float> to_float(const HostMatrix& values) {
 
 std::vector<double> numeric_gradient(HostMatrix& values, const std::function<double()>& objective,
                                      double eps) {
-  return testing::numeric_gradient(values, objective, eps);  // the installed kit's (nnkit/testing.h)
+  return testing::numeric_gradient(values, objective,
+                                   eps);  // the installed kit's (nnkit/testing.h)
 }
 
 void expect_close(const std::vector<float>& actual, const std::vector<double>& expected,

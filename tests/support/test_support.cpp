@@ -13,7 +13,6 @@ Registry& registry() {
   return instance;
 }
 
-
 Options make_options(const std::string& kind, const std::string& name,
                      const std::map<std::string, std::string>& values) {
   const PluginInfo& info = registry().require(kind, name);

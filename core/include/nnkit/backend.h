@@ -330,8 +330,8 @@ class NNKIT_API Backend : public Component {
   //   g = step.grad_scale * grad;  m = step.beta1 * m + g;
   //   param -= step.lr * (m + step.weight_decay * param).
   // param and momentum in place; grad read only. step.beta2 is not used.
-  virtual void sgd_momentum_update(const Tensor& param, const Tensor& grad,
-                                   const Tensor& momentum, const MomentumStep& step) = 0;
+  virtual void sgd_momentum_update(const Tensor& param, const Tensor& grad, const Tensor& momentum,
+                                   const MomentumStep& step) = 0;
   // One Lion step (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"), f32:
   //   g = step.grad_scale * grad;  c = step.beta1 * m + (1 - step.beta1) * g;
   //   param -= step.lr * (sign(c) + step.weight_decay * param);

@@ -26,9 +26,9 @@ namespace nnkit {
 // undefined and the caller passes the step to sample_on_device). capacity must hold the longest
 // history plus every token to be appended (UsageError otherwise). Uploads with copy_from_host:
 // call it before any capture.
-NNKIT_API DeviceSamplingContext make_device_sampling_context(
-    Backend& backend, const std::vector<std::vector<int32_t>>& histories, int64_t capacity,
-    bool step_counter = false, int32_t first_step = 0);
+NNKIT_API DeviceSamplingContext
+make_device_sampling_context(Backend& backend, const std::vector<std::vector<int32_t>>& histories,
+                             int64_t capacity, bool step_counter = false, int32_t first_step = 0);
 
 // Appends ids ((B) i32 on the device, e.g. sample_on_device's out_ids) to every row's history and
 // advances ctx.step when defined; device work only (capturable).

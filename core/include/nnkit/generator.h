@@ -34,8 +34,8 @@ struct GenerationResult {
   std::string stop_reason;             // "length", "eos" or "stop"
   double prefill_tokens_per_s = 0.0;   // whole batch's prefill throughput
   double decode_tokens_per_s = 0.0;    // whole batch's decode throughput
-  bool decode_graph = false;            // the decode steps were replayed from a CUDA Graph
-  bool device_sampling = false;         // the sampler chain ran on the device
+  bool decode_graph = false;           // the decode steps were replayed from a CUDA Graph
+  bool device_sampling = false;        // the sampler chain ran on the device
 };
 
 // Called with (prompt index, new text) as text becomes final.

@@ -145,8 +145,8 @@ class NNKIT_API Transformer {
   Tensor positions_;  // (B*T) i32 training positions for positions_batch_ x positions_seq_
   int64_t positions_batch_ = 0;
   int64_t positions_seq_ = 0;
-  std::vector<StagedBatch> staged_;  // per micro-batch slot (stage_batch)
-  bool static_shapes_ = false;       // set_static_shapes()
+  std::vector<StagedBatch> staged_;      // per micro-batch slot (stage_batch)
+  bool static_shapes_ = false;           // set_static_shapes()
   std::unique_ptr<DecodeState> decode_;  // begin_decode() .. end_decode()
 };
 

@@ -43,10 +43,10 @@ NNKIT_HOST_DEVICE inline Philox4x32 philox4x32_10(Philox4x32 c, uint32_t k0, uin
 // The uniform in [0, 1) that sample_rows draws for `row` at `step` under `seed` (formula above).
 NNKIT_HOST_DEVICE inline double sampling_uniform(uint64_t seed, int64_t row, int64_t step) {
   const uint64_t s = static_cast<uint64_t>(step);
-  const Philox4x32 out = philox4x32_10(
-      Philox4x32{{static_cast<uint32_t>(row), static_cast<uint32_t>(s), static_cast<uint32_t>(s >> 32),
-                  0u}},
-      static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  const Philox4x32 out =
+      philox4x32_10(Philox4x32{{static_cast<uint32_t>(row), static_cast<uint32_t>(s),
+                                static_cast<uint32_t>(s >> 32), 0u}},
+                    static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
   const uint64_t bits = (static_cast<uint64_t>(out.v[0]) << 32) | out.v[1];
   return static_cast<double>(bits >> 11) * (1.0 / 9007199254740992.0);  // 2^-53
 }

@@ -123,7 +123,7 @@ class NNKIT_API Registry {
   std::vector<PluginInfo> plugins_;
   mutable std::mutex roles_mutex_;                    // role_of may be called concurrently
   mutable std::map<std::string, std::string> roles_;  // role_of cache, by id
-  std::vector<std::shared_ptr<Library>> libraries_;  // parallel to plugins_
+  std::vector<std::shared_ptr<Library>> libraries_;   // parallel to plugins_
   std::vector<RejectedLibrary> rejected_;
   std::vector<std::string> scanned_;  // canonical paths of the library files seen
 };

@@ -148,9 +148,10 @@ std::map<std::string, std::filesystem::path> ConfigDocument::plugin_prefer() con
   if (!map.IsDefined() || map.IsNull()) return prefer;
   const SourceLocation where = impl_->location(map, "plugin_prefer");
   if (!map.IsMap()) {
-    throw ConfigError("config", "plugin_prefer must map KIND/NAME to a library file, e.g. "
-                                "{moe/swiglu: plugins/libnnkit_moe_swiglu.so} (at " +
-                                    where.str() + ")");
+    throw ConfigError("config",
+                      "plugin_prefer must map KIND/NAME to a library file, e.g. "
+                      "{moe/swiglu: plugins/libnnkit_moe_swiglu.so} (at " +
+                          where.str() + ")");
   }
   for (auto it = map.begin(); it != map.end(); ++it) {
     const std::string id = it->first.IsScalar() ? it->first.Scalar() : "";
@@ -158,9 +159,8 @@ std::map<std::string, std::filesystem::path> ConfigDocument::plugin_prefer() con
     const size_t slash = id.find('/');
     if (slash == std::string::npos || !is_plain_plugin_name(id.substr(0, slash)) ||
         !is_plain_plugin_name(id.substr(slash + 1))) {
-      throw ConfigError("config", "plugin_prefer keys are KIND/NAME (e.g. moe/swiglu), got '" +
-                                      id + "' (at " +
-                                      impl_->location(it->first, key_path).str() + ")");
+      throw ConfigError("config", "plugin_prefer keys are KIND/NAME (e.g. moe/swiglu), got '" + id +
+                                      "' (at " + impl_->location(it->first, key_path).str() + ")");
     }
     if (!it->second.IsScalar() || it->second.Scalar().empty()) {
       throw ConfigError("config", key_path + " must be the path of a library file (at " +

@@ -356,11 +356,11 @@ PluginChoice resolve_slot(const Impl& doc, const Registry& registry, const YAML:
     // role would otherwise fail on the first option it does not know.
     const std::string actual = registry.role_of(info);
     if (!actual.empty() && actual != *role) {
-      std::string message = path + ".type: " + type + " is " +
-                            (actual == "router" ? "a router" : "an experts plugin") + " (" +
-                            info.id() + " from " + info.path + "), not " +
-                            (*role == "router" ? "a router" : "an experts plugin") + "; put it in " +
-                            (actual == "router" ? "model.moe.router" : "model.moe.experts");
+      std::string message =
+          path + ".type: " + type + " is " +
+          (actual == "router" ? "a router" : "an experts plugin") + " (" + info.id() + " from " +
+          info.path + "), not " + (*role == "router" ? "a router" : "an experts plugin") +
+          "; put it in " + (actual == "router" ? "model.moe.router" : "model.moe.experts");
       const std::vector<std::string> fitting = registry.names_with_role(kind, *role);
       if (!fitting.empty()) {
         message += ". Available " + *role + ":";
@@ -436,16 +436,15 @@ RunConfig resolve_config(const ConfigDocument& document, const Registry& registr
   const YAML::Node& root = doc.root;
   check_keys(doc, root, "", "config", {},
              {"seed", "model", "backend", "tokenizer", "train", "decode", "plugin_paths",
-               "plugin_prefer"});
+              "plugin_prefer"});
   RunConfig cfg;
   cfg.source_name = doc.source_name;
   cfg.plugin_paths = document.plugin_paths();
   cfg.plugin_prefer = document.plugin_prefer();
 
-  const Options top =
-      read_options(doc, root, "", "config", {int_spec("seed", "1234", 0, "random seed")},
-                   {"model", "backend", "tokenizer", "train", "decode", "plugin_paths",
-                    "plugin_prefer"});
+  const Options top = read_options(
+      doc, root, "", "config", {int_spec("seed", "1234", 0, "random seed")},
+      {"model", "backend", "tokenizer", "train", "decode", "plugin_paths", "plugin_prefer"});
   cfg.seed = top.get_int("seed");
 
   // ---- model
@@ -486,10 +485,10 @@ RunConfig resolve_config(const ConfigDocument& document, const Registry& registr
     check_keys(doc, moe, "model.moe", "config", {}, {"router", "experts"});
     const std::string experts_role = "experts";
     const std::string router_role = "router";
-    m.experts = resolve_slot(doc, registry, moe["experts"], "model.moe.experts", "moe", "",
-                             &experts_role);
-    m.router = resolve_slot(doc, registry, moe["router"], "model.moe.router", "moe", "topk",
-                            &router_role);
+    m.experts =
+        resolve_slot(doc, registry, moe["experts"], "model.moe.experts", "moe", "", &experts_role);
+    m.router =
+        resolve_slot(doc, registry, moe["router"], "model.moe.router", "moe", "topk", &router_role);
   } else {
     m.ffn = resolve_slot(doc, registry, model["ffn"], "model.ffn", "ffn", "");
   }

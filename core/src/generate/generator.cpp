@@ -139,8 +139,8 @@ std::vector<GenerationResult> generate(Transformer& model, const Tokenizer& toke
   // Picks every row's next token from `logits` into `sampled` (device or host chain).
   auto sample_step = [&](const Tensor& logits, int64_t step) {
     if (on_device && (step == 0 || device_sampling)) {
-      device_sampling = sample_on_device(backend, chain, logits, sampling, options.seed, step,
-                                         device_ids);
+      device_sampling =
+          sample_on_device(backend, chain, logits, sampling, options.seed, step, device_ids);
       if (device_sampling) {
         append_device_history(backend, sampling, device_ids);
         backend.copy_to_host(sampled.data(), device_ids);

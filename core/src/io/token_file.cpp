@@ -183,8 +183,7 @@ TokenFile::TokenFile(const fs::path& path) : impl_(new Impl) {
            " tokens x " + std::to_string(width) + " bytes" +
            (version == 2 ? " + " + std::to_string(8 + identity_bytes) + "-byte tokenizer record"
                          : std::string()) +
-           "), found " + std::to_string(b.size()) +
-           "; " + kPrepareHint + " again");
+           "), found " + std::to_string(b.size()) + "; " + kPrepareHint + " again");
   }
   const uint32_t actual_crc = crc32c(0, b.data() + kTokenFileHeaderBytes, payload);
   if (actual_crc != stored_crc) {
@@ -205,9 +204,10 @@ TokenFile::TokenFile(const fs::path& path) : impl_(new Impl) {
                     j["model_hash"].is_string() && j.contains("vocab_size") &&
                     j["vocab_size"].is_number_integer();
     if (!ok) {
-      m.fail("the tokenizer record is not {kind, name, model_hash, vocab_size} JSON; the file "
-             "is corrupt; " +
-             std::string(kPrepareHint) + " again");
+      m.fail(
+          "the tokenizer record is not {kind, name, model_hash, vocab_size} JSON; the file "
+          "is corrupt; " +
+          std::string(kPrepareHint) + " again");
     }
     t.kind = j["kind"].get<std::string>();
     t.name = j["name"].get<std::string>();

@@ -591,7 +591,6 @@ Tensor Transformer::forward_cached(const std::vector<int32_t>& ids, int64_t batc
 
 // ---- device-resident decoding ----------------------------------------------------------------
 
-
 void Transformer::begin_decode(int64_t batch, const std::vector<int32_t>& kv_start) {
   end_decode();
   if (batch < 1 || (!kv_start.empty() && static_cast<int64_t>(kv_start.size()) != batch)) {

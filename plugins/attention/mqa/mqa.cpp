@@ -125,9 +125,10 @@ class MultiQueryAttention final : public Attention {
       // for every token), so the append and the attention read them there.
       if (!k_cache_.defined()) throw Error(id(), "KV-cache forward before init_cache()");
       NNKIT_CHECK_SHAPE(ctx.seq == 1 && ctx.batch == cache_batch_ && ctx.kv_len_device.defined(),
-                        id(), "device-length decoding takes one token per cached sequence (" +
-                                  std::to_string(cache_batch_) + "), got batch " +
-                                  std::to_string(ctx.batch) + " x " + std::to_string(ctx.seq));
+                        id(),
+                        "device-length decoding takes one token per cached sequence (" +
+                            std::to_string(cache_batch_) + "), got batch " +
+                            std::to_string(ctx.batch) + " x " + std::to_string(ctx.seq));
       backend.kv_cache_append(k_cache_, k, ctx.batch, cache_capacity_, ctx.cache_len_device);
       backend.kv_cache_append(v_cache_, v, ctx.batch, cache_capacity_, ctx.cache_len_device);
       AttentionShape shape = attention_shape(ctx.batch, 1);

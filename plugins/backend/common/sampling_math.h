@@ -1,8 +1,8 @@
-// Purpose: the arithmetic of the device sampling ops (Backend::top_p_filter_rows, min_p_filter_rows,
-// sample_rows, ...) shared by backend/cpu (sampling.cpp) and backend/cuda (sampling.cu), so that
-// both backends make the same decisions on the same logits, bit for bit: the ranking key, a
-// softmax weight built from IEEE operations only (no libm, whose exp differs by an ulp between
-// glibc and CUDA), the fixed reduction layout, and the decisions taken from the sums.
+// Purpose: the arithmetic of the device sampling ops (Backend::top_p_filter_rows,
+// min_p_filter_rows, sample_rows, ...) shared by backend/cpu (sampling.cpp) and backend/cuda
+// (sampling.cu), so that both backends make the same decisions on the same logits, bit for bit: the
+// ranking key, a softmax weight built from IEEE operations only (no libm, whose exp differs by an
+// ulp between glibc and CUDA), the fixed reduction layout, and the decisions taken from the sums.
 // Ownership: stateless inline functions, host and device (NNKIT_HOST_DEVICE). Compiled into each
 // backend plugin, not part of the installed SDK.
 //
@@ -88,7 +88,7 @@ inline constexpr uint32_t kPlusInfBits = 0x7F800000u;
 NNKIT_HOST_DEVICE inline uint32_t rank_key(float x) {
   uint32_t u = float_bits(x);
   if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0u;  // NaN
-  if (u == 0x80000000u) u = 0u;                       // -0 -> +0
+  if (u == 0x80000000u) u = 0u;                    // -0 -> +0
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 // The float of a key (key 0 gives NaN). Inverse of rank_key on everything but -0 and NaN payloads.
@@ -105,7 +105,7 @@ NNKIT_HOST_DEVICE inline double exp_nonpositive(double x) {
   if (!(x > -708.0)) return 0.0;  // NaN included
   if (x > 0.0) x = 0.0;           // callers pass x - max <= 0; guards against misuse only
   const double kInvLn2 = 1.4426950408889634074;
-  const double kRound = 6755399441055744.0;   // 1.5 * 2^52: adding it rounds to an integer
+  const double kRound = 6755399441055744.0;          // 1.5 * 2^52: adding it rounds to an integer
   const double kLn2Hi = 6.93147180369123816490e-01;  // 32 significant bits: n * kLn2Hi is exact
   const double kLn2Lo = 1.90821492927058770002e-10;
   const double n = add_rn(add_rn(mul_rn(x, kInvLn2), kRound), -kRound);
@@ -113,10 +113,20 @@ NNKIT_HOST_DEVICE inline double exp_nonpositive(double x) {
   r = fma_rn(-n, kLn2Lo, r);
   // 1/k! for k = 0..13, evaluated by Estrin's scheme (pairs, then powers r^2, r^4, r^8): a
   // dependency chain of 5 FMAs instead of Horner's 13 (the draw's last walk is one GPU thread).
-  const double c[14] = {1.0,           1.0,            0.5,             1.0 / 6.0,
-                        1.0 / 24.0,    1.0 / 120.0,    1.0 / 720.0,     1.0 / 5040.0,
-                        1.0 / 40320.0, 1.0 / 362880.0, 1.0 / 3628800.0, 1.0 / 39916800.0,
-                        1.0 / 479001600.0, 1.0 / 6227020800.0};
+  const double c[14] = {1.0,
+                        1.0,
+                        0.5,
+                        1.0 / 6.0,
+                        1.0 / 24.0,
+                        1.0 / 120.0,
+                        1.0 / 720.0,
+                        1.0 / 5040.0,
+                        1.0 / 40320.0,
+                        1.0 / 362880.0,
+                        1.0 / 3628800.0,
+                        1.0 / 39916800.0,
+                        1.0 / 479001600.0,
+                        1.0 / 6227020800.0};
   const double r2 = mul_rn(r, r), r4 = mul_rn(r2, r2), r8 = mul_rn(r4, r4);
   const double p01 = fma_rn(c[1], r, c[0]), p23 = fma_rn(c[3], r, c[2]);
   const double p45 = fma_rn(c[5], r, c[4]), p67 = fma_rn(c[7], r, c[6]);
@@ -154,7 +164,8 @@ NNKIT_HOST_DEVICE inline double row_weight(float x, float max_logit) {
 // exact, so the result is the full tree's.
 inline void lane_tree(double* lanes, int bins, int used = kLanes) {
   for (int stride = kLanes / 2; stride >= 1; stride /= 2) {
-    const int top = used - stride < stride ? used - stride : stride;  // pairs with t + stride < used
+    const int top =
+        used - stride < stride ? used - stride : stride;  // pairs with t + stride < used
     for (int b = 0; b < bins; ++b) {
       double* l = lanes + static_cast<int64_t>(b) * kLanes;
       for (int t = 0; t < top; ++t) l[t] = add_rn(l[t], l[t + stride]);

@@ -115,7 +115,7 @@ class CpuBackend final : public Backend {
   void moe_sort_by_expert_padded(const Tensor& expert_index, int64_t n_experts, int64_t top_k,
                                  int64_t capacity, const Tensor& gate, const Tensor& token,
                                  const Tensor& slot, const Tensor& offsets,
-                                 const Tensor& load) override;  // moe_dispatch.cpp
+                                 const Tensor& load) override;       // moe_dispatch.cpp
   void logsumexp_rows(const Tensor& x, const Tensor& out) override;  // softmax_topk.cpp
   // device-resident decoding (decode_ops.cpp)
   void kv_cache_append(const Tensor& cache, const Tensor& rows, int64_t batch, int64_t capacity,
@@ -124,8 +124,7 @@ class CpuBackend final : public Backend {
                         const Tensor& kv_len_device, const Tensor& out,
                         const AttentionShape& shape) override;
   void moe_grouped_gemm_nt(const Tensor& x, const std::vector<Tensor>& weights,
-                           const Tensor& kept_offsets, int64_t capacity,
-                           const Tensor& y) override;
+                           const Tensor& kept_offsets, int64_t capacity, const Tensor& y) override;
   void moe_grouped_swiglu_nt(const Tensor& x, const std::vector<Tensor>& gate_weights,
                              const std::vector<Tensor>& up_weights, const Tensor& kept_offsets,
                              int64_t capacity, const Tensor& y) override;

@@ -1,9 +1,9 @@
 // Purpose: backend/cpu device-length decoding ops (kv_cache_append, attention_decode) and the
-// grouped expert products of the padded MoE layout (moe_grouped_gemm_nt, moe_grouped_swiglu_nt). Owned by backend/cpu.
-// The CPU records no graphs, but the decode step is one code path on every backend: these read
-// the cache length from the (1) i32 tensor exactly as the CUDA kernels do, so CPU and CUDA
-// decoding stay comparable op for op. Sums are f32 in a fixed order (deterministic); the
-// softmax subtracts the row max.
+// grouped expert products of the padded MoE layout (moe_grouped_gemm_nt, moe_grouped_swiglu_nt).
+// Owned by backend/cpu. The CPU records no graphs, but the decode step is one code path on every
+// backend: these read the cache length from the (1) i32 tensor exactly as the CUDA kernels do, so
+// CPU and CUDA decoding stay comparable op for op. Sums are f32 in a fixed order (deterministic);
+// the softmax subtracts the row max.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -58,11 +58,12 @@ void CpuBackend::attention_decode(const Tensor& q, const Tensor& k, const Tensor
   const char* op = "attention_decode";
   if (s.batch < 1 || s.q_len != 1 || s.n_heads < 1 || s.n_kv_heads < 1 || s.head_dim < 1 ||
       s.n_heads % s.n_kv_heads != 0 || s.kv_capacity < 1) {
-    shape_fail(op, "needs batch >= 1, q_len = 1, n_heads a multiple of n_kv_heads and a cache; "
-                   "got batch " + std::to_string(s.batch) + ", q_len " + std::to_string(s.q_len) +
-                       ", heads " + std::to_string(s.n_heads) + "/" +
-                       std::to_string(s.n_kv_heads) + ", capacity " +
-                       std::to_string(s.kv_capacity));
+    shape_fail(op,
+               "needs batch >= 1, q_len = 1, n_heads a multiple of n_kv_heads and a cache; "
+               "got batch " +
+                   std::to_string(s.batch) + ", q_len " + std::to_string(s.q_len) + ", heads " +
+                   std::to_string(s.n_heads) + "/" + std::to_string(s.n_kv_heads) + ", capacity " +
+                   std::to_string(s.kv_capacity));
   }
   const int64_t H = s.n_heads, Hkv = s.n_kv_heads, D = s.head_dim, B = s.batch;
   expect_tensor(op, "q", q, DType::kF32, {B, H * D});
@@ -116,8 +117,8 @@ namespace {
 // Both grouped ops: y rows of each expert's kept rows = x W^T (or silu(x Wg^T) * (x Wu^T) when
 // `up` is given), other rows 0.
 void grouped_products(const char* op, const Tensor& x, const std::vector<Tensor>& weights,
-                      const std::vector<Tensor>* up, const Tensor& kept_offsets,
-                      int64_t capacity, const Tensor& y) {
+                      const std::vector<Tensor>* up, const Tensor& kept_offsets, int64_t capacity,
+                      const Tensor& y) {
   const auto E = static_cast<int64_t>(weights.size());
   if (E < 1 || capacity < 1 || capacity > 16 ||
       (up != nullptr && static_cast<int64_t>(up->size()) != E)) {

@@ -228,8 +228,8 @@ void CpuBackend::repetition_penalty_rows(const Tensor& logits, const Tensor& his
   const RowShape s = expect_logits(op, logits);
   const RowShape h = expect_rows(op, "history", history, DType::kI32);
   if (history.shape().size() != 2 || h.rows != s.rows) {
-    shape_fail(op, "history is " + describe(history) + "; expected (B, L) with B = " +
-                       std::to_string(s.rows));
+    shape_fail(op, "history is " + describe(history) +
+                       "; expected (B, L) with B = " + std::to_string(s.rows));
   }
   expect_tensor(op, "lengths", lengths, DType::kI32, {s.rows});
   if (!(penalty > 0.0f)) shape_fail(op, "penalty " + std::to_string(penalty) + " must be > 0");

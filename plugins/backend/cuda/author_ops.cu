@@ -106,8 +106,7 @@ __global__ void binary_kernel(T* out, const T* a, const T* b, int64_t n, F f) {
   });
 }
 
-__global__ void sgd_momentum_kernel(float* p, const float* g, float* m, int64_t n,
-                                    MomentumStep s) {
+__global__ void sgd_momentum_kernel(float* p, const float* g, float* m, int64_t n, MomentumStep s) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     const float gi = s.grad_scale * g[i];
@@ -164,8 +163,8 @@ void launch_binary(cudaStream_t stream, const char* op, const Tensor& out, const
     using T = typename decltype(tag)::type;
     with_pack_width<T>(packed, [&](auto width) {
       constexpr int kW = decltype(width)::value;
-      binary_kernel<T, kW, F><<<grid_for_packs<kW>(n), kThreads, 0, stream>>>(
-          ptr<T>(out), ptr<T>(a), ptr<T>(b), n, f);
+      binary_kernel<T, kW, F>
+          <<<grid_for_packs<kW>(n), kThreads, 0, stream>>>(ptr<T>(out), ptr<T>(a), ptr<T>(b), n, f);
       NNKIT_CUDA_CHECK_LAUNCH(binary_kernel);
     });
   });
@@ -201,8 +200,8 @@ void CudaBackend::sign(const Tensor& out, const Tensor& x) {
 void CudaBackend::clamp(const Tensor& out, const Tensor& x, float lo, float hi) {
   OpScope op_scope(profiler_.get(), "clamp");
   if (!(lo <= hi)) {
-    kChecks.fail("clamp", "lo (" + std::to_string(lo) + ") must not exceed hi (" +
-                              std::to_string(hi) + ")");
+    kChecks.fail("clamp",
+                 "lo (" + std::to_string(lo) + ") must not exceed hi (" + std::to_string(hi) + ")");
   }
   launch_unary(stream_, "clamp", out, x, ClampOp{lo, hi});
 }
@@ -234,8 +233,8 @@ void CudaBackend::sgd_momentum_update(const Tensor& param, const Tensor& grad,
   expect_update("sgd_momentum_update", param, grad, momentum, "momentum");
   const int64_t n = param.numel();
   if (n == 0) return;
-  sgd_momentum_kernel<<<grid_for(n), kThreads, 0, stream_>>>(
-      ptr<float>(param), ptr<float>(grad), ptr<float>(momentum), n, step);
+  sgd_momentum_kernel<<<grid_for(n), kThreads, 0, stream_>>>(ptr<float>(param), ptr<float>(grad),
+                                                             ptr<float>(momentum), n, step);
   NNKIT_CUDA_CHECK_LAUNCH(sgd_momentum_kernel);
 }
 

@@ -22,10 +22,10 @@ namespace {
 
 using backend_common::kFloatDTypes;
 
-constexpr int kChunk = 64;            // keys per attention_decode block
-constexpr int kHeadsPerBlock = 16;    // query heads per block
-constexpr int kMaxHeadDim = 256;      // D: q of the block's heads lives in shared memory
-constexpr int kDecodeThreads = 256;   // 8 warps
+constexpr int kChunk = 64;           // keys per attention_decode block
+constexpr int kHeadsPerBlock = 16;   // query heads per block
+constexpr int kMaxHeadDim = 256;     // D: q of the block's heads lives in shared memory
+constexpr int kDecodeThreads = 256;  // 8 warps
 constexpr int kMaxGroupedExperts = 64;
 
 // ---- kv_cache_append ------------------------------------------------------------------------
@@ -59,8 +59,8 @@ struct DecodeGeometry {
 template <typename T>
 __global__ void __launch_bounds__(kDecodeThreads)
     attention_decode_partial_kernel(const T* q, const T* k, const T* v, const int32_t* kv_start,
-                                    const int32_t* kv_len_device, DecodeGeometry g,
-                                    float* part_o, float* part_m, float* part_l) {
+                                    const int32_t* kv_len_device, DecodeGeometry g, float* part_o,
+                                    float* part_m, float* part_l) {
   __shared__ float q_shared[kHeadsPerBlock * kMaxHeadDim];
   __shared__ float p_shared[kHeadsPerBlock * kChunk];
   const int chunk = blockIdx.x, b = blockIdx.y;
@@ -90,7 +90,8 @@ __global__ void __launch_bounds__(kDecodeThreads)
     for (int h = 0; h < hn; ++h) {
       const int kvh = (h0 + h) / group;
       float dot = 0.0f;
-      for (int d = lane; d < g.dim; d += 32) dot += q_shared[h * g.dim + d] * to_float(kj[kvh * g.dim + d]);
+      for (int d = lane; d < g.dim; d += 32)
+        dot += q_shared[h * g.dim + d] * to_float(kj[kvh * g.dim + d]);
       dot = warp_sum(dot);
       if (lane == 0) p_shared[h * kChunk + (j - begin)] = dot * g.scale;
     }
@@ -122,7 +123,8 @@ __global__ void __launch_bounds__(kDecodeThreads)
     const T* vcol = v + (int64_t(b) * g.capacity + begin) * kv_ld + kvh * g.dim + d;
     float acc = 0.0f;
 #pragma unroll 8
-    for (int j = 0; j < n; ++j) acc += p_shared[h * kChunk + j] * to_float(vcol[int64_t(j) * kv_ld]);
+    for (int j = 0; j < n; ++j)
+      acc += p_shared[h * kChunk + j] * to_float(vcol[int64_t(j) * kv_ld]);
     part_o[(stat + h0 + h) * g.dim + d] = acc;
   }
 }
@@ -134,7 +136,8 @@ __global__ void attention_decode_combine_kernel(const float* part_o, const float
                                                 const float* part_l, DecodeGeometry g, T* out) {
   const int h = blockIdx.x, b = blockIdx.y;
   float mx = -INFINITY;
-  for (int c = 0; c < g.chunks; ++c) mx = fmaxf(mx, part_m[(int64_t(b) * g.chunks + c) * g.heads + h]);
+  for (int c = 0; c < g.chunks; ++c)
+    mx = fmaxf(mx, part_m[(int64_t(b) * g.chunks + c) * g.heads + h]);
   for (int d = threadIdx.x; d < g.dim; d += blockDim.x) {
     float total = 0.0f, acc = 0.0f;
     if (mx > -INFINITY) {
@@ -183,8 +186,8 @@ __global__ void grouped_gemm_nt_kernel(const T* x, ExpertWeights weights, Expert
   for (int i = 0; i < kRows; ++i) acc[i] = 0.0f;
 #pragma unroll
   for (int i = 0; i < (kSwiglu ? kRows : 1); ++i) acc_up[i] = 0.0f;
-  // Unrolled so each lane keeps several weight loads in flight: these products are bound by
-  // memory latency x bytes in flight, not by arithmetic (same per-lane order: same sums).
+    // Unrolled so each lane keeps several weight loads in flight: these products are bound by
+    // memory latency x bytes in flight, not by arithmetic (same per-lane order: same sums).
 #pragma unroll 4
   for (int64_t p = int64_t(lane) * kWidth; p < k; p += 32 * kWidth) {
     float w[kWidth], u[kWidth];
@@ -310,8 +313,7 @@ void CudaBackend::attention_decode(const Tensor& q, const Tensor& k, const Tenso
     using T = typename decltype(tag)::type;
     attention_decode_partial_kernel<T><<<grid, kDecodeThreads, 0, stream_>>>(
         ptr<T>(q), ptr<T>(k), ptr<T>(v), kv_start.defined() ? ptr<int32_t>(kv_start) : nullptr,
-        ptr<int32_t>(kv_len_device), g, ptr<float>(part_o), ptr<float>(part_m),
-        ptr<float>(part_l));
+        ptr<int32_t>(kv_len_device), g, ptr<float>(part_o), ptr<float>(part_m), ptr<float>(part_l));
     NNKIT_CUDA_CHECK_LAUNCH(attention_decode_partial_kernel);
     const int threads = static_cast<int>(std::min<int64_t>(256, ((D + 31) / 32) * 32));
     attention_decode_combine_kernel<T>
@@ -372,8 +374,8 @@ void run_grouped(const GroupedArgs& a, const Tensor& x, const Tensor& kept_offse
     using T = typename decltype(tag)::type;
     with_pack_width<T>(a.packed, [&](auto width) {
       grouped_by_rows<T, decltype(width)::value, kSwiglu>(
-          ptr<T>(x), a.gate, a.up, ptr<int32_t>(kept_offsets), static_cast<int>(capacity), a.n,
-          a.k, ptr<T>(y), experts, stream);
+          ptr<T>(x), a.gate, a.up, ptr<int32_t>(kept_offsets), static_cast<int>(capacity), a.n, a.k,
+          ptr<T>(y), experts, stream);
     });
   });
 }

@@ -391,8 +391,9 @@ void CudaBackend::scatter_add_rows(const Tensor& src, const Tensor& index, const
       dispatch_float(dst.dtype(), [&](auto dst_tag) {
         using TD = typename decltype(dst_tag)::type;
         constexpr int kPacked = kPackWidth<TS>;
-        const bool packed = s.cols % kPacked == 0 && aligned16(src.raw()) &&
-                            reinterpret_cast<uintptr_t>(dst.raw()) % alignof(Pack<TD, kPacked>) == 0;
+        const bool packed =
+            s.cols % kPacked == 0 && aligned16(src.raw()) &&
+            reinterpret_cast<uintptr_t>(dst.raw()) % alignof(Pack<TD, kPacked>) == 0;
         with_pack_width<TS>(packed, [&](auto width) {
           const int64_t lanes = s.cols / decltype(width)::value;
           launch(src_tag, dst_tag, width, lanes <= 64 ? 64 : (lanes <= 128 ? 128 : 256));

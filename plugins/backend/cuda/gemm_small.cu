@@ -38,8 +38,8 @@ __global__ void small_gemm_nt_kernel(int64_t n, int64_t k, float alpha, const T*
   float acc[kRows];
 #pragma unroll
   for (int i = 0; i < kRows; ++i) acc[i] = 0.0f;
-  // Unrolled so each lane keeps several weight loads in flight: these products are bound by
-  // memory latency x bytes in flight, not by arithmetic (same per-lane order: same sums).
+    // Unrolled so each lane keeps several weight loads in flight: these products are bound by
+    // memory latency x bytes in flight, not by arithmetic (same per-lane order: same sums).
 #pragma unroll 4
   for (int64_t p = int64_t(lane) * kWidth; p < k; p += 32 * kWidth) {
     float w[kWidth];

@@ -176,7 +176,8 @@ __global__ void __launch_bounds__(kSmallThreads)
   for (int x = threadIdx.x; x < E * (3 + 32); x += blockDim.x) smem[x] = 0;
   // The padded layout in this one block: every row starts as padding, placement overwrites the
   // kept ones after the barriers below (no separate padding launch).
-  for (int64_t r = threadIdx.x; a.block_rows > 0 && r < int64_t(E) * a.block_rows; r += blockDim.x) {
+  for (int64_t r = threadIdx.x; a.block_rows > 0 && r < int64_t(E) * a.block_rows;
+       r += blockDim.x) {
     a.token[r] = -1;
     a.slot[r] = -1;
   }
@@ -336,12 +337,15 @@ void CudaBackend::moe_sort_by_expert(const Tensor& expert_index, int64_t n_exper
   expect_flat(*this, op, "offsets", offsets, DType::kI32, n_experts + 1);
   expect_flat(*this, op, "load", load, DType::kF32, n_experts);
 
-  const SortArgs a{
-      ptr<int32_t>(expert_index), gate.defined() ? ptr<float>(gate) : nullptr,
-      ptr<int32_t>(token),        ptr<int32_t>(slot),
-      static_cast<int>(slots),    static_cast<int>(n_experts),
-      static_cast<int>(top_k),    capacity < 0 ? -1 : static_cast<int>(std::min(capacity, slots)),
-      0};
+  const SortArgs a{ptr<int32_t>(expert_index),
+                   gate.defined() ? ptr<float>(gate) : nullptr,
+                   ptr<int32_t>(token),
+                   ptr<int32_t>(slot),
+                   static_cast<int>(slots),
+                   static_cast<int>(n_experts),
+                   static_cast<int>(top_k),
+                   capacity < 0 ? -1 : static_cast<int>(std::min(capacity, slots)),
+                   0};
   const int E = a.n_experts;
   if (slots <= kSmallSlots && E <= kSmallMaxExperts) {
     const size_t shared = size_t(E) * (3 + kSmallThreads / 32) * sizeof(int);
@@ -375,23 +379,24 @@ void CudaBackend::moe_sort_by_expert_padded(const Tensor& expert_index, int64_t 
                          "; the static layout needs capacity >= 1 rows per expert");
   }
   if (n_experts < 1 || capacity > INT32_MAX / n_experts) {
-    kChecks.fail(op, std::to_string(n_experts) + " experts x capacity " +
-                         std::to_string(capacity) + " rows do not fit the i32 outputs");
+    kChecks.fail(op, std::to_string(n_experts) + " experts x capacity " + std::to_string(capacity) +
+                         " rows do not fit the i32 outputs");
   }
   const int64_t rows = n_experts * capacity;
   expect_flat(*this, op, "token", token, DType::kI32, rows);
   expect_flat(*this, op, "slot", slot, DType::kI32, rows);
   const int64_t slots = expert_index.numel();
-  if (slots <= kSmallSlots && n_experts <= kSmallMaxExperts && slots % top_k == 0 &&
-      top_k >= 1 && gate.defined() && slots > 0) {
+  if (slots <= kSmallSlots && n_experts <= kSmallMaxExperts && slots % top_k == 0 && top_k >= 1 &&
+      gate.defined() && slots > 0) {
     // Decoding sizes: one block sorts straight into the padded rows (one launch).
     kChecks.dtype(op, "expert_index", expert_index, DType::kI32);
     expect_flat(*this, op, "gate", gate, DType::kF32, slots);
     expect_flat(*this, op, "offsets", offsets, DType::kI32, n_experts + 1);
     expect_flat(*this, op, "load", load, DType::kF32, n_experts);
-    const SortArgs a{ptr<int32_t>(expert_index), ptr<float>(gate), ptr<int32_t>(token),
-                     ptr<int32_t>(slot), static_cast<int>(slots), static_cast<int>(n_experts),
-                     static_cast<int>(top_k), static_cast<int>(std::min(capacity, slots)),
+    const SortArgs a{ptr<int32_t>(expert_index), ptr<float>(gate),
+                     ptr<int32_t>(token),        ptr<int32_t>(slot),
+                     static_cast<int>(slots),    static_cast<int>(n_experts),
+                     static_cast<int>(top_k),    static_cast<int>(std::min(capacity, slots)),
                      static_cast<int>(capacity)};
     const size_t shared = size_t(n_experts) * (3 + kSmallThreads / 32) * sizeof(int);
     moe_sort_small_kernel<<<1, kSmallThreads, shared, stream_>>>(a, ptr<int32_t>(offsets),

@@ -4,10 +4,10 @@
 // Shape: one thread block per row (B <= 64 rows of up to 256k logits in decoding). top-k and
 // top-p are a radix selection over the 32-bit ranking key, 4 bits per pass (at most 8 passes over
 // the row; a row stops as soon as a digit isolates the cut): each pass histograms the tokens that
-// match the digits chosen so far, and thread 0 picks the next digit; top-k by counts (integers: warp-aggregated shared
-// atomics), top-p by softmax weight (double, per-lane bins summed by a fixed tree). The rare tie
-// at the boundary is cut by index in one more pass.
-// Parity: every decision that depends on a floating-point sum uses the arithmetic and layout of
+// match the digits chosen so far, and thread 0 picks the next digit; top-k by counts (integers:
+// warp-aggregated shared atomics), top-p by softmax weight (double, per-lane bins summed by a fixed
+// tree). The rare tie at the boundary is cut by index in one more pass. Parity: every decision that
+// depends on a floating-point sum uses the arithmetic and layout of
 // ../common/sampling_math.h (kLanes = blockDim.x lanes), which backend/cpu emulates, so both
 // backends keep the same tokens and draw the same ids; the kernels never use float atomics.
 #include "../common/sampling_math.h"
@@ -301,8 +301,7 @@ __global__ void min_p_kernel(float* logits, int64_t cols, double p) {
 // Dynamic shared memory: one bit per vocabulary id, so each distinct id is penalised once (the
 // thread whose atomicOr sets the bit applies it).
 __global__ void repetition_penalty_kernel(float* logits, int64_t cols, const int32_t* history,
-                                          const int32_t* lengths, int64_t capacity,
-                                          float penalty) {
+                                          const int32_t* lengths, int64_t capacity, float penalty) {
   extern __shared__ uint32_t seen[];
   const int64_t row = blockIdx.x;
   float* x = logits + row * cols;
@@ -398,7 +397,8 @@ namespace {
 // (B, V) f32 logits; returns the shape.
 backend_common::RowShape expect_logits(const char* op, const Tensor& logits) {
   const backend_common::RowShape s = kChecks.rows(op, "logits", logits, DType::kF32);
-  if (logits.shape().size() != 2) kChecks.fail(op, "logits is " + describe(logits) + "; expected (B, V)");
+  if (logits.shape().size() != 2)
+    kChecks.fail(op, "logits is " + describe(logits) + "; expected (B, V)");
   return s;
 }
 
@@ -424,7 +424,7 @@ void CudaBackend::top_k_filter_rows(const Tensor& logits, int64_t k) {
   if (k < 1) kChecks.fail(op, "k = " + std::to_string(k) + " must be >= 1");
   if (s.rows == 0 || k >= s.cols) return;
   top_k_kernel<<<static_cast<unsigned>(s.rows), kLanes, 0, stream_>>>(ptr<float>(logits), s.cols,
-                                                                       k);
+                                                                      k);
   NNKIT_CUDA_CHECK_LAUNCH(top_k_kernel);
 }
 
@@ -435,8 +435,7 @@ void CudaBackend::top_p_filter_rows(const Tensor& logits, double p) {
   if (s.rows == 0 || s.cols == 0 || !(p < 1.0)) return;
   constexpr size_t kShared = sizeof(double) * kBins * kLanes;
   if (first_launch_of(reinterpret_cast<const void*>(top_p_kernel))) {
-    NNKIT_CUDA_CHECK(cudaFuncSetAttribute(top_p_kernel,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
+    NNKIT_CUDA_CHECK(cudaFuncSetAttribute(top_p_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(kShared)));
   }
   top_p_kernel<<<static_cast<unsigned>(s.rows), kLanes, kShared, stream_>>>(ptr<float>(logits),
@@ -449,7 +448,7 @@ void CudaBackend::min_p_filter_rows(const Tensor& logits, double p) {
   const backend_common::RowShape s = expect_logits("min_p_filter_rows", logits);
   if (s.rows == 0 || s.cols == 0 || !(p > 0.0)) return;
   min_p_kernel<<<static_cast<unsigned>(s.rows), kRowThreads, 0, stream_>>>(ptr<float>(logits),
-                                                                             s.cols, p);
+                                                                           s.cols, p);
   NNKIT_CUDA_CHECK_LAUNCH(min_p_kernel);
 }
 
@@ -460,17 +459,16 @@ void CudaBackend::repetition_penalty_rows(const Tensor& logits, const Tensor& hi
   const backend_common::RowShape s = expect_logits(op, logits);
   const backend_common::RowShape h = kChecks.rows(op, "history", history, DType::kI32);
   if (history.shape().size() != 2 || h.rows != s.rows) {
-    kChecks.fail(op, "history is " + describe(history) + "; expected (B, L) with B = " +
-                         std::to_string(s.rows));
+    kChecks.fail(op, "history is " + describe(history) +
+                         "; expected (B, L) with B = " + std::to_string(s.rows));
   }
   kChecks.tensor(op, "lengths", lengths, DType::kI32, {s.rows});
   if (!(penalty > 0.0f)) kChecks.fail(op, "penalty " + std::to_string(penalty) + " must be > 0");
   if (s.rows == 0 || s.cols == 0 || h.cols == 0) return;
   const size_t shared = sizeof(uint32_t) * static_cast<size_t>((s.cols + 31) / 32);
   if (shared > static_cast<size_t>(limits_.shared_optin_bytes)) {
-    kChecks.fail(op, "a vocabulary of " + std::to_string(s.cols) +
-                         " ids needs a seen-bitmap of " + std::to_string(shared) +
-                         " bytes of shared memory; this device allows " +
+    kChecks.fail(op, "a vocabulary of " + std::to_string(s.cols) + " ids needs a seen-bitmap of " +
+                         std::to_string(shared) + " bytes of shared memory; this device allows " +
                          std::to_string(limits_.shared_optin_bytes));
   }
   if (shared > 48 * 1024 &&

@@ -40,8 +40,7 @@ class RepetitionPenaltySampler final : public Sampler {
   bool apply_device(Backend& backend, const Tensor& logits,
                     const DeviceSamplingContext& ctx) const override {
     if (!ctx.history.defined() || !ctx.lengths.defined()) return false;
-    backend.repetition_penalty_rows(logits, ctx.history, ctx.lengths,
-                                    static_cast<float>(penalty_));
+    backend.repetition_penalty_rows(logits, ctx.history, ctx.lengths, static_cast<float>(penalty_));
     return true;
   }
 

@@ -6,9 +6,9 @@
 // combines y[n] += gate * y_e. Every computation is a Backend op; nothing per token touches the
 // host. In the padded layout while decoding (a few rows per expert, counts on the device) the
 // products are two launches over all experts: moe_grouped_swiglu_nt (gate, up and the SwiGLU)
-// and moe_grouped_gemm_nt (down). Activations are in x's dtype (bf16 on a bf16 CUDA backend); gates and dgate are f32.
-// Ownership: owns its parameter descriptors and, after forward_routed(training), the dispatch
-// lists and activations backward needs (until the next forward or release_saved()).
+// and moe_grouped_gemm_nt (down). Activations are in x's dtype (bf16 on a bf16 CUDA backend); gates
+// and dgate are f32. Ownership: owns its parameter descriptors and, after forward_routed(training),
+// the dispatch lists and activations backward needs (until the next forward or release_saved()).
 // Thread-safety: none; one thread drives a layer.
 #include <cstdint>
 #include <string>

@@ -274,9 +274,9 @@ class TopKRouter final : public Router {
       stats_backend_->copy_to_host(offsets.data(), stats_.kept_offsets);
       dropped = stats_.n_slots - offsets.back();
     }
-    out.dropped_fraction = stats_.n_slots > 0 ? static_cast<double>(dropped) /
-                                                    static_cast<double>(stats_.n_slots)
-                                              : 0.0;
+    out.dropped_fraction = stats_.n_slots > 0
+                               ? static_cast<double>(dropped) / static_cast<double>(stats_.n_slots)
+                               : 0.0;
     if (!stats_.values.defined() || stats_backend_ == nullptr) return out;
     std::vector<float> host(static_cast<size_t>(stats_.values.numel()));
     stats_backend_->copy_to_host(host.data(), stats_.values);
@@ -288,13 +288,13 @@ class TopKRouter final : public Router {
 
  private:
   struct Saved {
-    Tensor x;                     // (N, C) input, compute dtype
-    Tensor probs;                 // (N, E) softmax over all experts
-    Tensor kept_gate;             // (N, k) gates before dropping
-    Tensor chosen;                // (N, k) i32 chosen experts before dropping
-    Tensor load;                  // (E) f32 f_i (share of slots per expert, before dropping)
-    Tensor keep_mask;             // (N*k, 1) f32 1 kept / 0 dropped; only with a capacity
-    Tensor row_lse;               // (N) f32 logsumexp(logits[n]), only with the z-loss
+    Tensor x;          // (N, C) input, compute dtype
+    Tensor probs;      // (N, E) softmax over all experts
+    Tensor kept_gate;  // (N, k) gates before dropping
+    Tensor chosen;     // (N, k) i32 chosen experts before dropping
+    Tensor load;       // (E) f32 f_i (share of slots per expert, before dropping)
+    Tensor keep_mask;  // (N*k, 1) f32 1 kept / 0 dropped; only with a capacity
+    Tensor row_lse;    // (N) f32 logsumexp(logits[n]), only with the z-loss
   };
 
   // The last route()'s statistics: the device part read by aux_stats() on demand.
