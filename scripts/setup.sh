@@ -14,6 +14,7 @@ packages=(
   libsentencepiece-dev    # tokenizer/sentencepiece (optional: skipped when missing)
   fortunes fortunes-min   # the demo corpus: real English text
   clang libclang-rt-14-dev  # the fuzz targets (libFuzzer) that CI runs (fuzz/README.md)
+  openmpi-bin libopenmpi-dev  # comm/mpi: data/expert-parallel CPU training (optional: skipped when missing)
 )
 if [ "${NNKIT_SKIP_APT:-0}" != "1" ]; then
   sudo=""
