@@ -399,6 +399,61 @@ PluginChoice resolve_slot(const Impl& doc, const Registry& registry, const YAML:
 }
 
 // Creates each configured component once and drops it, so that checks only a plugin can make
+// The `parallel:` section (docs/parallel.md). Checks what the config alone can tell; the world
+// size is checked against the launch by the trainer.
+ParallelConfig resolve_parallel(const Impl& doc, const Registry& registry, const YAML::Node& node,
+                                const RunConfig& cfg) {
+  static const std::vector<OptionSpec> specs = {
+      int_spec("data", "1", 1, "data-parallel replicas (each takes batch_size / data rows)"),
+      int_spec("expert", "1", 1, "ranks the experts of every MoE layer are sharded over"),
+      {"zero", OptionType::kInt, "0", 0.0, 1.0, "ZeRO stage (0: optimizer state on every rank)"},
+  };
+  const Options po = read_options(doc, node, "parallel", "config", specs, {"comm"});
+  ParallelConfig p;
+  p.data = po.get_int("data");
+  p.expert = po.get_int("expert");
+  p.zero = po.get_int("zero");
+  if (p.zero != 0) {
+    po.fail("zero", "= " + std::to_string(p.zero) +
+                        ": ZeRO-1 (sharded optimizer state) is not implemented yet; use "
+                        "parallel.zero=0");
+  }
+  // The backend decides which transport fits when the config does not name one.
+  const std::string& backend = cfg.backend.name;
+  const std::string fitting = backend == "cuda" ? "nccl" : backend == "cpu" ? "mpi" : "";
+  const YAML::Node comm = node.IsDefined() && node.IsMap() ? node["comm"] : YAML::Node();
+  if (comm.IsDefined() && !comm.IsNull()) {
+    p.comm = resolve_slot(doc, registry, comm, "parallel.comm", "comm", fitting);
+  } else if (p.world_size() > 1) {
+    if (fitting.empty()) {
+      po.fail("data", "needs a communicator for backend '" + backend +
+                          "': set parallel.comm.type (`nnkit plugins` lists the comm plugins)");
+    }
+    p.comm = resolve_slot(doc, registry, YAML::Node(), "parallel.comm", "comm", fitting);
+  }
+  if (p.expert > 1) {
+    const ModelConfig& m = cfg.model;
+    if (!m.is_moe) {
+      po.fail("expert", "is " + std::to_string(p.expert) +
+                            " but the model has no MoE layers (model.ffn); set parallel.expert=1");
+    }
+    const int64_t n_experts =
+        m.experts.options.has("n_experts") ? m.experts.options.get_int("n_experts") : 0;
+    if (n_experts % p.expert != 0) {
+      po.fail("expert", "(" + std::to_string(p.expert) +
+                            ") does not divide model.moe.experts.n_experts (" +
+                            std::to_string(n_experts) +
+                            "); every expert rank holds the same number of experts");
+    }
+  }
+  if (cfg.train.batch_size % p.data != 0) {
+    po.fail("data", "(" + std::to_string(p.data) + ") does not divide train.batch_size (" +
+                        std::to_string(cfg.train.batch_size) +
+                        "), the global batch every rank takes an equal share of");
+  }
+  return p;
+}
+
 // (n_heads divisible by n_kv_heads, top_k <= n_experts, temperature > 0, ...) fail at config
 // time with their YAML position. Layers allocate nothing when created; backends are skipped
 // because creating one may claim a device.
@@ -436,15 +491,16 @@ RunConfig resolve_config(const ConfigDocument& document, const Registry& registr
   const YAML::Node& root = doc.root;
   check_keys(doc, root, "", "config", {},
              {"seed", "model", "backend", "tokenizer", "train", "decode", "plugin_paths",
-              "plugin_prefer"});
+              "plugin_prefer", "parallel"});
   RunConfig cfg;
   cfg.source_name = doc.source_name;
   cfg.plugin_paths = document.plugin_paths();
   cfg.plugin_prefer = document.plugin_prefer();
 
-  const Options top = read_options(
-      doc, root, "", "config", {int_spec("seed", "1234", 0, "random seed")},
-      {"model", "backend", "tokenizer", "train", "decode", "plugin_paths", "plugin_prefer"});
+  const Options top =
+      read_options(doc, root, "", "config", {int_spec("seed", "1234", 0, "random seed")},
+                   {"model", "backend", "tokenizer", "train", "decode", "plugin_paths",
+                    "plugin_prefer", "parallel"});
   cfg.seed = top.get_int("seed");
 
   // ---- model
@@ -535,6 +591,8 @@ RunConfig resolve_config(const ConfigDocument& document, const Registry& registr
   }
 
   // ---- decoding chain
+  cfg.parallel = resolve_parallel(doc, registry, root["parallel"], cfg);
+
   const YAML::Node decode = root["decode"];
   if (decode.IsDefined() && !decode.IsNull()) {
     if (!decode.IsSequence()) {
@@ -642,6 +700,16 @@ std::string RunConfig::to_yaml() const {
   for (const PluginChoice& d : decode) dnode.push_back(options_node(d.options, d.name));
   root["decode"] = dnode;
   if (!plugin_paths.empty()) {
+  if (!parallel.is_default()) {
+    YAML::Node pnode(YAML::NodeType::Map);
+    pnode["data"] = parallel.data;
+    pnode["expert"] = parallel.expert;
+    pnode["zero"] = parallel.zero;
+    if (!parallel.comm.name.empty()) {
+      pnode["comm"] = options_node(parallel.comm.options, parallel.comm.name);
+    }
+    root["parallel"] = pnode;
+  }
     YAML::Node pnode(YAML::NodeType::Sequence);
     for (const auto& p : plugin_paths) pnode.push_back(p.string());
     root["plugin_paths"] = pnode;
