@@ -20,5 +20,7 @@ int run_tokenizer(const Args& args);
 int run_convert(const Args& args);
 int run_logits(const Args& args);
 int run_check_plugin(const Args& args);
+int run_runs(const Args& args);
+int run_sweep(const Args& args);
 
 }  // namespace nnkit::cli

@@ -33,6 +33,8 @@ const std::map<std::string, CommandEntry>& commands() {
       {"logits", {nnkit::cli::run_logits, "raw logits of a few ids (parity checks)"}},
       {"check-plugin",
        {nnkit::cli::run_check_plugin, "conformance checks of one plugin (gradients, shapes, ...)"}},
+      {"runs", {nnkit::cli::run_runs, "list, show and compare run directories"}},
+      {"sweep", {nnkit::cli::run_sweep, "train a grid/list of config variants; summary and plot"}},
   };
   return table;
 }

@@ -7,7 +7,6 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cstring>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -23,48 +22,10 @@
 #include "nnkit/io/run_lock.h"
 #include "nnkit/logging.h"
 #include "nnkit/trainer.h"
+#include "run_record.h"
+#include "stop_signals.h"
 
 namespace nnkit::cli {
-
-namespace {
-
-// The signal that asked the run to stop; 0 while none has.
-std::atomic<int> g_stop_signal{0};
-static_assert(std::atomic<int>::is_always_lock_free, "the signal handler needs a lock-free store");
-
-extern "C" void on_stop_signal(int signal_number) {
-  g_stop_signal.store(signal_number);
-}
-
-// Routes the signals that end a run to on_stop_signal while it lives, and restores what was
-// there before. A signal that was ignored when nnkit started stays ignored: `nohup nnkit train`
-// is asking to survive SIGHUP, and a shell starts background jobs with SIGINT ignored.
-class StopSignals {
- public:
-  StopSignals() {
-    g_stop_signal = 0;
-    struct sigaction stop {};
-    stop.sa_handler = on_stop_signal;
-    sigemptyset(&stop.sa_mask);
-    stop.sa_flags = SA_RESTART;
-    for (size_t i = 0; i < kCount; ++i) {
-      ::sigaction(kSignals[i], nullptr, &previous_[i]);
-      if (previous_[i].sa_handler != SIG_IGN) ::sigaction(kSignals[i], &stop, nullptr);
-    }
-  }
-  StopSignals(const StopSignals&) = delete;
-  StopSignals& operator=(const StopSignals&) = delete;
-  ~StopSignals() {
-    for (size_t i = 0; i < kCount; ++i) ::sigaction(kSignals[i], &previous_[i], nullptr);
-  }
-
- private:
-  static constexpr int kSignals[] = {SIGINT, SIGTERM, SIGHUP};
-  static constexpr size_t kCount = sizeof(kSignals) / sizeof(kSignals[0]);
-  struct sigaction previous_[kCount] {};
-};
-
-}  // namespace
 
 int run_train(const Args& raw) {
   CommandSpec spec{
@@ -138,12 +99,18 @@ int run_train(const Args& raw) {
   record_run_plugins(request.run_dir, session, request.resume);
   request.data = args.get_or("--data", "");
   request.progress_bar = ::isatty(STDERR_FILENO) && !args.has("--no-progress");
-  request.stop_requested = [] { return g_stop_signal.load() != 0; };
+  request.stop_requested = [] { return stop_signal() != 0; };
+  // RUN/run.json: the overrides as typed, build, machine, data; how this attempt ends.
+  RunRecorder recorder(request.run_dir, session, args, raw, data, request.resume);
   TrainSummary summary;
-  {
+  try {
     const StopSignals stop_signals;
     summary = train(request);
+  } catch (const std::exception& e) {
+    recorder.fail(e.what());
+    throw;
   }
+  recorder.finish(summary, request.config.train.steps);
   // The trainer returns at once when a resumed run already holds train.steps steps.
   const bool already_done = request.resume && !summary.interrupted &&
                             summary.first_step == summary.last_step &&
@@ -174,7 +141,7 @@ int run_train(const Args& raw) {
               << "\n";
   }
   if (summary.interrupted) {
-    const int signal_number = g_stop_signal.load();
+    const int signal_number = stop_signal();
     logger()->warn("interrupted at step {} ({}); continue with: nnkit train --resume {}",
                    summary.last_step, signal_number != 0 ? ::strsignal(signal_number) : "stop",
                    request.run_dir.string());
