@@ -10,6 +10,7 @@
 #include <cstring>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "args.h"
 #include "commands.h"
@@ -17,6 +18,7 @@
 #include "data_identity.h"
 #include "memory_check.h"
 #include "nnkit/checkpoint.h"
+#include "nnkit/communicator.h"
 #include "nnkit/error.h"
 #include "nnkit/io/atomic_file.h"
 #include "nnkit/io/run_lock.h"
@@ -57,8 +59,12 @@ int run_train(const Args& raw) {
   }
   // A resumed run is locked before its checkpoints are read (another writer could be pruning
   // them); a fresh run once its directory is known. Removes the temp folders of killed saves.
+  // In a job of several ranks (mpirun, torchrun-style variables) rank 0 holds the lock, writes
+  // the run's files and logs; the others only report warnings and errors.
+  const bool lead_rank = detect_launch_environment().rank == 0;
   RunLock run_lock;
-  if (resume) run_lock = CheckpointStore(*resume).lock_for_writing("nnkit train --resume");
+  if (resume && lead_rank)
+    run_lock = CheckpointStore(*resume).lock_for_writing("nnkit train --resume");
   Session session;
   if (!args.positionals().empty()) {
     session = open_session(args.positionals()[0], args.overrides(), args);
@@ -70,6 +76,8 @@ int run_train(const Args& raw) {
   } else {
     throw UsageError("cli", "`nnkit train` needs a CONFIG (see --help)");
   }
+  if (!lead_rank && logger()->level() < spdlog::level::warn)
+    logger()->set_level(spdlog::level::warn);
   // Before the run directory is made and the trainer allocates: a step that cannot fit is
   // refused with the estimate.
   MemoryShape memory_shape;
@@ -94,23 +102,24 @@ int run_train(const Args& raw) {
     request.run_dir = args.get_or(
         "--out", "runs/" + std::filesystem::path(session.config.source_name).stem().string());
     ensure_writable_directory(request.run_dir);
-    run_lock = CheckpointStore(request.run_dir).lock_for_writing("nnkit train");
+    if (lead_rank) run_lock = CheckpointStore(request.run_dir).lock_for_writing("nnkit train");
   }
-  record_run_plugins(request.run_dir, session, request.resume);
+  if (lead_rank) record_run_plugins(request.run_dir, session, request.resume);
   request.data = args.get_or("--data", "");
   request.progress_bar = ::isatty(STDERR_FILENO) && !args.has("--no-progress");
   request.stop_requested = [] { return stop_signal() != 0; };
   // RUN/run.json: the overrides as typed, build, machine, data; how this attempt ends.
-  RunRecorder recorder(request.run_dir, session, args, raw, data, request.resume);
+  std::optional<RunRecorder> recorder;  // rank 0's record stands for the job
+  if (lead_rank) recorder.emplace(request.run_dir, session, args, raw, data, request.resume);
   TrainSummary summary;
   try {
     const StopSignals stop_signals;
     summary = train(request);
   } catch (const std::exception& e) {
-    recorder.fail(e.what());
+    if (recorder) recorder->fail(e.what());
     throw;
   }
-  recorder.finish(summary, request.config.train.steps);
+  if (recorder) recorder->finish(summary, request.config.train.steps);
   // The trainer returns at once when a resumed run already holds train.steps steps.
   const bool already_done = request.resume && !summary.interrupted &&
                             summary.first_step == summary.last_step &&
@@ -127,7 +136,7 @@ int run_train(const Args& raw) {
   const auto measured = [](bool known, double value) {
     return known ? nlohmann::json(value) : nlohmann::json();
   };
-  if (args.has("--json")) {
+  if (args.has("--json") && lead_rank) {
     std::cout << nlohmann::json{{"run_dir", request.run_dir.string()},
                                 {"already_done", already_done},
                                 {"first_step", summary.first_step},

@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "nnkit/checkpoint.h"
+#include "nnkit/communicator.h"
 #include "nnkit/error.h"
 #include "nnkit/io/atomic_file.h"
 #include "nnkit/io/data_loader.h"
@@ -21,11 +22,15 @@
 #include "nnkit/logging.h"
 #include "nnkit/model.h"
 #include "nnkit/optim.h"
+#include "parallel/data_parallel.h"
 #include "train/loss_scaler.h"
 
 namespace nnkit {
 
 namespace fs = std::filesystem;
+
+// Gradients are summed across ranks in buckets of about this size (one collective each).
+constexpr size_t kBucketBytes = size_t{16} << 20;
 
 namespace {
 
@@ -118,18 +123,20 @@ void truncate_metrics(const fs::path& file, int64_t step) {
   write_file_atomic(file, kept);
 }
 
-double validation_loss(Transformer& model, WindowLoader& loader, int64_t batch,
-                       int64_t max_batches) {
+// The mean of the validation batches' losses; with several ranks each takes every size()-th
+// batch and the sums are added up, so every rank returns the one-rank number.
+double validation_loss(Transformer& model, WindowLoader& loader, int64_t batch, int64_t max_batches,
+                       Communicator& comm) {
   std::vector<int32_t> inputs, targets;
-  double total = 0.0;
-  int64_t count = 0;
+  double sums[2] = {0.0, 0.0};  // loss total, batch count
   const int64_t batches = std::min(max_batches, loader.validation_batch_count(batch));
-  for (int64_t i = 0; i < batches; ++i) {
+  for (int64_t i = comm.rank(); i < batches; i += comm.size()) {
     const int64_t rows = loader.validation_batch(i, batch, inputs, targets);
-    total += model.forward_loss(inputs, targets, rows, loader.seq_len(), false, false);
-    ++count;
+    sums[0] += model.forward_loss(inputs, targets, rows, loader.seq_len(), false, false);
+    sums[1] += 1.0;
   }
-  return count > 0 ? total / static_cast<double>(count) : std::nan("");
+  comm.all_reduce_sum_host(sums);
+  return sums[1] > 0 ? sums[0] / sums[1] : std::nan("");
 }
 
 }  // namespace
@@ -149,7 +156,11 @@ std::vector<std::string> model_shape_differences(const RunConfig& a, const RunCo
   return out;
 }
 
-TrainSummary train(const TrainRequest& request) {
+namespace {
+
+// The whole run on this rank; `comm` is set as soon as the job's communicator exists, so that
+// train() can end the other ranks when this one fails.
+TrainSummary train_rank(const TrainRequest& request, std::shared_ptr<Communicator>& comm) {
   const RunConfig& cfg = request.config;
   const TrainConfig& tc = cfg.train;
   const Registry& registry = *request.registry;
@@ -200,6 +211,12 @@ TrainSummary train(const TrainRequest& request) {
 
   const PluginChoice& bc = cfg.backend;
   auto backend = registry.create<Backend>(bc.kind, bc.name, CreateArgs{bc.options, {}, nullptr});
+  // Data parallelism: every rank draws the same global batch and trains on its share of the
+  // rows; gradients and losses are summed across ranks, so every rank takes the same update.
+  comm = open_communicator(cfg, registry, *backend);
+  const int rank = comm->rank(), ranks = comm->size();
+  const bool writer = rank == 0;  // the rank that writes config, metrics and checkpoints
+  const int64_t local_batch = tc.batch_size / ranks;
   Transformer model(cfg, registry, backend);
   model.allocate(true);
   const PluginChoice& oc = tc.optimizer;
@@ -239,25 +256,31 @@ TrainSummary train(const TrainRequest& request) {
   RunConfig stored_config = cfg;
   stored_config.train.data = fs::absolute(data_path).string();
   const std::string config_yaml = stored_config.to_yaml();
-  write_file_atomic(request.run_dir / "config.yaml", config_yaml);
   const fs::path metrics_path = request.run_dir / "metrics.jsonl";
-  if (resume_from)
-    truncate_metrics(metrics_path, state.step);
-  else
-    write_file_atomic(metrics_path, "");
-  std::ofstream metrics(metrics_path, std::ios::app);
+  std::ofstream metrics;  // never opened on the other ranks: their lines go nowhere
+  if (writer) {
+    write_file_atomic(request.run_dir / "config.yaml", config_yaml);
+    if (resume_from)
+      truncate_metrics(metrics_path, state.step);
+    else
+      write_file_atomic(metrics_path, "");
+    metrics.open(metrics_path, std::ios::app);
+  }
 
   log->info(
       "training {} ({} parameters, {} active) on {} for {} steps; batch {}x{} tokens, "
-      "grad_accum {}",
+      "grad_accum {}{}",
       cfg.source_name, model.parameter_count(), model.active_parameter_count(), bc.id(), tc.steps,
-      tc.batch_size, tc.seq_len, tc.grad_accum);
+      tc.batch_size, tc.seq_len, tc.grad_accum,
+      ranks > 1 ? fmt::format("; data parallel over {} ranks ({}, {} rows each)", ranks, comm->id(),
+                              local_batch)
+                : "");
 
   TrainSummary summary;
   summary.first_step = state.step;
   if (!resume_from && tc.eval_every > 0) {
     // The starting point of the validation curve (about ln(vocab) for a fresh model).
-    const double initial = validation_loss(model, loader, tc.batch_size, tc.eval_batches);
+    const double initial = validation_loss(model, loader, tc.batch_size, tc.eval_batches, *comm);
     metrics << nlohmann::json{{"step", 0}, {"val_loss", initial}}.dump() << "\n";
     log->info("step 0 val_loss {:.4f} (ln(vocab) = {:.4f})", initial,
               std::log(static_cast<double>(cfg.model.vocab_size)));
@@ -282,19 +305,29 @@ TrainSummary train(const TrainRequest& request) {
   Tensor norm_accumulator = backend->empty({1});  // (1) f32: sum of squared gradients
   std::vector<Tensor> grads;
   for (Parameter* p : params) grads.push_back(p->grad);
-  std::vector<int32_t> inputs, targets;
+  std::vector<int32_t> inputs, targets, rank_inputs, rank_targets;
+  std::unique_ptr<GradientBuckets> gradient_buckets;
+  if (ranks > 1) {
+    gradient_buckets = std::make_unique<GradientBuckets>(*comm, *backend, grads, kBucketBytes);
+  }
   const int64_t tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum;
   const auto run_start = std::chrono::steady_clock::now();
   auto window_start = run_start;
   int64_t window_tokens = 0;
   double tokens_per_second = 0.0;
 
+  // Every rank holds the same weights and optimizer state: one writes them, the others wait so
+  // that nobody runs ahead of a checkpoint that is not there yet.
   auto save = [&](const char* why) {
-    state.loader_state = loader.save_state().encode();
-    state.loss_scaler_state = fp16 ? scaler.save() : std::string();
-    summary.last_checkpoint = store.save(state, model, optimizer.get(), config_yaml);
-    if (request.progress_bar) std::fprintf(stderr, "\n");
-    log->info("checkpoint ({}) at step {}: {}", why, state.step, summary.last_checkpoint.string());
+    if (writer) {
+      state.loader_state = loader.save_state().encode();
+      state.loss_scaler_state = fp16 ? scaler.save() : std::string();
+      summary.last_checkpoint = store.save(state, model, optimizer.get(), config_yaml);
+      if (request.progress_bar) std::fprintf(stderr, "\n");
+      log->info("checkpoint ({}) at step {}: {}", why, state.step,
+                summary.last_checkpoint.string());
+    }
+    comm->barrier();
   };
 
   // After every step, taken or skipped: the periodic checkpoint and the Ctrl-C check. Returns
@@ -302,7 +335,10 @@ TrainSummary train(const TrainRequest& request) {
   auto end_of_step = [&]() {
     const bool checkpoint_now = tc.checkpoint_every > 0 && state.step % tc.checkpoint_every == 0;
     if (checkpoint_now && state.step < tc.steps) save("periodic");
-    if (request.stop_requested && request.stop_requested()) {
+    // A signal may reach the ranks at different steps: they stop together when any saw one.
+    double stop[1] = {request.stop_requested && request.stop_requested() ? 1.0 : 0.0};
+    if (ranks > 1) comm->all_reduce_sum_host(stop);
+    if (stop[0] > 0.0) {
       save("interrupted");
       summary.interrupted = true;
     }
@@ -330,8 +366,9 @@ TrainSummary train(const TrainRequest& request) {
   // the norm, one for the update, with the loss read in between. The recording is redone when
   // what is baked into it changes (the fp16 loss scale, the count of non-ignored targets).
   // Dropless MoE runs uncaptured: its per-expert products are sized by each step's routing.
+  // Several ranks: the collectives between backward and the update are not recorded.
   bool graphs_possible =
-      model.has_static_shapes() && optimizer->capturable() && backend->captures();
+      model.has_static_shapes() && optimizer->capturable() && backend->captures() && ranks == 1;
   model.set_static_shapes(graphs_possible);
   if (!graphs_possible && backend->captures() && optimizer->capturable()) {
     log->info(
@@ -353,9 +390,13 @@ TrainSummary train(const TrainRequest& request) {
   while (state.step < tc.steps) {
     const int64_t step = state.step;
     const float loss_scale = scaler.scale();
+    inject_rank_fault(rank, step + 1);
     for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
       loader.next_train_batch(tc.batch_size, inputs, targets);
-      model.stage_batch(static_cast<size_t>(micro), inputs, targets, tc.batch_size, tc.seq_len);
+      take_rank_rows(inputs, tc.seq_len, rank, ranks, rank_inputs);
+      take_rank_rows(targets, tc.seq_len, rank, ranks, rank_targets);
+      model.stage_batch(static_cast<size_t>(micro), rank_inputs, rank_targets, local_batch,
+                        tc.seq_len);
     }
     // Forward, backward and the squared gradient norm: device work only (recordable).
     auto forward_backward = [&] {
@@ -363,7 +404,14 @@ TrainSummary train(const TrainRequest& request) {
       for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
         model.forward_loss_staged(static_cast<size_t>(micro), tc.activation_checkpointing, loss_sum,
                                   1.0f / static_cast<float>(tc.grad_accum));
-        model.backward(loss_scale / static_cast<float>(tc.grad_accum));
+        model.backward(loss_scale / static_cast<float>(tc.grad_accum * ranks));
+      }
+      if (gradient_buckets) {
+        // Each rank's loss and gradients are its share's: the sums over ranks are the global
+        // batch's (the loss after dividing by the ranks, each having taken as many rows).
+        gradient_buckets->all_reduce();
+        comm->all_reduce_sum(*backend, loss_sum);
+        backend->scale(loss_sum, 1.0f / static_cast<float>(ranks));
       }
       backend->fill(norm_accumulator, 0.0f);
       backend->sum_squares_multi(grads, norm_accumulator);
@@ -513,7 +561,7 @@ TrainSummary train(const TrainRequest& request) {
     }
     summary.last_loss = loss;
     if (eval_now) {
-      summary.last_val_loss = validation_loss(model, loader, tc.batch_size, tc.eval_batches);
+      summary.last_val_loss = validation_loss(model, loader, tc.batch_size, tc.eval_batches, *comm);
       line["val_loss"] = summary.last_val_loss;
     }
     metrics << line.dump() << "\n";
@@ -522,7 +570,7 @@ TrainSummary train(const TrainRequest& request) {
     const double remaining = static_cast<double>(tc.steps - state.step) *
                              static_cast<double>(tokens_per_step) /
                              std::max(tokens_per_second, 1e-9);
-    if (request.progress_bar) {
+    if (request.progress_bar && writer) {
       const int width = 24;
       const int filled = static_cast<int>(width * state.step / tc.steps);
       std::string bar(static_cast<size_t>(filled), '=');
@@ -551,6 +599,19 @@ TrainSummary train(const TrainRequest& request) {
       static_cast<double>((state.step - summary.first_step) * tokens_per_step) /
       std::max(elapsed, 1e-9);
   return summary;
+}
+
+}  // namespace
+
+TrainSummary train(const TrainRequest& request) {
+  std::shared_ptr<Communicator> comm;
+  try {
+    return train_rank(request, comm);
+  } catch (const std::exception& e) {
+    // The other ranks would wait for this one in their next collective until it times out.
+    if (comm && comm->size() > 1) comm->abort(e.what());
+    throw;
+  }
 }
 
 }  // namespace nnkit

@@ -1,0 +1,129 @@
+// Purpose: see data_parallel.h.
+#include "parallel/data_parallel.h"
+
+#include <chrono>
+#include <cstdlib>
+#include <string>
+#include <thread>
+
+#include "nnkit/error.h"
+
+namespace nnkit {
+
+namespace {
+
+std::string rank_count_hint(int64_t wanted, int64_t processes) {
+  return "launch " + std::to_string(wanted) + " processes (mpirun -np " + std::to_string(wanted) +
+         " nnkit train ...) or set parallel.data so that parallel.data x parallel.expert = " +
+         std::to_string(processes);
+}
+
+// "RANK:STEP" from `variable`, or {-1, -1}.
+std::pair<int, int64_t> fault_at(const char* variable) {
+  const char* text = std::getenv(variable);
+  if (text == nullptr) return {-1, -1};
+  const std::string value(text);
+  const size_t colon = value.find(':');
+  if (colon == std::string::npos) return {-1, -1};
+  return {std::atoi(value.substr(0, colon).c_str()), std::atoll(value.substr(colon + 1).c_str())};
+}
+
+}  // namespace
+
+std::shared_ptr<Communicator> open_communicator(const RunConfig& config, const Registry& registry,
+                                                Backend& backend) {
+  const ParallelConfig& p = config.parallel;
+  const LaunchEnvironment launch = detect_launch_environment();
+  const int64_t wanted = p.world_size();
+  if (launch.size != wanted) {
+    throw ConfigError("parallel", "parallel.data (" + std::to_string(p.data) +
+                                      ") x parallel.expert (" + std::to_string(p.expert) +
+                                      ") = " + std::to_string(wanted) + " ranks, but this is " +
+                                      launch.describe() + "; " +
+                                      rank_count_hint(wanted, launch.size));
+  }
+  if (p.expert > 1) {
+    throw ConfigError("parallel", "parallel.expert = " + std::to_string(p.expert) +
+                                      ": expert parallelism is not implemented yet; shard the "
+                                      "batch only (parallel.data = " +
+                                      std::to_string(wanted) + ", parallel.expert = 1)");
+  }
+  if (p.comm.name.empty()) return make_single_process_communicator();
+  auto comm = registry.create<Communicator>(p.comm.kind, p.comm.name,
+                                            CreateArgs{p.comm.options, {}, &backend});
+  if (comm->size() != wanted) {
+    throw ConfigError(comm->id(), "rank " + std::to_string(comm->rank()) + " sees " +
+                                      std::to_string(comm->size()) + " ranks, but parallel.data (" +
+                                      std::to_string(p.data) + ") x parallel.expert (" +
+                                      std::to_string(p.expert) + ") = " + std::to_string(wanted) +
+                                      "; " + rank_count_hint(wanted, comm->size()));
+  }
+  return comm;
+}
+
+GradientBuckets::GradientBuckets(Communicator& comm, Backend& backend,
+                                 const std::vector<Tensor>& grads, size_t bucket_bytes)
+    : comm_(comm), backend_(backend) {
+  Bucket current;
+  size_t current_bytes = 0;
+  auto close = [&] {
+    if (current.members.empty()) return;
+    if (current.members.size() > 1) {
+      int64_t total = 0;
+      for (const Tensor& g : current.members) total += g.numel();
+      current.packed = backend_.empty({total});
+    }
+    buckets_.push_back(std::move(current));
+    current = Bucket();
+    current_bytes = 0;
+  };
+  for (auto it = grads.rbegin(); it != grads.rend(); ++it) {
+    if (it->dtype() != DType::kF32) {
+      throw ShapeError("parallel",
+                       "gradients are summed across ranks in f32, got " + describe(*it));
+    }
+    if (current_bytes + it->nbytes() > bucket_bytes) close();
+    current.members.push_back(*it);
+    current_bytes += it->nbytes();
+  }
+  close();
+}
+
+void GradientBuckets::all_reduce() {
+  for (Bucket& bucket : buckets_) {
+    if (!bucket.packed.defined()) {
+      comm_.all_reduce_sum(backend_, bucket.members.front());
+      continue;
+    }
+    int64_t offset = 0;
+    for (const Tensor& g : bucket.members) {
+      backend_.copy(bucket.packed.slice_rows(offset, offset + g.numel()), g);
+      offset += g.numel();
+    }
+    comm_.all_reduce_sum(backend_, bucket.packed);
+    offset = 0;
+    for (const Tensor& g : bucket.members) {
+      backend_.copy(g, bucket.packed.slice_rows(offset, offset + g.numel()));
+      offset += g.numel();
+    }
+  }
+}
+
+void take_rank_rows(const std::vector<int32_t>& global, int64_t width, int rank, int ranks,
+                    std::vector<int32_t>& local) {
+  const int64_t rows = static_cast<int64_t>(global.size()) / width;
+  const int64_t begin = rows * rank / ranks, end = rows * (rank + 1) / ranks;
+  local.assign(global.begin() + begin * width, global.begin() + end * width);
+}
+
+void inject_rank_fault(int rank, int64_t step) {
+  if (fault_at("NNKIT_FAULT_RANK_FAIL") == std::pair<int, int64_t>{rank, step}) {
+    throw Error("train", "injected failure (NNKIT_FAULT_RANK_FAIL) on rank " +
+                             std::to_string(rank) + " at step " + std::to_string(step));
+  }
+  if (fault_at("NNKIT_FAULT_RANK_HANG") == std::pair<int, int64_t>{rank, step}) {
+    std::this_thread::sleep_for(std::chrono::hours(1));
+  }
+}
+
+}  // namespace nnkit

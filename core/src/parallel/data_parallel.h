@@ -1,0 +1,57 @@
+// Purpose: the trainer's side of data parallelism (docs/parallel.md): opening the job's
+// communicator and checking it against parallel.*, summing gradients across ranks in buckets,
+// a rank's share of a global batch, and the test hooks that make one rank fail or hang.
+// Ownership: GradientBuckets borrows the communicator, the backend and the gradient tensors
+// (the model owns them and outlives it) and owns its packing buffers. Not thread-safe: the
+// trainer's thread drives it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "nnkit/backend.h"
+#include "nnkit/communicator.h"
+#include "nnkit/config.h"
+#include "nnkit/registry.h"
+
+namespace nnkit {
+
+// The communicator of this job: the built-in single-process one for a config of one rank (after
+// checking the process was not launched as one of several), else parallel.comm's plugin created
+// on `backend`. Throws ConfigError naming the values when parallel.data x parallel.expert is not
+// the number of processes the launcher started (or the communicator sees).
+std::shared_ptr<Communicator> open_communicator(const RunConfig& config, const Registry& registry,
+                                                Backend& backend);
+
+// Sums f32 gradients across ranks, a bucket (about `bucket_bytes`) per collective: small
+// gradients are packed into one buffer so that a model of many small tensors does not pay a
+// collective's latency per tensor; a gradient larger than a bucket is reduced in place. Buckets
+// are filled in reverse parameter order, the order backward finishes them.
+class GradientBuckets {
+ public:
+  GradientBuckets(Communicator& comm, Backend& backend, const std::vector<Tensor>& grads,
+                  size_t bucket_bytes);
+  void all_reduce();
+  size_t bucket_count() const { return buckets_.size(); }
+
+ private:
+  struct Bucket {
+    std::vector<Tensor> members;  // gradients, in packing order
+    Tensor packed;                // (total) f32; undefined for a bucket of one reduced in place
+  };
+  Communicator& comm_;
+  Backend& backend_;
+  std::vector<Bucket> buckets_;
+};
+
+// This rank's rows [rank * rows / ranks, (rank + 1) * rows / ranks) of a (rows, width) batch.
+void take_rank_rows(const std::vector<int32_t>& global, int64_t width, int rank, int ranks,
+                    std::vector<int32_t>& local);
+
+// Test hooks: NNKIT_FAULT_RANK_FAIL="RANK:STEP" makes RANK throw before step STEP (1-based);
+// NNKIT_FAULT_RANK_HANG="RANK:STEP" makes it sleep there for an hour (its peers' collectives
+// time out).
+void inject_rank_fault(int rank, int64_t step);
+
+}  // namespace nnkit
