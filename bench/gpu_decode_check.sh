@@ -7,6 +7,9 @@
 #           transformers (bench/gpu_decode_bench.py), batch 1 and 8
 #   tiny    configs/tiny.yaml decoding at batch 1 on the GPU vs the CPU backend
 #   profile NNKIT_CUDA_PROFILE=1 decode of the 6.9B model (uncaptured: per-op time, launches)
+#   ncu     Nsight Compute's duration of every kernel of steady-state decode steps of the 6.9B
+#           model at batch 1, run uncaptured in the recorded step's layout
+#           (NNKIT_GRAPHS_NO_REPLAY=1): the kernels a replayed step runs, one by one
 #   long    long context on the 6.9B model: a 32K-token prompt (alpha 1, max_seq_len 32768) and a
 #           128K-token prompt with model.attention.rope.ntk_alpha=8, 128 new tokens each;
 #           prefill/decode tok/s and peak device memory (nvidia-smi, 200 ms samples)
@@ -20,11 +23,13 @@ has() { [[ ",$stages," == *",$1,"* ]]; }
 start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start )) s] $*"; }
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
-  -DNNKIT_TEST_AREAS="backend_cuda;cli" > "$out/build.txt" 2>&1 &&
+  -DNNKIT_TEST_AREAS="${TEST_AREAS-backend_cuda;cli}" > "$out/build.txt" 2>&1 &&
   cmake --build build-gpu -j "$(nproc)" >> "$out/build.txt" 2>&1 || { tail -60 "$out/build.txt"; exit 1; }
 stamp "built"
 nnkit=build-gpu/bin/nnkit
 prompt16="The quick brown "
+# The 6.9B config names the CPU backend (it runs anywhere); every GPU stage overrides it.
+gpu_backend='backend={type: cuda, precision: bf16}'
 
 if has tests; then
   timeout 300 build-gpu/bin/test_backend_cuda --gtest_filter="${CUDA_TEST_FILTER:-*}" \
@@ -56,13 +61,15 @@ if has tiny; then
 fi
 
 if has long; then
-  for spec in "32000 1" "128000 8"; do
-    set -- $spec
+  # LONG_SPECS: comma-separated CHARS:ALPHA pairs.
+  for spec in $(echo "${LONG_SPECS:-32000:1,128000:8}" | tr ',' ' '); do
+    set -- ${spec/:/ }
     python3 -c "import sys; t='The quick brown fox jumps over the lazy dog. '; print((t*(int(sys.argv[1])//len(t)+1))[:int(sys.argv[1])])" "$1" > /tmp/long_prompt.txt
     ( peak=0; while true; do m=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1); [ "$m" -gt "$peak" ] 2>/dev/null && peak=$m && echo "$peak" > /tmp/long_peak; sleep 0.2; done ) &
     sampler=$!
-    timeout 300 "$nnkit" generate configs/cuda-nn-6.9b.yaml --random-init --prompts /tmp/long_prompt.txt \
+    timeout "${LONG_TIMEOUT:-300}" "$nnkit" generate configs/cuda-nn-6.9b.yaml --random-init --prompts /tmp/long_prompt.txt \
       --max-new-tokens 128 --seed 1 --json 'decode=[{type: greedy}]' "model.attention.rope.ntk_alpha=$2" \
+      "$gpu_backend" \
       > /tmp/long_out.json 2> "$out/long_$1.err"
     echo "exit $?" >> "$out/long_$1.err"
     kill $sampler 2>/dev/null; wait $sampler 2>/dev/null
@@ -73,8 +80,22 @@ fi
 
 if has profile; then
   NNKIT_CUDA_PROFILE=1 "$nnkit" generate configs/cuda-nn-6.9b.yaml --random-init --log-level info \
-    --prompt "$prompt16" --max-new-tokens 64 --seed 1 'decode=[{type: greedy}]' \
+    --prompt "$prompt16" --max-new-tokens 64 --seed 1 'decode=[{type: greedy}]' "$gpu_backend" \
     > "$out/profile_decode.txt" 2>&1
   grep -A40 "op profile" "$out/profile_decode.txt" | head -45
   stamp "profile"
+fi
+
+if has ncu; then
+  NNKIT_GRAPHS_NO_REPLAY=1 timeout 400 ncu --clock-control none --cache-control none \
+    --metrics gpu__time_duration.sum --csv \
+    --launch-skip "${NCU_SKIP:-4000}" --launch-count "${NCU_COUNT:-1000}" \
+    "$nnkit" generate configs/cuda-nn-6.9b.yaml --random-init --prompt "$prompt16" \
+    --max-new-tokens 12 --seed 1 'decode=[{type: greedy}]' "$gpu_backend" \
+    > "$out/ncu_decode.csv" 2> "$out/ncu_decode.err"
+  echo "ncu exit $?" >> "$out/ncu_decode.err"
+  tail -3 "$out/ncu_decode.err"
+  python3 bench/ncu_kernel_table.py "$out/ncu_decode.csv" --step-kernel attention_decode_kernel \
+    --per-step 30 | head -40
+  stamp "ncu"
 fi

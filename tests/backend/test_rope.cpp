@@ -1,14 +1,29 @@
 // Purpose: backend/cpu rope: identity at position 0, inverse undoes forward, and agreement with a
-// double reference at small (cached table) and very large (direct) positions.
+// double reference at small (cached table) and very large (direct) positions; rope_kv_append
+// (the decode step's fused rotation and cache append) against rope + kv_cache_append, and its
+// errors.
 // Owned by the backend/cpu tests.
 #include <cmath>
+#include <string>
 
+#include "nnkit/error.h"
 #include "reference.h"
 
 namespace nnkit::test {
 namespace {
 
 using BackendRope = CpuBackendTest;
+
+// Runs `call`, which must throw a ShapeError whose message contains `needle`.
+template <typename Fn>
+void expect_shape_error(Fn&& call, const std::string& needle) {
+  try {
+    call();
+    ADD_FAILURE() << "expected a ShapeError containing: " << needle;
+  } catch (const ShapeError& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
 
 std::vector<double> rope_reference(const std::vector<float>& x, const std::vector<int32_t>& pos,
                                    int64_t H, int64_t D, double base, bool inverse) {
@@ -59,6 +74,75 @@ TEST_F(BackendRope, LargePositionsStayAccurate) {
                "rope large positions");
   be().rope(x, pos, H, D, 500000.0f, true);
   expect_close(host(x), to_double(hx), 1e-5, 2e-6, "rope large positions inverse");
+}
+
+TEST_F(BackendRope, RopeKvAppendEqualsRopeThenCacheAppend) {
+  const int64_t B = 3, H = 4, Hkv = 2, D = 8, cap = 6;
+  const int64_t q_width = H * D, kv_width = Hkv * D, width = q_width + 2 * kv_width;
+  std::vector<float> hqkv;
+  Tensor qkv = random({B, width}, 83, 1.0f, &hqkv);
+  const std::vector<int32_t> positions = {4, 2, 200000};
+  Tensor pos = tensor_from_i32(be(), positions, {B});
+  Tensor len = tensor_from_i32(be(), {4}, {1});
+  Tensor k_cache = random({B * cap, kv_width}, 84);
+  Tensor v_cache = random({B * cap, kv_width}, 85);
+  const std::vector<float> k_before = host(k_cache), v_before = host(v_cache);
+  Tensor q_out = be().empty({B, q_width});
+  be().rope_kv_append(qkv, pos, H, Hkv, D, 10000.0f, k_cache, v_cache, cap, len, q_out);
+
+  // The unfused reference: split the columns, rotate q and k, append k and v at row 4.
+  std::vector<float> hq, hk, hv;
+  for (int64_t b = 0; b < B; ++b) {
+    const auto row = hqkv.begin() + b * width;
+    hq.insert(hq.end(), row, row + q_width);
+    hk.insert(hk.end(), row + q_width, row + q_width + kv_width);
+    hv.insert(hv.end(), row + q_width + kv_width, row + width);
+  }
+  Tensor q_ref = tensor_from(be(), hq, {B, q_width});
+  Tensor k_ref = tensor_from(be(), hk, {B, kv_width});
+  be().rope(q_ref, pos, H, D, 10000.0f, false);
+  be().rope(k_ref, pos, Hkv, D, 10000.0f, false);
+  EXPECT_EQ(host(q_out), host(q_ref));
+  const std::vector<float> k_rot = host(k_ref), k_after = host(k_cache), v_after = host(v_cache);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t r = 0; r < cap; ++r) {
+      for (int64_t c = 0; c < kv_width; ++c) {
+        const size_t at = size_t((b * cap + r) * kv_width + c);
+        const float k_want = r == 4 ? k_rot[size_t(b * kv_width + c)] : k_before[at];
+        const float v_want = r == 4 ? hv[size_t(b * kv_width + c)] : v_before[at];
+        ASSERT_EQ(k_after[at], k_want) << "k cache row " << b * cap + r << " col " << c;
+        ASSERT_EQ(v_after[at], v_want) << "v cache row " << b * cap + r << " col " << c;
+      }
+    }
+  }
+}
+
+TEST_F(BackendRope, RopeKvAppendRefusesABadLayoutAndAFullCache) {
+  const int64_t B = 2, H = 4, Hkv = 1, D = 8, cap = 3;
+  Tensor pos = tensor_from_i32(be(), {0, 0}, {B});
+  Tensor k_cache = be().zeros({B * cap, Hkv * D});
+  Tensor v_cache = be().zeros({B * cap, Hkv * D});
+  Tensor q_out = be().empty({B, H * D});
+  Tensor len = tensor_from_i32(be(), {1}, {1});
+  Tensor narrow = be().zeros({B, (H + Hkv) * D});  // v's columns missing
+  expect_shape_error(
+      [&] {
+        be().rope_kv_append(narrow, pos, H, Hkv, D, 10000.0f, k_cache, v_cache, cap, len, q_out);
+      },
+      "(B, (H + 2 * Hkv) * D)");
+  Tensor qkv = random({B, (H + 2 * Hkv) * D}, 86);
+  Tensor full = tensor_from_i32(be(), {3}, {1});
+  expect_shape_error(
+      [&] {
+        be().rope_kv_append(qkv, pos, H, Hkv, D, 10000.0f, k_cache, v_cache, cap, full, q_out);
+      },
+      "cannot take 1 more after 3");
+  EXPECT_EQ(host(k_cache), std::vector<float>(size_t(B * cap * Hkv * D), 0.0f));
+  EXPECT_EQ(host(v_cache), std::vector<float>(size_t(B * cap * Hkv * D), 0.0f));
+}
+
+TEST_F(BackendRope, HostBackendsReportNoDeviceMemory) {
+  EXPECT_FALSE(be().device_memory().has_value());
 }
 
 }  // namespace

@@ -1,8 +1,11 @@
 // Purpose: the device-length decode ops on CUDA against the CPU backend: kv_cache_append (and its
-// full-cache fault), attention_decode for short and long (multi-chunk) caches with left padding,
-// MQA and GQA, in f32 and bf16, and moe_grouped_gemm_nt / moe_grouped_swiglu_nt (experts with
+// full-cache fault), rope_kv_append (== rope + kv_cache_append on the device, bit for bit),
+// attention_decode for short and long (multi-span, up to its most spans) caches with left
+// padding, MQA and GQA, large batches, in f32 and bf16, repeating bit for bit (its arrival
+// counters reset), device_memory, and moe_grouped_gemm_nt / moe_grouped_swiglu_nt (experts with
 // 0..capacity rows, padding rows zeroed). Owned by the backend/cuda tests; every test skips without
 // a CUDA device.
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -42,8 +45,13 @@ TEST_F(CudaDecode, AttentionDecodeMatchesTheCpu) {
     bool padded;
   };
   // One chunk, several chunks (long cache, most of it unused), GQA, and a long full cache.
-  for (const Case& c : {Case{1, 12, 1, 64, 40, 17, false}, Case{3, 12, 1, 64, 1000, 700, true},
-                        Case{2, 8, 2, 32, 300, 300, true}, Case{1, 12, 1, 64, 5000, 4999, false}}) {
+  // Then the most spans a sequence gets (a 40K cache at batch 1), a batch of 40 sequences, a
+  // head_dim of 128 (another tile) and one not a multiple of 4 (the combine's scalar path).
+  for (const Case& c :
+       {Case{1, 12, 1, 64, 40, 17, false}, Case{3, 12, 1, 64, 1000, 700, true},
+        Case{2, 8, 2, 32, 300, 300, true}, Case{1, 12, 1, 64, 5000, 4999, false},
+        Case{1, 12, 1, 64, 40000, 39000, false}, Case{40, 12, 1, 64, 300, 250, true},
+        Case{2, 20, 2, 128, 700, 650, true}, Case{2, 4, 1, 6, 500, 480, false}}) {
     const std::string what = "B " + std::to_string(c.batch) + " cap " + std::to_string(c.capacity) +
                              " len " + std::to_string(c.kv_len);
     AttentionShape s;
@@ -69,9 +77,103 @@ TEST_F(CudaDecode, AttentionDecodeMatchesTheCpu) {
       cuda().attention_decode(q.cuda, k.cuda, v.cuda, ks_cuda, kv_len.cuda, out.cuda, s);
       expect_rounded_matches_cpu(out, rounded_once(kAttentionForward, dtype),
                                  what + " " + dtype_name(dtype));
+      // A second call (as every replayed step is) gives the same bits: the last block of each
+      // group reset its arrival counter.
+      const std::vector<float> first = cuda_floats(out.cuda);
+      cuda().attention_decode(q.cuda, k.cuda, v.cuda, ks_cuda, kv_len.cuda, out.cuda, s);
+      EXPECT_EQ(float_bits(cuda_floats(out.cuda)), float_bits(first)) << what << " repeated";
       if (::testing::Test::HasFailure()) return;
     }
   }
+}
+
+TEST_F(CudaDecode, RopeKvAppendEqualsRopeThenCacheAppendOnTheDevice) {
+  const int64_t B = 3, cap = 10;
+  struct Case {
+    int64_t heads, kv_heads, dim;
+  };
+  for (const Case& c : {Case{12, 1, 64}, Case{8, 2, 32}}) {
+    const int64_t q_width = c.heads * c.dim, kv_width = c.kv_heads * c.dim;
+    const int64_t width = q_width + 2 * kv_width;
+    TensorPair pos = same_ints({5, 0, 200000}, {B});
+    TensorPair len = same_ints({7}, {1});
+    for (DType dtype : {DType::kF32, DType::kBF16}) {
+      const std::string what = "H " + std::to_string(c.heads) + "/" + std::to_string(c.kv_heads) +
+                               " " + dtype_name(dtype);
+      TensorPair qkv = same_rounded_random({B, width}, 840, dtype);
+      TensorPair k_cache = same_rounded_random({B * cap, kv_width}, 841, dtype);
+      TensorPair v_cache = same_rounded_random({B * cap, kv_width}, 842, dtype);
+      // The unfused path on the device: column blocks copied out row by row, rope, append.
+      Tensor q_ref = cuda().empty({B, q_width}, dtype);
+      Tensor k_ref = cuda().empty({B, kv_width}, dtype);
+      Tensor v_ref = cuda().empty({B, kv_width}, dtype);
+      Tensor k_cache_ref = cuda().empty(k_cache.cuda.shape(), dtype);
+      Tensor v_cache_ref = cuda().empty(v_cache.cuda.shape(), dtype);
+      cuda().copy(k_cache_ref, k_cache.cuda);
+      cuda().copy(v_cache_ref, v_cache.cuda);
+      for (int64_t b = 0; b < B; ++b) {
+        const Tensor row = qkv.cuda.slice_rows(b, b + 1).view({width});
+        cuda().copy(q_ref.slice_rows(b, b + 1).view({q_width}),
+                    row.view({width / c.dim, c.dim}).slice_rows(0, c.heads).view({q_width}));
+        cuda().copy(k_ref.slice_rows(b, b + 1).view({kv_width}),
+                    row.view({width / c.dim, c.dim})
+                        .slice_rows(c.heads, c.heads + c.kv_heads)
+                        .view({kv_width}));
+        cuda().copy(v_ref.slice_rows(b, b + 1).view({kv_width}),
+                    row.view({width / c.dim, c.dim})
+                        .slice_rows(c.heads + c.kv_heads, c.heads + 2 * c.kv_heads)
+                        .view({kv_width}));
+      }
+      cuda().rope(q_ref, pos.cuda, c.heads, c.dim, 10000.0f, false);
+      cuda().rope(k_ref, pos.cuda, c.kv_heads, c.dim, 10000.0f, false);
+      cuda().kv_cache_append(k_cache_ref, k_ref, B, cap, len.cuda);
+      cuda().kv_cache_append(v_cache_ref, v_ref, B, cap, len.cuda);
+
+      TensorPair q_out = poisoned({B, q_width}, dtype);
+      cpu().rope_kv_append(qkv.cpu, pos.cpu, c.heads, c.kv_heads, c.dim, 10000.0f, k_cache.cpu,
+                           v_cache.cpu, cap, len.cpu, q_out.cpu);
+      cuda().rope_kv_append(qkv.cuda, pos.cuda, c.heads, c.kv_heads, c.dim, 10000.0f, k_cache.cuda,
+                            v_cache.cuda, cap, len.cuda, q_out.cuda);
+      EXPECT_EQ(float_bits(cuda_floats(q_out.cuda)), float_bits(cuda_floats(q_ref))) << what;
+      EXPECT_EQ(float_bits(cuda_floats(k_cache.cuda)), float_bits(cuda_floats(k_cache_ref)))
+          << what;
+      EXPECT_EQ(float_bits(cuda_floats(v_cache.cuda)), float_bits(cuda_floats(v_cache_ref)))
+          << what;
+      expect_rounded_matches_cpu(q_out, rounded_once(kRope, dtype), what + " q vs cpu");
+      expect_rounded_matches_cpu(k_cache, rounded_once(kRope, dtype), what + " k cache vs cpu");
+      if (::testing::Test::HasFailure()) return;
+    }
+  }
+  // A full cache: nothing is appended and the next synchronisation says why.
+  TensorPair qkv = same_random({B, 14 * 64}, 843);
+  TensorPair k_cache = same_random({B * cap, 64}, 844);
+  TensorPair v_cache = same_random({B * cap, 64}, 845);
+  TensorPair pos = same_ints({1, 1, 1}, {B});
+  TensorPair full = same_ints({int32_t(cap)}, {1});
+  Tensor q_out = cuda().empty({B, 12 * 64});
+  const std::vector<float> before = cuda_values(k_cache);
+  cuda().rope_kv_append(qkv.cuda, pos.cuda, 12, 1, 64, 10000.0f, k_cache.cuda, v_cache.cuda, cap,
+                        full.cuda, q_out);
+  try {
+    cuda().synchronize();
+    FAIL() << "expected the full cache to be reported";
+  } catch (const ShapeError& e) {
+    EXPECT_NE(std::string(e.what()).find("KV cache is full"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(cuda_values(k_cache), before);
+}
+
+TEST_F(CudaDecode, DeviceMemoryIsReportedAndShrinksWhenAllocating) {
+  const std::optional<DeviceMemory> before = cuda().device_memory();
+  ASSERT_TRUE(before.has_value());
+  EXPECT_GT(before->total, 0);
+  EXPECT_GT(before->free, 0);
+  EXPECT_LE(before->free, before->total);
+  // 1 GiB held by a live tensor is no longer free (the block cache cannot hand it out).
+  Tensor big = cuda().empty({int64_t{1} << 28});
+  const std::optional<DeviceMemory> after = cuda().device_memory();
+  ASSERT_TRUE(after.has_value());
+  EXPECT_LE(after->free, before->free - (int64_t{1} << 30) + (int64_t{64} << 20));
 }
 
 TEST_F(CudaDecode, AttentionDecodeEqualsTheCachedAttentionForward) {

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "nnkit/component.h"
@@ -25,6 +26,12 @@ namespace nnkit {
 // Geometry of one attention call. q: (B, Tq, H, D); k, v: (B, kv_capacity, Hkv, D).
 // Query t of batch b sits at absolute position q_offset + t and sees keys j with
 // kv_start[b] <= j <= q_offset + t (causal) and j < kv_len.
+// A device's memory in bytes, as Backend::device_memory() reports it.
+struct DeviceMemory {
+  int64_t free = 0;   // what new allocations can still take
+  int64_t total = 0;  // the device's capacity
+};
+
 struct AttentionShape {
   int64_t batch = 0;
   int64_t q_len = 0;
@@ -377,6 +384,21 @@ class NNKIT_API Backend : public Component {
   // i32 or undefined, += 1. history and lengths may be undefined (only step advances).
   virtual void append_tokens(const Tensor& history, const Tensor& lengths, const Tensor& ids,
                              const Tensor& step) = 0;
+
+  // ---- appended in ABI 4: device memory, the fused decode-step attention input ---------------
+  // The device's free and total memory right now (CUDA: cudaMemGetInfo, plus what this backend's
+  // block cache holds ready for reuse), so callers compare an estimate with it before they
+  // allocate; nullopt for host backends (the host's memory is read from /proc instead).
+  virtual std::optional<DeviceMemory> device_memory() const = 0;
+  // One decode position per sequence: qkv: (B, (H + 2 * Hkv) * D) = [q heads | k heads | v heads]
+  // (one product with the three projections stacked), positions: (B) i32. Writes q_out: (B, H *
+  // D) = rope(q), and appends rope(k) and v to the caches k_cache, v_cache: (B * capacity, Hkv *
+  // D) at row b * capacity + *cache_len_device, exactly as rope() then kv_cache_append() would
+  // (same angles, same rounding, same full-cache fault). One float dtype throughout.
+  virtual void rope_kv_append(const Tensor& qkv, const Tensor& positions, int64_t n_heads,
+                              int64_t n_kv_heads, int64_t head_dim, float base,
+                              const Tensor& k_cache, const Tensor& v_cache, int64_t capacity,
+                              const Tensor& cache_len_device, const Tensor& q_out) = 0;
 
   // ---- conveniences (non-virtual) -----------------------------------------------------------
   Tensor zeros(const Shape& shape, DType dtype = DType::kF32);

@@ -79,11 +79,20 @@ class MultiQueryAttention final : public Attention {
     // Rows beyond cache_len are never read, but zeros keep a half-written cache deterministic.
     backend.fill(k_cache_, 0.0f);
     backend.fill(v_cache_, 0.0f);
+    // The decode step's three projections as one product: the weights stacked [q; k; v], read
+    // here (the weights a generation decodes with are the ones it starts with).
+    const Tensor& wq = value(q_proj_);
+    qkv_proj_ = backend.empty({q_width() + 2 * kv_width(), hidden_}, wq.dtype());
+    backend.copy(qkv_proj_.slice_rows(0, q_width()), wq);
+    backend.copy(qkv_proj_.slice_rows(q_width(), q_width() + kv_width()), value(k_proj_));
+    backend.copy(qkv_proj_.slice_rows(q_width() + kv_width(), q_width() + 2 * kv_width()),
+                 value(v_proj_));
   }
 
   void clear_cache() override {
     k_cache_ = Tensor();
     v_cache_ = Tensor();
+    qkv_proj_ = Tensor();
     cache_batch_ = 0;
     cache_capacity_ = 0;
   }
@@ -109,28 +118,22 @@ class MultiQueryAttention final : public Attention {
       throw Error(id(), "training forward with the KV cache is not supported (decoding only)");
     }
 
-    // Projections: q = x Wq^T (N, H*D); k = x Wk^T, v = x Wv^T (N, Hkv*D).
-    Tensor q = backend.empty({rows, q_width()}, x.dtype());
-    Tensor k = backend.empty({rows, kv_width()}, x.dtype());
-    Tensor v = backend.empty({rows, kv_width()}, x.dtype());
-    backend.gemm(x, false, value(q_proj_), true, q);
-    backend.gemm(x, false, value(k_proj_), true, k);
-    backend.gemm(x, false, value(v_proj_), true, v);
-    // Positions enter through rotating q and k (v carries no position).
-    backend.rope(q, ctx.positions, n_heads_, head_dim_, static_cast<float>(rope_base_), false);
-    backend.rope(k, ctx.positions, n_kv_heads_, head_dim_, static_cast<float>(rope_base_), false);
-
     if (ctx.use_kv_cache && ctx.cache_len_device.defined()) {
       // Device-resident decoding: lengths come from device memory (a recorded step replays
-      // for every token), so the append and the attention read them there.
+      // for every token), so the append and the attention read them there. One product gives
+      // q, k and v; one launch rotates q and k and appends k and v to the caches.
       if (!k_cache_.defined()) throw Error(id(), "KV-cache forward before init_cache()");
       NNKIT_CHECK_SHAPE(ctx.seq == 1 && ctx.batch == cache_batch_ && ctx.kv_len_device.defined(),
                         id(),
                         "device-length decoding takes one token per cached sequence (" +
                             std::to_string(cache_batch_) + "), got batch " +
                             std::to_string(ctx.batch) + " x " + std::to_string(ctx.seq));
-      backend.kv_cache_append(k_cache_, k, ctx.batch, cache_capacity_, ctx.cache_len_device);
-      backend.kv_cache_append(v_cache_, v, ctx.batch, cache_capacity_, ctx.cache_len_device);
+      Tensor qkv = backend.empty({rows, q_width() + 2 * kv_width()}, x.dtype());
+      backend.gemm(x, false, qkv_proj_, true, qkv);
+      Tensor q = backend.empty({rows, q_width()}, x.dtype());
+      backend.rope_kv_append(qkv, ctx.positions, n_heads_, n_kv_heads_, head_dim_,
+                             static_cast<float>(rope_base_), k_cache_, v_cache_, cache_capacity_,
+                             ctx.cache_len_device, q);
       AttentionShape shape = attention_shape(ctx.batch, 1);
       shape.kv_capacity = cache_capacity_;
       Tensor attended = backend.empty({rows, q_width()}, x.dtype());
@@ -141,6 +144,17 @@ class MultiQueryAttention final : public Attention {
       release_saved();
       return y;
     }
+
+    // Projections: q = x Wq^T (N, H*D); k = x Wk^T, v = x Wv^T (N, Hkv*D).
+    Tensor q = backend.empty({rows, q_width()}, x.dtype());
+    Tensor k = backend.empty({rows, kv_width()}, x.dtype());
+    Tensor v = backend.empty({rows, kv_width()}, x.dtype());
+    backend.gemm(x, false, value(q_proj_), true, q);
+    backend.gemm(x, false, value(k_proj_), true, k);
+    backend.gemm(x, false, value(v_proj_), true, v);
+    // Positions enter through rotating q and k (v carries no position).
+    backend.rope(q, ctx.positions, n_heads_, head_dim_, static_cast<float>(rope_base_), false);
+    backend.rope(k, ctx.positions, n_kv_heads_, head_dim_, static_cast<float>(rope_base_), false);
 
     AttentionShape shape = attention_shape(ctx.batch, ctx.seq);
     Tensor keys = k;
@@ -280,8 +294,9 @@ class MultiQueryAttention final : public Attention {
   size_t v_proj_ = 0;  // (Hkv*D, C)
   size_t o_proj_ = 0;  // (C, H*D)
   Saved saved_;
-  Tensor k_cache_;  // (B*capacity, Hkv*D) rotated keys
-  Tensor v_cache_;  // (B*capacity, Hkv*D)
+  Tensor qkv_proj_;  // ((H + 2*Hkv)*D, C): [q; k; v] projections stacked by init_cache (decoding)
+  Tensor k_cache_;   // (B*capacity, Hkv*D) rotated keys
+  Tensor v_cache_;   // (B*capacity, Hkv*D)
   int64_t cache_batch_ = 0;
   int64_t cache_capacity_ = 0;
   DType cache_dtype_ = DType::kF32;  // the backend's compute dtype (K/V cache entries)

@@ -210,6 +210,11 @@ void CpuBackend::copy(const Tensor& dst, const Tensor& src) {
   if (dst.nbytes() > 0 && dst.raw() != src.raw()) std::memmove(dst.raw(), src.raw(), dst.nbytes());
 }
 
+// Host memory is not a device's: callers read /proc (nnkit/memory_estimate.h) instead.
+std::optional<DeviceMemory> CpuBackend::device_memory() const {
+  return std::nullopt;
+}
+
 }  // namespace nnkit::cpu
 
 NNKIT_PLUGIN(backend, cpu, "0.1.0", "fp32 host backend: OpenMP loops and OpenBLAS sgemm",

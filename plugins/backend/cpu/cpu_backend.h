@@ -153,6 +153,12 @@ class CpuBackend final : public Backend {
                    bool argmax, const Tensor& ids) override;
   void append_tokens(const Tensor& history, const Tensor& lengths, const Tensor& ids,
                      const Tensor& step) override;
+  // ABI 4 (device_memory in cpu_backend.cpp, rope_kv_append in decode_ops.cpp)
+  std::optional<DeviceMemory> device_memory() const override;
+  void rope_kv_append(const Tensor& qkv, const Tensor& positions, int64_t n_heads,
+                      int64_t n_kv_heads, int64_t head_dim, float base, const Tensor& k_cache,
+                      const Tensor& v_cache, int64_t capacity, const Tensor& cache_len_device,
+                      const Tensor& q_out) override;
 
  private:
   // cos/sin of pos * base^(-2i/D) for pos in [0, positions), i in [0, D/2), computed in double

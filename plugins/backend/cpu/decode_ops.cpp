@@ -183,4 +183,38 @@ void CpuBackend::moe_grouped_swiglu_nt(const Tensor& x, const std::vector<Tensor
                    y);
 }
 
+// The fused op is rope() and kv_cache_append() on the three column blocks of qkv, composed here
+// so that the CPU's decode step equals its unfused one bit for bit.
+void CpuBackend::rope_kv_append(const Tensor& qkv, const Tensor& positions, int64_t n_heads,
+                                int64_t n_kv_heads, int64_t head_dim, float base,
+                                const Tensor& k_cache, const Tensor& v_cache, int64_t capacity,
+                                const Tensor& cache_len_device, const Tensor& q_out) {
+  const char* op = "rope_kv_append";
+  const RowShape r = expect_rows(op, "qkv", qkv, DType::kF32);
+  if (n_heads < 1 || n_kv_heads < 1 || head_dim < 1 ||
+      r.cols != (n_heads + 2 * n_kv_heads) * head_dim) {
+    shape_fail(op, "qkv is " + describe(qkv) + "; expected (B, (H + 2 * Hkv) * D) with H = " +
+                       std::to_string(n_heads) + ", Hkv = " + std::to_string(n_kv_heads) +
+                       ", D = " + std::to_string(head_dim));
+  }
+  const int64_t batch = r.rows, q_width = n_heads * head_dim, kv_width = n_kv_heads * head_dim;
+  expect_tensor(op, "q_out", q_out, DType::kF32, {batch, q_width});
+  expect_tensor(op, "v_cache", v_cache, DType::kF32, k_cache.shape());
+  if (batch == 0) return;
+  Tensor k_rows = empty({batch, kv_width});
+  Tensor v_rows = empty({batch, kv_width});
+  const float* src = ptr<float>(qkv);
+  for (int64_t b = 0; b < batch; ++b) {
+    const float* row = src + b * r.cols;
+    std::memcpy(ptr<float>(q_out) + b * q_width, row, sizeof(float) * size_t(q_width));
+    std::memcpy(ptr<float>(k_rows) + b * kv_width, row + q_width, sizeof(float) * size_t(kv_width));
+    std::memcpy(ptr<float>(v_rows) + b * kv_width, row + q_width + kv_width,
+                sizeof(float) * size_t(kv_width));
+  }
+  rope(q_out, positions, n_heads, head_dim, base, false);
+  rope(k_rows, positions, n_kv_heads, head_dim, base, false);
+  kv_cache_append(k_cache, k_rows, batch, capacity, cache_len_device);
+  kv_cache_append(v_cache, v_rows, batch, capacity, cache_len_device);
+}
+
 }  // namespace nnkit::cpu

@@ -138,6 +138,12 @@ class DeviceBlockCache {
     cudaFree(p);
   }
 
+  // Bytes of free blocks held for reuse (acquire() hands them out before asking the driver).
+  size_t cached_bytes() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return cached_;
+  }
+
   // While on, acquire/release serve the graph pool (see acquire).
   void set_capturing(bool on) {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -259,6 +265,9 @@ CudaBackend::CudaBackend(int device, bool tf32, DType compute_dtype)
   NNKIT_CUDA_CHECK(cudaMalloc(&fault_, sizeof(DeviceFault)));
   NNKIT_CUDA_CHECK(cudaMallocHost(&fault_host_, sizeof(DeviceFault)));
   NNKIT_CUDA_CHECK(cudaMemsetAsync(fault_, 0, sizeof(DeviceFault), stream_));
+  NNKIT_CUDA_CHECK(cudaMalloc(&decode_arrivals_, kDecodeArrivalCounters * sizeof(int32_t)));
+  NNKIT_CUDA_CHECK(
+      cudaMemsetAsync(decode_arrivals_, 0, kDecodeArrivalCounters * sizeof(int32_t), stream_));
   cache_ = std::make_shared<DeviceBlockCache>(device_);
   readbacks_ = std::make_unique<HostReadbacks>();
   uploads_ = std::make_unique<HostUploads>();
@@ -291,6 +300,7 @@ CudaBackend::~CudaBackend() {
   if (cublas_ != nullptr) cublasDestroy(cublas_);
   if (cublas_workspace_ != nullptr) cudaFree(cublas_workspace_);
   if (fault_ != nullptr) cudaFree(fault_);
+  if (decode_arrivals_ != nullptr) cudaFree(decode_arrivals_);
   if (fault_host_ != nullptr) cudaFreeHost(fault_host_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
@@ -441,6 +451,14 @@ void CudaBackend::raise_fault() {
                         ? std::string("The KV cache is full: generate fewer tokens or "
                                       "initialise a larger cache")
                         : std::string("Check token ids against the model's vocab_size")));
+}
+
+std::optional<DeviceMemory> CudaBackend::device_memory() const {
+  cudaSetDevice(device_);
+  size_t free_bytes = 0, total_bytes = 0;
+  NNKIT_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  return DeviceMemory{static_cast<int64_t>(free_bytes + cache_->cached_bytes()),
+                      static_cast<int64_t>(total_bytes)};
 }
 
 }  // namespace nnkit::cuda

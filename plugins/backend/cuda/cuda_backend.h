@@ -45,6 +45,10 @@ struct DeviceFault {
   int64_t row;    // where it was found
 };
 
+// Zeroed arrival counters attention_decode's blocks count themselves on (the last one of a
+// group combines and resets its counter): one per (sequence, KV-head tile) of one call.
+inline constexpr int64_t kDecodeArrivalCounters = 4096;
+
 // Properties of the backend's device that kernels size their launches by, queried once.
 struct DeviceLimits {
   int sms = 0;                 // streaming multiprocessors
@@ -195,6 +199,12 @@ class CudaBackend final : public Backend {
                    bool argmax, const Tensor& ids) override;
   void append_tokens(const Tensor& history, const Tensor& lengths, const Tensor& ids,
                      const Tensor& step) override;
+  // ABI 4 (device_memory in cuda_backend.cpp, rope_kv_append in rope.cu)
+  std::optional<DeviceMemory> device_memory() const override;
+  void rope_kv_append(const Tensor& qkv, const Tensor& positions, int64_t n_heads,
+                      int64_t n_kv_heads, int64_t head_dim, float base, const Tensor& k_cache,
+                      const Tensor& v_cache, int64_t capacity, const Tensor& cache_len_device,
+                      const Tensor& q_out) override;
 
   // ---- for the kernel files -----------------------------------------------------------------
   cudaStream_t stream() const { return stream_; }
@@ -223,8 +233,9 @@ class CudaBackend final : public Backend {
   std::unique_ptr<HostUploads> uploads_;      // copy_from_host staging (host_copies.cpp)
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
-  DeviceFault* fault_ = nullptr;       // device memory, one record
-  DeviceFault* fault_host_ = nullptr;  // pinned host copy, refreshed by every synchronize()
+  DeviceFault* fault_ = nullptr;        // device memory, one record
+  DeviceFault* fault_host_ = nullptr;   // pinned host copy, refreshed by every synchronize()
+  int32_t* decode_arrivals_ = nullptr;  // kDecodeArrivalCounters zeroed counters (attention_decode)
   DeviceLimits limits_;
   std::unordered_set<const void*> configured_kernels_;
   std::unique_ptr<OpProfiler> profiler_;  // null unless NNKIT_CUDA_PROFILE=1

@@ -1,0 +1,329 @@
+// Purpose: backend/cuda attention_decode: one new query position per sequence against the KV
+// cache, with the cache length read from device memory (one recorded CUDA Graph serves every
+// token). Owned by backend/cuda.
+//
+// Split-K ("flash decoding"). The cache is cut into `chunks` spans sized so that the grid fills
+// the GPU about twice; one block per (span, sequence, KV head, tile of <= 16 query heads) walks
+// its span in tiles of keys: the tile's K and V rows are staged in shared memory once for all of
+// the block's heads (with MQA every head shares them), scores and an online softmax run per head,
+// and the block leaves an unnormalised partial output with its max and sum of exponentials.
+// The last block of a (sequence, KV head, head tile) to finish (an arrival counter, reset by that
+// block, so replays need no memset) combines the spans in span order and writes the output:
+// one launch per call. Spans past the device length exit at once, so the grid depends only on
+// the capacity. Statistics and partials are f32, the output is rounded once, and every sum runs
+// in a fixed order: results repeat bit for bit.
+#include <algorithm>
+#include <string>
+
+#include "attention_common.cuh"
+#include "cuda_check.h"
+#include "kernel_utils.cuh"
+
+namespace nnkit::cuda {
+
+namespace {
+
+using backend_common::kFloatDTypes;
+
+constexpr int kHeadsPerBlock = 16;  // query heads of one KV head per block
+constexpr int kThreadsPerBlock = 256;
+
+// Keys per shared-memory tile: K and V tiles of kTile x kD floats stay near 16 KB each.
+constexpr int tile_keys(int head_dim) {
+  return head_dim <= 64 ? 64 : (head_dim <= 128 ? 32 : 8);
+}
+// Spans per sequence at most: the combine keeps a weight per (head, span) in the K tile's memory.
+constexpr int max_spans(int head_dim) {
+  return tile_keys(head_dim) * (head_dim + 1) / kHeadsPerBlock;
+}
+
+struct DecodeGeometry {
+  int batch, heads, kv_heads, dim, capacity;
+  int chunks, chunk_keys;  // spans per sequence and keys per span (a multiple of the tile)
+  int head_tiles;          // tiles of kHeadsPerBlock query heads per KV head
+  float scale;
+};
+
+// Grid (chunks, batch, kv_heads * head_tiles). Partials: o (B, chunks, H, D), m and l (B, chunks,
+// H). arrivals: one zeroed counter per (sequence, grid.z), or null when a separate combine runs.
+template <typename T, int kD>
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    attention_decode_kernel(const T* q, const T* k, const T* v, const int32_t* kv_start,
+                            const int32_t* kv_len_device, DecodeGeometry g, float* part_o,
+                            float* part_m, float* part_l, int32_t* arrivals, T* out) {
+  constexpr int kTile = tile_keys(kD);
+  constexpr int kLoadsPerThread = kTile * kD / kThreadsPerBlock;
+  constexpr int kOutputsPerThread = kHeadsPerBlock * kD / kThreadsPerBlock;
+  __shared__ float k_tile[kTile][kD + 1];  // +1: a warp reading one column of many keys
+  __shared__ float v_tile[kTile][kD];
+  __shared__ float q_shared[kHeadsPerBlock][kD];
+  __shared__ float p_shared[kHeadsPerBlock][kTile];
+  __shared__ float m_run[kHeadsPerBlock], l_run[kHeadsPerBlock], rescale[kHeadsPerBlock];
+  __shared__ bool combine_here;
+
+  const int chunk = blockIdx.x, b = blockIdx.y;
+  const int kvh = blockIdx.z / g.head_tiles;
+  const int group = g.heads / g.kv_heads;
+  const int tile_in_group = blockIdx.z % g.head_tiles;
+  const int h0 = kvh * group + tile_in_group * kHeadsPerBlock;
+  const int hn = min(kHeadsPerBlock, group - tile_in_group * kHeadsPerBlock);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int dim = g.dim;
+  const int kv_len = min(*kv_len_device, g.capacity);
+  const int first = kv_start != nullptr ? max(0, kv_start[b]) : 0;
+  const int begin = max(first, chunk * g.chunk_keys);
+  const int end = min(kv_len, (chunk + 1) * g.chunk_keys);
+  const int64_t stat = (int64_t(b) * g.chunks + chunk) * g.heads + h0;
+  const int64_t kv_ld = int64_t(g.kv_heads) * dim;
+  const T* k_rows = k + int64_t(b) * g.capacity * kv_ld + int64_t(kvh) * dim;
+  const T* v_rows = v + int64_t(b) * g.capacity * kv_ld + int64_t(kvh) * dim;
+
+  for (int i = tid; i < kHeadsPerBlock * kD; i += kThreadsPerBlock) {
+    const int h = i / kD, d = i % kD;
+    q_shared[h][d] =
+        h < hn && d < dim ? to_float(q[(int64_t(b) * g.heads + h0 + h) * dim + d]) : 0.0f;
+  }
+  if (tid < kHeadsPerBlock) {
+    m_run[tid] = -INFINITY;
+    l_run[tid] = 0.0f;
+  }
+  float acc[kOutputsPerThread];
+#pragma unroll
+  for (int r = 0; r < kOutputsPerThread; ++r) acc[r] = 0.0f;
+  __syncthreads();
+
+  for (int j0 = begin; j0 < end; j0 += kTile) {
+    // Stage the tile (keys outside [begin, end) as zeros: a zero weight times a stale row of
+    // the cache could still be NaN).
+#pragma unroll
+    for (int r = 0; r < kLoadsPerThread; ++r) {
+      const int i = tid + r * kThreadsPerBlock;
+      const int key = i / kD, d = i % kD;
+      const int j = j0 + key;
+      const bool live = j < end && d < dim;
+      k_tile[key][d] = live ? to_float(k_rows[int64_t(j) * kv_ld + d]) : 0.0f;
+      v_tile[key][d] = live ? to_float(v_rows[int64_t(j) * kv_ld + d]) : 0.0f;
+    }
+    __syncthreads();
+    for (int i = tid; i < hn * kTile; i += kThreadsPerBlock) {
+      const int h = i / kTile, key = i % kTile;
+      float dot = 0.0f;
+#pragma unroll 16
+      for (int d = 0; d < kD; ++d) dot += q_shared[h][d] * k_tile[key][d];
+      p_shared[h][key] = j0 + key < end ? dot * g.scale : -INFINITY;
+    }
+    __syncthreads();
+    // Online softmax, a warp per head: p <- exp(s - running max), rescale = exp(old - new max).
+    for (int h = warp; h < hn; h += kThreadsPerBlock / 32) {
+      float tile_max = -INFINITY;
+      for (int key = lane; key < kTile; key += 32) tile_max = fmaxf(tile_max, p_shared[h][key]);
+      tile_max = warp_max(tile_max);
+      const float old_max = m_run[h];
+      const float new_max = fmaxf(old_max, tile_max);
+      float sum = 0.0f;
+      for (int key = lane; key < kTile; key += 32) {
+        const float p = new_max == -INFINITY ? 0.0f : expf(p_shared[h][key] - new_max);
+        p_shared[h][key] = p;
+        sum += p;
+      }
+      sum = warp_sum(sum);
+      if (lane == 0) {
+        const float factor = old_max == -INFINITY ? 0.0f : expf(old_max - new_max);
+        rescale[h] = factor;
+        l_run[h] = l_run[h] * factor + sum;
+        m_run[h] = new_max;
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < kOutputsPerThread; ++r) {
+      const int i = tid + r * kThreadsPerBlock;
+      const int h = i / kD, d = i % kD;
+      if (h >= hn) continue;
+      float sum = 0.0f;
+#pragma unroll 8
+      for (int key = 0; key < kTile; ++key) sum += p_shared[h][key] * v_tile[key][d];
+      acc[r] = acc[r] * rescale[h] + sum;
+    }
+    __syncthreads();  // the next tile overwrites k_tile, v_tile and p_shared
+  }
+
+  // This span's partial (an empty span: m = -inf, l = 0, o = 0).
+#pragma unroll
+  for (int r = 0; r < kOutputsPerThread; ++r) {
+    const int i = tid + r * kThreadsPerBlock;
+    const int h = i / kD, d = i % kD;
+    if (h < hn && d < dim) part_o[(stat + h) * dim + d] = acc[r];
+  }
+  if (tid < hn) {
+    part_m[stat + tid] = m_run[tid];
+    part_l[stat + tid] = l_run[tid];
+  }
+  if (arrivals == nullptr) return;
+
+  // The last block of this (sequence, heads) to arrive combines every span.
+  __threadfence();
+  __syncthreads();
+  int32_t* counter = arrivals + int64_t(b) * gridDim.z + blockIdx.z;
+  if (tid == 0) combine_here = atomicAdd(counter, 1) == g.chunks - 1;
+  __syncthreads();
+  if (!combine_here) return;
+  __threadfence();
+  // Each span's weight exp(m_c - max) / total per head (a warp per head) into the K tile's
+  // memory, then every output element sums its spans' partials in span order.
+  float* weights = &k_tile[0][0];  // (hn, chunks): max_spans() keeps it inside the tile
+  for (int h = warp; h < hn; h += kThreadsPerBlock / 32) {
+    const int64_t head_stat = int64_t(b) * g.chunks * g.heads + h0 + h;
+    float mx = -INFINITY;
+    for (int c = lane; c < g.chunks; c += 32)
+      mx = fmaxf(mx, __ldcg(part_m + head_stat + int64_t(c) * g.heads));
+    mx = warp_max(mx);
+    float total = 0.0f;
+    for (int c = lane; c < g.chunks; c += 32) {
+      const int64_t s = head_stat + int64_t(c) * g.heads;
+      const float l = __ldcg(part_l + s);
+      const float w = l == 0.0f || mx == -INFINITY ? 0.0f : expf(__ldcg(part_m + s) - mx);
+      weights[h * g.chunks + c] = w;
+      total += w * l;
+    }
+    total = warp_sum(total);
+    const float inverse = total > 0.0f ? 1.0f / total : 0.0f;
+    for (int c = lane; c < g.chunks; c += 32) weights[h * g.chunks + c] *= inverse;
+  }
+  __syncthreads();
+  const int64_t o_ld = int64_t(g.heads) * dim;  // floats between one span's partials
+  if (dim % 4 == 0) {  // four elements per thread: a quarter of the dependent loads
+    const int quads = dim / 4;
+    for (int i = tid; i < hn * quads; i += kThreadsPerBlock) {
+      const int h = i / quads, d = (i % quads) * 4;
+      const float* o = part_o + (int64_t(b) * g.chunks * g.heads + h0 + h) * dim + d;
+      float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 8
+      for (int c = 0; c < g.chunks; ++c) {
+        const float w = weights[h * g.chunks + c];
+        const float4 part = __ldcg(reinterpret_cast<const float4*>(o + c * o_ld));
+        sum.x += w * part.x;
+        sum.y += w * part.y;
+        sum.z += w * part.z;
+        sum.w += w * part.w;
+      }
+      T* dst = out + (int64_t(b) * g.heads + h0 + h) * dim + d;
+      dst[0] = from_float<T>(sum.x);
+      dst[1] = from_float<T>(sum.y);
+      dst[2] = from_float<T>(sum.z);
+      dst[3] = from_float<T>(sum.w);
+    }
+  } else {
+    for (int i = tid; i < hn * dim; i += kThreadsPerBlock) {
+      const int h = i / dim, d = i % dim;
+      const float* o = part_o + (int64_t(b) * g.chunks * g.heads + h0 + h) * dim + d;
+      float sum = 0.0f;
+#pragma unroll 8
+      for (int c = 0; c < g.chunks; ++c) sum += weights[h * g.chunks + c] * __ldcg(o + c * o_ld);
+      out[(int64_t(b) * g.heads + h0 + h) * dim + d] = from_float<T>(sum);
+    }
+  }
+  if (tid == 0) *counter = 0;  // ready for the next call (or replay)
+}
+
+// The combine as its own launch, for grids with more (sequence, heads) pairs than counters.
+// One block per (head, sequence), a thread per element of the head.
+template <typename T>
+__global__ void attention_decode_combine_kernel(const float* part_o, const float* part_m,
+                                                const float* part_l, DecodeGeometry g, T* out) {
+  const int h = blockIdx.x, b = blockIdx.y;
+  const int64_t head_stat = int64_t(b) * g.chunks * g.heads + h;
+  float mx = -INFINITY;
+  for (int c = 0; c < g.chunks; ++c) mx = fmaxf(mx, part_m[head_stat + int64_t(c) * g.heads]);
+  for (int d = threadIdx.x; d < g.dim; d += blockDim.x) {
+    float total = 0.0f, sum = 0.0f;
+    if (mx > -INFINITY) {
+      for (int c = 0; c < g.chunks; ++c) {
+        const int64_t s = head_stat + int64_t(c) * g.heads;
+        if (part_l[s] == 0.0f) continue;
+        const float w = expf(part_m[s] - mx);
+        total += w * part_l[s];
+        sum += w * part_o[s * g.dim + d];
+      }
+    }
+    out[(int64_t(b) * g.heads + h) * g.dim + d] = from_float<T>(total > 0.0f ? sum / total : 0.0f);
+  }
+}
+
+int64_t ceil_div64(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
+}  // namespace
+
+void CudaBackend::attention_decode(const Tensor& q, const Tensor& k, const Tensor& v,
+                                   const Tensor& kv_start, const Tensor& kv_len_device,
+                                   const Tensor& out, const AttentionShape& s) {
+  OpScope op_scope(profiler_.get(), "attention_decode");
+  const char* op = "attention_decode";
+  if (s.batch < 1 || s.q_len != 1 || s.n_heads < 1 || s.n_kv_heads < 1 || s.head_dim < 1 ||
+      s.head_dim > kMaxHeadDim || s.n_heads % s.n_kv_heads != 0 || s.kv_capacity < 1 ||
+      s.kv_capacity > INT32_MAX / 2) {
+    kChecks.fail(op, "needs batch >= 1, q_len = 1, head_dim <= " + std::to_string(kMaxHeadDim) +
+                         ", n_heads a multiple of n_kv_heads and a cache; got batch " +
+                         std::to_string(s.batch) + ", q_len " + std::to_string(s.q_len) +
+                         ", head_dim " + std::to_string(s.head_dim) + ", heads " +
+                         std::to_string(s.n_heads) + "/" + std::to_string(s.n_kv_heads));
+  }
+  const int64_t H = s.n_heads, Hkv = s.n_kv_heads, D = s.head_dim, B = s.batch;
+  kChecks.float_tensor(op, "q", q, kFloatDTypes, {B, H * D});
+  kChecks.dtype_as(op, "out", out, "q", q);
+  kChecks.dtype_as(op, "k", k, "q", q);
+  kChecks.dtype_as(op, "v", v, "q", q);
+  kChecks.tensor(op, "out", out, q.dtype(), {B, H * D});
+  kChecks.tensor(op, "k", k, q.dtype(), {B * s.kv_capacity, Hkv * D});
+  kChecks.tensor(op, "v", v, q.dtype(), {B * s.kv_capacity, Hkv * D});
+  kChecks.tensor(op, "kv_len", kv_len_device, DType::kI32, {1});
+  if (kv_start.defined()) kChecks.tensor(op, "kv_start", kv_start, DType::kI32, {B});
+
+  with_head_dim_bucket(static_cast<int>(D), [&](auto bucket) {
+    constexpr int kD = decltype(bucket)::value;
+    const int64_t tile = tile_keys(kD);
+    const int64_t head_tiles = ceil_div64(H / Hkv, kHeadsPerBlock);
+    const int64_t pairs = B * Hkv * head_tiles;  // blocks per span
+    // Enough spans for about two blocks per multiprocessor (bytes in flight to stream the cache
+    // at full bandwidth), none shorter than one tile, and few enough for the combine.
+    int64_t chunks =
+        std::clamp<int64_t>(ceil_div64(2 * std::max(1, limits_.sms), pairs), 1,
+                            std::min<int64_t>(ceil_div64(s.kv_capacity, tile), max_spans(kD)));
+    const int64_t chunk_keys = ceil_div64(ceil_div64(s.kv_capacity, chunks), tile) * tile;
+    chunks = ceil_div64(s.kv_capacity, chunk_keys);
+    const DecodeGeometry g{static_cast<int>(B),
+                           static_cast<int>(H),
+                           static_cast<int>(Hkv),
+                           static_cast<int>(D),
+                           static_cast<int>(s.kv_capacity),
+                           static_cast<int>(chunks),
+                           static_cast<int>(chunk_keys),
+                           static_cast<int>(head_tiles),
+                           s.scale};
+    Tensor part_o = empty({B * chunks * H * D});
+    Tensor part_m = empty({B * chunks * H});
+    Tensor part_l = empty({B * chunks * H});
+    int32_t* arrivals = pairs <= kDecodeArrivalCounters ? decode_arrivals_ : nullptr;
+    const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(B),
+                    static_cast<unsigned>(Hkv * head_tiles));
+    dispatch_float(q.dtype(), [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      attention_decode_kernel<T, kD><<<grid, kThreadsPerBlock, 0, stream_>>>(
+          ptr<T>(q), ptr<T>(k), ptr<T>(v), kv_start.defined() ? ptr<int32_t>(kv_start) : nullptr,
+          ptr<int32_t>(kv_len_device), g, ptr<float>(part_o), ptr<float>(part_m),
+          ptr<float>(part_l), arrivals, ptr<T>(out));
+      NNKIT_CUDA_CHECK_LAUNCH(attention_decode_kernel);
+      if (arrivals == nullptr) {
+        const int threads = static_cast<int>(std::min<int64_t>(256, ceil_div64(D, 32) * 32));
+        attention_decode_combine_kernel<T>
+            <<<dim3(static_cast<unsigned>(H), static_cast<unsigned>(B)), threads, 0, stream_>>>(
+                ptr<float>(part_o), ptr<float>(part_m), ptr<float>(part_l), g, ptr<T>(out));
+        NNKIT_CUDA_CHECK_LAUNCH(attention_decode_combine_kernel);
+      }
+    });
+  });
+}
+
+}  // namespace nnkit::cuda
