@@ -115,6 +115,8 @@ class DataParallel : public ::testing::Test {
            quote(out) + " --no-progress " + extra;
   }
 
+  void expect_two_ranks_match_one(const char* label);
+
   fs::path dir_, config_, data_;
 };
 
@@ -160,7 +162,8 @@ fs::path step_dir(const fs::path& run, int step) {
   return run / "checkpoints" / name;
 }
 
-TEST_F(DataParallel, TwoRanksMatchOneRankWithTheSameGlobalBatch) {
+// Trains `config_` for 10 steps on one process and on two ranks and compares them.
+void DataParallel::expect_two_ranks_match_one(const char* label) {
   const fs::path one = dir_ / "one", two = dir_ / "two";
   const Result single = run(train_args(one));
   ASSERT_EQ(single.exit_code, 0) << single.output;
@@ -173,8 +176,8 @@ TEST_F(DataParallel, TwoRanksMatchOneRankWithTheSameGlobalBatch) {
   EXPECT_EQ(count(dp.output, "done: 10 steps"), 1u) << dp.output;
 
   const double difference = max_weight_difference(step_dir(one, 10), step_dir(two, 10));
-  std::printf("max |w(2 ranks) - w(1 rank)| after 10 steps: %.3g (bound %.0e)\n", difference,
-              kWeightBound);
+  std::printf("%s: max |w(2 ranks) - w(1 rank)| after 10 steps: %.3g (bound %.0e)\n", label,
+              difference, kWeightBound);
   EXPECT_LE(difference, kWeightBound);
   const auto a = step_lines(one), b = step_lines(two);
   ASSERT_EQ(a.size(), 10u);
@@ -186,6 +189,17 @@ TEST_F(DataParallel, TwoRanksMatchOneRankWithTheSameGlobalBatch) {
     }
     EXPECT_EQ(a[i]["tokens"], b[i]["tokens"]);  // the global batch, counted once
   }
+}
+
+TEST_F(DataParallel, TwoRanksMatchOneRankWithTheSameGlobalBatch) {
+  expect_two_ranks_match_one("dense");
+}
+
+// The routers' load statistics are summed across ranks: the load-balancing loss and its
+// gradient are the one-rank ones.
+TEST_F(DataParallel, TwoRanksMatchOneRankOnAnMoeModel) {
+  config_ = fs::path(NNKIT_SOURCE_DIR_DEFAULT) / "tests/parallel/dp-tiny-moe.yaml";
+  expect_two_ranks_match_one("moe");
 }
 
 TEST_F(DataParallel, CheckpointsMoveBetweenTwoRanksAndOne) {

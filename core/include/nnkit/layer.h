@@ -18,6 +18,8 @@
 
 namespace nnkit {
 
+class Communicator;
+
 struct Parameter {
   std::string name;  // relative to the owner, HF style: "q_proj.weight"
   Shape shape;
@@ -51,6 +53,11 @@ struct ForwardContext {
   // then only bounds what the host checks. Attention layers must use these when defined.
   Tensor cache_len_device;
   Tensor kv_len_device;
+  // ABI 4, data-parallel training (docs/parallel.md): the job's communicator when it has more
+  // than one rank, else null. A training pass sees only its rank's rows; a layer whose loss is
+  // not a mean over tokens (a router's load-balancing term) sums its batch statistics across
+  // ranks with it, every rank in the same order. Never used outside training passes.
+  Communicator* comm = nullptr;
 };
 
 class NNKIT_API Layer : public Component {

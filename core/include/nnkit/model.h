@@ -76,6 +76,9 @@ class NNKIT_API Transformer {
   // Training passes from now on run under ForwardContext::static_shapes (what a recorded step
   // needs: capacity-limited MoE layers use the padded expert layout). Off by default.
   void set_static_shapes(bool on) { static_shapes_ = on; }
+  // Data parallelism: training passes carry `comm` (ForwardContext::comm) so that routers see
+  // the load of the whole global batch; null (the default) for a job of one rank.
+  void set_communicator(Communicator* comm) { comm_ = comm; }
   // Rewrites every Parameter::compute copy from its f32 value; call after changing values
   // outside the optimizer (loading a checkpoint or HF weights). init_random() calls it.
   void refresh_compute_copies();
@@ -147,6 +150,7 @@ class NNKIT_API Transformer {
   int64_t positions_seq_ = 0;
   std::vector<StagedBatch> staged_;      // per micro-batch slot (stage_batch)
   bool static_shapes_ = false;           // set_static_shapes()
+  Communicator* comm_ = nullptr;         // set_communicator()
   std::unique_ptr<DecodeState> decode_;  // begin_decode() .. end_decode()
 };
 

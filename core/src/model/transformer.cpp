@@ -405,6 +405,7 @@ Tensor Transformer::forward_losses(const Tensor& ids, const Tensor& targets, int
   ctx.positions = positions_;
   ctx.training = training;
   ctx.static_shapes = training && static_shapes_;
+  ctx.comm = training ? comm_ : nullptr;
   saved->ids = ids;
   saved->targets = targets;
   saved->checkpointing = activation_checkpointing;

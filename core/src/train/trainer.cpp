@@ -308,6 +308,7 @@ TrainSummary train_rank(const TrainRequest& request, std::shared_ptr<Communicato
   std::vector<int32_t> inputs, targets, rank_inputs, rank_targets;
   std::unique_ptr<GradientBuckets> gradient_buckets;
   if (ranks > 1) {
+    model.set_communicator(comm.get());
     gradient_buckets = std::make_unique<GradientBuckets>(*comm, *backend, grads, kBucketBytes);
   }
   const int64_t tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum;

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "nnkit/communicator.h"
 #include "nnkit/error.h"
 #include "nnkit/layer.h"
 #include "nnkit/plugin.h"
@@ -151,6 +152,13 @@ class TopKRouter final : public Router {
     } else {
       backend.fill(offsets, 0.0f);
       backend.fill(load, 0.0f);
+    }
+    if (ctx.training && ctx.comm != nullptr && ctx.comm->size() > 1) {
+      // Data parallelism: f_i of the global batch (every rank routes as many slots), so that
+      // the load-balancing loss and its gradient are the one-rank ones (P_i stays a mean over
+      // this rank's tokens, which the trainer's 1/ranks scaling averages).
+      ctx.comm->all_reduce_sum(backend, load);
+      backend.scale(load, 1.0f / static_cast<float>(ctx.comm->size()));
     }
     // The one host read of the layer (compact layout): the per-expert row counts size the
     // experts' products. The padded layout's blocks are known without it.
