@@ -1,6 +1,7 @@
 // Purpose: backend/cpu moe_sort_by_expert (stable order, offsets, load, already-dropped slots,
 // capacity drops with gate zeroing and index rewrite, bad indices), its padded (static) layout,
-// logsumexp_rows, sum_squares_multi (against
+// logsumexp_rows, moe_combine_rows (against a double reference, padding skipped, rows without a
+// source zeroed, bad slots refused), sum_squares_multi (against
 // per-tensor sum_squares and a double reference, mixed dtypes, thread-count independence) and
 // adamw_update_multi (against per-tensor adamw_update with the clip folded into grad_scale,
 // skipped non-finite steps, grad reset, compute copies). Owned by the backend/cpu tests.
@@ -291,6 +292,38 @@ TEST_F(BackendMoeSort, PaddedArgumentsAreChecked) {
 }
 
 // ---- logsumexp_rows -------------------------------------------------------------------------
+
+TEST_F(BackendMoeSort, CombineRowsWeightsBySlotZeroesUnchosenRowsAndSkipsPadding) {
+  const int64_t T = 4, k = 2, C = 5, N = 6;
+  // Rows routed to tokens 2, 0, padding, 2, 0, 1 (token 3 gets none); slots into (T * k) gates.
+  const std::vector<int32_t> token = {2, 0, -1, 2, 0, 1};
+  const std::vector<int32_t> slot = {4, 0, -1, 5, 1, 3};
+  std::vector<float> hsrc;
+  Tensor src = random({N, C}, 87, 1.0f, &hsrc);
+  std::vector<float> hgate;
+  Tensor gate = random({T * k}, 88, 1.0f, &hgate);
+  Tensor dst = random({T, C}, 89);  // stale values: every row must be written
+  be().moe_combine_rows(src, tensor_from_i32(be(), token, {N}), tensor_from_i32(be(), slot, {N}),
+                        gate, dst);
+  std::vector<double> want(size_t(T * C), 0.0);
+  for (int64_t n = 0; n < N; ++n) {
+    if (token[size_t(n)] < 0) continue;
+    for (int64_t c = 0; c < C; ++c) {
+      want[size_t(token[size_t(n)] * C + c)] +=
+          double(hgate[size_t(slot[size_t(n)])]) * hsrc[size_t(n * C + c)];
+    }
+  }
+  expect_close(host(dst), want, 1e-6, 1e-6, "moe_combine_rows");
+  for (int64_t c = 0; c < C; ++c) EXPECT_EQ(host(dst)[size_t(3 * C + c)], 0.0f);
+  // A slot outside the gates is refused with the op's name.
+  try {
+    be().moe_combine_rows(src, tensor_from_i32(be(), token, {N}),
+                          tensor_from_i32(be(), {4, 0, -1, 5, 1, 99}, {N}), gate, dst);
+    ADD_FAILURE() << "expected a ShapeError for slot 99";
+  } catch (const ShapeError& e) {
+    EXPECT_NE(std::string(e.what()).find("moe_combine_rows"), std::string::npos) << e.what();
+  }
+}
 
 TEST_F(BackendMoeSort, LogsumexpRowsIsStableAndMatchesADoubleReference) {
   // Rows of ordinary values, values that overflow exp() without the max, and -inf entries.

@@ -2,9 +2,9 @@
 // full-cache fault), rope_kv_append (== rope + kv_cache_append on the device, bit for bit),
 // attention_decode for short and long (multi-span, up to its most spans) caches with left
 // padding, MQA and GQA, large batches, in f32 and bf16, repeating bit for bit (its arrival
-// counters reset), device_memory, and moe_grouped_gemm_nt / moe_grouped_swiglu_nt (experts with
-// 0..capacity rows, padding rows zeroed). Owned by the backend/cuda tests; every test skips without
-// a CUDA device.
+// counters reset), device_memory, moe_combine_rows (== fill + gather + scatter_add_rows), and
+// moe_grouped_gemm_nt / moe_grouped_swiglu_nt (experts with 0..capacity rows, padding rows zeroed).
+// Owned by the backend/cuda tests; every test skips without a CUDA device.
 #include <optional>
 #include <string>
 #include <vector>
@@ -174,6 +174,33 @@ TEST_F(CudaDecode, DeviceMemoryIsReportedAndShrinksWhenAllocating) {
   const std::optional<DeviceMemory> after = cuda().device_memory();
   ASSERT_TRUE(after.has_value());
   EXPECT_LE(after->free, before->free - (int64_t{1} << 30) + (int64_t{64} << 20));
+}
+
+TEST_F(CudaDecode, MoeCombineRowsEqualsFillGatherAndScatterBitForBit) {
+  // A decode step's padded layout: 16 experts x capacity 3 rows, 3 tokens x top-4 slots.
+  const int64_t T = 3, k = 4, E = 16, cap = 3, C = 768;
+  std::vector<int32_t> token(size_t(E * cap), -1), slot(size_t(E * cap), -1);
+  for (int64_t s = 0; s < T * k; ++s) {
+    const int64_t e = (s * 5) % E, row = e * cap + (s / E);
+    token[size_t(row)] = int32_t(s / k);
+    slot[size_t(row)] = int32_t(s);
+  }
+  TensorPair tok = same_ints(token, {E * cap});
+  TensorPair sl = same_ints(slot, {E * cap});
+  TensorPair gate = same_random({T * k}, 850);
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    TensorPair src = same_rounded_random({E * cap, C}, 851, dtype);
+    TensorPair dst = poisoned({T, C}, dtype);
+    cpu().moe_combine_rows(src.cpu, tok.cpu, sl.cpu, gate.cpu, dst.cpu);
+    cuda().moe_combine_rows(src.cuda, tok.cuda, sl.cuda, gate.cuda, dst.cuda);
+    expect_rounded_matches_cpu(dst, rounded_once(kMultiplyAdd, dtype),
+                               std::string("combine ") + dtype_name(dtype));
+    Tensor ref = cuda().zeros({T, C}, dtype);
+    Tensor weights = cuda().empty({E * cap, 1});
+    cuda().gather_rows(gate.cuda.view({T * k, 1}), sl.cuda, weights);
+    cuda().scatter_add_rows(src.cuda, tok.cuda, weights.view({E * cap}), ref);
+    EXPECT_EQ(float_bits(cuda_floats(dst.cuda)), float_bits(cuda_floats(ref))) << dtype_name(dtype);
+  }
 }
 
 TEST_F(CudaDecode, AttentionDecodeEqualsTheCachedAttentionForward) {

@@ -385,7 +385,7 @@ class NNKIT_API Backend : public Component {
   virtual void append_tokens(const Tensor& history, const Tensor& lengths, const Tensor& ids,
                              const Tensor& step) = 0;
 
-  // ---- appended in ABI 4: device memory, the fused decode-step attention input ---------------
+  // ---- appended in ABI 4: device memory, fused decode-step ops ----------------------------------
   // The device's free and total memory right now (CUDA: cudaMemGetInfo, plus what this backend's
   // block cache holds ready for reuse), so callers compare an estimate with it before they
   // allocate; nullopt for host backends (the host's memory is read from /proc instead).
@@ -399,6 +399,13 @@ class NNKIT_API Backend : public Component {
                               int64_t n_kv_heads, int64_t head_dim, float base,
                               const Tensor& k_cache, const Tensor& v_cache, int64_t capacity,
                               const Tensor& cache_len_device, const Tensor& q_out) = 0;
+  // The MoE combine of a decode step in one op: dst[t, :] = sum over the rows n with token[n] = t,
+  // in ascending n, of gate[slot[n]] * src[n, :]; rows of dst without a source are set to 0 and
+  // token -1 (padding) is skipped. src: (N, C), dst: (R, C) float dtypes, token and slot: (N)
+  // i32, gate: (S) f32 (the router's flat (tokens * top_k) gates). Equals fill(dst, 0), a
+  // gather of the gates by slot and scatter_add_rows, bit for bit.
+  virtual void moe_combine_rows(const Tensor& src, const Tensor& token, const Tensor& slot,
+                                const Tensor& gate, const Tensor& dst) = 0;
 
   // ---- conveniences (non-virtual) -----------------------------------------------------------
   Tensor zeros(const Shape& shape, DType dtype = DType::kF32);

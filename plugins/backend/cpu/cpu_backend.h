@@ -153,12 +153,15 @@ class CpuBackend final : public Backend {
                    bool argmax, const Tensor& ids) override;
   void append_tokens(const Tensor& history, const Tensor& lengths, const Tensor& ids,
                      const Tensor& step) override;
-  // ABI 4 (device_memory in cpu_backend.cpp, rope_kv_append in decode_ops.cpp)
+  // ABI 4 (device_memory in cpu_backend.cpp, rope_kv_append in decode_ops.cpp, moe_combine_rows in
+  // gather_loss.cpp)
   std::optional<DeviceMemory> device_memory() const override;
   void rope_kv_append(const Tensor& qkv, const Tensor& positions, int64_t n_heads,
                       int64_t n_kv_heads, int64_t head_dim, float base, const Tensor& k_cache,
                       const Tensor& v_cache, int64_t capacity, const Tensor& cache_len_device,
                       const Tensor& q_out) override;
+  void moe_combine_rows(const Tensor& src, const Tensor& token, const Tensor& slot,
+                        const Tensor& gate, const Tensor& dst) override;
 
  private:
   // cos/sin of pos * base^(-2i/D) for pos in [0, positions), i in [0, D/2), computed in double

@@ -95,6 +95,24 @@ void CpuBackend::scatter_add_rows(const Tensor& src, const Tensor& index, const 
   }
 }
 
+void CpuBackend::moe_combine_rows(const Tensor& src, const Tensor& token, const Tensor& slot,
+                                  const Tensor& gate, const Tensor& dst) {
+  const char* op = "moe_combine_rows";
+  const RowShape s = expect_rows(op, "src", src, DType::kF32);
+  expect_tensor(op, "slot", slot, DType::kI32, {s.rows});
+  if (gate.rank() != 1 || gate.dtype() != DType::kF32) {
+    shape_fail(op, "gate is " + describe(gate) + "; expected (S) f32, the router's flat gates");
+  }
+  check_indices(op, slot, gate.numel(), Skip::kMinusOne);
+  // The composition it is defined as (the sums run in the same order).
+  Tensor weights = empty({s.rows});
+  const int32_t* ps = ptr<int32_t>(slot);
+  const float* pg = ptr<float>(gate);
+  for (int64_t n = 0; n < s.rows; ++n) ptr<float>(weights)[n] = ps[n] >= 0 ? pg[ps[n]] : 0.0f;
+  fill(dst, 0.0f);
+  scatter_add_rows(src, token, weights, dst);
+}
+
 void CpuBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targets,
                                        const Tensor& losses) {
   const RowShape s = expect_rows("cross_entropy_forward", "logits", logits, DType::kF32);

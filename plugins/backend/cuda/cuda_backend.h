@@ -199,12 +199,15 @@ class CudaBackend final : public Backend {
                    bool argmax, const Tensor& ids) override;
   void append_tokens(const Tensor& history, const Tensor& lengths, const Tensor& ids,
                      const Tensor& step) override;
-  // ABI 4 (device_memory in cuda_backend.cpp, rope_kv_append in rope.cu)
+  // ABI 4 (device_memory in cuda_backend.cpp, rope_kv_append in rope.cu, moe_combine_rows in
+  // gather_loss.cu)
   std::optional<DeviceMemory> device_memory() const override;
   void rope_kv_append(const Tensor& qkv, const Tensor& positions, int64_t n_heads,
                       int64_t n_kv_heads, int64_t head_dim, float base, const Tensor& k_cache,
                       const Tensor& v_cache, int64_t capacity, const Tensor& cache_len_device,
                       const Tensor& q_out) override;
+  void moe_combine_rows(const Tensor& src, const Tensor& token, const Tensor& slot,
+                        const Tensor& gate, const Tensor& dst) override;
 
   // ---- for the kernel files -----------------------------------------------------------------
   cudaStream_t stream() const { return stream_; }

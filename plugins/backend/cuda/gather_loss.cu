@@ -93,9 +93,13 @@ __device__ int64_t lower_bound(const int32_t* sorted, int64_t n, int32_t key) {
 // scatter_accumulate_kernel, bit for bit. Out-of-range indices are reported by block 0.
 constexpr int64_t kSmallScatterSources = 512;
 
+// moe_combine_rows runs the same kernel with weight_index (each source's weight is
+// weight[weight_index[n]]) and overwrite (the sum starts at 0, and rows without a source are
+// written as zeros): the fill, the gather of the gates and the scatter in one launch, bit for bit.
 template <typename TS, typename TD, int kWidth>
-__global__ void scatter_small_kernel(const TS* src, const float* weight, const int32_t* index,
-                                     int64_t n, int64_t dst_rows, TD* dst, int64_t cols,
+__global__ void scatter_small_kernel(const TS* src, const float* weight,
+                                     const int32_t* weight_index, const int32_t* index, int64_t n,
+                                     int64_t dst_rows, TD* dst, int64_t cols, bool overwrite,
                                      DeviceFault* fault) {
   __shared__ int32_t sources[kSmallScatterSources];
   __shared__ int count;
@@ -117,14 +121,21 @@ __global__ void scatter_small_kernel(const TS* src, const float* weight, const i
   }
   __syncthreads();
   const int found = count;
-  if (found == 0) return;
+  if (found == 0 && !overwrite) return;
   TD* dr = dst + int64_t(row) * cols;
   for (int64_t c = int64_t(threadIdx.x) * kWidth; c < cols; c += int64_t(blockDim.x) * kWidth) {
     float acc[kWidth];
-    load_floats<kWidth>(dr + c, acc);
+    if (overwrite) {
+#pragma unroll
+      for (int e = 0; e < kWidth; ++e) acc[e] = 0.0f;
+    } else {
+      load_floats<kWidth>(dr + c, acc);
+    }
     for (int j = 0; j < found; ++j) {
       const int64_t from = sources[j];
-      const float w = weight != nullptr ? weight[from] : 1.0f;
+      const float w = weight == nullptr         ? 1.0f
+                      : weight_index != nullptr ? weight[weight_index[from]]
+                                                : weight[from];
       float v[kWidth];
       load_floats<kWidth>(src + from * cols + c, v);
 #pragma unroll
@@ -365,6 +376,32 @@ void CudaBackend::gather_rows(const Tensor& src, const Tensor& index, const Tens
   }
 }
 
+namespace {
+
+constexpr int64_t kSmallScatterRows = 4096;  // destination rows the few-source kernel takes
+
+// Runs launch(src tag, dst tag, width tag, threads) with the storage types, the pack width (one
+// 16-byte source load; the destination pack, 8 or 32 bytes for halves into f32, must be aligned
+// too; each element's sum runs in the same order either way) and the block size.
+template <typename Launch>
+void dispatch_scatter(const Tensor& src, const Tensor& dst, int64_t cols, Launch&& launch) {
+  dispatch_float(src.dtype(), [&](auto src_tag) {
+    using TS = typename decltype(src_tag)::type;
+    dispatch_float(dst.dtype(), [&](auto dst_tag) {
+      using TD = typename decltype(dst_tag)::type;
+      constexpr int kPacked = kPackWidth<TS>;
+      const bool packed = cols % kPacked == 0 && aligned16(src.raw()) &&
+                          reinterpret_cast<uintptr_t>(dst.raw()) % alignof(Pack<TD, kPacked>) == 0;
+      with_pack_width<TS>(packed, [&](auto width) {
+        const int64_t lanes = cols / decltype(width)::value;
+        launch(src_tag, dst_tag, width, lanes <= 64 ? 64 : (lanes <= 128 ? 128 : 256));
+      });
+    });
+  });
+}
+
+}  // namespace
+
 void CudaBackend::scatter_add_rows(const Tensor& src, const Tensor& index, const Tensor& weight,
                                    const Tensor& dst) {
   OpScope op_scope(profiler_.get(), "scatter_add_rows");
@@ -382,32 +419,15 @@ void CudaBackend::scatter_add_rows(const Tensor& src, const Tensor& index, const
   if (n == 0 || s.cols == 0 || d.rows == 0) return;
 
   const float* weights = weight.defined() ? ptr<float>(weight) : nullptr;
-  // Runs launch(src tag, dst tag, width tag, threads) with the storage types, the pack width
-  // (one 16-byte source load; the destination pack, 8 or 32 bytes for halves into f32, must be
-  // aligned too; each element's sum runs in the same order either way) and the block size.
-  auto dispatch = [&](auto&& launch) {
-    dispatch_float(src.dtype(), [&](auto src_tag) {
-      using TS = typename decltype(src_tag)::type;
-      dispatch_float(dst.dtype(), [&](auto dst_tag) {
-        using TD = typename decltype(dst_tag)::type;
-        constexpr int kPacked = kPackWidth<TS>;
-        const bool packed =
-            s.cols % kPacked == 0 && aligned16(src.raw()) &&
-            reinterpret_cast<uintptr_t>(dst.raw()) % alignof(Pack<TD, kPacked>) == 0;
-        with_pack_width<TS>(packed, [&](auto width) {
-          const int64_t lanes = s.cols / decltype(width)::value;
-          launch(src_tag, dst_tag, width, lanes <= 64 ? 64 : (lanes <= 128 ? 128 : 256));
-        });
-      });
-    });
-  };
-  if (n <= kSmallScatterSources && d.rows <= 4096) {
+  auto dispatch = [&](auto&& launch) { dispatch_scatter(src, dst, s.cols, launch); };
+  if (n <= kSmallScatterSources && d.rows <= kSmallScatterRows) {
     dispatch([&](auto src_tag, auto dst_tag, auto width, int threads) {
       using TS = typename decltype(src_tag)::type;
       using TD = typename decltype(dst_tag)::type;
       scatter_small_kernel<TS, TD, decltype(width)::value>
           <<<static_cast<unsigned>(d.rows), threads, 0, stream_>>>(
-              ptr<TS>(src), weights, ptr<int32_t>(index), n, d.rows, ptr<TD>(dst), s.cols, fault_);
+              ptr<TS>(src), weights, nullptr, ptr<int32_t>(index), n, d.rows, ptr<TD>(dst), s.cols,
+              false, fault_);
       NNKIT_CUDA_CHECK_LAUNCH(scatter_small_kernel);
     });
     return;
@@ -440,6 +460,39 @@ void CudaBackend::scatter_add_rows(const Tensor& src, const Tensor& index, const
         <<<static_cast<unsigned>(d.rows), threads, 0, stream_>>>(
             ptr<TS>(src), weights, keys_out, order_out, n, ptr<TD>(dst), s.cols);
     NNKIT_CUDA_CHECK_LAUNCH(scatter_accumulate_kernel);
+  });
+}
+
+void CudaBackend::moe_combine_rows(const Tensor& src, const Tensor& token, const Tensor& slot,
+                                   const Tensor& gate, const Tensor& dst) {
+  OpScope op_scope(profiler_.get(), "moe_combine_rows");
+  const char* op = "moe_combine_rows";
+  const backend_common::RowShape s = kChecks.float_rows(op, "src", src, kFloatDTypes);
+  const backend_common::RowShape d = kChecks.float_rows(op, "dst", dst, kFloatDTypes);
+  kChecks.tensor(op, "token", token, DType::kI32, {s.rows});
+  kChecks.tensor(op, "slot", slot, DType::kI32, {s.rows});
+  if (src.rank() != 2 || dst.rank() != 2 || d.cols != s.cols || gate.rank() != 1 ||
+      gate.dtype() != DType::kF32) {
+    kChecks.fail(op, "src is " + describe(src) + ", dst " + describe(dst) + " and gate " +
+                         describe(gate) + "; expected (N, C), (R, C) and (S) f32");
+  }
+  if (s.rows > kSmallScatterSources || d.rows > kSmallScatterRows) {
+    // Many rows (not a decode step): the three ops this one fuses.
+    fill(dst, 0.0f);
+    Tensor weights = empty({s.rows, 1});
+    gather_rows(gate.view({gate.numel(), 1}), slot, weights);
+    scatter_add_rows(src, token, weights.view({s.rows}), dst);
+    return;
+  }
+  if (s.cols == 0 || d.rows == 0) return;
+  dispatch_scatter(src, dst, s.cols, [&](auto src_tag, auto dst_tag, auto width, int threads) {
+    using TS = typename decltype(src_tag)::type;
+    using TD = typename decltype(dst_tag)::type;
+    scatter_small_kernel<TS, TD, decltype(width)::value>
+        <<<static_cast<unsigned>(d.rows), threads, 0, stream_>>>(
+            ptr<TS>(src), ptr<float>(gate), ptr<int32_t>(slot), ptr<int32_t>(token), s.rows, d.rows,
+            ptr<TD>(dst), s.cols, true, fault_);
+    NNKIT_CUDA_CHECK_LAUNCH(scatter_small_kernel);
   });
 }
 

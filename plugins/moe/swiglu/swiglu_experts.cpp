@@ -6,7 +6,8 @@
 // combines y[n] += gate * y_e. Every computation is a Backend op; nothing per token touches the
 // host. In the padded layout while decoding (a few rows per expert, counts on the device) the
 // products are two launches over all experts: moe_grouped_swiglu_nt (gate, up and the SwiGLU)
-// and moe_grouped_gemm_nt (down). Activations are in x's dtype (bf16 on a bf16 CUDA backend); gates
+// and moe_grouped_gemm_nt (down), and moe_combine_rows writes y (no fill, no gather of the
+// gates). Activations are in x's dtype (bf16 on a bf16 CUDA backend); gates
 // and dgate are f32. Ownership: owns its parameter descriptors and, after forward_routed(training),
 // the dispatch lists and activations backward needs (until the next forward or release_saved()).
 // Thread-safety: none; one thread drives a layer.
@@ -69,21 +70,25 @@ class SwiGluExperts final : public Experts {
     }
     const DType dtype = x.dtype();
 
-    Tensor y = backend.zeros({n_tokens, hidden_}, dtype);  // (N, C)
+    // Decoding in the padded layout: each product is one launch over all experts that reads
+    // only the chosen experts' weights, sized on the device (what a recorded step needs). The
+    // fused SwiGLU needs no separate gate/up activations, and one op combines the rows.
+    const bool grouped = !ctx.training && routing.kept_offsets.defined() &&
+                         routing.padded_capacity >= 1 && routing.padded_capacity <= 16 &&
+                         dispatch.n_routed > 0;
+    Tensor y = grouped ? backend.empty({n_tokens, hidden_}, dtype)   // moe_combine_rows fills it
+                       : backend.zeros({n_tokens, hidden_}, dtype);  // (N, C)
     Saved saved;
     if (dispatch.n_routed > 0) {
       const int64_t m = dispatch.n_routed;
       // Dispatch: the routed rows of x and their gates, grouped by expert.
       saved.x_routed = backend.empty({m, hidden_}, dtype);
       backend.gather_rows(x, dispatch.token, saved.x_routed);
-      saved.gate_routed = backend.empty({m, 1});
-      backend.gather_rows(routing.gate.view({n_tokens * routing.top_k, 1}), dispatch.slot,
-                          saved.gate_routed);
-      // Decoding in the padded layout: each product is one launch over all experts that reads
-      // only the chosen experts' weights, sized on the device (what a recorded step needs). The
-      // fused SwiGLU needs no separate gate/up activations.
-      const bool grouped = !ctx.training && routing.kept_offsets.defined() &&
-                           routing.padded_capacity >= 1 && routing.padded_capacity <= 16;
+      if (!grouped) {
+        saved.gate_routed = backend.empty({m, 1});
+        backend.gather_rows(routing.gate.view({n_tokens * routing.top_k, 1}), dispatch.slot,
+                            saved.gate_routed);
+      }
       if (!grouped) {
         saved.h_gate = backend.empty({m, ffn_dim_}, dtype);
         saved.h_up = backend.empty({m, ffn_dim_}, dtype);
@@ -119,7 +124,12 @@ class SwiGluExperts final : public Experts {
                      saved.y_routed.slice_rows(begin, end));  // (n_e, C) = activated W2^T
       }
       // Combine: y[token] += gate * y_routed (in expert order; deterministic).
-      backend.scatter_add_rows(saved.y_routed, dispatch.token, saved.gate_routed.view({m}), y);
+      if (grouped) {
+        backend.moe_combine_rows(saved.y_routed, dispatch.token, dispatch.slot,
+                                 routing.gate.view({n_tokens * routing.top_k}), y);
+      } else {
+        backend.scatter_add_rows(saved.y_routed, dispatch.token, saved.gate_routed.view({m}), y);
+      }
     }
 
     release_saved();
