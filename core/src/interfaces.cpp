@@ -17,6 +17,13 @@ Component::~Component() = default;
 Backend::~Backend() = default;
 Layer::~Layer() = default;
 Norm::~Norm() = default;
+
+Tensor Norm::forward_with_residual(ForwardContext& ctx, const Tensor& x, const Tensor& residual,
+                                   Tensor& sum) {
+  sum = ctx.backend->empty(x.shape(), x.dtype());
+  ctx.backend->add(sum, x, residual);
+  return forward(ctx, sum);
+}
 Attention::~Attention() = default;
 FeedForward::~FeedForward() = default;
 Router::~Router() = default;

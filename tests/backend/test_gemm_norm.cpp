@@ -104,6 +104,24 @@ TEST_F(BackendNorm, RmsnormForwardBackward) {
   expect_close(host(dw), wdw, 1e-5, 1e-5, "rmsnorm dweight (accumulated)");
 }
 
+TEST_F(BackendNorm, AddRmsnormEqualsAddThenRmsnormAndMayOverwriteX) {
+  const int64_t N = 4, C = 24;
+  std::vector<float> hx, hr, hw;
+  Tensor x = random({N, C}, 90, 1.0f, &hx);
+  Tensor r = random({N, C}, 91, 1.0f, &hr);
+  Tensor w = random({C}, 92, 1.0f, &hw);
+  Tensor sum_ref = be().empty({N, C}), y_ref = be().empty({N, C}), rstd = be().empty({N});
+  be().add(sum_ref, x, r);
+  be().rmsnorm_forward(sum_ref, w, 1e-5f, y_ref, rstd);
+  Tensor sum = be().empty({N, C}), y = be().empty({N, C});
+  be().add_rmsnorm(x, r, w, 1e-5f, sum, y);
+  EXPECT_EQ(host(sum), host(sum_ref));
+  EXPECT_EQ(host(y), host(y_ref));
+  be().add_rmsnorm(x, r, w, 1e-5f, x, y);  // sum aliasing x
+  EXPECT_EQ(host(x), host(sum_ref));
+  EXPECT_EQ(host(y), host(y_ref));
+}
+
 TEST_F(BackendNorm, RmsnormAcceptsRank3AndLargeRows) {
   std::vector<float> hx;
   Tensor x = random({4, 300, 64}, 44, 1.0f, &hx);

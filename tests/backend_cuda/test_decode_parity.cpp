@@ -2,9 +2,10 @@
 // full-cache fault), rope_kv_append (== rope + kv_cache_append on the device, bit for bit),
 // attention_decode for short and long (multi-span, up to its most spans) caches with left
 // padding, MQA and GQA, large batches, in f32 and bf16, repeating bit for bit (its arrival
-// counters reset), device_memory, moe_combine_rows (== fill + gather + scatter_add_rows), and
-// moe_grouped_gemm_nt / moe_grouped_swiglu_nt (experts with 0..capacity rows, padding rows zeroed).
-// Owned by the backend/cuda tests; every test skips without a CUDA device.
+// counters reset), device_memory, add_rmsnorm (== add + rmsnorm_forward), moe_combine_rows (== fill
+// + gather + scatter_add_rows), and moe_grouped_gemm_nt / moe_grouped_swiglu_nt (experts with
+// 0..capacity rows, padding rows zeroed). Owned by the backend/cuda tests; every test skips without
+// a CUDA device.
 #include <optional>
 #include <string>
 #include <vector>
@@ -200,6 +201,34 @@ TEST_F(CudaDecode, MoeCombineRowsEqualsFillGatherAndScatterBitForBit) {
     cuda().gather_rows(gate.cuda.view({T * k, 1}), sl.cuda, weights);
     cuda().scatter_add_rows(src.cuda, tok.cuda, weights.view({E * cap}), ref);
     EXPECT_EQ(float_bits(cuda_floats(dst.cuda)), float_bits(cuda_floats(ref))) << dtype_name(dtype);
+  }
+}
+
+TEST_F(CudaDecode, AddRmsnormMatchesTheCpuAndAddThenRmsnormOnTheDevice) {
+  for (const Shape& shape : {Shape{1, 768}, Shape{8, 768}, Shape{5, 100}}) {
+    for (DType dtype : {DType::kF32, DType::kBF16}) {
+      const std::string what = to_string(shape) + " " + dtype_name(dtype);
+      TensorPair x = same_rounded_random(shape, 860, dtype);
+      TensorPair r = same_rounded_random(shape, 861, dtype);
+      TensorPair w = same_random({shape[1]}, 862);
+      TensorPair sum = poisoned(shape, dtype);
+      TensorPair y = poisoned(shape, dtype);
+      cpu().add_rmsnorm(x.cpu, r.cpu, w.cpu, 1e-5f, sum.cpu, y.cpu);
+      cuda().add_rmsnorm(x.cuda, r.cuda, w.cuda, 1e-5f, sum.cuda, y.cuda);
+      expect_rounded_matches_cpu(y, rounded_once(kReduction, dtype), what + " y");
+      Tensor sum_ref = cuda().empty(shape, dtype), y_ref = cuda().empty(shape, dtype);
+      Tensor rstd = cuda().empty({shape[0]});
+      cuda().add(sum_ref, x.cuda, r.cuda);
+      cuda().rmsnorm_forward(sum_ref, w.cuda, 1e-5f, y_ref, rstd);
+      EXPECT_EQ(float_bits(cuda_floats(sum.cuda)), float_bits(cuda_floats(sum_ref))) << what;
+      // bf16 runs the same warp kernel as rmsnorm_forward (f32 rmsnorm_forward uses a block
+      // per row, whose double sum of squares may round differently in its last bit).
+      if (dtype == DType::kBF16) {
+        EXPECT_EQ(float_bits(cuda_floats(y.cuda)), float_bits(cuda_floats(y_ref))) << what;
+      } else {
+        expect_close_to_cpu(cuda_floats(y.cuda), cuda_floats(y_ref), kMultiplyAdd, what);
+      }
+    }
   }
 }
 

@@ -1,5 +1,7 @@
 // Purpose: tests of `norm/rmsnorm`: forward against a double reference, backward (dx, dweight)
-// against central differences of sum(forward(x) * r), gradient accumulation, option checks.
+// against central differences of sum(forward(x) * r), gradient accumulation, option checks, and
+// forward_with_residual (the fused add + norm of inference: equal to add then forward, and the
+// unfused path in training, whose backward still works).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -63,6 +65,27 @@ TEST_F(RmsNormTest, ForwardMatchesReference) {
   Tensor y = norm->forward(ctx, tensor_from(*backend, x_host, {kRows, kChannels}));
   expect_close(to_vector(*backend, y), rmsnorm_reference(to_double(x_host), params["weight"]), 1e-5,
                1e-5, "y");
+}
+
+TEST_F(RmsNormTest, ForwardWithResidualEqualsAddThenForward) {
+  const Tensor x = tensor_from(*backend, x_host, {kRows, kChannels});
+  const Tensor residual = tensor_from(*backend, r_host, {kRows, kChannels});
+  std::vector<float> added(x_host.size());
+  for (size_t i = 0; i < added.size(); ++i) added[i] = x_host[i] + r_host[i];
+  for (bool training : {false, true}) {
+    ForwardContext ctx = make_context(*backend, 1, kRows, training);
+    Tensor sum;
+    const Tensor y = norm->forward_with_residual(ctx, x, residual, sum);
+    EXPECT_EQ(to_vector(*backend, sum), added) << "training " << training;
+    const Tensor want = norm->forward(ctx, tensor_from(*backend, added, {kRows, kChannels}));
+    EXPECT_EQ(to_vector(*backend, y), to_vector(*backend, want)) << "training " << training;
+    EXPECT_EQ(to_vector(*backend, x), x_host) << "x is not written";
+  }
+  // In training the statistics of the sum are kept: backward runs.
+  ForwardContext ctx = make_context(*backend, 1, kRows, true);
+  Tensor sum;
+  norm->forward_with_residual(ctx, x, residual, sum);
+  EXPECT_NO_THROW(norm->backward(ctx, residual));
 }
 
 // Objective sum(y * r); FD in double on the reference (eps 1e-5), analytic in fp32.

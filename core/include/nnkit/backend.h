@@ -406,6 +406,12 @@ class NNKIT_API Backend : public Component {
   // gather of the gates by slot and scatter_add_rows, bit for bit.
   virtual void moe_combine_rows(const Tensor& src, const Tensor& token, const Tensor& slot,
                                 const Tensor& gate, const Tensor& dst) = 0;
+  // The residual add and RMSNorm of an inference pass in one op: sum = x + residual (rounded to
+  // the dtype), y = sum * rstd * weight with rstd = 1 / sqrt(mean(sum^2) + eps) from the rounded
+  // sum: add() then rmsnorm_forward(), without the statistics. x, residual, sum, y: (N, C) of one
+  // float dtype (sum may alias x); weight: (C) f32 or that dtype.
+  virtual void add_rmsnorm(const Tensor& x, const Tensor& residual, const Tensor& weight, float eps,
+                           const Tensor& sum, const Tensor& y) = 0;
 
   // ---- conveniences (non-virtual) -----------------------------------------------------------
   Tensor zeros(const Shape& shape, DType dtype = DType::kF32);

@@ -97,6 +97,12 @@ class NNKIT_API Layer : public Component {
 class NNKIT_API Norm : public Layer {
  public:
   ~Norm() override;
+  // ABI 4: the residual add in front of a norm. sum <- x + residual (a new (N, C) tensor in x's
+  // dtype: the residual stream from here on), then returns forward(ctx, sum). A norm may fuse the
+  // two outside training (norm/rmsnorm does, with Backend::add_rmsnorm: one launch per decode
+  // step and norm); the default runs Backend::add and forward().
+  virtual Tensor forward_with_residual(ForwardContext& ctx, const Tensor& x, const Tensor& residual,
+                                       Tensor& sum);
 };
 
 // `attention/*`: causal self-attention with its own KV cache for decoding.

@@ -49,6 +49,28 @@ struct Transformer::Block {
     return out;
   }
 
+  // Inference: each residual add runs inside the norm that follows it
+  // (Norm::forward_with_residual, one launch with norm/rmsnorm). On entry x + pending is the
+  // block's input (pending undefined: x alone); on return x is the stream after attention and
+  // pending the FFN output, which the next norm (or the final one) adds.
+  void forward_fused(ForwardContext& ctx, Tensor& x, Tensor& pending) {
+    Tensor h;
+    if (pending.defined()) {
+      Tensor sum;
+      h = checked_output(*attn_norm, "forward_with_residual",
+                         attn_norm->forward_with_residual(ctx, x, pending, sum), x);
+      x = checked_output(*attn_norm, "forward_with_residual (sum)", sum, x);
+    } else {
+      h = checked_output(*attn_norm, "forward", attn_norm->forward(ctx, x), x);
+    }
+    Tensor attn_out = checked_output(*attention, "forward", attention->forward(ctx, h), x);
+    Tensor mid;
+    const Tensor h2 = checked_output(*ffn_norm, "forward_with_residual",
+                                     ffn_norm->forward_with_residual(ctx, x, attn_out, mid), x);
+    x = checked_output(*ffn_norm, "forward_with_residual (sum)", mid, x);
+    pending = checked_output(ffn_owner(), "forward", ffn->forward(ctx, h2), x);
+  }
+
   // dout: (N, C) -> dx: (N, C). The residual adds pass the gradient through unchanged.
   Tensor backward(ForwardContext& ctx, const Tensor& dout) {
     Backend& be = *ctx.backend;
@@ -314,6 +336,13 @@ Tensor Transformer::run_trunk(ForwardContext& ctx, const Tensor& ids, bool check
   const Tensor& table = embed.compute.defined() ? embed.compute : embed.value;
   Tensor x = be.empty({ids.numel(), config_.hidden_dim}, table.dtype());
   be.gather_rows(table, ids, x);
+  if (!ctx.training) {
+    Tensor pending;  // the last FFN output, added by the next norm
+    for (auto& block : blocks_) block->forward_fused(ctx, x, pending);
+    if (!pending.defined()) return final_norm_->forward(ctx, x);
+    Tensor sum;
+    return final_norm_->forward_with_residual(ctx, x, pending, sum);
+  }
   for (auto& block : blocks_) {
     if (checkpointing && ctx.training) {
       // Keep only the block input; backward recomputes the block with activations saved.

@@ -162,6 +162,8 @@ class CpuBackend final : public Backend {
                       const Tensor& q_out) override;
   void moe_combine_rows(const Tensor& src, const Tensor& token, const Tensor& slot,
                         const Tensor& gate, const Tensor& dst) override;
+  void add_rmsnorm(const Tensor& x, const Tensor& residual, const Tensor& weight, float eps,
+                   const Tensor& sum, const Tensor& y) override;
 
  private:
   // cos/sin of pos * base^(-2i/D) for pos in [0, positions), i in [0, D/2), computed in double

@@ -136,4 +136,15 @@ void CpuBackend::swiglu_backward(const Tensor& dout, const Tensor& gate, const T
   }
 }
 
+// add() then rmsnorm_forward(), the composition it is defined as (bit for bit).
+void CpuBackend::add_rmsnorm(const Tensor& x, const Tensor& residual, const Tensor& weight,
+                             float eps, const Tensor& sum, const Tensor& y) {
+  const RowShape s = expect_rows("add_rmsnorm", "x", x, DType::kF32);
+  expect_same_shape("add_rmsnorm", "x", x, "residual", residual);
+  expect_same_shape("add_rmsnorm", "x", x, "sum", sum);
+  add(sum, x, residual);
+  Tensor rstd = empty({s.rows});
+  rmsnorm_forward(sum, weight, eps, y, rstd);
+}
+
 }  // namespace nnkit::cpu

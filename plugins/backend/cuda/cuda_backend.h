@@ -208,6 +208,8 @@ class CudaBackend final : public Backend {
                       const Tensor& q_out) override;
   void moe_combine_rows(const Tensor& src, const Tensor& token, const Tensor& slot,
                         const Tensor& gate, const Tensor& dst) override;
+  void add_rmsnorm(const Tensor& x, const Tensor& residual, const Tensor& weight, float eps,
+                   const Tensor& sum, const Tensor& y) override;
 
   // ---- for the kernel files -----------------------------------------------------------------
   cudaStream_t stream() const { return stream_; }

@@ -9,6 +9,7 @@
 // types (x, y, dy, dx share T; the weight W is f32 or T); inputs widen to f32, outputs round once
 // (kernel_utils.cuh), and the f32 instantiations compute what the fp32 kernels always did.
 #include <type_traits>
+#include <utility>
 
 #include "cuda_check.h"
 #include "kernel_utils.cuh"
@@ -79,6 +80,43 @@ __global__ void rmsnorm_forward_warp_kernel(const T* x, const W* w, float eps, T
   for (int64_t c = int64_t(lane) * kWidth; c < cols; c += 32 * kWidth) {
     float v[kWidth], wv[kWidth];
     load_floats<kWidth>(xr + c, v);  // the row was just read: an L1 hit
+    load_floats<kWidth>(w + c, wv);
+#pragma unroll
+    for (int e = 0; e < kWidth; ++e) v[e] = v[e] * r * wv[e];
+    store_floats<kWidth>(yr + c, v);
+  }
+}
+
+// add_rmsnorm: one warp per row, any float dtype. sum = x + residual is rounded to T and stored
+// first; the statistics and y then read the rounded sum, as rmsnorm_forward would after add().
+template <typename T, typename W, int kWidth>
+__global__ void add_rmsnorm_warp_kernel(const T* x, const T* residual, const W* w, float eps,
+                                        T* sum, T* y, int64_t rows, int64_t cols) {
+  const int64_t row = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  const T* xr = x + row * cols;
+  const T* rr = residual + row * cols;
+  T* sr = sum + row * cols;
+  T* yr = y + row * cols;
+  double acc = 0.0;
+  for (int64_t c = int64_t(lane) * kWidth; c < cols; c += 32 * kWidth) {
+    float a[kWidth], b[kWidth];
+    load_floats<kWidth>(xr + c, a);
+    load_floats<kWidth>(rr + c, b);
+#pragma unroll
+    for (int e = 0; e < kWidth; ++e) a[e] += b[e];
+    store_floats<kWidth>(sr + c, a);
+    load_floats<kWidth>(sr + c, a);  // the rounded sum (this lane's own store)
+#pragma unroll
+    for (int e = 0; e < kWidth; ++e) acc += double(a[e]) * a[e];
+  }
+  acc = warp_sum(acc);
+  const double mean = cols > 0 ? acc / double(cols) : 0.0;
+  const float r = static_cast<float>(1.0 / sqrt(mean + double(eps)));
+  for (int64_t c = int64_t(lane) * kWidth; c < cols; c += 32 * kWidth) {
+    float v[kWidth], wv[kWidth];
+    load_floats<kWidth>(sr + c, v);
     load_floats<kWidth>(w + c, wv);
 #pragma unroll
     for (int e = 0; e < kWidth; ++e) v[e] = v[e] * r * wv[e];
@@ -228,6 +266,38 @@ void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float e
           rmsnorm_forward_warp_kernel<T, W, kW><<<blocks_for_rows(s.rows), kThreads, 0, stream_>>>(
               ptr<T>(x), ptr<W>(weight), eps, ptr<T>(y), ptr<float>(rstd), s.rows, s.cols);
           NNKIT_CUDA_CHECK_LAUNCH(rmsnorm_forward_warp_kernel);
+        });
+      }
+    });
+  });
+}
+
+void CudaBackend::add_rmsnorm(const Tensor& x, const Tensor& residual, const Tensor& weight,
+                              float eps, const Tensor& sum, const Tensor& y) {
+  OpScope op_scope(profiler_.get(), "add_rmsnorm");
+  const char* op = "add_rmsnorm";
+  const backend_common::RowShape s = kChecks.float_rows(op, "x", x, kFloatDTypes);
+  kChecks.float_tensor(op, "weight", weight, {DType::kF32, x.dtype()}, {s.cols});
+  for (const auto& [name, t] :
+       {std::pair<const char*, const Tensor*>{"residual", &residual}, {"sum", &sum}, {"y", &y}}) {
+    kChecks.dtype_as(op, name, *t, "x", x);
+    kChecks.same_shape(op, "x", x, name, *t);
+  }
+  if (s.rows == 0) return;
+  dispatch_float(x.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const bool packed = aligned16(x.raw()) && aligned16(residual.raw()) && aligned16(sum.raw()) &&
+                        aligned16(y.raw()) && aligned16(weight.raw()) &&
+                        s.cols % kPackWidth<T> == 0;
+    dispatch_float(weight.dtype(), [&](auto weight_tag) {
+      using W = typename decltype(weight_tag)::type;
+      if constexpr (std::is_same_v<W, float> || std::is_same_v<W, T>) {
+        with_pack_width<T>(packed, [&](auto width) {
+          constexpr int kW = decltype(width)::value;
+          add_rmsnorm_warp_kernel<T, W, kW><<<blocks_for_rows(s.rows), kThreads, 0, stream_>>>(
+              ptr<T>(x), ptr<T>(residual), ptr<W>(weight), eps, ptr<T>(sum), ptr<T>(y), s.rows,
+              s.cols);
+          NNKIT_CUDA_CHECK_LAUNCH(add_rmsnorm_warp_kernel);
         });
       }
     });

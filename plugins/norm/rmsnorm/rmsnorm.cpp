@@ -1,5 +1,6 @@
 // Purpose: `norm/rmsnorm`: y = x / sqrt(mean(x^2) + eps) * weight, per token (Zhang & Sennrich).
-// The arithmetic is the backend's rmsnorm_forward/backward; this plugin owns the scale parameter
+// The arithmetic is the backend's rmsnorm_forward/backward (and add_rmsnorm, the residual add
+// fused in front outside training); this plugin owns the scale parameter
 // ("weight", HF Llama name, initialised to 1, exempt from weight decay) and the saved activations.
 // Ownership: after forward(training) holds x and rstd until the next forward or release_saved().
 // Thread-safety: none; one thread drives a layer.
@@ -40,6 +41,23 @@ class RmsNorm final : public Norm {
     } else {
       release_saved();
     }
+    return y;
+  }
+
+  // Outside training the residual add and the norm are one launch (Backend::add_rmsnorm); a
+  // training pass keeps the unfused path (backward needs the statistics).
+  Tensor forward_with_residual(ForwardContext& ctx, const Tensor& x, const Tensor& residual,
+                               Tensor& sum) override {
+    if (ctx.training) return Norm::forward_with_residual(ctx, x, residual, sum);
+    Backend& backend = *ctx.backend;
+    NNKIT_CHECK_SHAPE(x.rank() == 2 && x.dim(1) == hidden_ && residual.shape() == x.shape(), id(),
+                      "forward_with_residual expects x and residual of shape (N, " +
+                          std::to_string(hidden_) + "), got " + describe(x) + " and " +
+                          describe(residual));
+    sum = backend.empty(x.shape(), x.dtype());
+    Tensor y = backend.empty(x.shape(), x.dtype());
+    backend.add_rmsnorm(x, residual, value(weight_), eps_, sum, y);
+    release_saved();
     return y;
   }
 
