@@ -1,10 +1,13 @@
-// Purpose: `nnkit validate CONFIG [overrides] [--json]`: resolves the config, loads every plugin
-// it names, builds the model without allocating weights and prints the resolved config and the
-// parameter counts and memory estimates (nnkit/memory_estimate.h). The backend is checked against
-// its declared options but never created: creating one claims a device, and validating a CUDA
-// config must work on a machine without a GPU.
+// Purpose: `nnkit validate CONFIG [overrides] [--json] [--show-origin]`: resolves the config, loads
+// every plugin it names, builds the model without allocating weights and prints the resolved
+// config (with --show-origin, every value with the file:line, override or default it came from)
+// and the parameter counts and memory estimates (nnkit/memory_estimate.h). The backend is checked
+// against its declared options but never created: creating one claims a device, and validating a
+// CUDA config must work on a machine without a GPU.
+#include <algorithm>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "args.h"
 #include "commands.h"
@@ -26,14 +29,33 @@ nlohmann::json memory_json(const MemoryEstimate& e) {
           {"total", e.total()}};
 }
 
+// The resolved values with their origins, one per line, values and origins in aligned columns.
+void print_origins(const std::vector<ValueOrigin>& origins) {
+  size_t key_width = 0;
+  size_t value_width = 0;
+  for (const ValueOrigin& o : origins) {
+    key_width = std::max(key_width, o.path.size());
+    value_width = std::max(value_width, o.value.size());
+  }
+  std::cout << "# resolved configuration: each value and where it came from (file:line, "
+               "command-line override, or default)\n";
+  for (const ValueOrigin& o : origins) {
+    std::cout << o.path << ": " << std::string(key_width - o.path.size(), ' ') << o.value
+              << std::string(value_width - o.value.size(), ' ') << "  # " << o.origin << "\n";
+  }
+}
+
 }  // namespace
 
 int run_validate(const Args& raw) {
   CommandSpec spec{"validate",
-                   "nnkit validate CONFIG [key.path=value ...] [--json]",
+                   "nnkit validate CONFIG [key.path=value ...] [--json] [--show-origin]",
                    "Checks a model description: YAML, keys, types, ranges and plugins; builds the "
                    "model (no weights are allocated) and prints parameter counts.",
-                   {{"--json", "", "print {total_params, active_params, ...} as JSON"}},
+                   {{"--json", "", "print {total_params, active_params, ...} as JSON"},
+                    {"--show-origin", "",
+                     "list every resolved value with where it came from (file:line, override, "
+                     "default)"}},
                    "CONFIG  a YAML model description, e.g. configs/tiny.yaml",
                    true};
   const std::optional<ParsedArgs> parsed = parse_command(spec, raw);
@@ -43,6 +65,15 @@ int run_validate(const Args& raw) {
     throw UsageError("cli", "`nnkit validate` needs exactly one CONFIG (see --help)");
   }
   Session session = open_session(args.positionals()[0], args.overrides(), args);
+  std::vector<ValueOrigin> origins;
+  if (args.has("--show-origin")) {
+    // The session keeps only the typed config; read the document again, as open_session does,
+    // to ask it where each value came from.
+    ConfigDocument document = ConfigDocument::load_file(args.positionals()[0]);
+    for (const std::string& o : args.overrides())
+      document.apply_override(o, args.argument_number(o));
+    origins = value_origins(session.config, document);
+  }
   auto tokenizer = create_tokenizer(session);
   // No backend: constructing a Transformer allocates nothing and its components accept a null
   // backend (resolve_config creates them the same way), which is all counting needs.
@@ -79,12 +110,24 @@ int run_validate(const Args& raw) {
                        {"memory_available_bytes",
                         on_host && available ? nlohmann::json(available->bytes) : nlohmann::json()},
                        {"resolved", session.config.to_yaml()}};
+    if (args.has("--show-origin")) {
+      nlohmann::json listed = nlohmann::json::array();
+      for (const ValueOrigin& o : origins) {
+        listed.push_back({{"path", o.path}, {"value", o.value}, {"origin", o.origin}});
+      }
+      out["origins"] = listed;
+    }
     std::cout << out.dump(2) << "\n";
     return 0;
   }
-  std::cout << "# resolved configuration (defaults filled in)\n"
-            << session.config.to_yaml() << "\n"
-            << "# " << session.config.source_name << " is valid\n"
+  if (args.has("--show-origin")) {
+    print_origins(origins);
+    std::cout << "\n";
+  } else {
+    std::cout << "# resolved configuration (defaults filled in)\n"
+              << session.config.to_yaml() << "\n";
+  }
+  std::cout << "# " << session.config.source_name << " is valid\n"
             << "#   parameters:        " << group_digits(total) << "\n"
             << "#   active per token:  " << group_digits(active) << "\n"
             << "#   RoPE base (NTK):   " << model.rope_base() << "\n"

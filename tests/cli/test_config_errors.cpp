@@ -1,7 +1,9 @@
 // Purpose: what `nnkit validate` prints for YAML the config layer refuses on top of yaml-cpp
-// (duplicate keys, merge keys, deep nesting, tabs) and for bad command-line overrides: exit code 2
-// and a message that points at the file position or at the override argument, never at the
-// wrong one.
+// (duplicate keys, merge keys, deep nesting, tabs), for bad command-line overrides and for errors
+// in included files: exit code 2 and a message that points at the file position or at the
+// override argument, never at the wrong one; and what `--show-origin` says about each value.
+#include <algorithm>
+
 #include "cli_support.h"
 
 namespace nnkit::clitest {
@@ -109,6 +111,50 @@ TEST_F(ConfigErrors, ACrossKeyCheckNamesTheOverrideThatChangedTheOtherKey) {
   EXPECT_MENTIONS(r.err,
                   "model.attention.n_kv_heads was set by command-line override "
                   "'model.attention.n_kv_heads=3' (argument 3)");
+}
+
+// The line of `text` that starts with `start` ("" when there is none).
+std::string line_starting(const std::string& text, const std::string& start) {
+  size_t at = 0;
+  while (at < text.size()) {
+    const size_t end = std::min(text.find('\n', at), text.size());
+    if (text.compare(at, start.size(), start) == 0) return text.substr(at, end - at);
+    at = end + 1;
+  }
+  return "";
+}
+
+TEST_F(ConfigErrors, AnErrorInAnIncludedFileNamesThatFileAndPosition) {
+  std::string base_text = tiny_config_yaml();
+  base_text.replace(base_text.find("head_dim: 8"), 11, "head_dim: eight");
+  const fs::path base = dir_ / "base.yaml";
+  write_text(base, base_text);
+  const fs::path config = dir_ / "exp.yaml";
+  write_text(config, "include: base.yaml\nseed: 5\n");
+  const RunResult r = validate(config);
+  EXPECT_EXIT_CODE(r, 2);
+  EXPECT_MENTIONS(r.err, "model.attention.head_dim expects integer, got 'eight' (at " +
+                             base.string() + ":13:15)");
+}
+
+TEST_F(ConfigErrors, ShowOriginNamesTheIncludedFileTheReferenceTheOverrideAndTheDefault) {
+  const fs::path base = dir_ / "base.yaml";
+  write_text(base, tiny_config_yaml());
+  const fs::path config = dir_ / "exp.yaml";
+  write_text(config, "include: base.yaml\nvars: {steps: 7}\ntrain:\n  steps: ${vars.steps}\n");
+  const RunResult r = validate(config, {"model.n_layers=1", "--show-origin"});
+  EXPECT_EXIT_CODE(r, 0);
+  const std::string vocab = line_starting(r.out, "model.vocab_size:");
+  EXPECT_MENTIONS(vocab, " 260 ");
+  EXPECT_MENTIONS(vocab, "# " + base.string() + ":4");
+  EXPECT_MENTIONS(line_starting(r.out, "model.n_layers:"),
+                  "# command-line override 'model.n_layers=1' (argument 3)");
+  const std::string steps = line_starting(r.out, "train.steps:");
+  EXPECT_MENTIONS(steps, " 7 ");
+  EXPECT_MENTIONS(steps,
+                  "# " + config.string() + ":2, via ${vars.steps} at " + config.string() + ":4");
+  EXPECT_MENTIONS(line_starting(r.out, "train.val_fraction:"), "# default");
+  EXPECT_EQ(line_starting(r.out, "vars"), "");  // only referenced, not a setting
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
-// Purpose: the YAML model/run description. ConfigDocument holds the parsed YAML (plus dotted
-// command-line overrides) and remembers where every value came from; resolve_config() validates
+// Purpose: the YAML model/run description. ConfigDocument holds the parsed YAML (the file merged
+// with the files it includes, plus dotted command-line overrides, with ${...} references resolved
+// against the result) and remembers where every value came from; resolve_config() validates
 // it against the core schema and each named plugin's declared options and returns a typed
 // RunConfig. Errors are ConfigError with file:line:col and, for unknown keys, the nearest valid
 // key ("did you mean 'top_k'?").
@@ -8,7 +9,8 @@
 // tokenizer -> tokenizer/*, train.optimizer -> optim/*, train.schedule -> schedule/*,
 // decode[i] -> decode/*.
 // Ownership: ConfigDocument owns its YAML tree (yaml-cpp stays behind a pimpl); RunConfig is a
-// plain value.
+// plain value. Thread-safety: a ConfigDocument is used by one thread at a time (its const
+// methods resolve references on first use).
 #pragma once
 
 #include <cstdint>
@@ -27,9 +29,12 @@ class Registry;
 
 class NNKIT_API ConfigDocument {
  public:
-  // Throws ConfigError (missing file, YAML syntax error, duplicate key, merge key, nesting
-  // deeper than 64 levels, each with file:line:col).
+  // Reads the file and the files its `include:` names (relative to the including file, merged in
+  // order, the including file's keys last). Throws ConfigError (missing file, YAML syntax error,
+  // duplicate key, merge key, nesting deeper than 64 levels, each with file:line:col; a missing
+  // or cyclic include, with the include's position).
   static ConfigDocument load_file(const std::filesystem::path& path);
+  // The same from text; relative includes resolve against the working directory.
   static ConfigDocument parse(const std::string& text, const std::string& source_name);
   ConfigDocument(ConfigDocument&&) noexcept;
   ConfigDocument& operator=(ConfigDocument&&) noexcept;
@@ -39,19 +44,29 @@ class NNKIT_API ConfigDocument {
   // rules as the file (no duplicate or merge keys, bounded nesting). `argument_number`, when
   // > 0, is the override's position on the command line, named in messages ("command-line
   // override 'model.n_layers=abc' (argument 3)"). Throws UsageError for a malformed assignment
-  // (no '=', an empty key segment, a value that is not valid YAML).
+  // (no '=', an empty key segment, a value that is not valid YAML, an `include` key).
+  // ${...} references are resolved after the last override, so they see overridden values; the
+  // methods below (and resolve_config) throw ConfigError for a reference that names nothing or
+  // a reference cycle.
   void apply_override(const std::string& assignment, int argument_number = 0);
-  // The `plugin_paths:` list (relative paths resolve against the config file's folder).
+  // The `plugin_paths:` list (relative paths resolve against the folder of the file that sets
+  // them: the config file, or the included file).
   std::vector<std::filesystem::path> plugin_paths() const;
-  // The `plugin_prefer:` mapping, "kind/name" -> library file (relative paths resolve against
-  // the config file's folder): which library provides a kind/name that several provide.
+  // The `plugin_prefer:` mapping, "kind/name" -> library file (relative paths resolve like
+  // plugin_paths): which library provides a kind/name that several provide.
   std::map<std::string, std::filesystem::path> plugin_prefer() const;
   const std::string& source_name() const;
-  // The document as YAML text (overrides applied).
+  // The document as YAML text (overrides applied, references resolved, vars: dropped).
   std::string dump() const;
+  // Where the value at dotted `path` ("model.attention.n_heads", "decode[0].k") came from:
+  // "configs/base.yaml:7", "command-line override 'model.n_layers=2' (argument 3)", or "default"
+  // when the document does not set it. A value a ${...} reference copied names the reference:
+  // "configs/base.yaml:4, via ${vars.dim} at configs/exp.yaml:9".
+  std::string origin_of(const std::string& path) const;
 
   struct Impl;
-  const Impl& impl() const { return *impl_; }
+  // The resolved document (references resolved on first use after a change).
+  const Impl& impl() const;
 
  private:
   ConfigDocument();
@@ -126,6 +141,18 @@ struct ParallelConfig {
 
 // Validates the document against the core schema and the plugins in `registry`.
 NNKIT_API RunConfig resolve_config(const ConfigDocument& document, const Registry& registry);
+
+// One value of a resolved configuration and where it came from (`nnkit validate --show-origin`).
+struct ValueOrigin {
+  std::string path;    // "model.attention.n_heads", "decode[0].k"
+  std::string value;   // as YAML text: "4", "null", "[]"
+  std::string origin;  // ConfigDocument::origin_of(path)
+};
+
+// Every value of config.to_yaml(), in its order, with its origin in `document` (the document
+// `config` was resolved from).
+NNKIT_API std::vector<ValueOrigin> value_origins(const RunConfig& config,
+                                                 const ConfigDocument& document);
 
 // Levenshtein distance; used for "did you mean" suggestions.
 NNKIT_API size_t edit_distance(const std::string& a, const std::string& b);

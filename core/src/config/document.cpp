@@ -1,8 +1,8 @@
-// Purpose: loading YAML descriptions and applying dotted command-line overrides.
-#include <fstream>
-#include <sstream>
-
+// Purpose: loading YAML descriptions (with their includes), applying dotted command-line
+// overrides, and resolving ${...} references once the document is complete.
+#include "config/compose.h"
 #include "config/document_impl.h"
+#include "config/references.h"
 #include "config/yaml_rules.h"
 #include "nnkit/error.h"
 #include "nnkit/registry.h"
@@ -14,17 +14,26 @@ ConfigDocument::ConfigDocument(ConfigDocument&&) noexcept = default;
 ConfigDocument& ConfigDocument::operator=(ConfigDocument&&) noexcept = default;
 ConfigDocument::~ConfigDocument() = default;
 
+namespace {
+
+ConfigDocument::Impl composed(const std::string& text, const std::string& source_name,
+                              const std::filesystem::path& file) {
+  config::ComposedDocument document = config::compose(text, source_name, file);
+  ConfigDocument::Impl impl;
+  impl.source_name = source_name;
+  // reset() binds; yaml-cpp's operator= would overwrite the node already bound.
+  impl.written_root.reset(document.root);
+  impl.written_origins = document.origins;
+  impl.written_file_root.reset(YAML::Clone(document.root));
+  impl.file_origins = std::move(document.origins);
+  return impl;
+}
+
+}  // namespace
+
 ConfigDocument ConfigDocument::parse(const std::string& text, const std::string& source_name) {
   ConfigDocument doc;
-  doc.impl_->source_name = source_name;
-  doc.impl_->root = config::load_checked(text, config::YamlSource{source_name});
-  if (doc.impl_->root.IsNull()) doc.impl_->root = YAML::Node(YAML::NodeType::Map);
-  if (!doc.impl_->root.IsMap()) {
-    throw ConfigError("config", source_name +
-                                    " must be a YAML mapping (key: value lines) at the "
-                                    "top level, like configs/tiny.yaml");
-  }
-  doc.impl_->file_root = YAML::Clone(doc.impl_->root);
+  *doc.impl_ = composed(text, source_name, {});
   return doc;
 }
 
@@ -38,13 +47,42 @@ ConfigDocument ConfigDocument::load_file(const std::filesystem::path& path) {
                                     " is a directory; pass a YAML file such as "
                                     "configs/tiny.yaml");
   }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError("config", "cannot read config file " + path.string());
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  ConfigDocument doc = parse(buffer.str(), path.string());
+  const std::optional<std::string> text = config::read_text_file(path);
+  if (!text) throw ConfigError("config", "cannot read config file " + path.string());
+  ConfigDocument doc;
+  *doc.impl_ = composed(*text, path.string(), path);
   doc.impl_->base_dir = path.parent_path();
   return doc;
+}
+
+void ConfigDocument::Impl::resolve() {
+  if (resolved) return;
+  config::ResolvedDocument full =
+      config::resolve_references(written_root, written_origins, source_name);
+  // reset(), not operator=: the old nodes may be shared with the written tree, and yaml-cpp's
+  // operator= would overwrite them.
+  root_with_variables.reset(full.root);
+  root.reset(config::without_variables(full.root));
+  origins = std::move(full.origins);
+  try {
+    file_root.reset(config::without_variables(
+        config::resolve_references(written_file_root, file_origins, source_name).root));
+  } catch (const ConfigError&) {
+    // A reference only an override completes: the files alone chose nothing to compare with.
+    file_root.reset(root);
+  }
+  resolved = true;
+}
+
+const ConfigDocument::Impl& ConfigDocument::impl() const {
+  impl_->resolve();
+  return *impl_;
+}
+
+std::filesystem::path ConfigDocument::Impl::folder_for(const std::string& path) const {
+  const config::ValueSource& source = origins.source_for(path);
+  if (source.from_override || source.name.empty() || source.name == source_name) return base_dir;
+  return std::filesystem::path(source.name).parent_path();  // an included file
 }
 
 namespace {
@@ -82,6 +120,12 @@ void ConfigDocument::apply_override(const std::string& assignment, int argument_
   }
   const std::string path = assignment.substr(0, eq);
   const std::vector<std::string> parts = split_override_key(path, label);
+  if (parts.front() == "include") {
+    throw UsageError("config", label +
+                                   ": include: belongs in a config file (overrides apply after "
+                                   "the includes are merged); write a YAML file that includes "
+                                   "the others and pass it as CONFIG");
+  }
   // The value lands `parts.size()` mappings below the top level: the depth bound counts them.
   if (static_cast<int>(parts.size()) >= config::kMaxNestingDepth) {
     throw UsageError("config", "nesting deeper than " + std::to_string(config::kMaxNestingDepth) +
@@ -97,7 +141,7 @@ void ConfigDocument::apply_override(const std::string& assignment, int argument_
     throw UsageError(e.component(), e.detail());
   }
   YAML::Node current;
-  current.reset(impl_->root);
+  current.reset(impl_->written_root);
   for (size_t i = 0; i + 1 < parts.size(); ++i) {
     YAML::Node child = current[parts[i]];
     if (!child.IsDefined() || child.IsNull()) {
@@ -110,32 +154,31 @@ void ConfigDocument::apply_override(const std::string& assignment, int argument_
     current.reset(child);
   }
   current[parts.back()] = value;
-  // An earlier override below this key was just replaced with the rest of its mapping: values
-  // there now come from this one.
-  auto& origins = impl_->override_origin;
-  for (auto it = origins.begin(); it != origins.end();) {
-    const std::string& earlier = it->first;
-    const bool below = earlier.rfind(path + ".", 0) == 0 || earlier.rfind(path + "[", 0) == 0;
-    it = below ? origins.erase(it) : std::next(it);
-  }
-  origins[path] = label;
+  // Everything below this key now comes from this override, including what earlier overrides
+  // set there. References are resolved again on next use, so that they follow the override.
+  impl_->written_origins.assign(path, config::ValueSource{label, true});
+  impl_->resolved = false;
 }
 
 std::vector<std::filesystem::path> ConfigDocument::plugin_paths() const {
   std::vector<std::filesystem::path> paths;
-  const YAML::Node list = impl_->root["plugin_paths"];
+  const Impl& doc = impl();
+  const YAML::Node list = doc.root["plugin_paths"];
   if (!list.IsDefined() || list.IsNull()) return paths;
-  const SourceLocation where = impl_->location(list, "plugin_paths");
+  const SourceLocation where = doc.location(list, "plugin_paths");
   if (!list.IsSequence()) {
     throw ConfigError("config", "plugin_paths must be a list of folders (at " + where.str() + ")");
   }
-  for (const YAML::Node& item : list) {
+  for (size_t i = 0; i < list.size(); ++i) {
+    const YAML::Node item = list[i];
+    const std::string item_path = "plugin_paths[" + std::to_string(i) + "]";
     if (!item.IsScalar()) {
       throw ConfigError("config", "plugin_paths entries must be strings (at " +
-                                      impl_->location(item, "plugin_paths").str() + ")");
+                                      doc.location(item, item_path).str() + ")");
     }
     std::filesystem::path p(item.as<std::string>());
-    if (p.is_relative() && !impl_->base_dir.empty()) p = impl_->base_dir / p;
+    const std::filesystem::path folder = doc.folder_for(item_path);
+    if (p.is_relative() && !folder.empty()) p = folder / p;
     // Absolute, so that the config a run stores finds them from any working directory.
     paths.push_back(std::filesystem::absolute(p).lexically_normal());
   }
@@ -144,9 +187,10 @@ std::vector<std::filesystem::path> ConfigDocument::plugin_paths() const {
 
 std::map<std::string, std::filesystem::path> ConfigDocument::plugin_prefer() const {
   std::map<std::string, std::filesystem::path> prefer;
-  const YAML::Node map = impl_->root["plugin_prefer"];
+  const Impl& doc = impl();
+  const YAML::Node map = doc.root["plugin_prefer"];
   if (!map.IsDefined() || map.IsNull()) return prefer;
-  const SourceLocation where = impl_->location(map, "plugin_prefer");
+  const SourceLocation where = doc.location(map, "plugin_prefer");
   if (!map.IsMap()) {
     throw ConfigError("config",
                       "plugin_prefer must map KIND/NAME to a library file, e.g. "
@@ -160,14 +204,15 @@ std::map<std::string, std::filesystem::path> ConfigDocument::plugin_prefer() con
     if (slash == std::string::npos || !is_plain_plugin_name(id.substr(0, slash)) ||
         !is_plain_plugin_name(id.substr(slash + 1))) {
       throw ConfigError("config", "plugin_prefer keys are KIND/NAME (e.g. moe/swiglu), got '" + id +
-                                      "' (at " + impl_->location(it->first, key_path).str() + ")");
+                                      "' (at " + doc.location(it->first, key_path).str() + ")");
     }
     if (!it->second.IsScalar() || it->second.Scalar().empty()) {
       throw ConfigError("config", key_path + " must be the path of a library file (at " +
-                                      impl_->location(it->second, key_path).str() + ")");
+                                      doc.location(it->second, key_path).str() + ")");
     }
     std::filesystem::path p(it->second.Scalar());
-    if (p.is_relative() && !impl_->base_dir.empty()) p = impl_->base_dir / p;
+    const std::filesystem::path folder = doc.folder_for(key_path);
+    if (p.is_relative() && !folder.empty()) p = folder / p;
     prefer[id] = std::filesystem::absolute(p).lexically_normal();
   }
   return prefer;
@@ -179,7 +224,7 @@ const std::string& ConfigDocument::source_name() const {
 
 std::string ConfigDocument::dump() const {
   YAML::Emitter out;
-  out << impl_->root;
+  out << impl().root;
   return out.c_str();
 }
 

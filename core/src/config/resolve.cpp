@@ -331,7 +331,8 @@ PluginChoice resolve_slot(const Impl& doc, const Registry& registry, const YAML:
     const YAML::Node type_node = node["type"];
     if (type_node.IsDefined()) {
       if (!type_node.IsScalar()) {
-        fail_at("config", path + ".type must be a plugin name", doc.location(type_node, path));
+        fail_at("config", path + ".type must be a plugin name",
+                doc.location(type_node, path + ".type"));
       }
       type = type_node.Scalar();
       type_location = doc.location(type_node, path + ".type");

@@ -90,16 +90,22 @@ void check_tree(const YAML::Node& node, const YamlSource& source, const std::str
   }
 }
 
-// The 0-based column of the first tab among the leading blanks of line `line` of `text`, or -1.
-int tab_in_indentation(const std::string& text, int line) {
+// Line `line` (0-based) of `text`, without its newline ("" past the end).
+std::string line_of(const std::string& text, int line) {
   size_t start = 0;
   for (int i = 0; i < line; ++i) {
     start = text.find('\n', start);
-    if (start == std::string::npos) return -1;
+    if (start == std::string::npos) return "";
     ++start;
   }
-  for (size_t i = start; i < text.size() && (text[i] == ' ' || text[i] == '\t'); ++i) {
-    if (text[i] == '\t') return static_cast<int>(i - start);
+  return text.substr(start, text.find('\n', start) - start);
+}
+
+// The 0-based column of the first tab among the leading blanks of line `line` of `text`, or -1.
+int tab_in_indentation(const std::string& text, int line) {
+  const std::string content = line_of(text, line);
+  for (size_t i = 0; i < content.size() && (content[i] == ' ' || content[i] == '\t'); ++i) {
+    if (content[i] == '\t') return static_cast<int>(i);
   }
   return -1;
 }
@@ -123,7 +129,12 @@ YAML::Node load_checked(const std::string& text, const YamlSource& source, const
       refuse("tab character in indentation at " + source.at(tab) +
              "; YAML indents with spaces (yaml-cpp: " + e.msg + ")");
     }
-    refuse("YAML syntax error at " + source.at(e.mark) + ": " + e.msg);
+    std::string hint;
+    if (line_of(text, e.mark.line).find("${") != std::string::npos) {
+      // `{a: ${b}}`: inside a flow collection the braces of a plain ${...} end the mapping.
+      hint = "; inside {...} and [...] write a reference in quotes: \"${model.hidden_dim}\"";
+    }
+    refuse("YAML syntax error at " + source.at(e.mark) + ": " + e.msg + hint);
   }
   long budget = kMaxExpandedValues;
   check_tree(root, source, path, depth, budget);
