@@ -120,9 +120,10 @@ class DataParallel : public ::testing::Test {
   fs::path dir_, config_, data_;
 };
 
-// The largest absolute difference between the same tensors of two checkpoints.
-double max_weight_difference(const fs::path& a, const fs::path& b) {
-  const SafetensorsFile fa(a / "model.safetensors"), fb(b / "model.safetensors");
+// The largest absolute difference between the same tensors of two checkpoints' `file`.
+double max_weight_difference(const fs::path& a, const fs::path& b,
+                             const char* file = "model.safetensors") {
+  const SafetensorsFile fa(a / file), fb(b / file);
   EXPECT_EQ(fa.names(), fb.names());
   double worst = 0.0;
   for (const std::string& name : fa.names()) {
@@ -290,6 +291,33 @@ TEST_F(DataParallel, AHangingRankTimesOutWithTheWaitingRanksName) {
   EXPECT_NE(r.output.find("did not complete within 3 s (parallel.comm.timeout_s)"),
             std::string::npos)
       << r.output;
+}
+
+}  // namespace
+}  // namespace nnkit
+
+namespace nnkit {
+namespace {
+
+// ZeRO-1: each rank keeps the optimizer state of its share of the parameters; the update, and a
+// checkpoint (which gathers the state on rank 0), are the same as with the state everywhere.
+TEST_F(DataParallel, ZeroOneShardsTheOptimizerStateAndCheckpointsAllOfIt) {
+  const fs::path one = dir_ / "one", zero = dir_ / "zero";
+  ASSERT_EQ(run(train_args(one)).exit_code, 0);
+  const Result r = run(mpirun(2) + train_args(zero, "parallel.data=2 parallel.zero=1"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("optimizer state sharded (ZeRO-1)"), std::string::npos) << r.output;
+  EXPECT_LE(max_weight_difference(step_dir(one, 10), step_dir(zero, 10)), kWeightBound);
+  EXPECT_LE(max_weight_difference(step_dir(one, 5), step_dir(zero, 5), "optimizer.safetensors"),
+            kWeightBound);
+
+  const fs::path resumed = dir_ / "resumed";
+  fs::copy(zero, resumed, fs::copy_options::recursive);
+  fs::remove_all(step_dir(resumed, 10));
+  const Result back = run(nnkit_cli() + " train --resume " + quote(resumed) +
+                          " parallel.data=1 parallel.zero=0 --no-progress");
+  ASSERT_EQ(back.exit_code, 0) << back.output;
+  EXPECT_LE(max_weight_difference(step_dir(one, 10), step_dir(resumed, 10)), kWeightBound);
 }
 
 }  // namespace

@@ -114,6 +114,16 @@ struct TrainConfig {
   PluginChoice schedule;
 };
 
+// Data- and expert-parallel training (docs/parallel.md). The job has data x expert ranks.
+struct ParallelConfig {
+  int64_t data = 1;    // replicas that each take train.batch_size / data rows of every batch
+  int64_t expert = 1;  // ranks the experts of each MoE layer are sharded over
+  int64_t zero = 0;    // ZeRO stage: 0 (every rank holds the optimizer state), 1 (sharded)
+  PluginChoice comm;   // comm/* plugin; empty name: built-in single-process communicator
+  int64_t world_size() const { return data * expert; }
+  bool is_default() const { return data == 1 && expert == 1 && zero == 0 && comm.name.empty(); }
+};
+
 struct RunConfig {
   int64_t seed = 1234;
   ModelConfig model;
@@ -128,16 +138,6 @@ struct RunConfig {
   // Every resolved value, defaults included, as YAML (stored in checkpoints).
   NNKIT_API std::string to_yaml() const;
 };
-// Data- and expert-parallel training (docs/parallel.md). The job has data x expert ranks.
-struct ParallelConfig {
-  int64_t data = 1;    // replicas that each take train.batch_size / data rows of every batch
-  int64_t expert = 1;  // ranks the experts of each MoE layer are sharded over
-  int64_t zero = 0;    // ZeRO stage: 0 (every rank holds the optimizer state)
-  PluginChoice comm;   // comm/* plugin; empty name: built-in single-process communicator
-  int64_t world_size() const { return data * expert; }
-  bool is_default() const { return data == 1 && expert == 1 && zero == 0 && comm.name.empty(); }
-};
-
 
 // Validates the document against the core schema and the plugins in `registry`.
 NNKIT_API RunConfig resolve_config(const ConfigDocument& document, const Registry& registry);

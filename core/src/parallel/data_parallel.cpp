@@ -1,6 +1,7 @@
 // Purpose: see data_parallel.h.
 #include "parallel/data_parallel.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <string>
@@ -105,6 +106,64 @@ void GradientBuckets::all_reduce() {
     for (const Tensor& g : bucket.members) {
       backend_.copy(g, bucket.packed.slice_rows(offset, offset + g.numel()));
       offset += g.numel();
+    }
+  }
+}
+
+OptimizerShards::OptimizerShards(Communicator& comm, Backend& backend,
+                                 const std::vector<Parameter*>& params)
+    : comm_(comm), backend_(backend), params_(params), owner_(params.size(), 0) {
+  // Largest first, each to the rank holding the fewest elements so far (ties: the lower rank,
+  // then the earlier parameter): the same deal on every rank.
+  std::vector<size_t> order(params.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return params[a]->value.numel() > params[b]->value.numel();
+  });
+  std::vector<int64_t> load(static_cast<size_t>(comm.size()), 0);
+  for (size_t i : order) {
+    const size_t rank =
+        static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
+    owner_[i] = static_cast<int>(rank);
+    load[rank] += params[i]->value.numel();
+  }
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (owner_[i] == comm.rank()) owned_.push_back(params[i]);
+  }
+}
+
+void OptimizerShards::share_updated_parameters() {
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Parameter& p = *params_[i];
+    comm_.broadcast(backend_, p.value, owner_[i]);
+    if (owner_[i] == comm_.rank()) continue;
+    if (p.compute.defined()) backend_.convert(p.compute, p.value);
+    backend_.fill(p.grad, 0.0f);
+  }
+}
+
+void OptimizerShards::gather_state_on_writer(Optimizer& optimizer) {
+  const int rank = comm_.rank();
+  const std::vector<int64_t> none(static_cast<size_t>(comm_.size()), 0);
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const int owner = owner_[i];
+    if (owner == 0) continue;
+    const bool involved = rank == 0 || rank == owner;
+    std::vector<std::pair<std::string, Tensor>> state;
+    if (involved) state = optimizer.state(backend_, {params_[i]});
+    // Every rank takes part in each exchange: the owner says how many tensors there are.
+    double count[1] = {rank == owner ? static_cast<double>(state.size()) : 0.0};
+    comm_.all_reduce_sum_host(count);
+    for (size_t k = 0; k < static_cast<size_t>(count[0]); ++k) {
+      // A gather to rank 0 as an all_to_all in which only the owner sends and only rank 0
+      // receives (the interface has no point-to-point call).
+      const Tensor flat = involved ? state.at(k).second.view({-1}) : Tensor();
+      const Tensor nothing = backend_.empty({0}, involved ? flat.dtype() : DType::kF32);
+      std::vector<int64_t> send = none, receive = none;
+      if (rank == owner) send[0] = flat.numel();
+      if (rank == 0) receive[static_cast<size_t>(owner)] = flat.numel();
+      comm_.all_to_all(backend_, rank == owner ? flat : nothing, send, rank == 0 ? flat : nothing,
+                       receive);
     }
   }
 }

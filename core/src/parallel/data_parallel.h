@@ -13,6 +13,8 @@
 #include "nnkit/backend.h"
 #include "nnkit/communicator.h"
 #include "nnkit/config.h"
+#include "nnkit/layer.h"
+#include "nnkit/optim.h"
 #include "nnkit/registry.h"
 
 namespace nnkit {
@@ -43,6 +45,30 @@ class GradientBuckets {
   Communicator& comm_;
   Backend& backend_;
   std::vector<Bucket> buckets_;
+};
+
+// ZeRO stage 1 (parallel.zero: 1): each parameter's optimizer state lives on one rank, its
+// owner; parameters are dealt out so that the ranks own about as many elements each. Every rank
+// still holds every weight and every summed gradient: the owners update their parameters, then
+// share the new values.
+class OptimizerShards {
+ public:
+  OptimizerShards(Communicator& comm, Backend& backend, const std::vector<Parameter*>& params);
+  // The parameters this rank updates (and holds optimizer state for).
+  const std::vector<Parameter*>& owned() const { return owned_; }
+  // After a taken step: every rank gets each parameter's new value (and compute copy) from its
+  // owner; the gradients this rank did not step are zeroed (the optimizer zeroed its own).
+  void share_updated_parameters();
+  // Before rank 0 writes a checkpoint: its optimizer receives from each owner the state of the
+  // parameters rank 0 does not own (allocating it), so that the checkpoint holds all of it.
+  void gather_state_on_writer(Optimizer& optimizer);
+
+ private:
+  Communicator& comm_;
+  Backend& backend_;
+  std::vector<Parameter*> params_;
+  std::vector<int> owner_;  // per parameter
+  std::vector<Parameter*> owned_;
 };
 
 // This rank's rows [rank * rows / ranks, (rank + 1) * rows / ranks) of a (rows, width) batch.

@@ -272,8 +272,9 @@ TrainSummary train_rank(const TrainRequest& request, std::shared_ptr<Communicato
       "grad_accum {}{}",
       cfg.source_name, model.parameter_count(), model.active_parameter_count(), bc.id(), tc.steps,
       tc.batch_size, tc.seq_len, tc.grad_accum,
-      ranks > 1 ? fmt::format("; data parallel over {} ranks ({}, {} rows each)", ranks, comm->id(),
-                              local_batch)
+      ranks > 1 ? fmt::format("; data parallel over {} ranks ({}, {} rows each{})", ranks,
+                              comm->id(), local_batch,
+                              cfg.parallel.zero == 1 ? ", optimizer state sharded (ZeRO-1)" : "")
                 : "");
 
   TrainSummary summary;
@@ -307,8 +308,10 @@ TrainSummary train_rank(const TrainRequest& request, std::shared_ptr<Communicato
   for (Parameter* p : params) grads.push_back(p->grad);
   std::vector<int32_t> inputs, targets, rank_inputs, rank_targets;
   std::unique_ptr<GradientBuckets> gradient_buckets;
+  std::unique_ptr<OptimizerShards> shards;  // ZeRO-1: the parameters this rank updates
   if (ranks > 1) {
     model.set_communicator(comm.get());
+    if (cfg.parallel.zero == 1) shards = std::make_unique<OptimizerShards>(*comm, *backend, params);
     gradient_buckets = std::make_unique<GradientBuckets>(*comm, *backend, grads, kBucketBytes);
   }
   const int64_t tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum;
@@ -320,6 +323,7 @@ TrainSummary train_rank(const TrainRequest& request, std::shared_ptr<Communicato
   // Every rank holds the same weights and optimizer state: one writes them, the others wait so
   // that nobody runs ahead of a checkpoint that is not there yet.
   auto save = [&](const char* why) {
+    if (shards) shards->gather_state_on_writer(*optimizer);
     if (writer) {
       state.loader_state = loader.save_state().encode();
       state.loss_scaler_state = fp16 ? scaler.save() : std::string();
@@ -468,8 +472,8 @@ TrainSummary train_rank(const TrainRequest& request, std::shared_ptr<Communicato
       // Test hook: a poisoned norm makes the device skip the update like a real overflow would.
       if (nan_steps.count(step)) backend->fill(norm_accumulator, std::nanf(""));
       read_loss_and_norm();
-      optimizer->step_on_device(*backend, params, lr, norm_accumulator, max_norm,
-                                1.0f / loss_scale);
+      optimizer->step_on_device(*backend, shards ? shards->owned() : params, lr, norm_accumulator,
+                                max_norm, 1.0f / loss_scale);
     }
     backend->await_host_copies();
     double loss = nan_steps.count(step) ? std::nan("") : static_cast<double>(host_loss);
@@ -515,6 +519,7 @@ TrainSummary train_rank(const TrainRequest& request, std::shared_ptr<Communicato
       continue;
     }
     state.bad_steps_in_a_row = 0;
+    if (shards) shards->share_updated_parameters();
     scaler.update(false);
     ++state.step;
     state.tokens_seen += tokens_per_step;
