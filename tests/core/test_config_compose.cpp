@@ -200,6 +200,16 @@ train: {seq_len: 32, data: "runs/${vars.name}-${model.n_layers}/$${HOME}.tokens"
   EXPECT_EQ(load("exp.yaml").dump().find("vars"), std::string::npos);
 }
 
+TEST_F(ConfigCompose, AStoredConfigKeepsALiteralDollarBraceLiteral) {
+  write("exp.yaml", model_with("train: {seq_len: 32}", "train: {seq_len: 32, data: 'a/$${x}'}"));
+  const RunConfig cfg = resolve("exp.yaml");
+  ASSERT_EQ(cfg.train.data, "a/${x}");
+  // A run stores to_yaml() and reads it back as a config (resume, export).
+  const RunConfig again =
+      resolve_config(ConfigDocument::parse(cfg.to_yaml(), "config.yaml"), test::registry());
+  EXPECT_EQ(again.train.data, "a/${x}");
+}
+
 TEST_F(ConfigCompose, ReferencesFollowOverridesOfWhatTheyName) {
   write("exp.yaml", std::string(R"(vars: {width: 32}
 model:

@@ -465,6 +465,15 @@ YAML::Node find_path(const YAML::Node& root, const std::string& path) {
   return current;
 }
 
+std::string escape_references(const std::string& text) {
+  std::string escaped;
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text.compare(i, 2, "${") == 0) escaped += '$';
+    escaped += text[i];
+  }
+  return escaped;
+}
+
 YAML::Node without_variables(const YAML::Node& root) {
   if (!root.IsMap() || !root[kVariablesKey].IsDefined()) return root;
   YAML::Node stripped(YAML::NodeType::Map);

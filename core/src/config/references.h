@@ -39,6 +39,10 @@ ResolvedDocument resolve_references(const YAML::Node& root, const OriginTable& o
 // when nothing is there. Paths are written as resolution names them; no ${...} is followed.
 YAML::Node find_path(const YAML::Node& root, const std::string& path);
 
+// `text` with every `${` written `$${`, so that a value written into a config (a run's stored
+// config.yaml) reads back as the same text instead of as a reference.
+std::string escape_references(const std::string& text);
+
 // `root` without its top-level vars: mapping (shares everything else).
 YAML::Node without_variables(const YAML::Node& root);
 

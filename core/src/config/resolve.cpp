@@ -6,6 +6,7 @@
 #include <set>
 
 #include "config/document_impl.h"
+#include "config/references.h"
 #include "nnkit/error.h"
 #include "nnkit/logging.h"
 #include "nnkit/registry.h"
@@ -621,7 +622,8 @@ YAML::Node scalar_node(const Options::Value& v) {
     case OptionType::kBool:
       return YAML::Node(v.bool_value);
     case OptionType::kString:
-      return YAML::Node(v.string_value);
+      // Stored configs are read back as configs: a literal ${ must stay literal.
+      return YAML::Node(config::escape_references(v.string_value));
   }
   return YAML::Node();
 }
@@ -687,7 +689,7 @@ std::string RunConfig::to_yaml() const {
   if (train.data.empty()) {
     tnode["data"] = YAML::Node(YAML::NodeType::Null);
   } else {
-    tnode["data"] = train.data;
+    tnode["data"] = config::escape_references(train.data);
   }
   tnode["optimizer"] = options_node(train.optimizer.options, train.optimizer.name);
   tnode["schedule"] = options_node(train.schedule.options, train.schedule.name);
@@ -707,12 +709,16 @@ std::string RunConfig::to_yaml() const {
   }
   if (!plugin_paths.empty()) {
     YAML::Node pnode(YAML::NodeType::Sequence);
-    for (const auto& p : plugin_paths) pnode.push_back(p.string());
+    for (const auto& p : plugin_paths) {
+      pnode.push_back(config::escape_references(p.string()));
+    }
     root["plugin_paths"] = pnode;
   }
   if (!plugin_prefer.empty()) {
     YAML::Node prefer(YAML::NodeType::Map);
-    for (const auto& [id, file] : plugin_prefer) prefer[id] = file.string();
+    for (const auto& [id, file] : plugin_prefer) {
+      prefer[id] = config::escape_references(file.string());
+    }
     root["plugin_prefer"] = prefer;
   }
   YAML::Emitter out;
