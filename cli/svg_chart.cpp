@@ -3,7 +3,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <sstream>
+
+#include "nnkit/error.h"
 
 namespace nnkit::cli {
 
@@ -46,6 +49,21 @@ std::string tick_label(double value, double spacing) {
 
 }  // namespace
 
+std::pair<double, double> parse_y_range(const std::string& flag, const std::string& text) {
+  const size_t comma = text.find(',');
+  const std::string lo_text = text.substr(0, comma);
+  const std::string hi_text = comma == std::string::npos ? "" : text.substr(comma + 1);
+  char* end_lo = nullptr;
+  char* end_hi = nullptr;
+  const double lo = std::strtod(lo_text.c_str(), &end_lo);
+  const double hi = std::strtod(hi_text.c_str(), &end_hi);
+  if (lo_text.empty() || hi_text.empty() || *end_lo != '\0' || *end_hi != '\0' || !(hi > lo)) {
+    throw UsageError("cli", flag + " expects LO,HI with LO < HI (e.g. " + flag +
+                                " 1.5,2.5), got '" + text + "'");
+  }
+  return {lo, hi};
+}
+
 std::string chart_color(size_t index) {
   static const char* const kPalette[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
                                          "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"};
@@ -72,6 +90,10 @@ std::string line_chart_svg(const ChartSpec& spec) {
   y0 = std::floor(y0 / unit) * unit;
   y1 = std::ceil(y1 / unit) * unit;
   if (y1 <= y0) y1 = y0 + unit;
+  if (spec.y_range && spec.y_range->second > spec.y_range->first) {
+    y0 = spec.y_range->first;
+    y1 = spec.y_range->second;
+  }
 
   const double plot_w = 720, h = 480, pad = 60;
   const double legend_w = 30 + 7.5 * static_cast<double>(longest_label);
@@ -82,7 +104,10 @@ std::string line_chart_svg(const ChartSpec& spec) {
   std::ostringstream svg;
   svg << "<svg xmlns='http://www.w3.org/2000/svg' width='" << w << "' height='" << h
       << "' font-family='sans-serif' font-size='13'>\n<rect width='100%' height='100%' "
-         "fill='white'/>\n";
+         "fill='white'/>\n"
+      // Curves stop at the plot's edge when a fixed y_range cuts them.
+      << "<defs><clipPath id='plot-area'><rect x='" << pad << "' y='" << pad << "' width='"
+      << plot_w - 2 * pad << "' height='" << h - 2 * pad << "'/></clipPath></defs>\n";
   for (int i = 0; i <= 5; ++i) {
     const double v = y0 + (y1 - y0) * i / 5;
     const double y = py(v);
@@ -103,12 +128,12 @@ std::string line_chart_svg(const ChartSpec& spec) {
       points << (drawn++ ? " " : "") << px(p.step) << "," << py(p.value);
       if (s.markers) {
         svg << "<circle cx='" << px(p.step) << "' cy='" << py(p.value) << "' r='2.5' fill='"
-            << color << "'/>\n";
+            << color << "' clip-path='url(#plot-area)'/>\n";
       }
     }
     if (drawn > 0) {
-      svg << "<polyline fill='none' stroke='" << color << "' stroke-width='" << s.stroke_width
-          << "' points='" << points.str() << "'/>\n";
+      svg << "<polyline clip-path='url(#plot-area)' fill='none' stroke='" << color
+          << "' stroke-width='" << s.stroke_width << "' points='" << points.str() << "'/>\n";
     }
     const double ly = pad + 18.0 * static_cast<double>(i);
     svg << "<line x1='" << plot_w - pad + 12 << "' x2='" << plot_w - pad + 32 << "' y1='" << ly - 4

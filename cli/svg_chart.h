@@ -4,7 +4,9 @@
 // Ownership: value types. Thread-safety: pure functions.
 #pragma once
 
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "metrics_file.h"
@@ -24,8 +26,13 @@ struct ChartSpec {
   std::string x_label = "step";
   std::string y_label;
   std::vector<ChartSeries> series;
+  // Fixed value axis (lo, hi), so that charts meant to be compared share one scale; by default
+  // the axis spans the data, rounded outwards.
+  std::optional<std::pair<double, double>> y_range;
 };
 
+// "LO,HI" of a --y-range flag; throws UsageError naming `flag` unless LO < HI are numbers.
+std::pair<double, double> parse_y_range(const std::string& flag, const std::string& text);
 // A distinguishable colour for series `index` (a 10-colour palette, repeating).
 std::string chart_color(size_t index);
 // The whole SVG document. Non-finite values are left out of the axes and the lines.

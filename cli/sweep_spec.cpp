@@ -65,7 +65,7 @@ class SweepReader {
     }
     const YAML::Node sweep = root["sweep"];
     if (!sweep.IsMap()) fail(sweep, "'sweep' must be a mapping with base, grid, list, metric");
-    static const std::vector<std::string> kKeys = {"base", "grid", "list", "metric"};
+    static const std::vector<std::string> kKeys = {"base", "overrides", "grid", "list", "metric"};
     for (const auto& item : sweep) {
       const std::string key = item.first.as<std::string>();
       if (std::find(kKeys.begin(), kKeys.end(), key) != kKeys.end()) continue;
@@ -76,7 +76,7 @@ class SweepReader {
       }
       fail(item.first, "unknown key '" + key + "' in sweep" +
                            (distance <= 3 ? "; did you mean '" + best + "'?"
-                                          : " (expected base, grid, list or metric)"));
+                                          : " (expected base, overrides, grid, list or metric)"));
     }
     SweepSpec spec;
     spec.file = file_;
@@ -93,6 +93,16 @@ class SweepReader {
     }
     if (grid) read_grid(grid, spec.runs);
     if (list) read_list(list, spec.runs);
+    if (const YAML::Node common = sweep["overrides"]) {
+      SweepRun shared;
+      read_overrides(common, "every run", shared);
+      for (SweepRun& run : spec.runs) {
+        run.overrides.insert(run.overrides.begin(), shared.overrides.begin(),
+                             shared.overrides.end());
+        run.origins.insert(run.origins.begin(), shared.origins.begin(), shared.origins.end());
+        run.keys.insert(run.keys.begin(), shared.keys.begin(), shared.keys.end());
+      }
+    }
     return spec;
   }
 
@@ -218,22 +228,27 @@ class SweepReader {
       SweepRun run;
       run.name = name.Scalar();
       if (const YAML::Node overrides = entry["overrides"]) {
-        if (!overrides.IsSequence()) {
-          fail(overrides, "overrides of '" + run.name + "' must be a list of 'key=value' strings");
-        }
-        for (const auto& o : overrides) {
-          const std::string text = o.IsScalar() ? o.Scalar() : "";
-          const size_t eq = text.find('=');
-          if (eq == std::string::npos || eq == 0) {
-            fail(o, "override '" + value_text(o) + "' of '" + run.name +
-                        "' is not 'dotted.key=value' (quote it: 'model.moe=null')");
-          }
-          run.overrides.push_back(text);
-          run.origins.push_back(where(o));
-          run.keys.push_back(text.substr(0, eq));
-        }
+        read_overrides(overrides, "'" + run.name + "'", run);
       }
       add_run(std::move(run), name, runs);
+    }
+  }
+
+  // A list of 'dotted.key=value' strings into run.overrides; `owner` names them in messages.
+  void read_overrides(const YAML::Node& overrides, const std::string& owner, SweepRun& run) const {
+    if (!overrides.IsSequence()) {
+      fail(overrides, "overrides of " + owner + " must be a list of 'key=value' strings");
+    }
+    for (const auto& o : overrides) {
+      const std::string text = o.IsScalar() ? o.Scalar() : "";
+      const size_t eq = text.find('=');
+      if (eq == std::string::npos || eq == 0) {
+        fail(o, "override '" + value_text(o) + "' of " + owner +
+                    " is not 'dotted.key=value' (quote it: 'model.moe=null')");
+      }
+      run.overrides.push_back(text);
+      run.origins.push_back(where(o));
+      run.keys.push_back(text.substr(0, eq));
     }
   }
 

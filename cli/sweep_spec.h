@@ -1,6 +1,7 @@
 // Purpose: the sweep file of `nnkit sweep`, read and checked before any run starts:
 //   sweep:
 //     base: configs/tiny.yaml                # the config every run starts from
+//     overrides: ['train.steps=300']         # applied to every run, before its own
 //     grid: {model.moe.router.top_k: [1, 2]} # dotted key -> values; every combination is a run
 //     list: [{name: dense, overrides: ['model.moe=null', ...]}]  # named runs, in order
 //     metric: val_loss                       # what summaries rank by (val_loss or loss)

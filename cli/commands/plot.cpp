@@ -17,12 +17,13 @@ namespace nnkit::cli {
 int run_plot(const Args& raw) {
   CommandSpec spec{
       "plot",
-      "nnkit plot RUN_DIR [-o FILE] [--expert-load]",
+      "nnkit plot RUN_DIR [-o FILE] [--expert-load] [--y-range LO,HI]",
       "Writes an SVG loss curve (training and validation loss by step).",
       {{"--output", "FILE", "SVG file (default: RUN_DIR/loss.svg, RUN_DIR/expert-load.svg)", false,
         "-o"},
        {"--expert-load", "",
-        "plot each MoE layer's largest expert share of routed slots (1/n_experts = balanced)"}},
+        "plot each MoE layer's largest expert share of routed slots (1/n_experts = balanced)"},
+       {"--y-range", "LO,HI", "fixed value axis, to compare charts of several runs"}},
       "RUN_DIR  a training run directory (holds metrics.jsonl)"};
   const std::optional<ParsedArgs> parsed = parse_command(spec, raw);
   if (!parsed) return 0;  // --help was printed
@@ -59,6 +60,7 @@ int run_plot(const Args& raw) {
       chart.series.push_back({"validation loss", "#d62728", metrics->val_loss, 2.0});
     }
   }
+  if (const auto range = args.get("--y-range")) chart.y_range = parse_y_range("--y-range", *range);
   const std::filesystem::path out = args.get_or("--output", (run / default_name).string());
   write_file_atomic(out, line_chart_svg(chart));
   std::cout << "wrote " << out.string() << "\n";

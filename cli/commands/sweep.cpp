@@ -162,8 +162,8 @@ std::string joined(const std::vector<std::string>& items) {
 }
 
 // summary.md, summary.csv and curves.svg from the run directories as they are now.
-void write_summary(const SweepSpec& sweep, const fs::path& out,
-                   const std::vector<PlannedRun>& runs) {
+void write_summary(const SweepSpec& sweep, const fs::path& out, const std::vector<PlannedRun>& runs,
+                   const std::optional<std::pair<double, double>>& y_range) {
   const std::string& metric = sweep.metric;
   const std::vector<std::string> header = {
       "run",      "overrides",    "status",        "steps",    "final " + metric, "best " + metric,
@@ -172,6 +172,7 @@ void write_summary(const SweepSpec& sweep, const fs::path& out,
   ChartSpec chart;
   chart.title = sweep.file.filename().string() + ": " + metric;
   chart.y_label = metric + " (nats/token)";
+  chart.y_range = y_range;
   for (const PlannedRun& planned : runs) {
     const std::optional<RunOverview> overview = read_run_overview(planned.dir);
     const std::optional<RunMetrics> metrics = read_run_metrics(planned.dir / "metrics.jsonl");
@@ -256,7 +257,9 @@ int run_sweep(const Args& raw) {
       "sweep goes on.",
       {{"--parallel", "N", "runs at a time (default 1); CPU runs split the threads between them"},
        {"--out", "DIR", "where the runs go (default: runs/<sweep file name>)"},
-       {"--data", "FILE", "token file for every run (default: each run's train.data)"}},
+       {"--data", "FILE", "token file for every run (default: each run's train.data)"},
+       {"--dry-run", "", "check the sweep file and list its runs; train nothing"},
+       {"--y-range", "LO,HI", "fixed value axis of curves.svg (default: the whole range)"}},
       "FILE  a sweep file (see docs/experiments.md)"};
   const std::optional<ParsedArgs> parsed = parse_command(spec, raw);
   if (!parsed) return 0;  // --help was printed
@@ -265,12 +268,23 @@ int run_sweep(const Args& raw) {
     throw UsageError("cli", "`nnkit sweep` needs one sweep FILE (see --help)");
   }
   const int64_t parallel = args.get_int("--parallel", 1, 1, 256);
+  std::optional<std::pair<double, double>> y_range;
+  if (const auto range = args.get("--y-range")) y_range = parse_y_range("--y-range", *range);
   const SweepSpec sweep = load_sweep(args.positionals()[0]);
   const fs::path out = args.get_or("--out", "runs/" + sweep.file.stem().string());
 
   // Everything that can be wrong with the input is found before the first run starts.
   std::vector<PlannedRun> runs;
   for (const SweepRun& run : sweep.runs) runs.push_back(plan_run(sweep, run, out, args));
+  if (args.has("--dry-run")) {
+    TextTable table({"run", "overrides", "steps", "params total", "params active"});
+    for (const PlannedRun& p : runs) {
+      table.add({p.run.name, joined(p.run.overrides), std::to_string(p.steps),
+                 group_digits(p.params_total), group_digits(p.params_active)});
+    }
+    std::cout << table.str();
+    return 0;
+  }
   ensure_writable_directory(out);
   const RunLock sweep_lock(out, "nnkit sweep");
   for (PlannedRun& planned : runs) planned.start = choose_start(planned);
@@ -303,7 +317,7 @@ int run_sweep(const Args& raw) {
   size_t next = 0, skipped = 0, completed = 0, interrupted = 0;
   bool forwarded = false;
   const StopSignals signals;
-  write_summary(sweep, out, runs);
+  write_summary(sweep, out, runs, y_range);
   while (true) {
     while (stop_signal() == 0 && running.size() < static_cast<size_t>(parallel) && next < total) {
       const size_t i = next++;
@@ -378,9 +392,9 @@ int run_sweep(const Args& raw) {
            << "; log: " << (runs[i].dir / "train.log").string();
     }
     std::cout << line.str() << "\n" << std::flush;
-    write_summary(sweep, out, runs);
+    write_summary(sweep, out, runs, y_range);
   }
-  write_summary(sweep, out, runs);
+  write_summary(sweep, out, runs, y_range);
   std::cout << "sweep: " << completed << " complete, " << skipped << " skipped (already complete), "
             << interrupted << " interrupted, " << failed.size() << " failed; summary in "
             << (out / "summary.md").string() << ", curves in " << (out / "curves.svg").string()

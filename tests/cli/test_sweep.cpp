@@ -223,6 +223,24 @@ TEST_F(Sweep, AFailingRunIsReportedAndTheOthersStillRun) {
   EXPECT_EQ(rows[2].at("status"), "complete");
 }
 
+TEST_F(Sweep, CommonOverridesComeFirstAndADryRunStartsNothing) {
+  const fs::path file = write_sweep(R"(sweep:
+  base: tiny.yaml
+  overrides: ['train.steps=3']
+  grid:
+    seed: [1, 2]
+  list:
+    - {name: dense, overrides: ['model.moe=null', 'model.ffn={type: swiglu, ffn_dim: 64}']}
+)");
+  const fs::path out = path("sweep");
+  const RunResult r = sweep(file, out, {"--dry-run"});
+  ASSERT_EXIT_CODE(r, 0);
+  EXPECT_MENTIONS(r.out, "seed=1  ");
+  EXPECT_MENTIONS(r.out, "train.steps=3 seed=2  ");
+  EXPECT_MENTIONS(r.out, "train.steps=3 model.moe=null model.ffn={type: swiglu, ffn_dim: 64}");
+  EXPECT_FALSE(fs::exists(out));
+}
+
 TEST_F(Sweep, AnUnknownKeyIsRefusedWithItsPositionAndTheNearestKey) {
   expect_refused(R"(sweep:
   base: tiny.yaml
