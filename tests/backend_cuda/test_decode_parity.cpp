@@ -215,7 +215,13 @@ TEST_F(CudaDecode, AddRmsnormMatchesTheCpuAndAddThenRmsnormOnTheDevice) {
       TensorPair y = poisoned(shape, dtype);
       cpu().add_rmsnorm(x.cpu, r.cpu, w.cpu, 1e-5f, sum.cpu, y.cpu);
       cuda().add_rmsnorm(x.cuda, r.cuda, w.cuda, 1e-5f, sum.cuda, y.cuda);
-      expect_rounded_matches_cpu(y, rounded_once(kReduction, dtype), what + " y");
+      expect_rounded_matches_cpu(sum, rounded_once(kMultiplyAdd, dtype), what + " sum");
+      // The CPU keeps the sum in f32 while CUDA rounds it to the dtype first (as add() does):
+      // the CPU's norm of CUDA's rounded sum is y's reference (then y is rounded once).
+      TensorPair y_of_sum{cpu().empty(shape), y.cuda};
+      cpu().rmsnorm_forward(tensor_from(cpu(), cuda_floats(sum.cuda), shape), w.cpu, 1e-5f,
+                            y_of_sum.cpu, cpu().empty({shape[0]}));
+      expect_rounded_matches_cpu(y_of_sum, rounded_once(kReduction, dtype), what + " y");
       Tensor sum_ref = cuda().empty(shape, dtype), y_ref = cuda().empty(shape, dtype);
       Tensor rstd = cuda().empty({shape[0]});
       cuda().add(sum_ref, x.cuda, r.cuda);

@@ -53,12 +53,16 @@ template <typename T, int kRows, int kWidth, bool kSwiglu>
 __global__ void grouped_gemm_nt_kernel(const T* x, ExpertWeights weights, ExpertWeights up,
                                        const int32_t* kept, int capacity, int64_t n, int64_t k,
                                        T* y, int experts) {
-  __shared__ int chosen[kMaxGroupedExperts], idle[kMaxGroupedExperts];
+  __shared__ int counts[kMaxGroupedExperts], chosen[kMaxGroupedExperts], idle[kMaxGroupedExperts];
   __shared__ int chosen_count, idle_count;
+  // The kept counts in one parallel read (a serial walk of the offsets would cost every block a
+  // chain of dependent memory latencies), then listed from shared memory.
+  if (threadIdx.x < experts) counts[threadIdx.x] = kept[threadIdx.x + 1] - kept[threadIdx.x];
+  __syncthreads();
   if (threadIdx.x == 0) {
     int c = 0, i = 0;
     for (int e = 0; e < experts; ++e) {
-      if (kept[e + 1] - kept[e] > 0) {
+      if (counts[e] > 0) {
         chosen[c++] = e;
       } else {
         idle[i++] = e;
@@ -75,7 +79,7 @@ __global__ void grouped_gemm_nt_kernel(const T* x, ExpertWeights weights, Expert
        pair += warps) {
     const int e = chosen[pair / n];
     const int64_t j = pair % n;
-    const int rows = min(kept[e + 1] - kept[e], capacity);
+    const int rows = min(counts[e], capacity);
     T* ye = y + int64_t(e) * capacity * n;
     const T* xe = x + int64_t(e) * capacity * k;
     const T* wj = static_cast<const T*>(weights.w[e]) + j * k;
@@ -132,10 +136,12 @@ void launch_grouped(const T* x, const ExpertWeights& w, const ExpertWeights& up,
                     const int32_t* kept, int capacity, int64_t n, int64_t k, T* y, int experts,
                     int sms, cudaStream_t stream) {
   constexpr int kWarps = kThreads / 32;
-  // Eight blocks per multiprocessor keep enough weight loads in flight; never more blocks than
-  // there are columns of every expert.
-  const int64_t blocks = std::min<int64_t>(int64_t{8} * std::max(sms, 1),
-                                           (int64_t(experts) * n + kWarps - 1) / kWarps);
+  // One row per expert (batch 1): a fixed grid of eight blocks per multiprocessor walks the few
+  // chosen experts. More rows: a warp per (expert, column) as far as the grid goes, so that no
+  // warp runs a long chain of pairs (each pair there also reads kRows rows of x).
+  const int64_t per_pair = (int64_t(experts) * n + kWarps - 1) / kWarps;
+  const int64_t blocks =
+      kRows == 1 ? std::min<int64_t>(int64_t{8} * std::max(sms, 1), per_pair) : per_pair;
   grouped_gemm_nt_kernel<T, kRows, kWidth, kSwiglu>
       <<<static_cast<unsigned>(std::max<int64_t>(blocks, 1)), kThreads, 0, stream>>>(
           x, w, up, kept, capacity, n, k, y, experts);
