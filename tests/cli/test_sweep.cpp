@@ -1,8 +1,9 @@
 // Purpose: `nnkit sweep` end to end: a six-run grid on the demo corpus (data/demo.tokens, or
 // the fixture's small corpus where the demo corpus was not prepared) is stopped halfway with
 // SIGTERM, then run again: the runs that were complete are skipped (their files untouched), the
-// rest finish, and summary.csv holds exactly what each run's metrics.jsonl says. A failing run
-// is reported and the sweep goes on. Each kind of bad sweep file is refused before any run
+// rest finish, and summary.csv holds exactly what each run's metrics.jsonl says. A sweep killed
+// outright (SIGKILL) is finished by the next one. A failing run is reported and the sweep goes
+// on. Each kind of bad sweep file is refused before any run
 // starts, with the file:line:col and the fix.
 // Thread-safety: none needed (GoogleTest runs these sequentially; each test has its own folder).
 #include <signal.h>
@@ -198,6 +199,53 @@ TEST_F(Sweep, StoppedHalfwayResumesWithoutRedoingCompleteRunsAndSummarisesMetric
     ++lines;
   }
   EXPECT_EQ(lines, kGridRuns.size());
+}
+
+// True while the process that the last attempt of RUN/run.json names still runs (a zombie
+// counts as gone: it holds no lock).
+bool recorded_process_alive(const fs::path& run) {
+  std::error_code ec;
+  if (!fs::exists(run / "run.json", ec)) return false;
+  Json record;
+  try {
+    record = Json::parse(read_text(run / "run.json"));
+  } catch (const Json::exception&) {
+    return true;  // being rewritten by that very process
+  }
+  if (record.value("status", "") != "running" || record["attempts"].empty()) return false;
+  const auto pid = record["attempts"].back().value("pid", int64_t{0});
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string pid_text, name, state;
+  return static_cast<bool>(stat >> pid_text >> name >> state) && state != "Z";
+}
+
+TEST_F(Sweep, ASweepKilledOutrightIsFinishedByTheNextOne) {
+  const fs::path file = write_sweep(kGridSweep);
+  const fs::path out = path("sweep");
+  Child first({"sweep", file.string(), "--out", out.string(), "--data", data_.string()}, {},
+              dir_.path());
+  while (first.running()) {
+    const auto complete = std::count_if(kGridRuns.begin(), kGridRuns.end(), [&](const auto& name) {
+      return run_is_complete(out / name);
+    });
+    if (complete >= 2) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(first.running()) << "the sweep ended before it could be killed";
+  first.signal(SIGKILL);
+  first.wait(60);
+  // The orphaned `nnkit train` gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and stops; wait
+  // until it has, or the next sweep would find its run in use.
+  for (bool alive = true; alive;) {
+    alive = std::any_of(kGridRuns.begin(), kGridRuns.end(), [&](const std::string& name) {
+      return recorded_process_alive(out / name);
+    });
+    if (alive) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const RunResult second = sweep(file, out);
+  ASSERT_EXIT_CODE(second, 0);
+  EXPECT_MENTIONS(second.out, "0 interrupted, 0 failed");
+  for (const std::string& name : kGridRuns) EXPECT_TRUE(run_is_complete(out / name)) << name;
 }
 
 TEST_F(Sweep, AFailingRunIsReportedAndTheOthersStillRun) {
