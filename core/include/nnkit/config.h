@@ -134,6 +134,7 @@ struct RunConfig {
   std::vector<std::filesystem::path> plugin_paths;
   std::map<std::string, std::filesystem::path> plugin_prefer;  // appended in ABI 3
   std::string source_name;
+  ParallelConfig parallel;  // appended in ABI 4
 
   // Every resolved value, defaults included, as YAML (stored in checkpoints).
   NNKIT_API std::string to_yaml() const;
@@ -158,4 +159,3 @@ NNKIT_API std::vector<ValueOrigin> value_origins(const RunConfig& config,
 NNKIT_API size_t edit_distance(const std::string& a, const std::string& b);
 
 }  // namespace nnkit
-  ParallelConfig parallel;  // appended in ABI 4
