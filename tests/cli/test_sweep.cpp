@@ -289,6 +289,27 @@ TEST_F(Sweep, CommonOverridesComeFirstAndADryRunStartsNothing) {
   EXPECT_FALSE(fs::exists(out));
 }
 
+TEST_F(Sweep, ParallelRunsOnTheCpuSplitTheThreads) {
+  const fs::path file = write_sweep(R"(sweep:
+  base: tiny.yaml
+  overrides: ['train.steps=3', 'backend.threads=0']
+  grid:
+    seed: [1, 2]
+)");
+  const fs::path out = path("sweep");
+  const RunResult r = run_nnkit(
+      {"sweep", file.string(), "--out", out.string(), "--data", data_.string(), "--parallel", "2"},
+      {"OMP_NUM_THREADS=4"}, dir_.path(), 300);
+  ASSERT_EXIT_CODE(r, 0);
+  EXPECT_MENTIONS(r.out, "2 at a time");
+  for (const char* name : {"seed=1", "seed=2"}) {
+    const Json record = Json::parse(read_text(out / name / "run.json"));
+    EXPECT_EQ(record["status"], "complete") << name;
+    EXPECT_EQ(record["machine"]["omp_num_threads"], "2") << name;
+    EXPECT_EQ(record["machine"]["threads"], 2) << name;
+  }
+}
+
 TEST_F(Sweep, AnUnknownKeyIsRefusedWithItsPositionAndTheNearestKey) {
   expect_refused(R"(sweep:
   base: tiny.yaml
