@@ -76,6 +76,22 @@ std::string TextTable::csv() const {
   return out.str();
 }
 
+std::string format_optional(const std::optional<double>& value, int precision, bool fixed,
+                            const std::string& missing) {
+  if (!value) return missing;
+  std::ostringstream out;
+  if (fixed) out.setf(std::ios::fixed);
+  out.precision(precision);
+  out << *value;
+  return out.str();
+}
+
+std::string join_words(const std::vector<std::string>& items) {
+  std::string out;
+  for (const std::string& s : items) out += (out.empty() ? "" : " ") + s;
+  return out;
+}
+
 std::string format_duration_short(double seconds) {
   if (!(seconds > 0)) return "-";
   std::ostringstream out;

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,12 @@ class TextTable {
   std::vector<std::vector<std::string>> rows_;
 };
 
+// `value` with `precision` digits after the point (`fixed`) or significant digits (not fixed,
+// 17 reads back as the same double); `missing` when there is no value.
+std::string format_optional(const std::optional<double>& value, int precision, bool fixed,
+                            const std::string& missing = "");
+// The items separated by single spaces.
+std::string join_words(const std::vector<std::string>& items);
 // 125.3 -> "2m05s"; 3.2 -> "3.2s"; 0 -> "-".
 std::string format_duration_short(double seconds);
 nlohmann::json run_overview_json(const RunOverview& run);

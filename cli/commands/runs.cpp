@@ -122,15 +122,6 @@ std::map<std::string, std::string> provenance_leaves(const RunOverview& run) {
   return out;
 }
 
-std::string format_number(const std::optional<double>& value, int decimals) {
-  if (!value) return "-";
-  std::ostringstream out;
-  out.setf(std::ios::fixed);
-  out.precision(decimals);
-  out << *value;
-  return out.str();
-}
-
 int runs_ls(const ParsedArgs& args) {
   if (args.positionals().size() != 2) {
     throw UsageError("cli", "`nnkit runs ls` needs one DIR (a folder of run directories)");
@@ -167,7 +158,7 @@ int runs_ls(const ParsedArgs& args) {
     table.add({r.name, to_string(r.status),
                std::to_string(r.last_step) + "/" +
                    (r.total_steps > 0 ? std::to_string(r.total_steps) : std::string("?")),
-               format_number(r.best_val_loss, 4),
+               format_optional(r.best_val_loss, 4, true, "-"),
                r.tokens_per_s ? group_digits(std::llround(*r.tokens_per_s)) : "-",
                format_duration_short(r.wall_s)});
   }
@@ -198,8 +189,8 @@ int runs_show(const ParsedArgs& args) {
   std::cout << "run        " << dir.string() << "\n"
             << "status     " << to_string(run.status) << (run.error.empty() ? "" : ": " + run.error)
             << "\nsteps      " << run.last_step << "/" << run.total_steps << "\n"
-            << "val loss   final " << format_number(run.final_val_loss, 4) << ", best "
-            << format_number(run.best_val_loss, 4) << "\n"
+            << "val loss   final " << format_optional(run.final_val_loss, 4, true, "-") << ", best "
+            << format_optional(run.best_val_loss, 4, true, "-") << "\n"
             << "tokens/s   "
             << (run.tokens_per_s ? group_digits(std::llround(*run.tokens_per_s)) : "-") << "\n"
             << "wall time  " << format_duration_short(run.wall_s) << "\n"

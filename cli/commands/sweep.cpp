@@ -19,6 +19,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -29,180 +30,22 @@
 #include "commands.h"
 #include "common.h"
 #include "metrics_file.h"
-#include "nnkit/checkpoint.h"
 #include "nnkit/error.h"
 #include "nnkit/io/atomic_file.h"
 #include "nnkit/io/run_lock.h"
-#include "nnkit/model.h"
 #include "run_record.h"
 #include "run_table.h"
 #include "stop_signals.h"
 #include "svg_chart.h"
+#include "sweep_plan.h"
 #include "sweep_spec.h"
+#include "sweep_summary.h"
 
 namespace nnkit::cli {
 
 namespace {
 
 namespace fs = std::filesystem;
-
-enum class Start { kSkip, kFresh, kResume };
-
-struct PlannedRun {
-  SweepRun run;
-  fs::path dir;
-  int64_t steps = 0;
-  int64_t params_total = 0, params_active = 0;
-  bool on_cpu = true;
-  Start start = Start::kFresh;
-};
-
-// The key of `override_text` ("model.moe.router.top_kk=1" -> "model.moe.router.top_kk").
-std::string override_key(const std::string& override_text) {
-  return override_text.substr(0, override_text.find('='));
-}
-
-// Resolves one run's config against the base, as its `nnkit train` will; a ConfigError is
-// re-thrown naming the run and the sweep-file position of the override it is about.
-PlannedRun plan_run(const SweepSpec& sweep, const SweepRun& run, const fs::path& out,
-                    const ParsedArgs& args) {
-  PlannedRun planned;
-  planned.run = run;
-  planned.dir = out / run.name;
-  try {
-    const Session session = open_session(sweep.base, run.overrides, args);
-    const Transformer model(session.config, *session.registry, nullptr);
-    planned.steps = session.config.train.steps;
-    planned.params_total = model.parameter_count();
-    planned.params_active = model.active_parameter_count();
-    planned.on_cpu = session.config.backend.name == "cpu";
-    const std::string data = args.get_or("--data", session.config.train.data);
-    if (data.empty()) {
-      throw ConfigError("sweep", "run '" + run.name + "' of " + sweep.file.string() +
-                                     " has no training data; pass --data FILE to `nnkit sweep` "
-                                     "or set train.data in " +
-                                     sweep.base.string());
-    }
-    std::error_code ec;
-    if (!fs::is_regular_file(data, ec)) {
-      throw ConfigError("sweep", "data file " + data + " of run '" + run.name +
-                                     "' does not exist; fix --data or train.data (make one with "
-                                     "`nnkit data prepare INPUT... -o FILE`)");
-    }
-  } catch (const ConfigError& e) {
-    const std::string message = e.what();
-    if (message.rfind("[sweep]", 0) == 0) throw;
-    // Name the override the message is about: the longest key whose last segment it quotes.
-    std::string origin, key;
-    for (size_t i = 0; i < run.overrides.size(); ++i) {
-      const std::string k = override_key(run.overrides[i]);
-      const std::string leaf = k.substr(k.rfind('.') == std::string::npos ? 0 : k.rfind('.') + 1);
-      if (message.find("'" + leaf + "'") != std::string::npos && k.size() > key.size()) {
-        key = k, origin = run.origins[i];
-      }
-    }
-    throw ConfigError("sweep", "run '" + run.name + "' of " + sweep.file.string() +
-                                   (key.empty() ? "" : ": key '" + key + "' at " + origin) +
-                                   " does not fit its base " + sweep.base.string() + ": " +
-                                   message +
-                                   (key.empty() ? "" : "; fix the key in the sweep file"));
-  } catch (const UsageError& e) {
-    throw ConfigError("sweep", "run '" + run.name + "' of " + sweep.file.string() + ": " +
-                                   e.what() +
-                                   (run.origins.empty() ? "" : " (" + run.origins[0] + ")"));
-  }
-  return planned;
-}
-
-// What the run directory says about how to continue; throws when it holds another run.
-Start choose_start(const PlannedRun& planned) {
-  const std::optional<RunOverview> overview = read_run_overview(planned.dir);
-  if (overview && overview->record.is_object()) {
-    // A directory made by another sweep (or by hand) must not be continued as this run.
-    const std::vector<std::string>& recorded = overview->overrides;
-    const std::vector<std::string>& wanted = planned.run.overrides;
-    const bool same = recorded.size() >= wanted.size() &&
-                      std::equal(wanted.begin(), wanted.end(), recorded.begin());
-    if (!same) {
-      std::string was;
-      for (const std::string& o : recorded) was += (was.empty() ? "" : " ") + o;
-      throw ConfigError("sweep", planned.dir.string() + " holds a run with the overrides [" + was +
-                                     "], not this sweep's run '" + planned.run.name +
-                                     "'; sweep into another --out or remove that directory");
-    }
-    if (overview->status == RunStatus::kRunning) {
-      throw IoError("sweep", planned.dir.string() +
-                                 " is in use by another process (its lock is held); wait for it "
-                                 "or sweep into another --out");
-    }
-    if (overview->status == RunStatus::kComplete && overview->last_step >= planned.steps) {
-      return Start::kSkip;
-    }
-  }
-  std::error_code ec;
-  if (fs::is_directory(planned.dir, ec) && CheckpointStore(planned.dir).latest()) {
-    return Start::kResume;
-  }
-  return Start::kFresh;
-}
-
-std::string number_text(const std::optional<double>& value, int precision, bool fixed) {
-  if (!value) return "";
-  std::ostringstream out;
-  if (fixed) out.setf(std::ios::fixed);
-  out.precision(precision);
-  out << *value;
-  return out.str();
-}
-
-std::string joined(const std::vector<std::string>& items) {
-  std::string out;
-  for (const std::string& s : items) out += (out.empty() ? "" : " ") + s;
-  return out;
-}
-
-// summary.md, summary.csv and curves.svg from the run directories as they are now.
-void write_summary(const SweepSpec& sweep, const fs::path& out, const std::vector<PlannedRun>& runs,
-                   const std::optional<std::pair<double, double>>& y_range) {
-  const std::string& metric = sweep.metric;
-  const std::vector<std::string> header = {
-      "run",      "overrides",    "status",        "steps",    "final " + metric, "best " + metric,
-      "tokens/s", "params total", "params active", "wall time"};
-  TextTable md(header), csv(header);
-  ChartSpec chart;
-  chart.title = sweep.file.filename().string() + ": " + metric;
-  chart.y_label = metric + " (nats/token)";
-  chart.y_range = y_range;
-  for (const PlannedRun& planned : runs) {
-    const std::optional<RunOverview> overview = read_run_overview(planned.dir);
-    const std::optional<RunMetrics> metrics = read_run_metrics(planned.dir / "metrics.jsonl");
-    const std::optional<double> final_value = metrics ? metrics->final_value(metric) : std::nullopt;
-    const std::optional<double> best = metrics ? metrics->best_value(metric) : std::nullopt;
-    const std::optional<double> speed = metrics ? metrics->mean_tokens_per_s() : std::nullopt;
-    const std::string status = overview ? to_string(overview->status) : "pending";
-    const std::string steps =
-        std::to_string(metrics ? metrics->last_step : 0) + "/" + std::to_string(planned.steps);
-    const double wall = overview ? overview->wall_s : 0;
-    md.add({planned.run.name, joined(planned.run.overrides), status, steps,
-            number_text(final_value, 4, true), number_text(best, 4, true),
-            speed ? group_digits(std::llround(*speed)) : "", group_digits(planned.params_total),
-            group_digits(planned.params_active), format_duration_short(wall)});
-    // Full precision: the CSV is for programs, which should read back what metrics.jsonl holds.
-    csv.add({planned.run.name, joined(planned.run.overrides), status, steps,
-             number_text(final_value, 17, false), number_text(best, 17, false),
-             number_text(speed, 17, false), std::to_string(planned.params_total),
-             std::to_string(planned.params_active), number_text(wall, 6, false)});
-    if (metrics && metrics->series(metric) != nullptr) {
-      chart.series.push_back(
-          {planned.run.name, "", *metrics->series(metric), 1.5, metric == "val_loss"});
-    }
-  }
-  write_file_atomic(out / "summary.md",
-                    "# Sweep " + sweep.file.string() + "\n\nBase: " + sweep.base.string() +
-                        ", metric: " + metric + " (lower is better)\n\n" + md.markdown());
-  write_file_atomic(out / "summary.csv", csv.csv());
-  write_file_atomic(out / "curves.svg", line_chart_svg(chart));
-}
 
 // The last line of a run's train.log that starts with "error:" (what the child reported).
 std::string last_error_line(const fs::path& log) {
@@ -279,7 +122,7 @@ int run_sweep(const Args& raw) {
   if (args.has("--dry-run")) {
     TextTable table({"run", "overrides", "steps", "params total", "params active"});
     for (const PlannedRun& p : runs) {
-      table.add({p.run.name, joined(p.run.overrides), std::to_string(p.steps),
+      table.add({p.run.name, join_words(p.run.overrides), std::to_string(p.steps),
                  group_digits(p.params_total), group_digits(p.params_active)});
     }
     std::cout << table.str();
@@ -317,7 +160,7 @@ int run_sweep(const Args& raw) {
   size_t next = 0, skipped = 0, completed = 0, interrupted = 0;
   bool forwarded = false;
   const StopSignals signals;
-  write_summary(sweep, out, runs, y_range);
+  write_sweep_summary(sweep, out, runs, y_range);
   while (true) {
     while (stop_signal() == 0 && running.size() < static_cast<size_t>(parallel) && next < total) {
       const size_t i = next++;
@@ -375,8 +218,9 @@ int run_sweep(const Args& raw) {
       line << "complete, " << overview->last_step << " steps";
       const std::optional<RunMetrics> m = read_run_metrics(runs[i].dir / "metrics.jsonl");
       if (m && m->final_value(sweep.metric)) {
-        line << ", " << sweep.metric << " " << number_text(m->final_value(sweep.metric), 4, true)
-             << " (best " << number_text(m->best_value(sweep.metric), 4, true) << ")";
+        line << ", " << sweep.metric << " "
+             << format_optional(m->final_value(sweep.metric), 4, true) << " (best "
+             << format_optional(m->best_value(sweep.metric), 4, true) << ")";
       }
       if (overview->tokens_per_s)
         line << ", " << group_digits(std::llround(*overview->tokens_per_s)) << " tokens/s";
@@ -392,9 +236,9 @@ int run_sweep(const Args& raw) {
            << "; log: " << (runs[i].dir / "train.log").string();
     }
     std::cout << line.str() << "\n" << std::flush;
-    write_summary(sweep, out, runs, y_range);
+    write_sweep_summary(sweep, out, runs, y_range);
   }
-  write_summary(sweep, out, runs, y_range);
+  write_sweep_summary(sweep, out, runs, y_range);
   std::cout << "sweep: " << completed << " complete, " << skipped << " skipped (already complete), "
             << interrupted << " interrupted, " << failed.size() << " failed; summary in "
             << (out / "summary.md").string() << ", curves in " << (out / "curves.svg").string()
@@ -404,7 +248,7 @@ int run_sweep(const Args& raw) {
     return 128 + stop;
   }
   if (!failed.empty()) {
-    std::cerr << "error: " << failed.size() << " run(s) failed: " << joined(failed)
+    std::cerr << "error: " << failed.size() << " run(s) failed: " << join_words(failed)
               << "; see each RUN/train.log, fix, and run the sweep again (complete runs are "
                  "skipped)\n";
     return 1;
