@@ -73,10 +73,6 @@ std::string nnkit_cli() {
 class DataParallel : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (std::string(NNKIT_MPIEXEC).empty()) {
-      GTEST_SKIP() << "no MPI in this build (install openmpi-bin libopenmpi-dev and "
-                      "reconfigure): the data-parallel tests need mpirun";
-    }
     ::setenv("OMP_NUM_THREADS", "1", 1);
     dir_ = fs::temp_directory_path() /
            ("nnkit-dp-" + std::to_string(::getpid()) + "-" +
@@ -163,6 +159,12 @@ fs::path step_dir(const fs::path& run, int step) {
   return run / "checkpoints" / name;
 }
 
+#define NNKIT_REQUIRE_MPIRUN()                                                      \
+  if (std::string(NNKIT_MPIEXEC).empty()) {                                         \
+    GTEST_SKIP() << "no MPI in this build (install openmpi-bin libopenmpi-dev and " \
+                    "reconfigure): this data-parallel test needs mpirun";           \
+  }
+
 // Trains `config_` for 10 steps on one process and on two ranks and compares them.
 void DataParallel::expect_two_ranks_match_one(const char* label) {
   const fs::path one = dir_ / "one", two = dir_ / "two";
@@ -170,7 +172,8 @@ void DataParallel::expect_two_ranks_match_one(const char* label) {
   ASSERT_EQ(single.exit_code, 0) << single.output;
   const Result dp = run(mpirun(2) + train_args(two, "parallel.data=2"));
   ASSERT_EQ(dp.exit_code, 0) << dp.output;
-  EXPECT_NE(dp.output.find("data parallel over 2 ranks (comm/mpi, 4 rows each)"), std::string::npos)
+  EXPECT_NE(dp.output.find("data parallel over 2 rank(s) (comm/mpi, 4 rows each)"),
+            std::string::npos)
       << dp.output;
   // Only rank 0 logs: each step's line appears once.
   EXPECT_EQ(count(dp.output, "step 10/10 loss"), 1u) << dp.output;
@@ -193,17 +196,20 @@ void DataParallel::expect_two_ranks_match_one(const char* label) {
 }
 
 TEST_F(DataParallel, TwoRanksMatchOneRankWithTheSameGlobalBatch) {
+  NNKIT_REQUIRE_MPIRUN();
   expect_two_ranks_match_one("dense");
 }
 
 // The routers' load statistics are summed across ranks: the load-balancing loss and its
 // gradient are the one-rank ones.
 TEST_F(DataParallel, TwoRanksMatchOneRankOnAnMoeModel) {
+  NNKIT_REQUIRE_MPIRUN();
   config_ = fs::path(NNKIT_SOURCE_DIR_DEFAULT) / "tests/parallel/dp-tiny-moe.yaml";
   expect_two_ranks_match_one("moe");
 }
 
 TEST_F(DataParallel, CheckpointsMoveBetweenTwoRanksAndOne) {
+  NNKIT_REQUIRE_MPIRUN();
   const fs::path one = dir_ / "one", two = dir_ / "two";
   ASSERT_EQ(run(train_args(one)).exit_code, 0);
   ASSERT_EQ(run(mpirun(2) + train_args(two, "parallel.data=2")).exit_code, 0);
@@ -229,6 +235,7 @@ TEST_F(DataParallel, CheckpointsMoveBetweenTwoRanksAndOne) {
 }
 
 TEST_F(DataParallel, RanksThatDoNotMatchTheConfigAreRefusedWithTheNumbers) {
+  NNKIT_REQUIRE_MPIRUN();
   const Result alone = run(train_args(dir_ / "a", "parallel.data=2"));
   EXPECT_EQ(alone.exit_code, 2) << alone.output;  // a configuration error
   EXPECT_NE(alone.output.find("parallel.data (2) x parallel.expert (1) = 2 ranks, but this is "
@@ -266,6 +273,7 @@ TEST_F(DataParallel, RanksThatDoNotMatchTheConfigAreRefusedWithTheNumbers) {
 }
 
 TEST_F(DataParallel, AFailingRankEndsTheJobWithItsError) {
+  NNKIT_REQUIRE_MPIRUN();
   const Result r =
       run(mpirun(2, {"NNKIT_FAULT_RANK_FAIL=1:3"}) + train_args(dir_ / "f", "parallel.data=2"), 60);
   EXPECT_NE(r.exit_code, 0) << r.output;
@@ -277,6 +285,7 @@ TEST_F(DataParallel, AFailingRankEndsTheJobWithItsError) {
 }
 
 TEST_F(DataParallel, AHangingRankTimesOutWithTheWaitingRanksName) {
+  NNKIT_REQUIRE_MPIRUN();
   const auto start = std::chrono::steady_clock::now();
   const Result r = run(mpirun(2, {"NNKIT_FAULT_RANK_HANG=1:3"}) +
                            train_args(dir_ / "h", "parallel.data=2 parallel.comm.timeout_s=3"),
@@ -302,6 +311,7 @@ namespace {
 // ZeRO-1: each rank keeps the optimizer state of its share of the parameters; the update, and a
 // checkpoint (which gathers the state on rank 0), are the same as with the state everywhere.
 TEST_F(DataParallel, ZeroOneShardsTheOptimizerStateAndCheckpointsAllOfIt) {
+  NNKIT_REQUIRE_MPIRUN();
   const fs::path one = dir_ / "one", zero = dir_ / "zero";
   ASSERT_EQ(run(train_args(one)).exit_code, 0);
   const Result r = run(mpirun(2) + train_args(zero, "parallel.data=2 parallel.zero=1"));
@@ -318,6 +328,40 @@ TEST_F(DataParallel, ZeroOneShardsTheOptimizerStateAndCheckpointsAllOfIt) {
                           " parallel.data=1 parallel.zero=0 --no-progress");
   ASSERT_EQ(back.exit_code, 0) << back.output;
   EXPECT_LE(max_weight_difference(step_dir(one, 10), step_dir(resumed, 10)), kWeightBound);
+}
+
+// A comm plugin named in the config runs the data-parallel path on one rank: comm/mpi as an MPI
+// singleton (no mpirun) gives the plain run's weights.
+TEST_F(DataParallel, OneRankThroughANamedCommunicatorTrainsLikeThePlainRun) {
+  if (std::string(NNKIT_MPIEXEC).empty()) GTEST_SKIP() << "no MPI in this build";
+  const fs::path plain = dir_ / "plain", through = dir_ / "through";
+  ASSERT_EQ(run(train_args(plain)).exit_code, 0);
+  const Result r = run(train_args(through, "parallel.comm.type=mpi"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("data parallel over 1 rank(s) (comm/mpi, 8 rows each)"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(max_weight_difference(step_dir(plain, 10), step_dir(through, 10)), 0.0);
+}
+
+// The GPU lead's one-GPU check of comm/nccl inside training: the same run with and without the
+// communicator (CUDA backend in fp32). Skipped without comm/nccl or a usable GPU.
+TEST_F(DataParallel, OneGpuThroughNcclTrainsLikeThePlainRun) {
+  const fs::path nccl = fs::path(NNKIT_PLUGIN_DIR) / "libnnkit_comm_nccl.so";
+  if (!fs::exists(nccl)) GTEST_SKIP() << "comm/nccl is not built (" << nccl << ")";
+  if (run("nvidia-smi -L").exit_code != 0) GTEST_SKIP() << "no GPU (nvidia-smi -L failed)";
+  const std::string cuda = "'backend={type: cuda, precision: fp32}' ";
+  const fs::path plain = dir_ / "plain", through = dir_ / "through";
+  const Result a = run(train_args(plain, cuda));
+  ASSERT_EQ(a.exit_code, 0) << a.output;
+  const Result b = run(train_args(through, cuda + "parallel.comm.type=nccl"));
+  ASSERT_EQ(b.exit_code, 0) << b.output;
+  EXPECT_NE(b.output.find("data parallel over 1 rank(s) (comm/nccl, 8 rows each)"),
+            std::string::npos)
+      << b.output;
+  const double difference = max_weight_difference(step_dir(plain, 10), step_dir(through, 10));
+  std::printf("cuda: max |w(nccl, 1 rank) - w(plain)| after 10 steps: %.3g\n", difference);
+  EXPECT_LE(difference, kWeightBound);
 }
 
 }  // namespace

@@ -216,6 +216,9 @@ TrainSummary train_rank(const TrainRequest& request, std::shared_ptr<Communicato
   comm = open_communicator(cfg, registry, *backend);
   const int rank = comm->rank(), ranks = comm->size();
   const bool writer = rank == 0;  // the rank that writes config, metrics and checkpoints
+  // A comm plugin named in the config runs the data-parallel path even on one rank, so that
+  // one GPU (or one process) exercises the communicator's collectives.
+  const bool distributed = ranks > 1 || !cfg.parallel.comm.name.empty();
   const int64_t local_batch = tc.batch_size / ranks;
   Transformer model(cfg, registry, backend);
   model.allocate(true);
@@ -272,10 +275,10 @@ TrainSummary train_rank(const TrainRequest& request, std::shared_ptr<Communicato
       "grad_accum {}{}",
       cfg.source_name, model.parameter_count(), model.active_parameter_count(), bc.id(), tc.steps,
       tc.batch_size, tc.seq_len, tc.grad_accum,
-      ranks > 1 ? fmt::format("; data parallel over {} ranks ({}, {} rows each{})", ranks,
-                              comm->id(), local_batch,
-                              cfg.parallel.zero == 1 ? ", optimizer state sharded (ZeRO-1)" : "")
-                : "");
+      distributed ? fmt::format("; data parallel over {} rank(s) ({}, {} rows each{})", ranks,
+                                comm->id(), local_batch,
+                                cfg.parallel.zero == 1 ? ", optimizer state sharded (ZeRO-1)" : "")
+                  : "");
 
   TrainSummary summary;
   summary.first_step = state.step;
@@ -309,7 +312,7 @@ TrainSummary train_rank(const TrainRequest& request, std::shared_ptr<Communicato
   std::vector<int32_t> inputs, targets, rank_inputs, rank_targets;
   std::unique_ptr<GradientBuckets> gradient_buckets;
   std::unique_ptr<OptimizerShards> shards;  // ZeRO-1: the parameters this rank updates
-  if (ranks > 1) {
+  if (distributed) {
     model.set_communicator(comm.get());
     if (cfg.parallel.zero == 1) shards = std::make_unique<OptimizerShards>(*comm, *backend, params);
     gradient_buckets = std::make_unique<GradientBuckets>(*comm, *backend, grads, kBucketBytes);
@@ -342,7 +345,7 @@ TrainSummary train_rank(const TrainRequest& request, std::shared_ptr<Communicato
     if (checkpoint_now && state.step < tc.steps) save("periodic");
     // A signal may reach the ranks at different steps: they stop together when any saw one.
     double stop[1] = {request.stop_requested && request.stop_requested() ? 1.0 : 0.0};
-    if (ranks > 1) comm->all_reduce_sum_host(stop);
+    if (distributed) comm->all_reduce_sum_host(stop);
     if (stop[0] > 0.0) {
       save("interrupted");
       summary.interrupted = true;
@@ -373,7 +376,7 @@ TrainSummary train_rank(const TrainRequest& request, std::shared_ptr<Communicato
   // Dropless MoE runs uncaptured: its per-expert products are sized by each step's routing.
   // Several ranks: the collectives between backward and the update are not recorded.
   bool graphs_possible =
-      model.has_static_shapes() && optimizer->capturable() && backend->captures() && ranks == 1;
+      model.has_static_shapes() && optimizer->capturable() && backend->captures() && !distributed;
   model.set_static_shapes(graphs_possible);
   if (!graphs_possible && backend->captures() && optimizer->capturable()) {
     log->info(
