@@ -37,7 +37,9 @@ int run_train(const Args& raw) {
       "Trains the model described by CONFIG, writing checkpoints, metrics.jsonl and the resolved "
       "config into RUN_DIR. Ctrl-C (or SIGTERM, SIGHUP) writes a checkpoint and stops with exit "
       "code 128 + signal (130 for Ctrl-C); --resume continues from the newest complete "
-      "checkpoint. One process at a time may use a run directory.",
+      "checkpoint. One process at a time may use a run directory. Data-parallel on N "
+      "processes: mpirun -np N nnkit train CONFIG parallel.data=N (or torchrun-style RANK, "
+      "WORLD_SIZE, MASTER_ADDR, MASTER_PORT; docs/parallel.md).",
       {{"--out", "RUN_DIR", "run directory (default: runs/<config name>)"},
        {"--resume", "RUN_DIR", "continue the run in RUN_DIR"},
        {"--data", "FILE", "token file from `nnkit data prepare` (default: train.data)"},
