@@ -3,7 +3,8 @@
 // token). Owned by backend/cuda.
 //
 // Split-K ("flash decoding"). The cache is cut into `chunks` spans sized so that the grid fills
-// the GPU about twice; one block per (span, sequence, KV head, tile of <= 16 query heads) walks
+// the GPU about twice; one block per (span, sequence, KV head, tile of <= 16 query heads; 4 when
+// the cache is too short for its spans to fill the GPU) walks
 // its span in tiles of keys: the tile's K and V rows are staged in shared memory once for all of
 // the block's heads (with MQA every head shares them), scores and an online softmax run per head,
 // and the block leaves an unnormalised partial output with its max and sum of exponentials.
@@ -25,7 +26,8 @@ namespace {
 
 using backend_common::kFloatDTypes;
 
-constexpr int kHeadsPerBlock = 16;  // query heads of one KV head per block
+constexpr int kHeadsPerBlock = 16;    // query heads of one KV head per block, at most
+constexpr int kFewHeadsPerBlock = 4;  // when the cache is too short to fill the GPU with spans
 constexpr int kThreadsPerBlock = 256;
 
 // Keys per shared-memory tile: K and V tiles of kTile x kD floats stay near 16 KB each.
@@ -40,7 +42,8 @@ constexpr int max_spans(int head_dim) {
 struct DecodeGeometry {
   int batch, heads, kv_heads, dim, capacity;
   int chunks, chunk_keys;  // spans per sequence and keys per span (a multiple of the tile)
-  int head_tiles;          // tiles of kHeadsPerBlock query heads per KV head
+  int head_tiles;          // tiles of heads_per_block query heads per KV head
+  int heads_per_block;     // kHeadsPerBlock, or kFewHeadsPerBlock for short caches
   float scale;
 };
 
@@ -65,8 +68,8 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   const int kvh = blockIdx.z / g.head_tiles;
   const int group = g.heads / g.kv_heads;
   const int tile_in_group = blockIdx.z % g.head_tiles;
-  const int h0 = kvh * group + tile_in_group * kHeadsPerBlock;
-  const int hn = min(kHeadsPerBlock, group - tile_in_group * kHeadsPerBlock);
+  const int h0 = kvh * group + tile_in_group * g.heads_per_block;
+  const int hn = min(g.heads_per_block, group - tile_in_group * g.heads_per_block);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int dim = g.dim;
   const int kv_len = min(*kv_len_device, g.capacity);
@@ -284,12 +287,19 @@ void CudaBackend::attention_decode(const Tensor& q, const Tensor& k, const Tenso
   with_head_dim_bucket(static_cast<int>(D), [&](auto bucket) {
     constexpr int kD = decltype(bucket)::value;
     const int64_t tile = tile_keys(kD);
-    const int64_t head_tiles = ceil_div64(H / Hkv, kHeadsPerBlock);
+    const int64_t target_blocks = 2 * std::max(1, limits_.sms);
+    // A cache too short for its spans of one tile to fill the GPU (decoding a short context):
+    // fewer heads per block, so more blocks share the work of each span.
+    const bool short_cache =
+        B * Hkv * ceil_div64(H / Hkv, kHeadsPerBlock) * ceil_div64(s.kv_capacity, tile) <
+        target_blocks;
+    const int64_t heads_per_block = short_cache ? kFewHeadsPerBlock : kHeadsPerBlock;
+    const int64_t head_tiles = ceil_div64(H / Hkv, heads_per_block);
     const int64_t pairs = B * Hkv * head_tiles;  // blocks per span
     // Enough spans for about two blocks per multiprocessor (bytes in flight to stream the cache
     // at full bandwidth), none shorter than one tile, and few enough for the combine.
     int64_t chunks =
-        std::clamp<int64_t>(ceil_div64(2 * std::max(1, limits_.sms), pairs), 1,
+        std::clamp<int64_t>(ceil_div64(target_blocks, pairs), 1,
                             std::min<int64_t>(ceil_div64(s.kv_capacity, tile), max_spans(kD)));
     const int64_t chunk_keys = ceil_div64(ceil_div64(s.kv_capacity, chunks), tile) * tile;
     chunks = ceil_div64(s.kv_capacity, chunk_keys);
@@ -301,6 +311,7 @@ void CudaBackend::attention_decode(const Tensor& q, const Tensor& k, const Tenso
                            static_cast<int>(chunks),
                            static_cast<int>(chunk_keys),
                            static_cast<int>(head_tiles),
+                           static_cast<int>(heads_per_block),
                            s.scale};
     Tensor part_o = empty({B * chunks * H * D});
     Tensor part_m = empty({B * chunks * H});
