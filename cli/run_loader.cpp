@@ -12,10 +12,13 @@ namespace nnkit::cli {
 namespace {
 
 LoadedModel finish(Session session, const ParsedArgs& args, const MemoryPlan& plan) {
-  check_memory_before(session, plan.shape(session.config), args, plan.command);
   LoadedModel loaded;
   loaded.session = std::move(session);
+  // The backend first (it allocates nothing of the model's), so that a GPU's free memory is
+  // what the estimate (weights, activations, KV cache) is held against.
   loaded.backend = create_backend(loaded.session);
+  check_memory_before(loaded.session, plan.shape(loaded.session.config), args, plan.command,
+                      loaded.backend.get());
   loaded.tokenizer = create_tokenizer(loaded.session);
   loaded.model = std::make_unique<Transformer>(loaded.session.config, *loaded.session.registry,
                                                loaded.backend);

@@ -143,11 +143,34 @@ TEST(MemoryEstimate, RefusalNamesEstimateLimitAndFixes) {
       {"[memory] nnkit train needs about", "activations", "1.0 MiB is available", "MemAvailable",
        "train.batch_size", "train.seq_len", "train.activation_checkpointing=true", "bf16",
        "--skip-memory-check"});
-  // Enough memory, no limit known, or a CUDA device (no free-memory query): no error.
+  // Enough memory or no limit known: no error.
   check_memory(e, c, shape, MemoryLimit{e.total(), "x"}, "nnkit train", "--skip");
   check_memory(e, c, shape, std::nullopt, "nnkit train", "--skip");
+  // A GPU's estimate is held against the device's free memory.
   const RunConfig cuda = tiny("cuda", "bf16");
-  check_memory(estimate_memory(cuda, kParams, shape), cuda, shape, limit, "nnkit train", "--x");
+  const MemoryEstimate on_gpu = estimate_memory(cuda, kParams, shape);
+  expect_throws<Error>(
+      [&] {
+        check_memory(on_gpu, cuda, shape, MemoryLimit{1 << 20, "free on backend/cuda (cuda:0)"},
+                     "nnkit train", "--skip-memory-check");
+      },
+      {"nnkit train needs about", "1.0 MiB is available", "free on backend/cuda (cuda:0)",
+       "train.batch_size", "--skip-memory-check"});
+  check_memory(on_gpu, cuda, shape, MemoryLimit{on_gpu.total(), "x"}, "nnkit train", "--x");
+}
+
+TEST(MemoryEstimate, AKvCacheBeyondTheDeviceIsRefusedWithItsBytes) {
+  const RunConfig cuda = tiny("cuda", "bf16");
+  const MemoryShape shape{Workload::kGenerate, 8, 1000, 1 << 20, false};
+  const MemoryEstimate e = estimate_memory(cuda, kParams, shape);
+  ASSERT_GT(e.kv_cache, int64_t{1} << 30);
+  expect_throws<Error>(
+      [&] {
+        check_memory(e, cuda, shape, MemoryLimit{int64_t{1} << 30, "free on backend/cuda"},
+                     "nnkit generate", "--skip-memory-check");
+      },
+      {"nnkit generate needs about", "KV cache", "1.0 GiB is available", "fewer prompts",
+       "--max-new-tokens"});
 }
 
 void write(const fs::path& file, const std::string& text) {

@@ -79,8 +79,8 @@ NNKIT_API std::string describe(const MemoryEstimate& estimate);
 // Compares the estimate with what the machine has and throws Error("memory", ...) naming the
 // estimate by category, the limit and where it came from, and the fixes that apply to `config`
 // and `shape` (smaller batch or sequence, activation checkpointing, bf16), plus
-// `skip_flag` to run anyway. Only the CPU backend's memory is compared: the Backend interface has
-// no free-device-memory query, so a CUDA estimate is not checked (returns without a word).
+// `skip_flag` to run anyway. `limit` is the host's memory for the CPU backend and the device's
+// free memory (Backend::device_memory()) for a GPU backend; nullopt (unknown) checks nothing.
 // `command` names the command in the message ("nnkit train").
 NNKIT_API void check_memory(const MemoryEstimate& estimate, const RunConfig& config,
                             const MemoryShape& shape, const std::optional<MemoryLimit>& limit,

@@ -170,7 +170,7 @@ std::string describe(const MemoryEstimate& e) {
 void check_memory(const MemoryEstimate& estimate, const RunConfig& config, const MemoryShape& shape,
                   const std::optional<MemoryLimit>& limit, const std::string& command,
                   const std::string& skip_flag) {
-  if (estimate.device != "cpu" || !limit || estimate.total() <= limit->bytes) return;
+  if (!limit || estimate.total() <= limit->bytes) return;
   std::vector<std::string> fixes;
   if (shape.workload == Workload::kGenerate) {
     fixes.push_back("fewer prompts at once (" + std::to_string(shape.batch) + " now)");
