@@ -125,5 +125,11 @@ NNKIT_API std::vector<CheckResult> check_schedule(const Registry& registry, cons
                                                   const CheckOptions& options);
 // Every op of the shared list (see backend_op_checks) on `backend` against host references.
 NNKIT_API std::vector<CheckResult> check_backend_ops(Backend& backend);
+// A comm/* plugin created on `backend` in this process alone (ABI 4): rank 0 of 1, every
+// collective's one-rank result, and mismatched arguments refused with nnkit::ShapeError.
+NNKIT_API std::vector<CheckResult> check_communicator(const Registry& registry,
+                                                      const PluginInfo& info,
+                                                      const CheckOptions& options,
+                                                      Backend& backend);
 
 }  // namespace nnkit::testing

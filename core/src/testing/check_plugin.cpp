@@ -14,8 +14,8 @@ namespace {
 
 const std::vector<std::string>& known_kinds() {
   static const std::vector<std::string> kinds = {
-      "backend", "norm",     "attention", "moe",       "ffn",
-      "optim",   "schedule", "decode",    "tokenizer", "tokenizer_trainer"};
+      "backend", "norm",      "attention",         "moe", "ffn", "optim", "schedule",
+      "decode",  "tokenizer", "tokenizer_trainer", "comm"};  // comm: parallel.comm
   return kinds;
 }
 
@@ -108,6 +108,8 @@ CheckReport check_plugin(const Registry& registry, const std::string& kind, cons
       append(check_tokenizer(registry, info, options));
     } else if (kind == "schedule") {
       append(check_schedule(registry, info, options));
+    } else if (kind == "comm") {
+      append(check_communicator(registry, info, options, backend));
     } else if (kind == "backend") {
       std::shared_ptr<Backend> created;
       const bool ok = detail::guarded(report.results, "created", [&] {
