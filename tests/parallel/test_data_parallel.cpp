@@ -60,7 +60,10 @@ Result run(const std::string& command, int timeout_s = 120) {
 // test's variables forwarded to every rank.
 std::string mpirun(int ranks, const std::vector<std::string>& env = {}) {
   std::string line = std::string(NNKIT_MPIEXEC) + " -np " + std::to_string(ranks) +
-                     " --oversubscribe --bind-to none -x OMP_NUM_THREADS=1";
+                     " --oversubscribe --bind-to none -x OMP_NUM_THREADS=1"
+                     // containers often forbid the cross-memory attach of OpenMPI's shared-memory
+                     // transport (ptrace scope): copy through the shared segment instead
+                     " --mca btl_vader_single_copy_mechanism none";
   if (::geteuid() == 0) line += " --allow-run-as-root";
   for (const std::string& e : env) line += " -x " + e;
   return line + " ";
