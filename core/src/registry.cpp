@@ -182,8 +182,9 @@ void Registry::scan_file(const fs::path& file) {
       std::strcmp(descriptor->build_tag, NNKIT_BUILD_TAG) != 0) {
     reject(std::string("built with '") + (descriptor->build_tag ? descriptor->build_tag : "?") +
            "', this nnkit was built with '" NNKIT_BUILD_TAG
-           "'; rebuild the plugin with the same "
-           "compiler and standard library");
+           "'; rebuild the plugin with the same compiler and standard library against "
+           "this nnkit's headers (the 'headers-' part is a hash of the SDK headers a plugin was "
+           "compiled with: a different one means a stale build)");
     return;
   }
   PluginInfo info;

@@ -64,6 +64,13 @@ TEST(Registry, SkipsForeignAndMismatchedLibrariesWithReasons) {
   EXPECT_NE(tag->reason.find("gcc-1;libstdc++-1"), std::string::npos) << tag->reason;
   EXPECT_FALSE(has_plugin(r, "norm", "wrong_abi"));
   EXPECT_FALSE(has_plugin(r, "norm", "bad_tag"));
+  // Right ABI number and compiler, other SDK headers (a stale build): refused, saying so.
+  const RejectedLibrary* stale = rejected_named(r, "stale_headers");
+  ASSERT_NE(stale, nullptr);
+  EXPECT_NE(stale->reason.find("headers-0123456789abcdef"), std::string::npos) << stale->reason;
+  EXPECT_NE(stale->reason.find("headers-" NNKIT_HEADERS_HASH), std::string::npos) << stale->reason;
+  EXPECT_NE(stale->reason.find("stale build"), std::string::npos) << stale->reason;
+  EXPECT_FALSE(has_plugin(r, "norm", "stale_headers"));
   EXPECT_TRUE(has_plugin(r, "norm", "always_fails"));
 }
 

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "nnkit/header_hash.h"
+
 #define NNKIT_VERSION_STRING "0.1.0"
 
 #define NNKIT_STRINGIFY_IMPL(x) #x
@@ -27,10 +29,12 @@
 #define NNKIT_STDLIB_TAG "unknown-stdlib"
 #endif
 
-// Identifies everything that must match for C++ objects to cross the plugin boundary safely.
+// Identifies everything that must match for C++ objects to cross the plugin boundary safely:
+// compiler, standard library, nnkit version, C++ standard, and the SDK headers themselves (a
+// hash, nnkit/header_hash.h), so a plugin compiled against other headers is refused.
 #define NNKIT_BUILD_TAG                                                  \
   NNKIT_COMPILER_TAG ";" NNKIT_STDLIB_TAG ";nnkit-" NNKIT_VERSION_STRING \
-                     ";cxx" NNKIT_STRINGIFY(__cplusplus)
+                     ";cxx" NNKIT_STRINGIFY(__cplusplus) ";headers-" NNKIT_HEADERS_HASH
 
 namespace nnkit {
 
