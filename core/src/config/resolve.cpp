@@ -407,7 +407,8 @@ ParallelConfig resolve_parallel(const Impl& doc, const Registry& registry, const
   static const std::vector<OptionSpec> specs = {
       int_spec("data", "1", 1, "data-parallel replicas (each takes batch_size / data rows)"),
       int_spec("expert", "1", 1, "ranks the experts of every MoE layer are sharded over"),
-      {"zero", OptionType::kInt, "0", 0.0, 1.0, "ZeRO stage: 0 (optimizer state on every rank) or 1 (sharded)"},
+      {"zero", OptionType::kInt, "0", 0.0, 1.0,
+       "ZeRO stage: 0 (optimizer state on every rank) or 1 (sharded)"},
   };
   const Options po = read_options(doc, node, "parallel", "config", specs, {"comm"});
   ParallelConfig p;
