@@ -236,6 +236,19 @@ unsigned blocks_for_rows(int64_t rows) {
   return static_cast<unsigned>((rows + kWarps - 1) / kWarps);
 }
 
+// The warp-per-row norm kernels' type dispatch for rows of storage type T: calls
+// launch(W tag, width tag) with the weight's type W (f32 or T; the checks refused the rest) and
+// the pack width (16-byte packs when `packed`).
+template <typename T, typename Launch>
+void with_norm_weight(DType weight, bool packed, Launch&& launch) {
+  dispatch_float(weight, [&](auto weight_tag) {
+    using W = typename decltype(weight_tag)::type;
+    if constexpr (std::is_same_v<W, float> || std::is_same_v<W, T>) {
+      with_pack_width<T>(packed, [&](auto width) { launch(weight_tag, width); });
+    }
+  });
+}
+
 }  // namespace
 
 void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, const Tensor& y,
@@ -258,16 +271,12 @@ void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float e
     using T = typename decltype(tag)::type;
     const bool packed = aligned16(x.raw()) && aligned16(y.raw()) && aligned16(weight.raw()) &&
                         s.cols % kPackWidth<T> == 0;
-    dispatch_float(weight.dtype(), [&](auto weight_tag) {
+    with_norm_weight<T>(weight.dtype(), packed, [&](auto weight_tag, auto width) {
       using W = typename decltype(weight_tag)::type;
-      if constexpr (std::is_same_v<W, float> || std::is_same_v<W, T>) {
-        with_pack_width<T>(packed, [&](auto width) {
-          constexpr int kW = decltype(width)::value;
-          rmsnorm_forward_warp_kernel<T, W, kW><<<blocks_for_rows(s.rows), kThreads, 0, stream_>>>(
-              ptr<T>(x), ptr<W>(weight), eps, ptr<T>(y), ptr<float>(rstd), s.rows, s.cols);
-          NNKIT_CUDA_CHECK_LAUNCH(rmsnorm_forward_warp_kernel);
-        });
-      }
+      constexpr int kW = decltype(width)::value;
+      rmsnorm_forward_warp_kernel<T, W, kW><<<blocks_for_rows(s.rows), kThreads, 0, stream_>>>(
+          ptr<T>(x), ptr<W>(weight), eps, ptr<T>(y), ptr<float>(rstd), s.rows, s.cols);
+      NNKIT_CUDA_CHECK_LAUNCH(rmsnorm_forward_warp_kernel);
     });
   });
 }
@@ -289,17 +298,12 @@ void CudaBackend::add_rmsnorm(const Tensor& x, const Tensor& residual, const Ten
     const bool packed = aligned16(x.raw()) && aligned16(residual.raw()) && aligned16(sum.raw()) &&
                         aligned16(y.raw()) && aligned16(weight.raw()) &&
                         s.cols % kPackWidth<T> == 0;
-    dispatch_float(weight.dtype(), [&](auto weight_tag) {
+    with_norm_weight<T>(weight.dtype(), packed, [&](auto weight_tag, auto width) {
       using W = typename decltype(weight_tag)::type;
-      if constexpr (std::is_same_v<W, float> || std::is_same_v<W, T>) {
-        with_pack_width<T>(packed, [&](auto width) {
-          constexpr int kW = decltype(width)::value;
-          add_rmsnorm_warp_kernel<T, W, kW><<<blocks_for_rows(s.rows), kThreads, 0, stream_>>>(
-              ptr<T>(x), ptr<T>(residual), ptr<W>(weight), eps, ptr<T>(sum), ptr<T>(y), s.rows,
-              s.cols);
-          NNKIT_CUDA_CHECK_LAUNCH(add_rmsnorm_warp_kernel);
-        });
-      }
+      constexpr int kW = decltype(width)::value;
+      add_rmsnorm_warp_kernel<T, W, kW><<<blocks_for_rows(s.rows), kThreads, 0, stream_>>>(
+          ptr<T>(x), ptr<T>(residual), ptr<W>(weight), eps, ptr<T>(sum), ptr<T>(y), s.rows, s.cols);
+      NNKIT_CUDA_CHECK_LAUNCH(add_rmsnorm_warp_kernel);
     });
   });
 }
@@ -353,18 +357,12 @@ void CudaBackend::rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tens
     NNKIT_CUDA_CHECK_LAUNCH(rmsnorm_dweight_final_kernel);
     const bool packed = aligned16(dy.raw()) && aligned16(x.raw()) && aligned16(dx.raw()) &&
                         aligned16(weight.raw()) && s.cols % kPackWidth<T> == 0;
-    dispatch_float(weight.dtype(), [&](auto weight_tag) {
+    with_norm_weight<T>(weight.dtype(), packed, [&](auto weight_tag, auto width) {
       using W = typename decltype(weight_tag)::type;
-      if constexpr (std::is_same_v<W, float> || std::is_same_v<W, T>) {
-        with_pack_width<T>(packed, [&](auto width) {
-          constexpr int kW = decltype(width)::value;
-          rmsnorm_backward_dx_warp_kernel<T, W, kW>
-              <<<blocks_for_rows(s.rows), kThreads, 0, stream_>>>(ptr<T>(dy), ptr<T>(x),
-                                                                  ptr<W>(weight), ptr<float>(rstd),
-                                                                  ptr<T>(dx), s.rows, s.cols);
-          NNKIT_CUDA_CHECK_LAUNCH(rmsnorm_backward_dx_warp_kernel);
-        });
-      }
+      constexpr int kW = decltype(width)::value;
+      rmsnorm_backward_dx_warp_kernel<T, W, kW><<<blocks_for_rows(s.rows), kThreads, 0, stream_>>>(
+          ptr<T>(dy), ptr<T>(x), ptr<W>(weight), ptr<float>(rstd), ptr<T>(dx), s.rows, s.cols);
+      NNKIT_CUDA_CHECK_LAUNCH(rmsnorm_backward_dx_warp_kernel);
     });
   });
 }
