@@ -10,6 +10,8 @@
 #   ncu     Nsight Compute's duration of every kernel of steady-state decode steps of the 6.9B
 #           model at batch 1, run uncaptured in the recorded step's layout
 #           (NNKIT_GRAPHS_NO_REPLAY=1): the kernels a replayed step runs, one by one
+#   gaps    bench/graph_gap.cu: per-node cost of a recorded chain of kernels, with and without
+#           programmatic dependent launch
 #   long    long context on the 6.9B model: a 32K-token prompt (alpha 1, max_seq_len 32768) and a
 #           128K-token prompt with model.attention.rope.ntk_alpha=8, 128 new tokens each;
 #           prefill/decode tok/s and peak device memory (nvidia-smi, 200 ms samples)
@@ -87,15 +89,29 @@ if has profile; then
 fi
 
 if has ncu; then
-  NNKIT_GRAPHS_NO_REPLAY=1 timeout 400 ncu --clock-control none --cache-control none \
-    --metrics gpu__time_duration.sum --csv \
-    --launch-skip "${NCU_SKIP:-4000}" --launch-count "${NCU_COUNT:-1000}" \
-    "$nnkit" generate configs/cuda-nn-6.9b.yaml --random-init --prompt "$prompt16" \
-    --max-new-tokens 12 --seed 1 'decode=[{type: greedy}]' "$gpu_backend" \
-    > "$out/ncu_decode.csv" 2> "$out/ncu_decode.err"
-  echo "ncu exit $?" >> "$out/ncu_decode.err"
-  tail -3 "$out/ncu_decode.err"
-  python3 bench/ncu_kernel_table.py "$out/ncu_decode.csv" --step-kernel attention_decode_kernel \
-    --per-step 30 | head -40
+  # NCU_BATCHES: the batch sizes profiled (each its own ncu run); NCU_METRICS: extra metrics
+  # (e.g. dram__bytes_read.sum,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active).
+  for batch in ${NCU_BATCHES:-1}; do
+    python3 -c "import sys; t='The quick brown fox jumps over the lazy dog while the cat sleeps. '*4; [print(t[i*5:i*5+16]) for i in range(int(sys.argv[1]))]" "$batch" > /tmp/ncu_prompts.txt
+    NNKIT_GRAPHS_NO_REPLAY=1 timeout 400 ncu --clock-control none --cache-control none \
+      --metrics "gpu__time_duration.sum${NCU_METRICS:+,$NCU_METRICS}" --csv \
+      --launch-skip "${NCU_SKIP:-4000}" --launch-count "${NCU_COUNT:-1000}" \
+      "$nnkit" generate configs/cuda-nn-6.9b.yaml --random-init --prompts /tmp/ncu_prompts.txt \
+      --max-new-tokens 12 --seed 1 'decode=[{type: greedy}]' "$gpu_backend" \
+      > "$out/ncu_decode_b$batch.csv" 2> "$out/ncu_decode_b$batch.err"
+    echo "ncu exit $?" >> "$out/ncu_decode_b$batch.err"
+    tail -3 "$out/ncu_decode_b$batch.err"
+    echo "== batch $batch"
+    python3 bench/ncu_kernel_table.py "$out/ncu_decode_b$batch.csv" \
+      --step-kernel attention_decode_kernel --per-step 30 | head -40
+  done
   stamp "ncu"
+fi
+
+if has gaps; then
+  # The cost of a CUDA Graph's kernel nodes back to back, with and without programmatic
+  # dependent launch (bench/graph_gap.cu).
+  nvcc -O2 -arch=sm_90 -std=c++17 bench/graph_gap.cu -o build-gpu/graph_gap &&
+    build-gpu/graph_gap | tee "$out/graph_gap.txt"
+  stamp "gaps"
 fi

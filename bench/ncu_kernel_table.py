@@ -32,10 +32,18 @@ def main():
     parser.add_argument("--per-step", type=float, default=1.0)
     args = parser.parse_args()
     rows = []
+    # Any other metrics in the CSV: averaged per kernel name, printed after the time table.
+    extra = collections.defaultdict(lambda: collections.defaultdict(list))
     with open(args.csv, newline="") as f:
         lines = [line for line in f if line.startswith('"')]
     for rec in csv.DictReader(lines):
         if rec.get("Metric Name") != "gpu__time_duration.sum":
+            try:
+                extra[short_name(rec["Kernel Name"])][
+                    rec["Metric Name"] + " (" + rec.get("Metric Unit", "") + ")"].append(
+                        float(rec["Metric Value"].replace(",", "")))
+            except (KeyError, ValueError):
+                pass
             continue
         value = float(rec["Metric Value"].replace(",", ""))
         unit = rec.get("Metric Unit", "nsecond")
@@ -56,6 +64,12 @@ def main():
     for name, (calls, us) in sorted(totals.items(), key=lambda kv: -kv[1][1]):
         print(f"{name:90s} {calls / steps:8.1f} {us / steps:9.1f} {us / calls:8.2f} "
               f"{100 * us / all_us:5.1f}%")
+    if extra:
+        print("per-kernel averages of the other metrics:")
+        for name, (calls, us) in sorted(totals.items(), key=lambda kv: -kv[1][1]):
+            values = "  ".join(f"{metric} {sum(v) / len(v):.4g}"
+                               for metric, v in sorted(extra[name].items()))
+            print(f"  {name[:60]:60s} {values}")
     return 0
 
 
