@@ -16,7 +16,11 @@
 namespace nnkit::test {
 namespace {
 
-using CudaDecode = CudaParityTest;
+class CudaDecode : public CudaParityTest {
+ protected:
+  // Both grouped ops on E experts of (N, K) weights at several capacities and dtypes vs the CPU.
+  void GroupedExpertCase(int64_t E, int64_t K, int64_t N);
+};
 
 TEST_F(CudaDecode, KvCacheAppendWritesAtTheDeviceLengthAndFaultsWhenFull) {
   const int64_t B = 3, cap = 9, W = 20;
@@ -264,15 +268,42 @@ TEST_F(CudaDecode, AttentionDecodeEqualsTheCachedAttentionForward) {
 }
 
 TEST_F(CudaDecode, GroupedExpertProductMatchesTheCpuAndSkipsEmptyExperts) {
-  const int64_t E = 16, K = 768, N = 300;
+  // N = 300: the CUDA-core kernel; the others (16-bit, k % 32 == 0, n % 8 == 0) take the
+  // tensor-core kernel with each k split: K = 256 none, 768 two warps (gate/up), 2048 eight
+  // (down); capacity 16 uses its second row tile.
+  const int64_t E = 16;
+  for (auto [K, N] : {std::pair<int64_t, int64_t>{768, 300}, {768, 304}, {2048, 64}, {256, 24}}) {
+    GroupedExpertCase(E, K, N);
+    if (::testing::Test::HasFailure()) return;
+  }
+}
+
+TEST_F(CudaDecode, GroupedTensorCoreProductRepeatsBitForBit) {
+  const int64_t E = 16, K = 2048, N = 64, capacity = 16;
+  std::vector<int32_t> offsets{0};
+  for (int64_t e = 0; e < E; ++e) offsets.push_back(offsets.back() + int32_t((e * 5) % 17));
+  TensorPair kept = same_ints(offsets, {E + 1});
+  TensorPair x = same_rounded_random({E * capacity, K}, 870, DType::kBF16);
+  std::vector<Tensor> w;
+  for (int64_t e = 0; e < E; ++e)
+    w.push_back(same_rounded_random({N, K}, 880 + uint64_t(e), DType::kBF16, 0.05f).cuda);
+  Tensor first = cuda().empty({E * capacity, N}, DType::kBF16);
+  Tensor second = cuda().empty({E * capacity, N}, DType::kBF16);
+  cuda().moe_grouped_gemm_nt(x.cuda, w, kept.cuda, capacity, first);
+  cuda().moe_grouped_gemm_nt(x.cuda, w, kept.cuda, capacity, second);
+  EXPECT_EQ(to_vector(cuda(), first), to_vector(cuda(), second));
+}
+
+void CudaDecode::GroupedExpertCase(int64_t E, int64_t K, int64_t N) {
   for (int64_t capacity : {int64_t(1), int64_t(3), int64_t(8), int64_t(16)}) {
     // Kept rows per expert: 0, capacity, and in between.
     std::vector<int32_t> offsets{0};
     for (int64_t e = 0; e < E; ++e)
       offsets.push_back(offsets.back() + int32_t((e * 7) % (capacity + 1)));
     TensorPair kept = same_ints(offsets, {E + 1});
-    for (DType dtype : {DType::kF32, DType::kBF16}) {
-      const std::string what = "capacity " + std::to_string(capacity) + " " + dtype_name(dtype);
+    for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
+      const std::string what = "K " + std::to_string(K) + " N " + std::to_string(N) + " capacity " +
+                               std::to_string(capacity) + " " + dtype_name(dtype);
       TensorPair x = same_rounded_random({E * capacity, K}, 830 + uint64_t(capacity), dtype);
       std::vector<Tensor> w_cpu, w_cuda;
       for (int64_t e = 0; e < E; ++e) {

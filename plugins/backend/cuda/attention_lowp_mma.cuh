@@ -21,6 +21,7 @@
 #include <type_traits>
 
 #include "attention_common.cuh"
+#include "mma_m16n8k16.cuh"
 
 namespace nnkit::cuda {
 
@@ -34,26 +35,6 @@ constexpr float kLn2 = 0.6931471805599453f;
 template <int kD>
 constexpr int lowp_ld() {
   return kD + 8;
-}
-
-// d += a b for one 16 x 8 x 16 step; T picks the bf16 or f16 instruction.
-template <typename T>
-__device__ __forceinline__ void mma_16x8x16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                            uint32_t b1) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    static_assert(std::is_same_v<T, __half>, "tensor-core attention takes bf16 or f16");
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
 }
 
 __device__ __forceinline__ uint32_t shared_address(const void* p) {
@@ -97,18 +78,6 @@ template <int kLd, typename T>
 __device__ __forceinline__ void load_b_fragments_of_columns(uint32_t (&b)[4], const T* tile, int k0,
                                                             int n0, int lane) {
   ldmatrix_x4_trans(b, tile + (k0 + lane % 8 + (lane / 8) % 2 * 8) * kLd + n0 + lane / 16 * 8);
-}
-
-// Two floats rounded to a packed pair of T (the first in the low half: the lower column).
-template <typename T>
-__device__ __forceinline__ uint32_t pack_pair(float lo, float hi) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
-  } else {
-    const __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
-  }
 }
 
 // The A fragment of the 16-column slice covered by C fragments c[j] and c[j + 1] (see above).

@@ -4,10 +4,13 @@
 // that reads only the chosen experts' weights. (attention_decode is in attention_decode.cu.)
 // Owned by backend/cuda. Fixed orders throughout: results repeat bit for bit.
 #include <algorithm>
+#include <cstdlib>
 #include <string>
+#include <type_traits>
 
 #include "cuda_check.h"
 #include "kernel_utils.cuh"
+#include "mma_m16n8k16.cuh"
 
 namespace nnkit::cuda {
 
@@ -164,6 +167,179 @@ void grouped_by_rows(const T* x, const ExpertWeights& w, const ExpertWeights& up
   }
 }
 
+// ---- the tensor-core grouped product (16-bit weights) ----------------------------------------
+// At 1-16 rows per expert these products read each weight once and do almost no arithmetic, so
+// what matters is bytes in flight and a short per-column tail. A warp owns an 8-column tile of
+// one expert and walks k 32 at a time: each lane reads 16 contiguous bytes of one weight row
+// (lane / 4 is the column, lane % 4 the 8-element slice) and 16 bytes of one or two x rows, and two
+// m16n8k16 steps consume them. The product's k order is permuted so that these plain 16-byte loads
+// are already the fragments: in step 0 fragment index 2 c + {0,1} is element 8 c + {0,1} and
+// 2 c + 8 + {0,1} is 8 c + 2 + {0,1} (step 1: + 4), in both operands alike, which leaves the sum
+// over k unchanged. x rows are the A operand (16 token rows, zero past the expert's kept rows),
+// weight rows the B operand (8 columns); the f32 C fragment is 16 rows x 8 columns. kSplit warps
+// share a tile's k steps round robin and add their partial sums in shared memory in a fixed order.
+constexpr int kMmaWarps = 8;
+constexpr int kMmaThreads = kMmaWarps * 32;
+constexpr int kMmaStages = 4;  // k steps of loads in flight per warp
+
+__device__ __forceinline__ uint4 load_weights_once(const void* p) {
+  // Each weight byte is read once per step: keep it out of L1 (x rows are what L1 should hold).
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
+
+template <typename T, int kSplit, bool kSwiglu, bool kTwoRowTiles>
+__global__ void __launch_bounds__(kMmaThreads, 2)
+    grouped_mma_kernel(const T* x, ExpertWeights weights, ExpertWeights up, const int32_t* kept,
+                       int capacity, int64_t n, int64_t k, T* y, int experts,
+                       int groups_per_expert) {
+  constexpr int kTiles = kMmaWarps / kSplit;  // 8-column tiles per block
+  constexpr int kValues = kSwiglu ? 8 : 4;    // C fragment floats per lane (gate, up)
+  __shared__ int counts[kMaxGroupedExperts], order[kMaxGroupedExperts];
+  __shared__ float partial[kSplit > 1 ? kMmaWarps : 1][kValues][32];
+  if (threadIdx.x < experts) counts[threadIdx.x] = kept[threadIdx.x + 1] - kept[threadIdx.x];
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    // Chosen experts first, so the busy blocks are the low block indices (launched first).
+    int c = 0;
+    for (int e = 0; e < experts; ++e) {
+      if (counts[e] > 0) order[c++] = e;
+    }
+    for (int e = 0; e < experts; ++e) {
+      if (counts[e] <= 0) order[c++] = e;
+    }
+  }
+  __syncthreads();
+  const int e = order[blockIdx.x / groups_per_expert];
+  const int64_t col_begin = int64_t(blockIdx.x % groups_per_expert) * kTiles * 8;
+  const int rows = max(0, min(counts[e], capacity));
+  T* ye = y + int64_t(e) * capacity * n;
+  if (rows == 0) {  // an expert nobody chose: its block of y is zeros
+    const int64_t cols = min(int64_t{kTiles} * 8, n - col_begin);
+    for (int64_t i = threadIdx.x; i < capacity * cols; i += kMmaThreads) {
+      ye[i / cols * n + col_begin + i % cols] = from_float<T>(0.0f);
+    }
+    return;
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+  const int split = warp % kSplit;
+  const int quad_row = lane >> 2, quad_col = lane & 3;
+  const int64_t col0 = col_begin + (warp / kSplit) * 8;
+  const bool active = col0 < n;  // n is a multiple of 8
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, acc_up[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  if (active) {
+    const int64_t w_offset = (col0 + quad_row) * k + 8 * quad_col;
+    const T* w_row = static_cast<const T*>(weights.w[e]) + w_offset;
+    const T* u_row = kSwiglu ? static_cast<const T*>(up.w[e]) + w_offset : nullptr;
+    const T* x_lo = x + (int64_t(e) * capacity + quad_row) * k + 8 * quad_col;
+    const T* x_hi = x_lo + 8 * k;
+    const bool has_lo = quad_row < rows, has_hi = kTwoRowTiles && quad_row + 8 < rows;
+    const int64_t steps = k / 32;
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    for (int64_t s0 = split; s0 < steps; s0 += int64_t(kSplit) * kMmaStages) {
+      uint4 w[kMmaStages], u[kMmaStages], lo[kMmaStages], hi[kMmaStages];
+#pragma unroll
+      for (int i = 0; i < kMmaStages; ++i) {
+        const int64_t s = s0 + int64_t(i) * kSplit;
+        const bool live = s < steps;
+        w[i] = live ? load_weights_once(w_row + s * 32) : zero;
+        u[i] = kSwiglu && live ? load_weights_once(u_row + s * 32) : zero;
+        lo[i] = live && has_lo ? __ldg(reinterpret_cast<const uint4*>(x_lo + s * 32)) : zero;
+        hi[i] = live && has_hi ? __ldg(reinterpret_cast<const uint4*>(x_hi + s * 32)) : zero;
+      }
+#pragma unroll
+      for (int i = 0; i < kMmaStages; ++i) {
+        const uint32_t a0[4] = {lo[i].x, hi[i].x, lo[i].y, hi[i].y};
+        const uint32_t a1[4] = {lo[i].z, hi[i].z, lo[i].w, hi[i].w};
+        mma_16x8x16<T>(acc, a0, w[i].x, w[i].y);
+        mma_16x8x16<T>(acc, a1, w[i].z, w[i].w);
+        if constexpr (kSwiglu) {
+          mma_16x8x16<T>(acc_up, a0, u[i].x, u[i].y);
+          mma_16x8x16<T>(acc_up, a1, u[i].z, u[i].w);
+        }
+      }
+    }
+  }
+  if constexpr (kSplit > 1) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      partial[warp][j][lane] = acc[j];
+      if constexpr (kSwiglu) partial[warp][4 + j][lane] = acc_up[j];
+    }
+    __syncthreads();
+    if (split != 0) return;
+    for (int s = 1; s < kSplit; ++s) {  // split 0's sum first, then 1, 2, ...: a fixed order
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        acc[j] += partial[warp + s][j][lane];
+        if constexpr (kSwiglu) acc_up[j] += partial[warp + s][4 + j][lane];
+      }
+    }
+  }
+  if (!active) return;
+  float v[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    // swiglu_forward's formula, in f32.
+    v[j] = kSwiglu ? acc[j] * (1.0f / (1.0f + expf(-acc[j]))) * acc_up[j] : acc[j];
+  }
+  const int64_t col = col0 + 2 * quad_col;
+  const int r_lo = quad_row, r_hi = quad_row + 8;
+  if (r_lo < capacity) {
+    *reinterpret_cast<uint32_t*>(ye + r_lo * n + col) = r_lo < rows ? pack_pair<T>(v[0], v[1]) : 0u;
+  }
+  if (r_hi < capacity) {
+    *reinterpret_cast<uint32_t*>(ye + r_hi * n + col) = r_hi < rows ? pack_pair<T>(v[2], v[3]) : 0u;
+  }
+}
+
+template <typename T, int kSplit, bool kSwiglu>
+void launch_grouped_mma(const T* x, const ExpertWeights& w, const ExpertWeights& up,
+                        const int32_t* kept, int capacity, int64_t n, int64_t k, T* y, int experts,
+                        cudaStream_t stream) {
+  constexpr int64_t kColumnsPerBlock = kMmaWarps / kSplit * 8;
+  const int groups = static_cast<int>((n + kColumnsPerBlock - 1) / kColumnsPerBlock);
+  const unsigned blocks = static_cast<unsigned>(int64_t(groups) * experts);
+  if (capacity > 8) {
+    grouped_mma_kernel<T, kSplit, kSwiglu, true>
+        <<<blocks, kMmaThreads, 0, stream>>>(x, w, up, kept, capacity, n, k, y, experts, groups);
+  } else {
+    grouped_mma_kernel<T, kSplit, kSwiglu, false>
+        <<<blocks, kMmaThreads, 0, stream>>>(x, w, up, kept, capacity, n, k, y, experts, groups);
+  }
+  NNKIT_CUDA_CHECK_LAUNCH(grouped_mma_kernel);
+}
+
+// Long rows (the down product's k = ffn_dim) split across all eight warps of a block, short ones
+// (gate/up's k = hidden) across two or none: enough blocks to fill the GPU, and each warp still
+// has several k steps of loads in flight.
+template <typename T, bool kSwiglu>
+void grouped_by_split(const T* x, const ExpertWeights& w, const ExpertWeights& up,
+                      const int32_t* kept, int capacity, int64_t n, int64_t k, T* y, int experts,
+                      cudaStream_t stream) {
+  const int64_t steps = k / 32;
+  if (steps >= 64) {
+    launch_grouped_mma<T, 8, kSwiglu>(x, w, up, kept, capacity, n, k, y, experts, stream);
+  } else if (steps >= 16) {
+    launch_grouped_mma<T, 2, kSwiglu>(x, w, up, kept, capacity, n, k, y, experts, stream);
+  } else {
+    launch_grouped_mma<T, 1, kSwiglu>(x, w, up, kept, capacity, n, k, y, experts, stream);
+  }
+}
+
+// The tensor-core path is the default for 16-bit tensors of fitting shapes;
+// NNKIT_GROUPED_MMA=0 runs the CUDA-core kernel instead (to compare the two on one machine).
+bool grouped_mma_enabled() {
+  static const bool enabled = [] {
+    const char* flag = std::getenv("NNKIT_GROUPED_MMA");
+    return flag == nullptr || std::string(flag) != "0";
+  }();
+  return enabled;
+}
+
 }  // namespace
 
 void CudaBackend::kv_cache_append(const Tensor& cache, const Tensor& rows, int64_t batch,
@@ -238,6 +414,15 @@ void run_grouped(const GroupedArgs& a, const Tensor& x, const Tensor& kept_offse
   if (a.n == 0) return;
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
+    if constexpr (!std::is_same_v<T, float>) {
+      if (a.packed && aligned16(y.raw()) && a.k % 32 == 0 && a.n % 8 == 0 &&
+          grouped_mma_enabled()) {
+        grouped_by_split<T, kSwiglu>(ptr<T>(x), a.gate, a.up, ptr<int32_t>(kept_offsets),
+                                     static_cast<int>(capacity), a.n, a.k, ptr<T>(y), experts,
+                                     stream);
+        return;
+      }
+    }
     with_pack_width<T>(a.packed, [&](auto width) {
       grouped_by_rows<T, decltype(width)::value, kSwiglu>(
           ptr<T>(x), a.gate, a.up, ptr<int32_t>(kept_offsets), static_cast<int>(capacity), a.n, a.k,
