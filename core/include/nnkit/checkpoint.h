@@ -20,6 +20,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "nnkit/export.h"
@@ -58,6 +59,12 @@ class NNKIT_API CheckpointStore {
   // removes temp folders (a failed save's own on the way out, leftovers at pruning).
   std::filesystem::path save(const TrainerState& state, Transformer& model, Optimizer* optimizer,
                              const std::string& config_yaml, int keep = 3);
+  // The same from named tensors on `backend`, written in the order given: what expert
+  // parallelism saves after gathering every shard's experts onto the writing rank.
+  std::filesystem::path save(const TrainerState& state, Backend& backend,
+                             const std::vector<std::pair<std::string, Tensor>>& weights,
+                             const std::vector<std::pair<std::string, Tensor>>& optimizer_state,
+                             int64_t optimizer_steps, const std::string& config_yaml, int keep = 3);
   // Newest checkpoint with a MANIFEST (half-written temp folders are skipped and logged).
   std::optional<CheckpointRef> latest() const;
   // Like latest(), but throws IoError explaining what is missing when there is none.

@@ -22,6 +22,13 @@ struct ModelDims {
   int64_t max_seq_len = 0;
   int64_t layer_index = -1;  // which block this component sits in; -1 for model-level ones
   int64_t n_experts = 0;     // filled for moe/* components (router needs it to check top_k)
+  // ABI 5, expert parallelism (docs/parallel.md): an experts plugin holds only experts
+  // [expert_begin, expert_end) of its n_experts, names their parameters with their global index
+  // ("experts.<e>.w1.weight"), and is then driven with a Routing over those experts alone
+  // (Routing::n_experts = expert_end - expert_begin, offsets of local expert e - expert_begin).
+  // expert_end = -1 (the default, and always outside expert parallelism): all of them.
+  int64_t expert_begin = 0;
+  int64_t expert_end = -1;
 };
 
 struct CreateArgs {

@@ -184,9 +184,13 @@ class NNKIT_API Router : public Layer {
 };
 
 // `moe/<experts>`: the expert FFNs. Parameters "experts.<e>.w1.weight" etc. (HF Mixtral).
+// ABI 5: created with ModelDims::expert_begin/end (expert parallelism), it holds only that block
+// of experts; n_experts() still counts all of them, and forward_routed receives a Routing over
+// the held block (Routing::n_experts = the block's size, offsets per held expert).
 class NNKIT_API Experts : public Layer {
  public:
   ~Experts() override;
+  // All experts of the layer, also when this instance holds a block of them.
   virtual int64_t n_experts() const = 0;
   // Parameters of one expert (for the active-parameter count).
   virtual int64_t parameters_per_expert() const = 0;

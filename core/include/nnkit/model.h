@@ -21,15 +21,34 @@
 
 namespace nnkit {
 
+// Expert parallelism (parallel.expert > 1, docs/parallel.md): the block of every MoE layer's
+// experts a model holds. count 1 (the default): all of them.
+struct ExpertShard {
+  int index = 0;  // this rank's place among the expert ranks of its group, in [0, count)
+  int count = 1;  // parallel.expert
+};
+
+// One parameter of the whole model, in parameter order (Transformer::parameter_layout()).
+struct ParameterPlace {
+  Parameter* parameter = nullptr;  // this model's, or a descriptor (name, shape; no tensors)
+                                   // of an expert another shard holds
+  int shard = -1;                  // the expert shard holding it; -1 for replicated parameters
+};
+
 class NNKIT_API Transformer {
  public:
-  Transformer(const RunConfig& config, const Registry& registry, std::shared_ptr<Backend> backend);
+  // With shard.count > 1 the experts plugins hold experts [index E/count, (index+1) E/count)
+  // (ModelDims::expert_begin/end) and the model's parameters are this shard's.
+  Transformer(const RunConfig& config, const Registry& registry, std::shared_ptr<Backend> backend,
+              ExpertShard shard = {});
   ~Transformer();
   Transformer(const Transformer&) = delete;
   Transformer& operator=(const Transformer&) = delete;
 
   const ModelConfig& config() const { return config_; }
   Backend& backend() const { return *backend_; }
+  const ExpertShard& expert_shard() const { return shard_; }
+  // Parameters of the whole model (every expert shard counted).
   int64_t parameter_count() const;
   // Parameters used per token: MoE layers count top_k of n_experts experts.
   int64_t active_parameter_count() const;
@@ -43,8 +62,14 @@ class NNKIT_API Transformer {
   // Normal(0, init_std) weights and 1 for norm scales. Each tensor's numbers depend only on
   // (seed, parameter name), so the init does not change when components are reordered.
   void init_random(uint64_t seed);
-  // Every parameter with its full name, in a fixed order.
+  // Every parameter this model holds with its full name, in a fixed order.
   std::vector<Parameter*> parameters();
+  // Expert parallelism: the parameters of the experts this shard holds (empty when the
+  // experts are not sharded), the subset of parameters() that other shards do not have.
+  std::vector<Parameter*> sharded_expert_parameters();
+  // Every parameter of the whole model in the order of an unsharded model's parameters(),
+  // with the other shards' experts as descriptors: what a complete checkpoint lists.
+  std::vector<ParameterPlace> parameter_layout();
   Parameter* find_parameter(const std::string& name);
   void zero_grads();
 
@@ -77,8 +102,10 @@ class NNKIT_API Transformer {
   // needs: capacity-limited MoE layers use the padded expert layout). Off by default.
   void set_static_shapes(bool on) { static_shapes_ = on; }
   // Data parallelism: training passes carry `comm` (ForwardContext::comm) so that routers see
-  // the load of the whole global batch; null (the default) for a job of one rank.
-  void set_communicator(Communicator* comm) { comm_ = comm; }
+  // the load of the whole global batch; null (the default) for a job of one rank. With expert
+  // shards, every pass (training and evaluation) exchanges the routed rows over `comm` with
+  // the group of ranks [rank - shard.index, rank - shard.index + shard.count).
+  void set_communicator(Communicator* comm);
   // Rewrites every Parameter::compute copy from its f32 value; call after changing values
   // outside the optimizer (loading a checkpoint or HF weights). init_random() calls it.
   void refresh_compute_copies();
@@ -137,6 +164,10 @@ class NNKIT_API Transformer {
     int64_t batch = 0, seq = 0, valid = 0;
   };
   void for_each_parameter(const std::function<void(const std::string&, Parameter&)>& fn);
+  // The same walk; with `every_shard`, a sharded MoE layer's experts are listed for every
+  // shard (the others' as descriptors) and fn learns the shard of each expert parameter.
+  void visit_parameters(const std::function<void(const std::string&, Parameter&, int)>& fn,
+                        bool every_shard);
 
   ModelConfig config_;
   std::shared_ptr<Backend> backend_;
@@ -148,9 +179,10 @@ class NNKIT_API Transformer {
   Tensor positions_;  // (B*T) i32 training positions for positions_batch_ x positions_seq_
   int64_t positions_batch_ = 0;
   int64_t positions_seq_ = 0;
-  std::vector<StagedBatch> staged_;      // per micro-batch slot (stage_batch)
-  bool static_shapes_ = false;           // set_static_shapes()
-  Communicator* comm_ = nullptr;         // set_communicator()
+  std::vector<StagedBatch> staged_;  // per micro-batch slot (stage_batch)
+  bool static_shapes_ = false;       // set_static_shapes()
+  Communicator* comm_ = nullptr;     // set_communicator()
+  ExpertShard shard_;
   std::unique_ptr<DecodeState> decode_;  // begin_decode() .. end_decode()
 };
 

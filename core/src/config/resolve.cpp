@@ -448,6 +448,20 @@ ParallelConfig resolve_parallel(const Impl& doc, const Registry& registry, const
                         std::to_string(cfg.train.batch_size) +
                         "), the global batch every rank takes an equal share of");
   }
+  // Expert ranks take their own rows too (only the experts are sharded among them).
+  if (p.expert > 1 && cfg.train.batch_size % p.world_size() != 0) {
+    po.fail("expert", "(" + std::to_string(p.expert) + ") x parallel.data (" +
+                          std::to_string(p.data) + ") = " + std::to_string(p.world_size()) +
+                          " ranks do not divide train.batch_size (" +
+                          std::to_string(cfg.train.batch_size) +
+                          "), the global batch every rank takes an equal share of");
+  }
+  if (p.expert > 1 && p.zero == 1) {
+    po.fail("zero", "is 1 with parallel.expert = " + std::to_string(p.expert) +
+                        ": ZeRO-1 does not shard the optimizer state of sharded experts yet; set "
+                        "parallel.zero=0 (the experts' state is already split over the expert "
+                        "ranks)");
+  }
   return p;
 }
 

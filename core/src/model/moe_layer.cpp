@@ -10,6 +10,7 @@ MoeLayer::MoeLayer(std::shared_ptr<Router> router, std::shared_ptr<Experts> expe
 
 Tensor MoeLayer::forward(ForwardContext& ctx, const Tensor& x) {
   const Routing routing = router_->route(ctx, x);
+  if (exchange_) return exchange_->forward(ctx, x, routing, *experts_);
   return experts_->forward_routed(ctx, x, routing);
 }
 
@@ -17,7 +18,8 @@ Tensor MoeLayer::backward(ForwardContext& ctx, const Tensor& dy) {
   // Forward read in reverse: y = experts(x, gates(router(x))). The experts give dx through their
   // inputs and d(gate); the router turns d(gate) (+ its aux losses) into its own dx.
   Tensor dgate;
-  Tensor dx = experts_->backward_routed(ctx, dy, dgate);
+  Tensor dx = exchange_ ? exchange_->backward(ctx, dy, *experts_, dgate)
+                        : experts_->backward_routed(ctx, dy, dgate);
   Tensor dx_router = router_->backward_routing(ctx, dgate);
   ctx.backend->add(dx, dx, dx_router);
   return dx;
@@ -26,6 +28,7 @@ Tensor MoeLayer::backward(ForwardContext& ctx, const Tensor& dy) {
 void MoeLayer::release_saved() {
   router_->release_saved();
   experts_->release_saved();
+  if (exchange_) exchange_->release_saved();
 }
 
 }  // namespace nnkit

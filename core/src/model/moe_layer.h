@@ -1,12 +1,15 @@
 // Purpose: the MoE feed-forward of a block: a router plugin (moe/topk, ...) choosing top-k experts
 // per token and an experts plugin (moe/swiglu, ...) computing the gate-weighted sum.
+// Under expert parallelism the experts plugin holds a block of the experts and an
+// ExpertExchange (parallel/expert_parallel.h) moves the routed rows to and from their ranks.
 // Ownership: shares the two components with the Transformer (which owns their parameters'
-// naming); keeps the last Routing for backward.
+// naming); owns the exchange, if any; keeps the last Routing for backward.
 #pragma once
 
 #include <memory>
 
 #include "nnkit/layer.h"
+#include "parallel/expert_parallel.h"
 
 namespace nnkit {
 
@@ -16,6 +19,10 @@ class MoeLayer final : public FeedForward {
 
   Router& router() { return *router_; }
   Experts& experts() { return *experts_; }
+  const Experts& experts() const { return *experts_; }
+  // Expert parallelism: from now on forward and backward exchange the routed rows with the
+  // group's other expert ranks (null: the experts are all here).
+  void set_exchange(std::unique_ptr<ExpertExchange> exchange) { exchange_ = std::move(exchange); }
 
   // x: (N, C) -> y: (N, C).
   Tensor forward(ForwardContext& ctx, const Tensor& x) override;
@@ -28,6 +35,7 @@ class MoeLayer final : public FeedForward {
  private:
   std::shared_ptr<Router> router_;
   std::shared_ptr<Experts> experts_;
+  std::unique_ptr<ExpertExchange> exchange_;
 };
 
 }  // namespace nnkit

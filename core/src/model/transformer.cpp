@@ -33,7 +33,10 @@ struct Transformer::Block {
   std::shared_ptr<Norm> ffn_norm;        // post_attention_layernorm
   std::shared_ptr<FeedForward> ffn;      // block_sparse_moe (MoeLayer) or mlp
   MoeLayer* moe = nullptr;               // ffn as MoE, when it is one
-  Tensor input;                          // (N, C) kept for activation checkpointing
+  // Expert parallelism: the parameter descriptors (no tensors) of the experts each shard
+  // holds, indexed by shard; this model's own shard's entry is empty (moe->experts() has them).
+  std::vector<std::vector<Parameter>> shard_experts;
+  Tensor input;  // (N, C) kept for activation checkpointing
 
   // x: (N, C) -> (N, C).
   Tensor forward(ForwardContext& ctx, const Tensor& x) {
@@ -133,8 +136,12 @@ uint64_t name_seed(uint64_t seed, const std::string& name) {
 }  // namespace
 
 Transformer::Transformer(const RunConfig& config, const Registry& registry,
-                         std::shared_ptr<Backend> backend)
-    : config_(config.model), backend_(std::move(backend)) {
+                         std::shared_ptr<Backend> backend, ExpertShard shard)
+    : config_(config.model), backend_(std::move(backend)), shard_(shard) {
+  if (shard_.count < 1 || shard_.index < 0 || shard_.index >= shard_.count) {
+    throw ConfigError("model", "expert shard " + std::to_string(shard_.index) + " of " +
+                                   std::to_string(shard_.count) + " does not exist");
+  }
   const ModelConfig& m = config_;
   ModelDims dims{m.vocab_size, m.hidden_dim, m.n_layers, m.max_seq_len, -1, 0};
   Backend* be = backend_.get();
@@ -166,6 +173,41 @@ Transformer::Transformer(const RunConfig& config, const Registry& registry,
     if (m.is_moe) {
       auto experts = make(m.experts, static_cast<Experts*>(nullptr), d);
       d.n_experts = experts->n_experts();
+      if (shard_.count > 1) {
+        // Expert parallelism: one plugin instance per shard, each holding its block; the
+        // others' are kept as descriptors only (a complete checkpoint names them all).
+        const int64_t total = experts->n_experts();
+        if (total % shard_.count != 0) {
+          throw ConfigError("parallel", "parallel.expert (" + std::to_string(shard_.count) +
+                                            ") does not divide the " + std::to_string(total) +
+                                            " experts of " + experts->id());
+        }
+        const int64_t per = total / shard_.count;
+        block->shard_experts.resize(static_cast<size_t>(shard_.count));
+        for (int s = 0; s < shard_.count; ++s) {
+          ModelDims sd = d;
+          sd.n_experts = 0;
+          sd.expert_begin = s * per;
+          sd.expert_end = (s + 1) * per;
+          auto part = make(m.experts, static_cast<Experts*>(nullptr), sd);
+          if (part->n_experts() != total ||
+              part->parameter_count() != per * part->parameters_per_expert()) {
+            throw ConfigError(part->id(),
+                              "with parallel.expert = " + std::to_string(shard_.count) +
+                                  " it must hold only experts [" + std::to_string(sd.expert_begin) +
+                                  ", " + std::to_string(sd.expert_end) + ") of " +
+                                  std::to_string(total) +
+                                  " (ModelDims::expert_begin/expert_end, "
+                                  "plugin ABI 5), but it holds " +
+                                  std::to_string(part->parameter_count()) + " parameters");
+          }
+          if (s == shard_.index) {
+            experts = part;
+          } else {
+            block->shard_experts[static_cast<size_t>(s)] = part->parameters();
+          }
+        }
+      }
       auto router = make(m.router, static_cast<Router*>(nullptr), d);
       auto moe = std::make_shared<MoeLayer>(router, experts);
       block->moe = moe.get();
@@ -178,7 +220,8 @@ Transformer::Transformer(const RunConfig& config, const Registry& registry,
   final_norm_ = make(m.norm, static_cast<Norm*>(nullptr), dims);
   // Components name parameters relative to themselves ("q_proj.weight"); from here on every
   // parameter carries its full model name, which checkpoints and optimizer state use.
-  for_each_parameter([](const std::string& full_name, Parameter& p) { p.name = full_name; });
+  visit_parameters([](const std::string& full_name, Parameter& p, int) { p.name = full_name; },
+                   true);
   qualified_names_ = true;
 }
 
@@ -188,12 +231,17 @@ Transformer::~Transformer() {
 
 void Transformer::for_each_parameter(
     const std::function<void(const std::string&, Parameter&)>& fn) {
+  visit_parameters([&](const std::string& name, Parameter& p, int) { fn(name, p); }, false);
+}
+
+void Transformer::visit_parameters(
+    const std::function<void(const std::string&, Parameter&, int)>& fn, bool every_shard) {
   // Names are qualified once, in the constructor; later visits see full names already.
   const bool qualified = !own_params_.empty() && qualified_names_;
-  auto visit = [&](Layer& layer, const std::string& prefix) {
-    for (Parameter& p : layer.parameters()) fn(qualified ? p.name : prefix + p.name, p);
+  auto visit = [&](Layer& layer, const std::string& prefix, int shard = -1) {
+    for (Parameter& p : layer.parameters()) fn(qualified ? p.name : prefix + p.name, p, shard);
   };
-  fn(own_params_[0].name, own_params_[0]);
+  fn(own_params_[0].name, own_params_[0], -1);
   for (size_t i = 0; i < blocks_.size(); ++i) {
     Block& b = *blocks_[i];
     const std::string prefix = "model.layers." + std::to_string(i) + ".";
@@ -202,13 +250,61 @@ void Transformer::for_each_parameter(
     visit(*b.ffn_norm, prefix + "post_attention_layernorm.");
     if (b.moe != nullptr) {
       visit(b.moe->router(), prefix + "block_sparse_moe.");
-      visit(b.moe->experts(), prefix + "block_sparse_moe.");
+      if (b.shard_experts.empty()) {
+        visit(b.moe->experts(), prefix + "block_sparse_moe.");
+      } else if (!every_shard) {
+        visit(b.moe->experts(), prefix + "block_sparse_moe.", shard_.index);
+      } else {
+        for (int s = 0; s < shard_.count; ++s) {
+          if (s == shard_.index) {
+            visit(b.moe->experts(), prefix + "block_sparse_moe.", s);
+            continue;
+          }
+          for (Parameter& p : b.shard_experts[static_cast<size_t>(s)]) {
+            fn(qualified ? p.name : prefix + "block_sparse_moe." + p.name, p, s);
+          }
+        }
+      }
     } else {
       visit(*b.ffn, prefix + "mlp.");
     }
   }
   visit(*final_norm_, "model.norm.");
-  fn(own_params_[1].name, own_params_[1]);
+  fn(own_params_[1].name, own_params_[1], -1);
+}
+
+std::vector<Parameter*> Transformer::sharded_expert_parameters() {
+  std::vector<Parameter*> out;
+  visit_parameters(
+      [&](const std::string&, Parameter& p, int shard) {
+        if (shard >= 0) out.push_back(&p);
+      },
+      false);
+  return out;
+}
+
+std::vector<ParameterPlace> Transformer::parameter_layout() {
+  std::vector<ParameterPlace> out;
+  visit_parameters(
+      [&](const std::string&, Parameter& p, int shard) {
+        out.push_back({&p, shard});
+      },
+      true);
+  return out;
+}
+
+void Transformer::set_communicator(Communicator* comm) {
+  comm_ = comm;
+  if (shard_.count < 2) return;
+  if (comm == nullptr || comm->size() < shard_.count) {
+    throw ConfigError("parallel", "expert shards need a communicator of at least " +
+                                      std::to_string(shard_.count) + " ranks");
+  }
+  for (auto& b : blocks_) {
+    if (b->moe == nullptr) continue;
+    ExpertGroup group{comm, comm->rank() - shard_.index, shard_.count, shard_.index};
+    b->moe->set_exchange(std::make_unique<ExpertExchange>(group, b->moe->experts().n_experts()));
+  }
 }
 
 std::vector<Parameter*> Transformer::parameters() {
@@ -259,6 +355,9 @@ int64_t Transformer::parameter_count() const {
     if (b->moe != nullptr) {
       add_layer(b->moe->router());
       add_layer(b->moe->experts());
+      for (const std::vector<Parameter>& other : b->shard_experts) {
+        for (const Parameter& p : other) add(p);  // the experts the other shards hold
+      }
     } else {
       add_layer(*b->ffn);
     }

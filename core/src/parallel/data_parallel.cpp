@@ -43,12 +43,6 @@ std::shared_ptr<Communicator> open_communicator(const RunConfig& config, const R
                                       launch.describe() + "; " +
                                       rank_count_hint(wanted, launch.size));
   }
-  if (p.expert > 1) {
-    throw ConfigError("parallel", "parallel.expert = " + std::to_string(p.expert) +
-                                      ": expert parallelism is not implemented yet; shard the "
-                                      "batch only (parallel.data = " +
-                                      std::to_string(wanted) + ", parallel.expert = 1)");
-  }
   if (p.comm.name.empty()) return make_single_process_communicator();
   auto comm = registry.create<Communicator>(p.comm.kind, p.comm.name,
                                             CreateArgs{p.comm.options, {}, &backend});
@@ -63,8 +57,13 @@ std::shared_ptr<Communicator> open_communicator(const RunConfig& config, const R
 }
 
 GradientBuckets::GradientBuckets(Communicator& comm, Backend& backend,
-                                 const std::vector<Tensor>& grads, size_t bucket_bytes)
-    : comm_(comm), backend_(backend) {
+                                 const std::vector<Tensor>& grads, size_t bucket_bytes,
+                                 std::vector<int> group)
+    : comm_(comm), backend_(backend), group_(std::move(group)) {
+  if (!group_.empty()) {
+    // Each member receives every member's copy (see reduce()): a bucket per member's share.
+    bucket_bytes = std::max<size_t>(bucket_bytes / group_.size(), 1);
+  }
   Bucket current;
   size_t current_bytes = 0;
   auto close = [&] {
@@ -90,10 +89,35 @@ GradientBuckets::GradientBuckets(Communicator& comm, Backend& backend,
   close();
 }
 
+void GradientBuckets::reduce(const Tensor& data) {
+  if (group_.empty()) {
+    comm_.all_reduce_sum(backend_, data);
+    return;
+  }
+  // The interface has no sub-communicators: a group's sum is an all_to_all in which every
+  // member sends its copy to every member (the other ranks send and receive nothing), and each
+  // member adds the copies up in rank order, so that all of them hold the same bits.
+  const int64_t n = data.numel();
+  const int64_t members = static_cast<int64_t>(group_.size());
+  const Tensor column = data.view({n, 1});
+  Tensor outgoing = backend_.empty({members * n, 1});
+  Tensor incoming = backend_.empty({members * n, 1});
+  std::vector<int64_t> rows(static_cast<size_t>(comm_.size()), 0);
+  for (int64_t i = 0; i < members; ++i) {
+    backend_.copy(outgoing.slice_rows(i * n, (i + 1) * n), column);
+    rows[static_cast<size_t>(group_[static_cast<size_t>(i)])] = n;
+  }
+  comm_.all_to_all(backend_, outgoing, rows, incoming, rows);
+  backend_.copy(column, incoming.slice_rows(0, n));
+  for (int64_t i = 1; i < members; ++i) {
+    backend_.add(column, column, incoming.slice_rows(i * n, (i + 1) * n));
+  }
+}
+
 void GradientBuckets::all_reduce() {
   for (Bucket& bucket : buckets_) {
     if (!bucket.packed.defined()) {
-      comm_.all_reduce_sum(backend_, bucket.members.front());
+      reduce(bucket.members.front());
       continue;
     }
     int64_t offset = 0;
@@ -101,7 +125,7 @@ void GradientBuckets::all_reduce() {
       backend_.copy(bucket.packed.slice_rows(offset, offset + g.numel()), g);
       offset += g.numel();
     }
-    comm_.all_reduce_sum(backend_, bucket.packed);
+    reduce(bucket.packed);
     offset = 0;
     for (const Tensor& g : bucket.members) {
       backend_.copy(g, bucket.packed.slice_rows(offset, offset + g.numel()));

@@ -29,15 +29,20 @@ std::shared_ptr<Communicator> open_communicator(const RunConfig& config, const R
 // Sums f32 gradients across ranks, a bucket (about `bucket_bytes`) per collective: small
 // gradients are packed into one buffer so that a model of many small tensors does not pay a
 // collective's latency per tensor; a gradient larger than a bucket is reduced in place. Buckets
-// are filled in reverse parameter order, the order backward finishes them.
+// are filled in reverse parameter order, the order backward finishes them. With `group` (world
+// ranks, ascending, this one among them) the sums run over those ranks only: expert
+// parallelism sums an expert shard's gradients over the ranks holding that shard.
 class GradientBuckets {
  public:
   GradientBuckets(Communicator& comm, Backend& backend, const std::vector<Tensor>& grads,
-                  size_t bucket_bytes);
+                  size_t bucket_bytes, std::vector<int> group = {});
   void all_reduce();
   size_t bucket_count() const { return buckets_.size(); }
 
  private:
+  // In place, the sum over the ranks (of the group).
+  void reduce(const Tensor& data);
+
   struct Bucket {
     std::vector<Tensor> members;  // gradients, in packing order
     Tensor packed;                // (total) f32; undefined for a bucket of one reduced in place
@@ -45,6 +50,7 @@ class GradientBuckets {
   Communicator& comm_;
   Backend& backend_;
   std::vector<Bucket> buckets_;
+  std::vector<int> group_;  // empty: all ranks
 };
 
 // ZeRO stage 1 (parallel.zero: 1): each parameter's optimizer state lives on one rank, its

@@ -128,6 +128,18 @@ int CheckpointStore::remove_temporary_folders() const {
 
 fs::path CheckpointStore::save(const TrainerState& state, Transformer& model, Optimizer* optimizer,
                                const std::string& config_yaml, int keep) {
+  std::vector<std::pair<std::string, Tensor>> weights;
+  for (Parameter* p : model.parameters()) weights.emplace_back(p->name, p->value);
+  std::vector<std::pair<std::string, Tensor>> opt_state;
+  if (optimizer != nullptr) opt_state = optimizer->state(model.backend(), model.parameters());
+  return save(state, model.backend(), weights, opt_state, optimizer ? optimizer->step_count() : 0,
+              config_yaml, keep);
+}
+
+fs::path CheckpointStore::save(const TrainerState& state, Backend& backend,
+                               const std::vector<std::pair<std::string, Tensor>>& weights,
+                               const std::vector<std::pair<std::string, Tensor>>& opt_state,
+                               int64_t optimizer_steps, const std::string& config_yaml, int keep) {
   const fs::path root = run_dir_ / "checkpoints";
   fs::create_directories(root);
   const fs::path final_dir = root / step_name(state.step);
@@ -143,17 +155,11 @@ fs::path CheckpointStore::save(const TrainerState& state, Transformer& model, Op
       if (!published) fs::remove_all(dir, ignored);
     }
   } temp_guard{temp_dir};
-  Backend& backend = model.backend();
-
-  std::vector<std::pair<std::string, Tensor>> weights;
-  for (Parameter* p : model.parameters()) weights.emplace_back(p->name, p->value);
   std::vector<std::vector<float>> host;
   write_safetensors(temp_dir / "model.safetensors", to_host(backend, weights, host),
                     {{"format", "pt"}, {"producer", "nnkit"}});
-  std::vector<std::pair<std::string, Tensor>> opt_state;
-  if (optimizer != nullptr) opt_state = optimizer->state(backend, model.parameters());
   write_safetensors(temp_dir / "optimizer.safetensors", to_host(backend, opt_state, host),
-                    {{"optimizer_steps", std::to_string(optimizer ? optimizer->step_count() : 0)}});
+                    {{"optimizer_steps", std::to_string(optimizer_steps)}});
   host.clear();
   const nlohmann::json trainer{{"step", state.step},
                                {"tokens_seen", state.tokens_seen},

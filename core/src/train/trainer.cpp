@@ -23,6 +23,7 @@
 #include "nnkit/model.h"
 #include "nnkit/optim.h"
 #include "parallel/data_parallel.h"
+#include "parallel/expert_parallel.h"
 #include "train/loss_scaler.h"
 
 namespace nnkit {
@@ -124,16 +125,39 @@ void truncate_metrics(const fs::path& file, int64_t step) {
 }
 
 // The mean of the validation batches' losses; with several ranks each takes every size()-th
-// batch and the sums are added up, so every rank returns the one-rank number.
+// batch and the sums are added up, so every rank returns the one-rank number. With expert
+// shards every forward is a collective, so every rank takes part in every batch instead: each
+// takes its rows of it (all of them when the batch has fewer rows than ranks, counted once),
+// and a batch's loss is the row-weighted sum of the ranks' (validation windows have no ignored
+// targets).
 double validation_loss(Transformer& model, WindowLoader& loader, int64_t batch, int64_t max_batches,
                        Communicator& comm) {
-  std::vector<int32_t> inputs, targets;
+  std::vector<int32_t> inputs, targets, rank_inputs, rank_targets;
   double sums[2] = {0.0, 0.0};  // loss total, batch count
   const int64_t batches = std::min(max_batches, loader.validation_batch_count(batch));
-  for (int64_t i = comm.rank(); i < batches; i += comm.size()) {
-    const int64_t rows = loader.validation_batch(i, batch, inputs, targets);
-    sums[0] += model.forward_loss(inputs, targets, rows, loader.seq_len(), false, false);
-    sums[1] += 1.0;
+  if (model.expert_shard().count > 1) {
+    const int rank = comm.rank(), ranks = comm.size();
+    for (int64_t i = 0; i < batches; ++i) {
+      const int64_t rows = loader.validation_batch(i, batch, inputs, targets);
+      const int64_t seq = loader.seq_len();
+      if (rows < ranks) {
+        const double loss = model.forward_loss(inputs, targets, rows, seq, false, false);
+        sums[0] += loss / ranks;
+      } else {
+        take_rank_rows(inputs, seq, rank, ranks, rank_inputs);
+        take_rank_rows(targets, seq, rank, ranks, rank_targets);
+        const int64_t mine = static_cast<int64_t>(rank_inputs.size()) / seq;
+        const double loss = model.forward_loss(rank_inputs, rank_targets, mine, seq, false, false);
+        sums[0] += loss * static_cast<double>(mine) / static_cast<double>(rows);
+      }
+      sums[1] += 1.0 / ranks;
+    }
+  } else {
+    for (int64_t i = comm.rank(); i < batches; i += comm.size()) {
+      const int64_t rows = loader.validation_batch(i, batch, inputs, targets);
+      sums[0] += model.forward_loss(inputs, targets, rows, loader.seq_len(), false, false);
+      sums[1] += 1.0;
+    }
   }
   comm.all_reduce_sum_host(sums);
   return sums[1] > 0 ? sums[0] / sums[1] : std::nan("");
@@ -220,7 +244,13 @@ TrainSummary train_rank(const TrainRequest& request, std::shared_ptr<Communicato
   // one GPU (or one process) exercises the communicator's collectives.
   const bool distributed = ranks > 1 || !cfg.parallel.comm.name.empty();
   const int64_t local_batch = tc.batch_size / ranks;
-  Transformer model(cfg, registry, backend);
+  // Expert parallelism: rank = d * P + p is expert rank p of data group d; the group's P ranks
+  // hold the experts between them, every rank takes its own rows of the batch.
+  const int expert_ranks = static_cast<int>(cfg.parallel.expert);
+  const ExpertShard shard{rank % expert_ranks, expert_ranks};
+  Transformer model(cfg, registry, backend, shard);
+  // Before any pass: with expert shards the validation passes exchange rows too.
+  if (distributed) model.set_communicator(comm.get());
   model.allocate(true);
   const PluginChoice& oc = tc.optimizer;
   auto optimizer =
@@ -275,10 +305,14 @@ TrainSummary train_rank(const TrainRequest& request, std::shared_ptr<Communicato
       "grad_accum {}{}",
       cfg.source_name, model.parameter_count(), model.active_parameter_count(), bc.id(), tc.steps,
       tc.batch_size, tc.seq_len, tc.grad_accum,
-      distributed ? fmt::format("; data parallel over {} rank(s) ({}, {} rows each{})", ranks,
-                                comm->id(), local_batch,
-                                cfg.parallel.zero == 1 ? ", optimizer state sharded (ZeRO-1)" : "")
-                  : "");
+      distributed
+          ? fmt::format("; data parallel over {} rank(s) ({}, {} rows each{}{})", ranks, comm->id(),
+                        local_batch,
+                        cfg.parallel.zero == 1 ? ", optimizer state sharded (ZeRO-1)" : "",
+                        expert_ranks > 1
+                            ? fmt::format(", experts sharded over {} expert ranks", expert_ranks)
+                            : std::string())
+          : "");
 
   TrainSummary summary;
   summary.first_step = state.step;
@@ -309,13 +343,35 @@ TrainSummary train_rank(const TrainRequest& request, std::shared_ptr<Communicato
   Tensor norm_accumulator = backend->empty({1});  // (1) f32: sum of squared gradients
   std::vector<Tensor> grads;
   for (Parameter* p : params) grads.push_back(p->grad);
+  // Expert parallelism: the experts' gradients are summed over the ranks holding the same
+  // experts (one per data group), the rest over every rank; the squared norm adds each
+  // shard's once.
+  std::vector<Tensor> replicated_grads, expert_grads;
+  {
+    const std::vector<Parameter*> experts_here = model.sharded_expert_parameters();
+    const std::set<const Parameter*> sharded(experts_here.begin(), experts_here.end());
+    for (Parameter* p : params)
+      (sharded.count(p) ? expert_grads : replicated_grads).push_back(p->grad);
+  }
+  Tensor expert_norm = backend->empty({1});  // (1) f32: this shard's squared expert gradients
   std::vector<int32_t> inputs, targets, rank_inputs, rank_targets;
   std::unique_ptr<GradientBuckets> gradient_buckets;
-  std::unique_ptr<OptimizerShards> shards;  // ZeRO-1: the parameters this rank updates
+  std::unique_ptr<GradientBuckets> expert_buckets;  // expert parallelism with data groups
+  std::unique_ptr<OptimizerShards> shards;          // ZeRO-1: the parameters this rank updates
   if (distributed) {
-    model.set_communicator(comm.get());
     if (cfg.parallel.zero == 1) shards = std::make_unique<OptimizerShards>(*comm, *backend, params);
-    gradient_buckets = std::make_unique<GradientBuckets>(*comm, *backend, grads, kBucketBytes);
+    if (expert_ranks > 1) {
+      gradient_buckets =
+          std::make_unique<GradientBuckets>(*comm, *backend, replicated_grads, kBucketBytes);
+      std::vector<int> replicas;  // the ranks holding this rank's experts, one per data group
+      for (int r = shard.index; r < ranks; r += expert_ranks) replicas.push_back(r);
+      if (replicas.size() > 1 && !expert_grads.empty()) {
+        expert_buckets = std::make_unique<GradientBuckets>(*comm, *backend, expert_grads,
+                                                           kBucketBytes, replicas);
+      }
+    } else {
+      gradient_buckets = std::make_unique<GradientBuckets>(*comm, *backend, grads, kBucketBytes);
+    }
   }
   const int64_t tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum;
   const auto run_start = std::chrono::steady_clock::now();
@@ -327,10 +383,20 @@ TrainSummary train_rank(const TrainRequest& request, std::shared_ptr<Communicato
   // that nobody runs ahead of a checkpoint that is not there yet.
   auto save = [&](const char* why) {
     if (shards) shards->gather_state_on_writer(*optimizer);
+    // Expert shards: the writer receives the other shards' experts and their optimizer state.
+    CompleteState complete;
+    if (expert_ranks > 1) {
+      auto scratch =
+          registry.create<Optimizer>(oc.kind, oc.name, CreateArgs{oc.options, {}, backend.get()});
+      complete = gather_complete_state(*comm, *backend, model, *optimizer, *scratch);
+    }
     if (writer) {
       state.loader_state = loader.save_state().encode();
       state.loss_scaler_state = fp16 ? scaler.save() : std::string();
-      summary.last_checkpoint = store.save(state, model, optimizer.get(), config_yaml);
+      summary.last_checkpoint =
+          expert_ranks > 1 ? store.save(state, *backend, complete.weights, complete.optimizer_state,
+                                        optimizer->step_count(), config_yaml)
+                           : store.save(state, model, optimizer.get(), config_yaml);
       if (request.progress_bar) std::fprintf(stderr, "\n");
       log->info("checkpoint ({}) at step {}: {}", why, state.step,
                 summary.last_checkpoint.string());
@@ -418,11 +484,23 @@ TrainSummary train_rank(const TrainRequest& request, std::shared_ptr<Communicato
         // Each rank's loss and gradients are its share's: the sums over ranks are the global
         // batch's (the loss after dividing by the ranks, each having taken as many rows).
         gradient_buckets->all_reduce();
+        if (expert_buckets) expert_buckets->all_reduce();
         comm->all_reduce_sum(*backend, loss_sum);
         backend->scale(loss_sum, 1.0f / static_cast<float>(ranks));
       }
       backend->fill(norm_accumulator, 0.0f);
-      backend->sum_squares_multi(grads, norm_accumulator);
+      if (expert_ranks > 1) {
+        // Every data group holds every shard once: the sum over all ranks counts each
+        // shard's squares ranks / P times.
+        backend->sum_squares_multi(replicated_grads, norm_accumulator);
+        backend->fill(expert_norm, 0.0f);
+        if (!expert_grads.empty()) backend->sum_squares_multi(expert_grads, expert_norm);
+        comm->all_reduce_sum(*backend, expert_norm);
+        backend->scale(expert_norm, static_cast<float>(expert_ranks) / static_cast<float>(ranks));
+        backend->add(norm_accumulator, norm_accumulator, expert_norm);
+      } else {
+        backend->sum_squares_multi(grads, norm_accumulator);
+      }
     };
     float host_loss = 0.0f, host_sum_squares = 0.0f;
     auto read_loss_and_norm = [&] {
@@ -551,7 +629,21 @@ TrainSummary train_rank(const TrainRequest& request, std::shared_ptr<Communicato
     double aux = std::nan("");
     if (logged_step) {
       // One read per MoE layer: the weighted sum comes from the same statistics.
-      const auto stats = model.aux_stats();
+      auto stats = model.aux_stats();
+      if (distributed && !stats.empty()) {
+        // Each rank's losses are over its own tokens (with the load f_i of the global batch):
+        // their mean over the ranks is the one-rank value, and so is the dropped share's.
+        std::vector<double> sums;
+        for (const AuxStats& st : stats) {
+          sums.insert(sums.end(), {st.aux_loss, st.z_loss, st.dropped_fraction});
+        }
+        comm->all_reduce_sum_host(sums);
+        for (size_t i = 0; i < stats.size(); ++i) {
+          stats[i].aux_loss = sums[3 * i] / ranks;
+          stats[i].z_loss = sums[3 * i + 1] / ranks;
+          stats[i].dropped_fraction = sums[3 * i + 2] / ranks;
+        }
+      }
       aux = 0.0;
       for (const AuxStats& s : stats) aux += s.aux_weight * s.aux_loss + s.z_weight * s.z_loss;
       line["aux_loss"] = aux;

@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <thread>
+#include <vector>
 
 #include "nnkit/backend.h"
 #include "nnkit/communicator.h"
@@ -141,25 +142,38 @@ class MpiCommunicator final : public Communicator {
   void all_to_all(Backend& backend, const Tensor& input, const std::vector<int64_t>& send_rows,
                   const Tensor& output, const std::vector<int64_t>& recv_rows) override {
     const AllToAllLayout layout = check_all_to_all(*this, input, send_rows, output, recv_rows);
+    // Point-to-point sends and receives of the non-empty blocks rather than MPI_Ialltoallv: an
+    // exchange in which a rank has nothing to send or receive (a gather to rank 0, a token
+    // exchange inside one expert group) left OpenMPI's non-blocking collectives out of step
+    // across ranks, so that the next collective never completed. Messages between two ranks
+    // on one communicator and tag arrive in order, so consecutive exchanges cannot mix.
     const size_t ranks = static_cast<size_t>(size_);
-    std::vector<int> send_counts(ranks), send_offsets(ranks), recv_counts(ranks),
-        recv_offsets(ranks);
+    backend.synchronize();
+    char* in = static_cast<char*>(layout.sent_rows > 0 ? host(input, "all_to_all") : nullptr);
+    char* out = static_cast<char*>(layout.received_rows > 0 ? host(output, "all_to_all") : nullptr);
+    std::vector<MPI_Request> requests;
     int64_t sent = 0, received = 0;
     for (size_t r = 0; r < ranks; ++r) {
-      send_offsets[r] = checked_count(sent * layout.row_bytes, "all_to_all offset");
-      send_counts[r] = checked_count(send_rows[r] * layout.row_bytes, "all_to_all count");
-      recv_offsets[r] = checked_count(received * layout.row_bytes, "all_to_all offset");
-      recv_counts[r] = checked_count(recv_rows[r] * layout.row_bytes, "all_to_all count");
+      const int64_t send_bytes = send_rows[r] * layout.row_bytes;
+      const int64_t recv_bytes = recv_rows[r] * layout.row_bytes;
+      const int peer = static_cast<int>(r);
+      if (recv_bytes > 0) {
+        requests.emplace_back();
+        check(MPI_Irecv(out + received * layout.row_bytes,
+                        checked_count(recv_bytes, "all_to_all count"), MPI_BYTE, peer, kAllToAllTag,
+                        comm_, &requests.back()),
+              "all_to_all");
+      }
+      if (send_bytes > 0) {
+        requests.emplace_back();
+        check(MPI_Isend(in + sent * layout.row_bytes, checked_count(send_bytes, "all_to_all count"),
+                        MPI_BYTE, peer, kAllToAllTag, comm_, &requests.back()),
+              "all_to_all");
+      }
       sent += send_rows[r];
       received += recv_rows[r];
     }
-    backend.synchronize();
-    MPI_Request request;
-    check(MPI_Ialltoallv(host(input, "all_to_all"), send_counts.data(), send_offsets.data(),
-                         MPI_BYTE, host(output, "all_to_all"), recv_counts.data(),
-                         recv_offsets.data(), MPI_BYTE, comm_, &request),
-          "all_to_all");
-    wait(request, "all_to_all of " + std::to_string(layout.sent_rows) + " rows");
+    wait_all(requests, "all_to_all of " + std::to_string(layout.sent_rows) + " rows");
   }
 
   void broadcast(Backend& backend, const Tensor& data, int root) override {
@@ -211,25 +225,32 @@ class MpiCommunicator final : public Communicator {
           kId, "rank " + std::to_string(rank_) + ": " + what + " failed: " + mpi_error_text(code));
     }
   }
-  // Polls the request until it completes or the deadline passes; short sleeps keep a waiting
-  // rank from taking the CPU its peers compute on.
+  // Polls the request until it completes or the deadline passes (see wait_all).
   void wait(MPI_Request& request, const std::string& what) {
+    std::vector<MPI_Request> one{request};
+    wait_all(one, what);
+    request = one.front();
+  }
+  // Polls the requests until all complete (MPI releases them) or the deadline passes; short
+  // sleeps keep a waiting rank from taking the CPU its peers compute on.
+  void wait_all(std::vector<MPI_Request>& requests, const std::string& what) {
     const auto start = std::chrono::steady_clock::now();
     auto pause = std::chrono::microseconds(20);
     for (;;) {
       int done = 0;
-      check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), what.c_str());
+      check(MPI_Testall(static_cast<int>(requests.size()), requests.data(), &done,
+                        MPI_STATUSES_IGNORE),
+            what.c_str());
       if (done) return;
       const double waited =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      if (waited > timeout_s_) {
-        abort(collective_timeout_message(what, timeout_s_));
-      }
+      if (waited > timeout_s_) abort(collective_timeout_message(what, timeout_s_));
       std::this_thread::sleep_for(pause);
       pause = std::min(pause * 2, std::chrono::microseconds(1000));
     }
   }
 
+  static constexpr int kAllToAllTag = 4242;
   double timeout_s_;
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0;

@@ -7,10 +7,11 @@
 // host. In the padded layout while decoding (a few rows per expert, counts on the device) the
 // products are two launches over all experts: moe_grouped_swiglu_nt (gate, up and the SwiGLU)
 // and moe_grouped_gemm_nt (down), and moe_combine_rows writes y (no fill, no gather of the
-// gates). Activations are in x's dtype (bf16 on a bf16 CUDA backend); gates
-// and dgate are f32. Ownership: owns its parameter descriptors and, after forward_routed(training),
-// the dispatch lists and activations backward needs (until the next forward or release_saved()).
-// Thread-safety: none; one thread drives a layer.
+// gates). Under expert parallelism (ModelDims::expert_begin/end) it holds a block of the
+// experts and is driven with a Routing over that block. Activations are in x's dtype (bf16 on a
+// bf16 CUDA backend); gates and dgate are f32. Ownership: owns its parameter descriptors and, after
+// forward_routed(training), the dispatch lists and activations backward needs (until the next
+// forward or release_saved()). Thread-safety: none; one thread drives a layer.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -34,7 +35,18 @@ class SwiGluExperts final : public Experts {
       throw ConfigError(args.options.component(),
                         "model hidden_dim must be set (got " + std::to_string(hidden_) + ")");
     }
-    for (int64_t e = 0; e < n_experts_; ++e) {
+    // Expert parallelism (ModelDims::expert_begin/end): this instance holds a block of the
+    // experts, named with their global index so that checkpoints hold the one-rank names.
+    first_ = args.dims.expert_begin;
+    const int64_t last = args.dims.expert_end < 0 ? n_experts_ : args.dims.expert_end;
+    if (first_ < 0 || last <= first_ || last > n_experts_) {
+      throw ConfigError(args.options.component(), "expert shard [" + std::to_string(first_) + ", " +
+                                                      std::to_string(last) +
+                                                      ") is not a non-empty block of the " +
+                                                      std::to_string(n_experts_) + " experts");
+    }
+    local_ = last - first_;
+    for (int64_t e = first_; e < last; ++e) {
       const std::string prefix = "experts." + std::to_string(e) + ".";
       ExpertWeights w;
       w.gate_proj = add_parameter(prefix + "w1.weight", {ffn_dim_, hidden_}, kInitStd);
@@ -53,13 +65,14 @@ class SwiGluExperts final : public Experts {
     NNKIT_CHECK_SHAPE(x.rank() == 2 && x.dim(1) == hidden_ && x.dim(0) == routing.n_tokens, id(),
                       "forward_routed expects x of shape (N, " + std::to_string(hidden_) +
                           ") with N = routing.n_tokens, got " + describe(x));
-    NNKIT_CHECK_SHAPE(routing.n_experts == n_experts_ &&
-                          static_cast<int64_t>(routing.offsets.size()) == n_experts_ + 1 &&
+    NNKIT_CHECK_SHAPE(routing.n_experts == local_ &&
+                          static_cast<int64_t>(routing.offsets.size()) == local_ + 1 &&
                           routing.n_routed == routing.offsets.back() &&
                           (routing.n_routed == 0 || routing.token.numel() >= routing.n_routed),
                       id(),
-                      "routing does not match " + std::to_string(n_experts_) +
-                          " experts (expected offsets for each expert and the routed rows)");
+                      "routing does not match the " + std::to_string(local_) +
+                          " experts held here (expected offsets for each expert and the "
+                          "routed rows)");
     const int64_t n_tokens = routing.n_tokens;
     Dispatch dispatch;
     dispatch.n_routed = routing.n_routed;
@@ -108,7 +121,7 @@ class SwiGluExperts final : public Experts {
         backend.moe_grouped_gemm_nt(saved.activated, down_w, routing.kept_offsets, cap,
                                     saved.y_routed);
       }
-      for (int64_t e = 0; e < n_experts_ && !grouped; ++e) {
+      for (int64_t e = 0; e < local_ && !grouped; ++e) {
         const int64_t begin = dispatch.offset[e];
         const int64_t end = dispatch.offset[e + 1];
         if (begin == end) continue;
@@ -172,7 +185,7 @@ class SwiGluExperts final : public Experts {
     Tensor dh_gate = backend.empty({m, ffn_dim_}, dtype);
     Tensor dh_up = backend.empty({m, ffn_dim_}, dtype);
     Tensor dx_routed = backend.empty({m, hidden_}, dtype);
-    for (int64_t e = 0; e < n_experts_; ++e) {
+    for (int64_t e = 0; e < local_; ++e) {
       const int64_t begin = dispatch.offset[e];
       const int64_t end = dispatch.offset[e + 1];
       if (begin == end) continue;
@@ -210,11 +223,11 @@ class SwiGluExperts final : public Experts {
     size_t up_proj = 0;    // "experts.<e>.w3.weight" (F, C)
   };
 
-  // The kept (token, slot) pairs grouped by expert (from Routing); expert e owns rows
+  // The kept (token, slot) pairs grouped by expert (from Routing); local expert e owns rows
   // [offset[e], offset[e+1]).
   struct Dispatch {
     int64_t n_routed = 0;         // M = kept slots
-    std::vector<int64_t> offset;  // (E + 1)
+    std::vector<int64_t> offset;  // (local_ + 1)
     Tensor token;                 // (M) i32 token row of each routed slot
     Tensor slot;                  // (M) i32 flat slot n*k + rank (index into the (N*k) gates)
   };
@@ -231,10 +244,12 @@ class SwiGluExperts final : public Experts {
     Tensor y_routed;     // (M, C) expert outputs before the gate
   };
 
-  int64_t n_experts_;                   // E
+  int64_t n_experts_;                   // E, all experts of the layer
+  int64_t first_ = 0;                   // the first expert held here (expert parallelism)
+  int64_t local_ = 0;                   // experts held here: weights_[e] is expert first_ + e
   int64_t ffn_dim_;                     // F
   int64_t hidden_;                      // C
-  std::vector<ExpertWeights> weights_;  // (E)
+  std::vector<ExpertWeights> weights_;  // (local_)
   Saved saved_;
 };
 
