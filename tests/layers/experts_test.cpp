@@ -1,6 +1,7 @@
 // Purpose: tests of `moe/swiglu`: routed forward against a double reference (including a dropped
 // slot and an expert no token chose), backward (dx, dgate and all three weights of every expert)
-// against central differences of sum(y * r), gradient accumulation, parameter naming.
+// against central differences of sum(y * r), gradient accumulation, parameter naming, and a
+// shard of the experts (expert parallelism) against the whole layer.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -46,6 +47,29 @@ HostMatrix experts_reference(const HostMatrix& x, const HostMatrix& gate,
   return y;
 }
 
+// A Routing over `n_experts` experts from (kTokens, kTopK) choices, sorted by the backend.
+Routing routing_over(Backend& backend, const std::vector<int32_t>& index, const Tensor& gate,
+                     int64_t n_experts) {
+  Routing r;
+  r.n_tokens = kTokens;
+  r.top_k = kTopK;
+  r.n_experts = n_experts;
+  r.expert_index = tensor_from_i32(backend, index, {kTokens, kTopK});
+  r.gate = gate;
+  const int64_t slots = kTokens * kTopK;
+  r.token = backend.empty({slots}, DType::kI32);
+  r.slot = backend.empty({slots}, DType::kI32);
+  Tensor offsets = backend.empty({n_experts + 1}, DType::kI32);
+  Tensor load = backend.empty({n_experts});
+  backend.moe_sort_by_expert(r.expert_index.view({slots}), n_experts, kTopK, -1, Tensor(), r.token,
+                             r.slot, offsets, load);
+  std::vector<int32_t> host(static_cast<size_t>(n_experts) + 1);
+  backend.copy_to_host(host.data(), offsets);
+  r.offsets.assign(host.begin(), host.end());
+  r.n_routed = r.offsets.back();
+  return r;
+}
+
 class ExpertsTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -68,24 +92,7 @@ class ExpertsTest : public ::testing::Test {
 
   // A Routing as a router builds it: the chosen experts sorted by the backend's dispatch op.
   Routing make_routing(const std::vector<int32_t>& index, const Tensor& gate) const {
-    Routing r;
-    r.n_tokens = kTokens;
-    r.top_k = kTopK;
-    r.n_experts = kExperts;
-    r.expert_index = tensor_from_i32(*backend, index, {kTokens, kTopK});
-    r.gate = gate;
-    const int64_t slots = kTokens * kTopK;
-    r.token = backend->empty({slots}, DType::kI32);
-    r.slot = backend->empty({slots}, DType::kI32);
-    Tensor offsets = backend->empty({kExperts + 1}, DType::kI32);
-    Tensor load = backend->empty({kExperts});
-    backend->moe_sort_by_expert(r.expert_index.view({slots}), kExperts, kTopK, -1, Tensor(),
-                                r.token, r.slot, offsets, load);
-    std::vector<int32_t> host(static_cast<size_t>(kExperts) + 1);
-    backend->copy_to_host(host.data(), offsets);
-    r.offsets.assign(host.begin(), host.end());
-    r.n_routed = r.offsets.back();
-    return r;
+    return routing_over(*backend, index, gate, kExperts);
   }
 
   // The static layout (ctx.static_shapes): every expert a block of `capacity` rows, padded.
@@ -245,6 +252,79 @@ TEST_F(ExpertsTest, AllSlotsDroppedGivesZeros) {
       experts->backward_routed(ctx, tensor_from(*backend, r_host, {kTokens, kChannels}), dgate);
   expect_close(to_vector(*backend, dx), HostMatrix(kTokens * kChannels, 0.0), 0.0, 0.0, "dx");
   expect_close(to_vector(*backend, dgate), HostMatrix(kTokens * kTopK, 0.0), 0.0, 0.0, "dgate");
+}
+
+}  // namespace
+}  // namespace nnkit::test
+
+namespace nnkit::test {
+namespace {
+
+// Expert parallelism (ModelDims::expert_begin/end): an instance holding experts [2, 4) names
+// them with their global index, counts all 4, and on a Routing over its block computes what the
+// whole layer computes for tokens routed to those experts (outputs and weight gradients).
+TEST_F(ExpertsTest, AShardHoldsItsBlockUnderGlobalNamesAndComputesLikeTheWholeLayer) {
+  ModelDims dims;
+  dims.hidden_dim = kChannels;
+  dims.expert_begin = 2;
+  dims.expert_end = 4;
+  const std::map<std::string, std::string> options = {{"n_experts", std::to_string(kExperts)},
+                                                      {"ffn_dim", std::to_string(kFfn)}};
+  auto shard = create<Experts>("moe", "swiglu", options, dims, backend.get());
+  EXPECT_EQ(shard->n_experts(), kExperts);
+  EXPECT_EQ(shard->parameter_count(), 2 * shard->parameters_per_expert());
+  std::vector<std::string> names;
+  for (const Parameter& p : shard->parameters()) names.push_back(p.name);
+  EXPECT_EQ(names, (std::vector<std::string>{weight_name(2, "w1"), weight_name(2, "w2"),
+                                             weight_name(2, "w3"), weight_name(3, "w1"),
+                                             weight_name(3, "w2"), weight_name(3, "w3")}));
+  init_parameters(*backend, *shard, 85, 0.4f);  // allocates; the values are the whole layer's:
+  for (const std::string& name : names)
+    set_parameter(*backend, *shard, name, to_float(params[name]));
+
+  // Every slot on experts 2 or 3: global indices for the whole layer, local ones for the shard.
+  const std::vector<int32_t> global = {2, 3, 3, 2, 2, 3, 3, 2, 2, 3, 3, 2, 2, 3};
+  std::vector<int32_t> local(global.size());
+  for (size_t i = 0; i < global.size(); ++i) local[i] = global[i] - 2;
+  const Tensor gate = tensor_from(*backend, gate_host, {kTokens, kTopK});
+  const Tensor x = tensor_from(*backend, x_host, {kTokens, kChannels});
+  const Tensor r = tensor_from(*backend, r_host, {kTokens, kChannels});
+  ForwardContext ctx = make_context(*backend, 1, kTokens, true);
+  const Tensor y_whole =
+      experts->forward_routed(ctx, x, routing_over(*backend, global, gate, kExperts));
+  Tensor dgate_whole, dgate_shard;
+  const Tensor dx_whole = experts->backward_routed(ctx, r, dgate_whole);
+  const Tensor y_shard = shard->forward_routed(ctx, x, routing_over(*backend, local, gate, 2));
+  const Tensor dx_shard = shard->backward_routed(ctx, r, dgate_shard);
+  expect_close(to_vector(*backend, y_shard), to_double(to_vector(*backend, y_whole)), 0.0, 0.0,
+               "y");
+  expect_close(to_vector(*backend, dx_shard), to_double(to_vector(*backend, dx_whole)), 0.0, 0.0,
+               "dx");
+  expect_close(to_vector(*backend, dgate_shard), to_double(to_vector(*backend, dgate_whole)), 0.0,
+               0.0, "dgate");
+  for (int64_t e = 2; e < 4; ++e) {
+    for (const char* which : {"w1", "w2", "w3"}) {
+      const std::string name = weight_name(e, which);
+      expect_close(grad_of(*backend, *shard, name), to_double(grad_of(*backend, *experts, name)),
+                   0.0, 0.0, "d" + name);
+    }
+  }
+  // The whole layer's Routing is not the shard's.
+  EXPECT_THROW(shard->forward_routed(ctx, x, routing_over(*backend, global, gate, kExperts)),
+               ShapeError);
+
+  ModelDims outside = dims;
+  outside.expert_begin = 3;
+  outside.expert_end = 5;
+  try {
+    create<Experts>("moe", "swiglu", options, outside, backend.get());
+    FAIL() << "a block beyond the experts was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("expert shard [3, 5) is not a non-empty block of the 4 "
+                                         "experts"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 }  // namespace

@@ -133,3 +133,55 @@ TEST(ParameterCount, ParametersCarryHuggingFaceNames) {
 
 }  // namespace
 }  // namespace nnkit::test
+
+namespace nnkit::test {
+namespace {
+
+// Expert parallelism: a model holding expert shard 1 of 2 holds the router and everything dense
+// plus experts 2 and 3 of every layer (under their global names), still counts the whole model,
+// and lists every parameter of the whole model, in the unsharded order, in its layout.
+TEST(ParameterCount, AnExpertShardHoldsItsBlockAndCountsAndListsTheWholeModel) {
+  const ConfigDocument doc = ConfigDocument::load_file(source_dir() / "configs/tiny.yaml");
+  const RunConfig config = resolve_config(doc, registry());
+  Transformer whole(config, registry(), cpu_backend());
+  Transformer half(config, registry(), cpu_backend(), ExpertShard{1, 2});
+  EXPECT_EQ(half.parameter_count(), whole.parameter_count());
+  EXPECT_EQ(half.active_parameter_count(), whole.active_parameter_count());
+
+  std::vector<std::string> all, held, experts_held;
+  for (Parameter* p : whole.parameters()) all.push_back(p->name);
+  for (Parameter* p : half.parameters()) held.push_back(p->name);
+  for (Parameter* p : half.sharded_expert_parameters()) experts_held.push_back(p->name);
+  ASSERT_FALSE(experts_held.empty());
+  for (const std::string& name : experts_held) {
+    const bool block = name.find(".experts.2.") != std::string::npos ||
+                       name.find(".experts.3.") != std::string::npos;
+    EXPECT_TRUE(block) << name;
+  }
+  // Everything but the experts 0 and 1 of each layer.
+  size_t others = 0;
+  for (const std::string& name : all) {
+    if (name.find(".experts.0.") != std::string::npos ||
+        name.find(".experts.1.") != std::string::npos) {
+      ++others;
+    }
+  }
+  EXPECT_EQ(held.size(), all.size() - others);
+  EXPECT_EQ(experts_held.size(), others);  // 2 of 4 experts: as many as the other shard holds
+
+  std::vector<std::string> listed;
+  for (const ParameterPlace& place : half.parameter_layout()) {
+    listed.push_back(place.parameter->name);
+    const bool expert = place.parameter->name.find(".experts.") != std::string::npos;
+    const bool first_block = place.parameter->name.find(".experts.0.") != std::string::npos ||
+                             place.parameter->name.find(".experts.1.") != std::string::npos;
+    EXPECT_EQ(place.shard, expert ? (first_block ? 0 : 1) : -1) << place.parameter->name;
+  }
+  EXPECT_EQ(listed, all);
+
+  // A shard that does not exist.
+  EXPECT_THROW(Transformer(config, registry(), cpu_backend(), ExpertShard{2, 2}), ConfigError);
+}
+
+}  // namespace
+}  // namespace nnkit::test
