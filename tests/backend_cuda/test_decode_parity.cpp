@@ -294,6 +294,60 @@ TEST_F(CudaDecode, GroupedTensorCoreProductRepeatsBitForBit) {
   EXPECT_EQ(to_vector(cuda(), first), to_vector(cuda(), second));
 }
 
+TEST_F(CudaDecode, RoutePaddedMatchesTheCpuOpsOneByOne) {
+  // (N, E, C, k, renormalize, capacity): decode steps at batch 1 and 8 (one launch), 64 experts
+  // with probability gates, a capacity that drops slots, and shapes past the one-block kernel
+  // (f32; 300 tokens) that run the ops one by one.
+  struct Case {
+    int64_t n, experts, cols, top_k;
+    bool renormalize;
+    int64_t capacity;
+    DType dtype;
+  };
+  const Case cases[] = {
+      {1, 16, 768, 4, true, 1, DType::kBF16},   {8, 16, 768, 4, true, 8, DType::kBF16},
+      {16, 64, 256, 8, false, 16, DType::kF16}, {8, 16, 768, 4, true, 1, DType::kBF16},
+      {8, 16, 768, 4, true, 8, DType::kF32},    {300, 16, 64, 2, true, 300, DType::kBF16}};
+  for (const Case& c : cases) {
+    const std::string what = "N " + std::to_string(c.n) + " E " + std::to_string(c.experts) +
+                             " k " + std::to_string(c.top_k) + " capacity " +
+                             std::to_string(c.capacity) + " " + dtype_name(c.dtype);
+    TensorPair x = same_rounded_random({c.n, c.cols}, 960 + uint64_t(c.n), c.dtype);
+    TensorPair w =
+        same_rounded_random({c.experts, c.cols}, 970 + uint64_t(c.experts), c.dtype, 0.05f);
+    const int64_t rows = c.experts * c.capacity;
+    TensorPair index = same_ints(std::vector<int32_t>(size_t(c.n * c.top_k), 77), {c.n, c.top_k});
+    TensorPair gate = poisoned({c.n, c.top_k});
+    TensorPair token = same_ints(std::vector<int32_t>(size_t(rows), 77), {rows});
+    TensorPair slot = same_ints(std::vector<int32_t>(size_t(rows), 77), {rows});
+    TensorPair offsets =
+        same_ints(std::vector<int32_t>(size_t(c.experts + 1), 77), {c.experts + 1});
+    TensorPair load = poisoned({c.experts});
+    cpu().moe_route_padded(x.cpu, w.cpu, c.top_k, c.renormalize, c.capacity, index.cpu, gate.cpu,
+                           token.cpu, slot.cpu, offsets.cpu, load.cpu);
+    cuda().moe_route_padded(x.cuda, w.cuda, c.top_k, c.renormalize, c.capacity, index.cuda,
+                            gate.cuda, token.cuda, slot.cuda, offsets.cuda, load.cuda);
+    expect_ints_match_cpu(index, what + " expert_index");
+    expect_ints_match_cpu(token, what + " token");
+    expect_ints_match_cpu(slot, what + " slot");
+    expect_ints_match_cpu(offsets, what + " offsets");
+    expect_matches_cpu(gate, Tolerance{2e-5, 1e-5}, what + " gate");
+    expect_matches_cpu(load, Tolerance{0, 0}, what + " load");
+    if (c.capacity < c.n) {  // the dropped slots: expert -1, gate 0
+      const std::vector<float> gates = cuda_values(gate);
+      int dropped = 0;
+      for (float g : gates) dropped += g == 0.0f;
+      EXPECT_GT(dropped, 0) << what;
+    }
+    // Repeated calls give the same bits.
+    const std::vector<float> first = cuda_values(gate);
+    cuda().moe_route_padded(x.cuda, w.cuda, c.top_k, c.renormalize, c.capacity, index.cuda,
+                            gate.cuda, token.cuda, slot.cuda, offsets.cuda, load.cuda);
+    EXPECT_EQ(first, cuda_values(gate)) << what;
+    if (::testing::Test::HasFailure()) return;
+  }
+}
+
 void CudaDecode::GroupedExpertCase(int64_t E, int64_t K, int64_t N) {
   for (int64_t capacity : {int64_t(1), int64_t(3), int64_t(8), int64_t(16)}) {
     // Kept rows per expert: 0, capacity, and in between.

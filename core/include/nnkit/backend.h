@@ -413,6 +413,19 @@ class NNKIT_API Backend : public Component {
   virtual void add_rmsnorm(const Tensor& x, const Tensor& residual, const Tensor& weight, float eps,
                            const Tensor& sum, const Tensor& y) = 0;
 
+  // ---- appended in ABI 5: the router of a decode step in one op ------------------------------
+  // logits = x weight^T accumulated in f32 (x: (N, C), weight: (E, C), one float dtype); each
+  // token keeps its top_k experts by logit (ties: lower index first; expert_index (N, k) i32);
+  // gate (N, k) f32 = softmax over the kept logits when `renormalize`, else the kept entries of
+  // softmax(logits); then moe_sort_by_expert_padded of those choices into blocks of `capacity`
+  // rows (token, slot, offsets, load as there; dropped slots get expert -1 and gate 0).
+  // Equals gemm + topk_rows (+ softmax_rows) + moe_sort_by_expert_padded up to the rounding of
+  // the logits' summation order (a near-tie may then choose the other expert).
+  virtual void moe_route_padded(const Tensor& x, const Tensor& weight, int64_t top_k,
+                                bool renormalize, int64_t capacity, const Tensor& expert_index,
+                                const Tensor& gate, const Tensor& token, const Tensor& slot,
+                                const Tensor& offsets, const Tensor& load) = 0;
+
   // ---- conveniences (non-virtual) -----------------------------------------------------------
   Tensor zeros(const Shape& shape, DType dtype = DType::kF32);
   // x: (N, C) f32 -> out: (1, C) f32 = alpha * sum_n x[n, :] + beta * out, as products with

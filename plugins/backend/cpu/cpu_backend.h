@@ -164,6 +164,10 @@ class CpuBackend final : public Backend {
                         const Tensor& gate, const Tensor& dst) override;
   void add_rmsnorm(const Tensor& x, const Tensor& residual, const Tensor& weight, float eps,
                    const Tensor& sum, const Tensor& y) override;
+  void moe_route_padded(const Tensor& x, const Tensor& weight, int64_t top_k, bool renormalize,
+                        int64_t capacity, const Tensor& expert_index, const Tensor& gate,
+                        const Tensor& token, const Tensor& slot, const Tensor& offsets,
+                        const Tensor& load) override;  // moe_dispatch.cpp
 
  private:
   // cos/sin of pos * base^(-2i/D) for pos in [0, positions), i in [0, D/2), computed in double

@@ -210,6 +210,10 @@ class CudaBackend final : public Backend {
                         const Tensor& gate, const Tensor& dst) override;
   void add_rmsnorm(const Tensor& x, const Tensor& residual, const Tensor& weight, float eps,
                    const Tensor& sum, const Tensor& y) override;
+  void moe_route_padded(const Tensor& x, const Tensor& weight, int64_t top_k, bool renormalize,
+                        int64_t capacity, const Tensor& expert_index, const Tensor& gate,
+                        const Tensor& token, const Tensor& slot, const Tensor& offsets,
+                        const Tensor& load) override;  // moe_route_decode.cu
 
   // ---- for the kernel files -----------------------------------------------------------------
   cudaStream_t stream() const { return stream_; }

@@ -191,6 +191,43 @@ __device__ __forceinline__ uint4 load_weights_once(const void* p) {
   return v;
 }
 
+// The chosen experts (those with kept rows) first, in expert order, then the idle ones: one warp
+// ballots 32 experts at a time (a serial walk would put a chain of shared-memory steps in front
+// of every block). Returns the chosen count; counts[] holds every expert's kept rows.
+__device__ __forceinline__ int order_experts_chosen_first(const int32_t* kept, int experts,
+                                                          int* counts, int* order,
+                                                          int* chosen_count) {
+  if (threadIdx.x < experts) counts[threadIdx.x] = kept[threadIdx.x + 1] - kept[threadIdx.x];
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    int chosen_before = 0, total_chosen = 0;
+    for (int base = 0; base < experts; base += 32) {
+      const int e = base + lane;
+      total_chosen += __popc(__ballot_sync(0xffffffffu, e < experts && counts[e] > 0));
+    }
+    for (int base = 0; base < experts; base += 32) {
+      const int e = base + lane;
+      const bool chosen = e < experts && counts[e] > 0;
+      const unsigned chosen_mask = __ballot_sync(0xffffffffu, chosen);
+      const unsigned idle_mask = __ballot_sync(0xffffffffu, e < experts && !chosen);
+      const unsigned below = (1u << lane) - 1u;
+      if (chosen) {
+        order[chosen_before + __popc(chosen_mask & below)] = e;
+      } else if (e < experts) {
+        order[total_chosen + (base - chosen_before) + __popc(idle_mask & below)] = e;
+      }
+      chosen_before += __popc(chosen_mask);
+    }
+    if (lane == 0) *chosen_count = total_chosen;
+  }
+  __syncthreads();
+  return *chosen_count;
+}
+
+// A grid sized to what stays resident walks (chosen expert, column group) items, consecutive
+// blocks on consecutive columns of one expert; experts nobody chose cost no block of their own
+// (their rows of y are zeroed by the whole grid at the end).
 template <typename T, int kSplit, bool kSwiglu, bool kTwoRowTiles>
 __global__ void __launch_bounds__(kMmaThreads, 2)
     grouped_mma_kernel(const T* x, ExpertWeights weights, ExpertWeights up, const int32_t* kept,
@@ -198,119 +235,138 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
                        int groups_per_expert) {
   constexpr int kTiles = kMmaWarps / kSplit;  // 8-column tiles per block
   constexpr int kValues = kSwiglu ? 8 : 4;    // C fragment floats per lane (gate, up)
-  __shared__ int counts[kMaxGroupedExperts], order[kMaxGroupedExperts];
+  __shared__ int counts[kMaxGroupedExperts], order[kMaxGroupedExperts], chosen_count;
   __shared__ float partial[kSplit > 1 ? kMmaWarps : 1][kValues][32];
-  if (threadIdx.x < experts) counts[threadIdx.x] = kept[threadIdx.x + 1] - kept[threadIdx.x];
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    // Chosen experts first, so the busy blocks are the low block indices (launched first).
-    int c = 0;
-    for (int e = 0; e < experts; ++e) {
-      if (counts[e] > 0) order[c++] = e;
-    }
-    for (int e = 0; e < experts; ++e) {
-      if (counts[e] <= 0) order[c++] = e;
-    }
-  }
-  __syncthreads();
-  const int e = order[blockIdx.x / groups_per_expert];
-  const int64_t col_begin = int64_t(blockIdx.x % groups_per_expert) * kTiles * 8;
-  const int rows = max(0, min(counts[e], capacity));
-  T* ye = y + int64_t(e) * capacity * n;
-  if (rows == 0) {  // an expert nobody chose: its block of y is zeros
-    const int64_t cols = min(int64_t{kTiles} * 8, n - col_begin);
-    for (int64_t i = threadIdx.x; i < capacity * cols; i += kMmaThreads) {
-      ye[i / cols * n + col_begin + i % cols] = from_float<T>(0.0f);
-    }
-    return;
-  }
+  const int chosen = order_experts_chosen_first(kept, experts, counts, order, &chosen_count);
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
   const int split = warp % kSplit;
   const int quad_row = lane >> 2, quad_col = lane & 3;
-  const int64_t col0 = col_begin + (warp / kSplit) * 8;
-  const bool active = col0 < n;  // n is a multiple of 8
-  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, acc_up[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  if (active) {
-    const int64_t w_offset = (col0 + quad_row) * k + 8 * quad_col;
-    const T* w_row = static_cast<const T*>(weights.w[e]) + w_offset;
-    const T* u_row = kSwiglu ? static_cast<const T*>(up.w[e]) + w_offset : nullptr;
-    const T* x_lo = x + (int64_t(e) * capacity + quad_row) * k + 8 * quad_col;
-    const T* x_hi = x_lo + 8 * k;
-    const bool has_lo = quad_row < rows, has_hi = kTwoRowTiles && quad_row + 8 < rows;
-    const int64_t steps = k / 32;
-    const uint4 zero = make_uint4(0, 0, 0, 0);
-    for (int64_t s0 = split; s0 < steps; s0 += int64_t(kSplit) * kMmaStages) {
-      uint4 w[kMmaStages], u[kMmaStages], lo[kMmaStages], hi[kMmaStages];
+  const int64_t steps = k / 32;
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  const int64_t items = int64_t(chosen) * groups_per_expert;
+  for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
+    const int e = order[item / groups_per_expert];
+    const int rows = min(counts[e], capacity);
+    T* ye = y + int64_t(e) * capacity * n;
+    const int64_t col0 = (item % groups_per_expert) * kTiles * 8 + (warp / kSplit) * 8;
+    const bool active = col0 < n;  // n is a multiple of 8
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, acc_up[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (active) {
+      const int64_t w_offset = (col0 + quad_row) * k + 8 * quad_col;
+      const T* w_row = static_cast<const T*>(weights.w[e]) + w_offset;
+      const T* u_row = kSwiglu ? static_cast<const T*>(up.w[e]) + w_offset : nullptr;
+      const T* x_lo = x + (int64_t(e) * capacity + quad_row) * k + 8 * quad_col;
+      const T* x_hi = x_lo + 8 * k;
+      const bool has_lo = quad_row < rows, has_hi = kTwoRowTiles && quad_row + 8 < rows;
+      for (int64_t s0 = split; s0 < steps; s0 += int64_t(kSplit) * kMmaStages) {
+        uint4 w[kMmaStages], u[kMmaStages], lo[kMmaStages], hi[kMmaStages];
 #pragma unroll
-      for (int i = 0; i < kMmaStages; ++i) {
-        const int64_t s = s0 + int64_t(i) * kSplit;
-        const bool live = s < steps;
-        w[i] = live ? load_weights_once(w_row + s * 32) : zero;
-        u[i] = kSwiglu && live ? load_weights_once(u_row + s * 32) : zero;
-        lo[i] = live && has_lo ? __ldg(reinterpret_cast<const uint4*>(x_lo + s * 32)) : zero;
-        hi[i] = live && has_hi ? __ldg(reinterpret_cast<const uint4*>(x_hi + s * 32)) : zero;
-      }
+        for (int i = 0; i < kMmaStages; ++i) {
+          const int64_t s = s0 + int64_t(i) * kSplit;
+          const bool live = s < steps;
+          w[i] = live ? load_weights_once(w_row + s * 32) : zero;
+          u[i] = kSwiglu && live ? load_weights_once(u_row + s * 32) : zero;
+          lo[i] = live && has_lo ? __ldg(reinterpret_cast<const uint4*>(x_lo + s * 32)) : zero;
+          hi[i] = live && has_hi ? __ldg(reinterpret_cast<const uint4*>(x_hi + s * 32)) : zero;
+        }
 #pragma unroll
-      for (int i = 0; i < kMmaStages; ++i) {
-        const uint32_t a0[4] = {lo[i].x, hi[i].x, lo[i].y, hi[i].y};
-        const uint32_t a1[4] = {lo[i].z, hi[i].z, lo[i].w, hi[i].w};
-        mma_16x8x16<T>(acc, a0, w[i].x, w[i].y);
-        mma_16x8x16<T>(acc, a1, w[i].z, w[i].w);
-        if constexpr (kSwiglu) {
-          mma_16x8x16<T>(acc_up, a0, u[i].x, u[i].y);
-          mma_16x8x16<T>(acc_up, a1, u[i].z, u[i].w);
+        for (int i = 0; i < kMmaStages; ++i) {
+          const uint32_t a0[4] = {lo[i].x, hi[i].x, lo[i].y, hi[i].y};
+          const uint32_t a1[4] = {lo[i].z, hi[i].z, lo[i].w, hi[i].w};
+          mma_16x8x16<T>(acc, a0, w[i].x, w[i].y);
+          mma_16x8x16<T>(acc, a1, w[i].z, w[i].w);
+          if constexpr (kSwiglu) {
+            mma_16x8x16<T>(acc_up, a0, u[i].x, u[i].y);
+            mma_16x8x16<T>(acc_up, a1, u[i].z, u[i].w);
+          }
         }
       }
     }
-  }
-  if constexpr (kSplit > 1) {
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      partial[warp][j][lane] = acc[j];
-      if constexpr (kSwiglu) partial[warp][4 + j][lane] = acc_up[j];
-    }
-    __syncthreads();
-    if (split != 0) return;
-    for (int s = 1; s < kSplit; ++s) {  // split 0's sum first, then 1, 2, ...: a fixed order
+    if constexpr (kSplit > 1) {
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        acc[j] += partial[warp + s][j][lane];
-        if constexpr (kSwiglu) acc_up[j] += partial[warp + s][4 + j][lane];
+        partial[warp][j][lane] = acc[j];
+        if constexpr (kSwiglu) partial[warp][4 + j][lane] = acc_up[j];
+      }
+      __syncthreads();
+      if (split == 0) {
+        for (int s = 1; s < kSplit; ++s) {  // split 0's sum, then 1, 2, ...: a fixed order
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            acc[j] += partial[warp + s][j][lane];
+            if constexpr (kSwiglu) acc_up[j] += partial[warp + s][4 + j][lane];
+          }
+        }
+      }
+      __syncthreads();  // partial is rewritten by the next item
+    }
+    if (active && split == 0) {
+      float v[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        // swiglu_forward's formula, in f32.
+        v[j] = kSwiglu ? acc[j] * (1.0f / (1.0f + expf(-acc[j]))) * acc_up[j] : acc[j];
+      }
+      const int64_t col = col0 + 2 * quad_col;
+      const int r_lo = quad_row, r_hi = quad_row + 8;
+      if (r_lo < capacity) {
+        *reinterpret_cast<uint32_t*>(ye + r_lo * n + col) =
+            r_lo < rows ? pack_pair<T>(v[0], v[1]) : 0u;
+      }
+      if (r_hi < capacity) {
+        *reinterpret_cast<uint32_t*>(ye + r_hi * n + col) =
+            r_hi < rows ? pack_pair<T>(v[2], v[3]) : 0u;
       }
     }
   }
-  if (!active) return;
-  float v[4];
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    // swiglu_forward's formula, in f32.
-    v[j] = kSwiglu ? acc[j] * (1.0f / (1.0f + expf(-acc[j]))) * acc_up[j] : acc[j];
+  // The idle experts' blocks of y: zeros, 16 bytes at a time (n is a multiple of 8).
+  const int64_t block_packs = int64_t(capacity) * n / 8;
+  const int64_t zero_packs = int64_t(experts - chosen) * block_packs;
+  for (int64_t i = blockIdx.x * int64_t(kMmaThreads) + threadIdx.x; i < zero_packs;
+       i += int64_t(gridDim.x) * kMmaThreads) {
+    const int e = order[chosen + i / block_packs];
+    reinterpret_cast<uint4*>(y + int64_t(e) * capacity * n)[i % block_packs] = zero;
   }
-  const int64_t col = col0 + 2 * quad_col;
-  const int r_lo = quad_row, r_hi = quad_row + 8;
-  if (r_lo < capacity) {
-    *reinterpret_cast<uint32_t*>(ye + r_lo * n + col) = r_lo < rows ? pack_pair<T>(v[0], v[1]) : 0u;
+}
+
+template <typename Kernel>
+int resident_blocks_per_sm(Kernel kernel) {
+  int blocks = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kMmaThreads, 0) !=
+      cudaSuccess) {
+    (void)cudaGetLastError();
+    return 1;
   }
-  if (r_hi < capacity) {
-    *reinterpret_cast<uint32_t*>(ye + r_hi * n + col) = r_hi < rows ? pack_pair<T>(v[2], v[3]) : 0u;
-  }
+  return std::max(blocks, 1);
+}
+
+template <typename T, int kSplit, bool kSwiglu, bool kTwoRowTiles>
+void launch_grouped_mma_rows(const T* x, const ExpertWeights& w, const ExpertWeights& up,
+                             const int32_t* kept, int capacity, int64_t n, int64_t k, T* y,
+                             int experts, int sms, cudaStream_t stream) {
+  constexpr int64_t kColumnsPerBlock = kMmaWarps / kSplit * 8;
+  auto kernel = grouped_mma_kernel<T, kSplit, kSwiglu, kTwoRowTiles>;
+  static const int per_sm = resident_blocks_per_sm(kernel);
+  const int groups = static_cast<int>((n + kColumnsPerBlock - 1) / kColumnsPerBlock);
+  // As many blocks as stay resident, never more than the items of all experts.
+  const int64_t blocks =
+      std::min<int64_t>(int64_t(per_sm) * std::max(sms, 1), int64_t(groups) * experts);
+  kernel<<<static_cast<unsigned>(std::max<int64_t>(blocks, 1)), kMmaThreads, 0, stream>>>(
+      x, w, up, kept, capacity, n, k, y, experts, groups);
+  NNKIT_CUDA_CHECK_LAUNCH(grouped_mma_kernel);
 }
 
 template <typename T, int kSplit, bool kSwiglu>
 void launch_grouped_mma(const T* x, const ExpertWeights& w, const ExpertWeights& up,
                         const int32_t* kept, int capacity, int64_t n, int64_t k, T* y, int experts,
-                        cudaStream_t stream) {
-  constexpr int64_t kColumnsPerBlock = kMmaWarps / kSplit * 8;
-  const int groups = static_cast<int>((n + kColumnsPerBlock - 1) / kColumnsPerBlock);
-  const unsigned blocks = static_cast<unsigned>(int64_t(groups) * experts);
+                        int sms, cudaStream_t stream) {
   if (capacity > 8) {
-    grouped_mma_kernel<T, kSplit, kSwiglu, true>
-        <<<blocks, kMmaThreads, 0, stream>>>(x, w, up, kept, capacity, n, k, y, experts, groups);
+    launch_grouped_mma_rows<T, kSplit, kSwiglu, true>(x, w, up, kept, capacity, n, k, y, experts,
+                                                      sms, stream);
   } else {
-    grouped_mma_kernel<T, kSplit, kSwiglu, false>
-        <<<blocks, kMmaThreads, 0, stream>>>(x, w, up, kept, capacity, n, k, y, experts, groups);
+    launch_grouped_mma_rows<T, kSplit, kSwiglu, false>(x, w, up, kept, capacity, n, k, y, experts,
+                                                       sms, stream);
   }
-  NNKIT_CUDA_CHECK_LAUNCH(grouped_mma_kernel);
 }
 
 // Long rows (the down product's k = ffn_dim) split across all eight warps of a block, short ones
@@ -319,14 +375,14 @@ void launch_grouped_mma(const T* x, const ExpertWeights& w, const ExpertWeights&
 template <typename T, bool kSwiglu>
 void grouped_by_split(const T* x, const ExpertWeights& w, const ExpertWeights& up,
                       const int32_t* kept, int capacity, int64_t n, int64_t k, T* y, int experts,
-                      cudaStream_t stream) {
+                      int sms, cudaStream_t stream) {
   const int64_t steps = k / 32;
   if (steps >= 64) {
-    launch_grouped_mma<T, 8, kSwiglu>(x, w, up, kept, capacity, n, k, y, experts, stream);
+    launch_grouped_mma<T, 8, kSwiglu>(x, w, up, kept, capacity, n, k, y, experts, sms, stream);
   } else if (steps >= 16) {
-    launch_grouped_mma<T, 2, kSwiglu>(x, w, up, kept, capacity, n, k, y, experts, stream);
+    launch_grouped_mma<T, 2, kSwiglu>(x, w, up, kept, capacity, n, k, y, experts, sms, stream);
   } else {
-    launch_grouped_mma<T, 1, kSwiglu>(x, w, up, kept, capacity, n, k, y, experts, stream);
+    launch_grouped_mma<T, 1, kSwiglu>(x, w, up, kept, capacity, n, k, y, experts, sms, stream);
   }
 }
 
@@ -418,7 +474,7 @@ void run_grouped(const GroupedArgs& a, const Tensor& x, const Tensor& kept_offse
       if (a.packed && aligned16(y.raw()) && a.k % 32 == 0 && a.n % 8 == 0 &&
           grouped_mma_enabled()) {
         grouped_by_split<T, kSwiglu>(ptr<T>(x), a.gate, a.up, ptr<int32_t>(kept_offsets),
-                                     static_cast<int>(capacity), a.n, a.k, ptr<T>(y), experts,
+                                     static_cast<int>(capacity), a.n, a.k, ptr<T>(y), experts, sms,
                                      stream);
         return;
       }

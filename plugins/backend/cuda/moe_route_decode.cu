@@ -1,0 +1,233 @@
+// Purpose: backend/cuda moe_route_padded: the router of a decode step in one launch. At decoding
+// sizes (a few tokens, 16-64 experts) the router's product, top-k, gate softmax and padded sort
+// are each a few microseconds of launch and latency for almost no work; one block does all of
+// them from shared memory. Larger inputs run the same ops one by one (gemm, topk_rows,
+// softmax_rows, moe_sort_by_expert_padded). Owned by backend/cuda. Fixed orders throughout:
+// results repeat bit for bit, and the choices, gates and layout equal the ops one by one up to
+// the rounding of the logits' summation order.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+#include "cuda_check.h"
+#include "kernel_utils.cuh"
+
+namespace nnkit::cuda {
+
+namespace {
+
+using backend_common::kFloatDTypes;
+
+constexpr int kRouteThreads = 256;  // 8 warps
+constexpr int kRouteWarps = kRouteThreads / 32;
+constexpr int kRouteMaxExperts = 64;       // two per lane in the top-k warp
+constexpr int kRouteMaxSlots = 256;        // N * k
+constexpr int kRouteMaxLogits = 1024;      // N * E
+constexpr int kRouteMaxShared = 96 << 10;  // x and the weight staged in shared memory
+
+// Dynamic shared memory: x (N, C) | weight (E, C), in T.
+template <typename T>
+__global__ void __launch_bounds__(kRouteThreads)
+    moe_route_decode_kernel(const T* x, const T* weight, int n_tokens, int cols, int experts,
+                            int top_k, bool renormalize, int capacity, int32_t* expert_index,
+                            float* gate, int32_t* token, int32_t* slot, int32_t* offsets,
+                            float* load) {
+  extern __shared__ uint4 staged[];
+  __shared__ float logits[kRouteMaxLogits];
+  __shared__ int choice[kRouteMaxSlots];
+  __shared__ int counts[kRouteMaxExperts];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+  const int slots = n_tokens * top_k;
+  // 1. Stage x and the weight (16-byte packs, all loads in flight at once); every padded row
+  // starts as padding (placement below overwrites the kept ones after the barriers).
+  const int64_t packs = int64_t(n_tokens + experts) * cols / 8;
+  const uint4* x_packs = reinterpret_cast<const uint4*>(x);
+  const uint4* w_packs = reinterpret_cast<const uint4*>(weight);
+  const int64_t x_count = int64_t(n_tokens) * cols / 8;
+  for (int64_t i = threadIdx.x; i < packs; i += kRouteThreads) {
+    staged[i] = i < x_count ? x_packs[i] : w_packs[i - x_count];
+  }
+  for (int64_t r = threadIdx.x; r < int64_t(experts) * capacity; r += kRouteThreads) {
+    token[r] = -1;
+    slot[r] = -1;
+  }
+  __syncthreads();
+  // 2. logits[n, e] = x[n] . weight[e] in f32: a warp per (token, expert) pair.
+  const T* xs = reinterpret_cast<const T*>(staged);
+  const T* ws = xs + int64_t(n_tokens) * cols;
+  for (int pair = warp; pair < n_tokens * experts; pair += kRouteWarps) {
+    const int n = pair / experts, e = pair % experts;
+    float acc = 0.0f;
+    for (int c = lane * 8; c < cols; c += 32 * 8) {
+      float xv[8], wv[8];
+      load_floats<8>(xs + int64_t(n) * cols + c, xv);
+      load_floats<8>(ws + int64_t(e) * cols + c, wv);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc += xv[i] * wv[i];
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) logits[pair] = acc;
+  }
+  __syncthreads();
+  // 3. Top-k and gates: a warp per token, two experts per lane.
+  for (int n = warp; n < n_tokens; n += kRouteWarps) {
+    const float* row = logits + n * experts;
+    const int e0 = lane, e1 = lane + 32;
+    // NaN ranks as -inf: every lane must order the candidates alike.
+    float v0 = e0 < experts && !isnan(row[e0]) ? row[e0] : -INFINITY;
+    float v1 = e1 < experts && !isnan(row[e1]) ? row[e1] : -INFINITY;
+    float max_logit = 0.0f, denominator = 1.0f;
+    if (!renormalize) {  // the gates are probabilities of the full softmax
+      max_logit = warp_max(fmaxf(v0, v1));
+      denominator = warp_sum((e0 < experts ? expf(v0 - max_logit) : 0.0f) +
+                             (e1 < experts ? expf(v1 - max_logit) : 0.0f));
+    }
+    bool taken0 = e0 >= experts, taken1 = e1 >= experts;
+    float kept_value = 0.0f, top_logit = 0.0f, kept_sum = 0.0f;
+    for (int j = 0; j < top_k; ++j) {
+      // This lane's best untaken expert (lower index on ties), then the warp's.
+      float best = -INFINITY;
+      int best_e = INT32_MAX;
+      if (!taken0) {
+        best = v0;
+        best_e = e0;
+      }
+      if (!taken1 && (best_e == INT32_MAX || v1 > best)) {
+        best = v1;
+        best_e = e1;
+      }
+      for (int offset = 16; offset > 0; offset >>= 1) {
+        const float other = __shfl_xor_sync(0xffffffffu, best, offset);
+        const int other_e = __shfl_xor_sync(0xffffffffu, best_e, offset);
+        if (other_e != INT32_MAX &&
+            (best_e == INT32_MAX || other > best || (other == best && other_e < best_e))) {
+          best = other;
+          best_e = other_e;
+        }
+      }
+      if (best_e == e0) taken0 = true;
+      if (best_e == e1) taken1 = true;
+      if (j == 0) top_logit = best;
+      // renormalize: softmax over the kept logits (the first kept is the largest); otherwise
+      // the kept probability.
+      const float value =
+          renormalize ? expf(best - top_logit) : expf(best - max_logit) / denominator;
+      kept_sum += value;
+      if (lane == j) kept_value = value;
+      if (lane == 0) {
+        expert_index[n * top_k + j] = best_e;
+        choice[n * top_k + j] = best_e;
+      }
+    }
+    if (lane < top_k) gate[n * top_k + lane] = renormalize ? kept_value / kept_sum : kept_value;
+  }
+  __syncthreads();
+  // 4. The padded sort: counts, offsets and load per expert, then each slot's rank among the
+  // earlier slots of its expert (slot order) places it or drops it.
+  if (threadIdx.x < experts) {
+    int chosen = 0;
+    for (int s = 0; s < slots; ++s) chosen += choice[s] == int(threadIdx.x);
+    counts[threadIdx.x] = chosen;
+    load[threadIdx.x] = slots > 0 ? float(chosen) / float(slots) : 0.0f;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int routed = 0;
+    for (int e = 0; e < experts; ++e) {
+      offsets[e] = routed;
+      routed += min(counts[e], capacity);
+    }
+    offsets[experts] = routed;
+  }
+  for (int s = threadIdx.x; s < slots; s += kRouteThreads) {
+    const int e = choice[s];
+    int rank = 0;
+    for (int earlier = 0; earlier < s; ++earlier) rank += choice[earlier] == e;
+    if (rank < capacity) {
+      token[e * capacity + rank] = s / top_k;
+      slot[e * capacity + rank] = s;
+    } else {
+      expert_index[s] = -1;
+      gate[s] = 0.0f;
+    }
+  }
+}
+
+bool allow_route_shared_memory(const void* kernel) {
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              kRouteMaxShared) == cudaSuccess;
+}
+
+}  // namespace
+
+void CudaBackend::moe_route_padded(const Tensor& x, const Tensor& weight, int64_t top_k,
+                                   bool renormalize, int64_t capacity, const Tensor& expert_index,
+                                   const Tensor& gate, const Tensor& token, const Tensor& slot,
+                                   const Tensor& offsets, const Tensor& load) {
+  OpScope op_scope(profiler_.get(), "moe_route_padded");
+  const char* op = "moe_route_padded";
+  const backend_common::RowShape xs = kChecks.float_rows(op, "x", x, kFloatDTypes);
+  const backend_common::RowShape ws = kChecks.rows(op, "weight", weight, x.dtype());
+  if (ws.cols != xs.cols || top_k < 1 || top_k > ws.rows || capacity < 1) {
+    kChecks.fail(op, "x is " + describe(x) + ", weight " + describe(weight) + ", top_k " +
+                         std::to_string(top_k) + ", capacity " + std::to_string(capacity) +
+                         "; expected (N, C), (E, C), 1 <= top_k <= E and capacity >= 1");
+  }
+  const int64_t n = xs.rows, experts = ws.rows, cols = xs.cols;
+  kChecks.tensor(op, "expert_index", expert_index, DType::kI32, {n, top_k});
+  kChecks.tensor(op, "gate", gate, DType::kF32, {n, top_k});
+  kChecks.tensor(op, "token", token, DType::kI32, {experts * capacity});
+  kChecks.tensor(op, "slot", slot, DType::kI32, {experts * capacity});
+  kChecks.tensor(op, "offsets", offsets, DType::kI32, {experts + 1});
+  kChecks.tensor(op, "load", load, DType::kF32, {experts});
+  if (n == 0) {
+    moe_sort_by_expert_padded(expert_index.view({0}), experts, top_k, capacity, gate.view({0}),
+                              token, slot, offsets, load);
+    return;
+  }
+  const size_t shared = size_t(n + experts) * size_t(cols) * dtype_size(x.dtype());
+  const bool fits = x.dtype() != DType::kF32 && cols % 8 == 0 && aligned16(x.raw()) &&
+                    aligned16(weight.raw()) && experts <= kRouteMaxExperts &&
+                    n * top_k <= kRouteMaxSlots && n * experts <= kRouteMaxLogits &&
+                    shared <= size_t(kRouteMaxShared) && capacity <= INT32_MAX / experts;
+  if (fits) {
+    dispatch_float(x.dtype(), [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      if constexpr (!std::is_same_v<T, float>) {
+        auto kernel = moe_route_decode_kernel<T>;
+        static const bool allowed =
+            allow_route_shared_memory(reinterpret_cast<const void*>(kernel));
+        if (!allowed && shared > size_t(48 << 10)) {
+          kChecks.fail(op, "could not allow " + std::to_string(kRouteMaxShared) +
+                               " bytes of shared memory for the one-block router");
+        }
+        kernel<<<1, kRouteThreads, shared, stream_>>>(
+            ptr<T>(x), ptr<T>(weight), static_cast<int>(n), static_cast<int>(cols),
+            static_cast<int>(experts), static_cast<int>(top_k), renormalize,
+            static_cast<int>(capacity), ptr<int32_t>(expert_index), ptr<float>(gate),
+            ptr<int32_t>(token), ptr<int32_t>(slot), ptr<int32_t>(offsets), ptr<float>(load));
+        NNKIT_CUDA_CHECK_LAUNCH(moe_route_decode_kernel);
+      }
+    });
+    return;
+  }
+  // The ops one by one.
+  Tensor logits = empty({n, experts});
+  gemm(x, false, weight, true, logits);
+  if (renormalize) {
+    Tensor top_logits = empty({n, top_k});
+    topk_rows(logits, top_k, top_logits, expert_index);
+    softmax_rows(top_logits, gate);
+  } else {
+    Tensor probs = empty({n, experts});
+    softmax_rows(logits, probs);
+    topk_rows(probs, top_k, gate, expert_index);
+  }
+  moe_sort_by_expert_padded(expert_index.view({n * top_k}), experts, top_k, capacity,
+                            gate.view({n * top_k}), token, slot, offsets, load);
+}
+
+}  // namespace nnkit::cuda
