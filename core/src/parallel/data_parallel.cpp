@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -132,6 +133,54 @@ void GradientBuckets::all_reduce() {
       offset += g.numel();
     }
   }
+}
+
+GradientReduction::GradientReduction(Communicator& comm, Backend& backend, Transformer& model,
+                                     bool distributed, size_t bucket_bytes)
+    : comm_(comm), backend_(backend), expert_ranks_(model.expert_shard().count) {
+  const std::vector<Parameter*> params = model.parameters();
+  for (Parameter* p : params) all_.push_back(p->grad);
+  if (expert_ranks_ > 1) {
+    const std::vector<Parameter*> held = model.sharded_expert_parameters();
+    const std::set<const Parameter*> sharded(held.begin(), held.end());
+    for (Parameter* p : params) (sharded.count(p) ? experts_ : replicated_).push_back(p->grad);
+    expert_squares_ = backend_.empty({1});
+  }
+  if (!distributed) return;
+  buckets_ = std::make_unique<GradientBuckets>(
+      comm_, backend_, expert_ranks_ > 1 ? replicated_ : all_, bucket_bytes);
+  if (expert_ranks_ > 1) {
+    std::vector<int> replicas;  // the ranks holding this rank's experts, one per data group
+    for (int r = model.expert_shard().index; r < comm_.size(); r += expert_ranks_) {
+      replicas.push_back(r);
+    }
+    if (replicas.size() > 1 && !experts_.empty()) {
+      expert_buckets_ =
+          std::make_unique<GradientBuckets>(comm_, backend_, experts_, bucket_bytes, replicas);
+    }
+  }
+}
+
+void GradientReduction::reduce() {
+  if (buckets_) buckets_->all_reduce();
+  if (expert_buckets_) expert_buckets_->all_reduce();
+}
+
+void GradientReduction::squared_norm(const Tensor& out) {
+  backend_.fill(out, 0.0f);
+  if (expert_ranks_ < 2) {
+    backend_.sum_squares_multi(all_, out);
+    return;
+  }
+  // Every data group holds every shard once: the sum over all ranks counts each shard's
+  // squares size() / P times.
+  backend_.sum_squares_multi(replicated_, out);
+  backend_.fill(expert_squares_, 0.0f);
+  if (!experts_.empty()) backend_.sum_squares_multi(experts_, expert_squares_);
+  comm_.all_reduce_sum(backend_, expert_squares_);
+  backend_.scale(expert_squares_,
+                 static_cast<float>(expert_ranks_) / static_cast<float>(comm_.size()));
+  backend_.add(out, out, expert_squares_);
 }
 
 OptimizerShards::OptimizerShards(Communicator& comm, Backend& backend,

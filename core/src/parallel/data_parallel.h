@@ -1,5 +1,6 @@
 // Purpose: the trainer's side of data parallelism (docs/parallel.md): opening the job's
-// communicator and checking it against parallel.*, summing gradients across ranks in buckets,
+// communicator and checking it against parallel.*, summing gradients across ranks in buckets
+// (with expert shards, each over the ranks holding it) and the job's gradient norm,
 // a rank's share of a global batch, and the test hooks that make one rank fail or hang.
 // Ownership: GradientBuckets borrows the communicator, the backend and the gradient tensors
 // (the model owns them and outlives it) and owns its packing buffers. Not thread-safe: the
@@ -14,6 +15,7 @@
 #include "nnkit/communicator.h"
 #include "nnkit/config.h"
 #include "nnkit/layer.h"
+#include "nnkit/model.h"
 #include "nnkit/optim.h"
 #include "nnkit/registry.h"
 
@@ -51,6 +53,35 @@ class GradientBuckets {
   Backend& backend_;
   std::vector<Bucket> buckets_;
   std::vector<int> group_;  // empty: all ranks
+};
+
+// The trainer's sums of gradients across ranks and the job's squared gradient norm. Without
+// expert shards every gradient is summed over every rank. With them (parallel.expert = P) the
+// replicated parameters' gradients are, and an expert shard's are summed over the ranks that
+// hold that shard (rank p, P + p, 2P + p, ...: one per data group); the squared norm then adds
+// the replicated part once and each shard's once. Borrows the communicator, the backend and the
+// model's gradients; owns the buckets.
+class GradientReduction {
+ public:
+  // `distributed`: false for a job of one rank (reduce() does nothing).
+  GradientReduction(Communicator& comm, Backend& backend, Transformer& model, bool distributed,
+                    size_t bucket_bytes);
+  // In place: every gradient summed over the ranks that hold its parameter.
+  void reduce();
+  // out: (1) f32 on the device, overwritten with the job's sum of squared gradients (device
+  // work and collectives only, nothing read back).
+  void squared_norm(const Tensor& out);
+
+ private:
+  Communicator& comm_;
+  Backend& backend_;
+  int expert_ranks_ = 1;
+  std::vector<Tensor> all_;                   // every gradient this rank holds
+  std::vector<Tensor> replicated_;            // expert shards: the gradients every rank holds
+  std::vector<Tensor> experts_;               // expert shards: this shard's
+  Tensor expert_squares_;                     // (1) f32
+  std::unique_ptr<GradientBuckets> buckets_;  // over every rank
+  std::unique_ptr<GradientBuckets> expert_buckets_;  // over this shard's replicas, if several
 };
 
 // ZeRO stage 1 (parallel.zero: 1): each parameter's optimizer state lives on one rank, its

@@ -123,9 +123,14 @@ Tensor ExpertExchange::forward(ForwardContext& ctx, const Tensor& x, const Routi
     }
     local.offsets[static_cast<size_t>(e) + 1] = static_cast<int64_t>(order.size());
   }
-  local.token = backend.from_host(order.data(), {incoming}, DType::kI32);
+  if (incoming > 0) {
+    local.token = backend.from_host(order.data(), {incoming}, DType::kI32);
+    local.expert_index = backend.from_host(expert_of.data(), {incoming, 1}, DType::kI32);
+  } else {  // nothing came: no host copy from an empty vector's (null) data
+    local.token = backend.empty({0}, DType::kI32);
+    local.expert_index = backend.empty({0, 1}, DType::kI32);
+  }
   local.slot = local.token;  // one slot per row: slot n * 1 + 0 = n
-  local.expert_index = backend.from_host(expert_of.data(), {incoming, 1}, DType::kI32);
   local.gate = backend.empty({incoming, 1});
   backend.fill(local.gate, 1.0f);
   const Tensor y_local = experts.forward_routed(ctx, x_received, local);  // (R, C) ungated

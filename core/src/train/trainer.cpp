@@ -341,37 +341,12 @@ TrainSummary train_rank(const TrainRequest& request, std::shared_ptr<Communicato
   // the optimizer update behind it; the MoE statistics come back on logged steps only.
   Tensor loss_sum = backend->empty({1});          // (1) f32: mean CE over the micro-batches
   Tensor norm_accumulator = backend->empty({1});  // (1) f32: sum of squared gradients
-  std::vector<Tensor> grads;
-  for (Parameter* p : params) grads.push_back(p->grad);
-  // Expert parallelism: the experts' gradients are summed over the ranks holding the same
-  // experts (one per data group), the rest over every rank; the squared norm adds each
-  // shard's once.
-  std::vector<Tensor> replicated_grads, expert_grads;
-  {
-    const std::vector<Parameter*> experts_here = model.sharded_expert_parameters();
-    const std::set<const Parameter*> sharded(experts_here.begin(), experts_here.end());
-    for (Parameter* p : params)
-      (sharded.count(p) ? expert_grads : replicated_grads).push_back(p->grad);
-  }
-  Tensor expert_norm = backend->empty({1});  // (1) f32: this shard's squared expert gradients
   std::vector<int32_t> inputs, targets, rank_inputs, rank_targets;
-  std::unique_ptr<GradientBuckets> gradient_buckets;
-  std::unique_ptr<GradientBuckets> expert_buckets;  // expert parallelism with data groups
-  std::unique_ptr<OptimizerShards> shards;          // ZeRO-1: the parameters this rank updates
-  if (distributed) {
-    if (cfg.parallel.zero == 1) shards = std::make_unique<OptimizerShards>(*comm, *backend, params);
-    if (expert_ranks > 1) {
-      gradient_buckets =
-          std::make_unique<GradientBuckets>(*comm, *backend, replicated_grads, kBucketBytes);
-      std::vector<int> replicas;  // the ranks holding this rank's experts, one per data group
-      for (int r = shard.index; r < ranks; r += expert_ranks) replicas.push_back(r);
-      if (replicas.size() > 1 && !expert_grads.empty()) {
-        expert_buckets = std::make_unique<GradientBuckets>(*comm, *backend, expert_grads,
-                                                           kBucketBytes, replicas);
-      }
-    } else {
-      gradient_buckets = std::make_unique<GradientBuckets>(*comm, *backend, grads, kBucketBytes);
-    }
+  // Gradients summed across ranks (each over the ranks holding it) and the job's norm.
+  GradientReduction gradients(*comm, *backend, model, distributed, kBucketBytes);
+  std::unique_ptr<OptimizerShards> shards;  // ZeRO-1: the parameters this rank updates
+  if (distributed && cfg.parallel.zero == 1) {
+    shards = std::make_unique<OptimizerShards>(*comm, *backend, params);
   }
   const int64_t tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum;
   const auto run_start = std::chrono::steady_clock::now();
@@ -480,27 +455,14 @@ TrainSummary train_rank(const TrainRequest& request, std::shared_ptr<Communicato
                                   1.0f / static_cast<float>(tc.grad_accum));
         model.backward(loss_scale / static_cast<float>(tc.grad_accum * ranks));
       }
-      if (gradient_buckets) {
+      if (distributed) {
         // Each rank's loss and gradients are its share's: the sums over ranks are the global
         // batch's (the loss after dividing by the ranks, each having taken as many rows).
-        gradient_buckets->all_reduce();
-        if (expert_buckets) expert_buckets->all_reduce();
+        gradients.reduce();
         comm->all_reduce_sum(*backend, loss_sum);
         backend->scale(loss_sum, 1.0f / static_cast<float>(ranks));
       }
-      backend->fill(norm_accumulator, 0.0f);
-      if (expert_ranks > 1) {
-        // Every data group holds every shard once: the sum over all ranks counts each
-        // shard's squares ranks / P times.
-        backend->sum_squares_multi(replicated_grads, norm_accumulator);
-        backend->fill(expert_norm, 0.0f);
-        if (!expert_grads.empty()) backend->sum_squares_multi(expert_grads, expert_norm);
-        comm->all_reduce_sum(*backend, expert_norm);
-        backend->scale(expert_norm, static_cast<float>(expert_ranks) / static_cast<float>(ranks));
-        backend->add(norm_accumulator, norm_accumulator, expert_norm);
-      } else {
-        backend->sum_squares_multi(grads, norm_accumulator);
-      }
+      gradients.squared_norm(norm_accumulator);
     };
     float host_loss = 0.0f, host_sum_squares = 0.0f;
     auto read_loss_and_norm = [&] {
