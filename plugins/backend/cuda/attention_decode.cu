@@ -18,6 +18,7 @@
 
 #include "attention_common.cuh"
 #include "cuda_check.h"
+#include "dependent_launch.cuh"
 #include "kernel_utils.cuh"
 
 namespace nnkit::cuda {
@@ -63,6 +64,8 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   __shared__ float p_shared[kHeadsPerBlock][kTile];
   __shared__ float m_run[kHeadsPerBlock], l_run[kHeadsPerBlock], rescale[kHeadsPerBlock];
   __shared__ bool combine_here;
+  wait_for_preceding_grid();
+  allow_dependent_launch();
 
   const int chunk = blockIdx.x, b = blockIdx.y;
   const int kvh = blockIdx.z / g.head_tiles;
@@ -321,10 +324,11 @@ void CudaBackend::attention_decode(const Tensor& q, const Tensor& k, const Tenso
                     static_cast<unsigned>(Hkv * head_tiles));
     dispatch_float(q.dtype(), [&](auto tag) {
       using T = typename decltype(tag)::type;
-      attention_decode_kernel<T, kD><<<grid, kThreadsPerBlock, 0, stream_>>>(
-          ptr<T>(q), ptr<T>(k), ptr<T>(v), kv_start.defined() ? ptr<int32_t>(kv_start) : nullptr,
-          ptr<int32_t>(kv_len_device), g, ptr<float>(part_o), ptr<float>(part_m),
-          ptr<float>(part_l), arrivals, ptr<T>(out));
+      launch_dependent(attention_decode_kernel<T, kD>, grid, kThreadsPerBlock, 0, stream_,
+                       ptr<T>(q), ptr<T>(k), ptr<T>(v),
+                       kv_start.defined() ? ptr<int32_t>(kv_start) : nullptr,
+                       ptr<int32_t>(kv_len_device), g, ptr<float>(part_o), ptr<float>(part_m),
+                       ptr<float>(part_l), arrivals, ptr<T>(out));
       NNKIT_CUDA_CHECK_LAUNCH(attention_decode_kernel);
       if (arrivals == nullptr) {
         const int threads = static_cast<int>(std::min<int64_t>(256, ceil_div64(D, 32) * 32));

@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "cuda_check.h"
+#include "dependent_launch.cuh"
 #include "kernel_utils.cuh"
 #include "mma_m16n8k16.cuh"
 
@@ -237,6 +238,8 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
   constexpr int kValues = kSwiglu ? 8 : 4;    // C fragment floats per lane (gate, up)
   __shared__ int counts[kMaxGroupedExperts], order[kMaxGroupedExperts], chosen_count;
   __shared__ float partial[kSplit > 1 ? kMmaWarps : 1][kValues][32];
+  wait_for_preceding_grid();
+  allow_dependent_launch();
   const int chosen = order_experts_chosen_first(kept, experts, counts, order, &chosen_count);
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
   const int split = warp % kSplit;
@@ -351,8 +354,8 @@ void launch_grouped_mma_rows(const T* x, const ExpertWeights& w, const ExpertWei
   // As many blocks as stay resident, never more than the items of all experts.
   const int64_t blocks =
       std::min<int64_t>(int64_t(per_sm) * std::max(sms, 1), int64_t(groups) * experts);
-  kernel<<<static_cast<unsigned>(std::max<int64_t>(blocks, 1)), kMmaThreads, 0, stream>>>(
-      x, w, up, kept, capacity, n, k, y, experts, groups);
+  launch_dependent(kernel, static_cast<unsigned>(std::max<int64_t>(blocks, 1)), kMmaThreads, 0,
+                   stream, x, w, up, kept, capacity, n, k, y, experts, groups);
   NNKIT_CUDA_CHECK_LAUNCH(grouped_mma_kernel);
 }
 

@@ -21,6 +21,7 @@
 #include <type_traits>
 
 #include "cuda_check.h"
+#include "dependent_launch.cuh"
 #include "kernel_utils.cuh"
 
 namespace nnkit::cuda {
@@ -34,6 +35,8 @@ using backend_common::kFloatDTypes;
 template <typename Unit>
 __global__ void gather_rows_kernel(const Unit* src, int64_t src_rows, const int32_t* index,
                                    Unit* dst, int64_t n, int64_t units, DeviceFault* fault) {
+  wait_for_preceding_grid();
+  allow_dependent_launch();
   const int64_t row = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x & 31;
   if (row >= n) return;
@@ -101,6 +104,8 @@ __global__ void scatter_small_kernel(const TS* src, const float* weight,
                                      const int32_t* weight_index, const int32_t* index, int64_t n,
                                      int64_t dst_rows, TD* dst, int64_t cols, bool overwrite,
                                      DeviceFault* fault) {
+  wait_for_preceding_grid();
+  allow_dependent_launch();
   __shared__ int32_t sources[kSmallScatterSources];
   __shared__ int count;
   const int32_t row = static_cast<int32_t>(blockIdx.x);
@@ -352,9 +357,9 @@ void CudaBackend::gather_rows(const Tensor& src, const Tensor& index, const Tens
   const unsigned blocks = static_cast<unsigned>((n + rows_per_block - 1) / rows_per_block);
   auto launch = [&](auto unit_tag) {
     using Unit = typename decltype(unit_tag)::type;
-    gather_rows_kernel<Unit><<<blocks, kThreads, 0, stream_>>>(
-        static_cast<const Unit*>(src.raw()), s.rows, ptr<int32_t>(index),
-        static_cast<Unit*>(dst.raw()), n, units, fault_);
+    launch_dependent(gather_rows_kernel<Unit>, blocks, kThreads, 0, stream_,
+                     static_cast<const Unit*>(src.raw()), s.rows, ptr<int32_t>(index),
+                     static_cast<Unit*>(dst.raw()), n, units, fault_);
     NNKIT_CUDA_CHECK_LAUNCH(gather_rows_kernel);
   };
   switch (unit) {
@@ -488,10 +493,10 @@ void CudaBackend::moe_combine_rows(const Tensor& src, const Tensor& token, const
   dispatch_scatter(src, dst, s.cols, [&](auto src_tag, auto dst_tag, auto width, int threads) {
     using TS = typename decltype(src_tag)::type;
     using TD = typename decltype(dst_tag)::type;
-    scatter_small_kernel<TS, TD, decltype(width)::value>
-        <<<static_cast<unsigned>(d.rows), threads, 0, stream_>>>(
-            ptr<TS>(src), ptr<float>(gate), ptr<int32_t>(slot), ptr<int32_t>(token), s.rows, d.rows,
-            ptr<TD>(dst), s.cols, true, fault_);
+    launch_dependent(scatter_small_kernel<TS, TD, decltype(width)::value>,
+                     static_cast<unsigned>(d.rows), threads, 0, stream_, ptr<TS>(src),
+                     ptr<float>(gate), ptr<int32_t>(slot), ptr<int32_t>(token), s.rows, d.rows,
+                     ptr<TD>(dst), s.cols, true, fault_);
     NNKIT_CUDA_CHECK_LAUNCH(scatter_small_kernel);
   });
 }

@@ -13,6 +13,7 @@
 #include <type_traits>
 
 #include "cuda_check.h"
+#include "dependent_launch.cuh"
 #include "gemm_small.h"
 #include "kernel_utils.cuh"
 
@@ -35,6 +36,13 @@ __global__ void small_gemm_nt_kernel(int64_t n, int64_t k, float alpha, const T*
   const int lane = threadIdx.x & 31;
   if (j >= n) return;
   const T* bj = b + j * k;
+  // b is a weight (no kernel of a decode step writes it): its row into L2 while the predecessor
+  // finishes, then wait for a.
+  for (int64_t offset = int64_t(lane) * 128; offset < k * int64_t(sizeof(T)); offset += 32 * 128) {
+    prefetch_to_l2(reinterpret_cast<const char*>(bj) + offset);
+  }
+  wait_for_preceding_grid();
+  allow_dependent_launch();
   float acc[kRows];
 #pragma unroll
   for (int i = 0; i < kRows; ++i) acc[i] = 0.0f;
@@ -66,8 +74,8 @@ void launch_rows(int64_t n, int64_t k, float alpha, const T* a, const T* b, floa
                  cudaStream_t stream) {
   constexpr int kWarps = kThreads / 32;
   const unsigned blocks = static_cast<unsigned>((n + kWarps - 1) / kWarps);
-  small_gemm_nt_kernel<T, TC, kRows, kWidth>
-      <<<blocks, kThreads, 0, stream>>>(n, k, alpha, a, b, beta, c);
+  launch_dependent(small_gemm_nt_kernel<T, TC, kRows, kWidth>, blocks, kThreads, 0, stream, n, k,
+                   alpha, a, b, beta, c);
   NNKIT_CUDA_CHECK_LAUNCH(small_gemm_nt_kernel);
 }
 

@@ -13,6 +13,7 @@
 #include <type_traits>
 
 #include "cuda_check.h"
+#include "dependent_launch.cuh"
 #include "kernel_utils.cuh"
 
 namespace nnkit::cuda {
@@ -39,6 +40,14 @@ __global__ void __launch_bounds__(kRouteThreads)
   __shared__ float logits[kRouteMaxLogits];
   __shared__ int choice[kRouteMaxSlots];
   __shared__ int counts[kRouteMaxExperts];
+  // The router weight is no kernel's output: into L2 while the predecessor finishes.
+  const int64_t weight_bytes = int64_t(experts) * cols * sizeof(T);
+  for (int64_t offset = int64_t(threadIdx.x) * 128; offset < weight_bytes;
+       offset += int64_t(kRouteThreads) * 128) {
+    prefetch_to_l2(reinterpret_cast<const char*>(weight) + offset);
+  }
+  wait_for_preceding_grid();
+  allow_dependent_launch();
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
   const int slots = n_tokens * top_k;
   // 1. Stage x and the weight (16-byte packs, all loads in flight at once); every padded row
@@ -204,11 +213,11 @@ void CudaBackend::moe_route_padded(const Tensor& x, const Tensor& weight, int64_
           kChecks.fail(op, "could not allow " + std::to_string(kRouteMaxShared) +
                                " bytes of shared memory for the one-block router");
         }
-        kernel<<<1, kRouteThreads, shared, stream_>>>(
-            ptr<T>(x), ptr<T>(weight), static_cast<int>(n), static_cast<int>(cols),
-            static_cast<int>(experts), static_cast<int>(top_k), renormalize,
-            static_cast<int>(capacity), ptr<int32_t>(expert_index), ptr<float>(gate),
-            ptr<int32_t>(token), ptr<int32_t>(slot), ptr<int32_t>(offsets), ptr<float>(load));
+        launch_dependent(kernel, 1, kRouteThreads, shared, stream_, ptr<T>(x), ptr<T>(weight),
+                         static_cast<int>(n), static_cast<int>(cols), static_cast<int>(experts),
+                         static_cast<int>(top_k), renormalize, static_cast<int>(capacity),
+                         ptr<int32_t>(expert_index), ptr<float>(gate), ptr<int32_t>(token),
+                         ptr<int32_t>(slot), ptr<int32_t>(offsets), ptr<float>(load));
         NNKIT_CUDA_CHECK_LAUNCH(moe_route_decode_kernel);
       }
     });

@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "cuda_check.h"
+#include "dependent_launch.cuh"
 #include "kernel_utils.cuh"
 
 namespace nnkit::cuda {
@@ -92,6 +93,8 @@ __global__ void rmsnorm_forward_warp_kernel(const T* x, const W* w, float eps, T
 template <typename T, typename W, int kWidth>
 __global__ void add_rmsnorm_warp_kernel(const T* x, const T* residual, const W* w, float eps,
                                         T* sum, T* y, int64_t rows, int64_t cols) {
+  wait_for_preceding_grid();
+  allow_dependent_launch();
   const int64_t row = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x & 31;
   if (row >= rows) return;
@@ -301,8 +304,9 @@ void CudaBackend::add_rmsnorm(const Tensor& x, const Tensor& residual, const Ten
     with_norm_weight<T>(weight.dtype(), packed, [&](auto weight_tag, auto width) {
       using W = typename decltype(weight_tag)::type;
       constexpr int kW = decltype(width)::value;
-      add_rmsnorm_warp_kernel<T, W, kW><<<blocks_for_rows(s.rows), kThreads, 0, stream_>>>(
-          ptr<T>(x), ptr<T>(residual), ptr<W>(weight), eps, ptr<T>(sum), ptr<T>(y), s.rows, s.cols);
+      launch_dependent(add_rmsnorm_warp_kernel<T, W, kW>, blocks_for_rows(s.rows), kThreads, 0,
+                       stream_, ptr<T>(x), ptr<T>(residual), ptr<W>(weight), eps, ptr<T>(sum),
+                       ptr<T>(y), s.rows, s.cols);
       NNKIT_CUDA_CHECK_LAUNCH(add_rmsnorm_warp_kernel);
     });
   });

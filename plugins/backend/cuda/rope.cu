@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "cuda_check.h"
+#include "dependent_launch.cuh"
 #include "kernel_utils.cuh"
 
 namespace nnkit::cuda {
@@ -48,6 +49,8 @@ __global__ void rope_kv_append_kernel(const T* qkv, const int32_t* positions, in
                                       const Frequencies freq, T* q_out, T* k_cache, T* v_cache,
                                       int64_t capacity, const int32_t* cache_len,
                                       DeviceFault* fault) {
+  wait_for_preceding_grid();
+  allow_dependent_launch();
   const int64_t len = *cache_len;
   const bool fits = len >= 0 && len + 1 <= capacity;
   if (!fits && blockIdx.x == 0 && threadIdx.x == 0) {
@@ -132,10 +135,10 @@ void CudaBackend::rope_kv_append(const Tensor& qkv, const Tensor& positions, int
   const int64_t work = batch * ((n_heads + n_kv_heads) * head_dim / 2 + n_kv_heads * head_dim);
   dispatch_float(qkv.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
-    rope_kv_append_kernel<T><<<grid_for(work), kThreads, 0, stream_>>>(
-        ptr<T>(qkv), ptr<int32_t>(positions), batch, n_heads, n_kv_heads, head_dim, freq,
-        ptr<T>(q_out), ptr<T>(k_cache), ptr<T>(v_cache), capacity, ptr<int32_t>(cache_len_device),
-        fault_);
+    launch_dependent(rope_kv_append_kernel<T>, grid_for(work), kThreads, 0, stream_, ptr<T>(qkv),
+                     ptr<int32_t>(positions), batch, n_heads, n_kv_heads, head_dim, freq,
+                     ptr<T>(q_out), ptr<T>(k_cache), ptr<T>(v_cache), capacity,
+                     ptr<int32_t>(cache_len_device), fault_);
     NNKIT_CUDA_CHECK_LAUNCH(rope_kv_append_kernel);
   });
 }
