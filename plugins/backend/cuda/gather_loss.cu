@@ -107,6 +107,7 @@ __global__ void scatter_small_kernel(const TS* src, const float* weight,
   wait_for_preceding_grid();
   allow_dependent_launch();
   __shared__ int32_t sources[kSmallScatterSources];
+  __shared__ float source_weight[kSmallScatterSources];
   __shared__ int count;
   const int32_t row = static_cast<int32_t>(blockIdx.x);
   if (threadIdx.x < 32) {
@@ -119,7 +120,15 @@ __global__ void scatter_small_kernel(const TS* src, const float* weight,
         report_fault(fault, FaultOp::kScatterAddRows, to, dst_rows, i);
       }
       const unsigned match = __ballot_sync(0xffffffffu, i < n && to == row);
-      if ((match >> lane) & 1u) sources[found + __popc(match & ((1u << lane) - 1u))] = int32_t(i);
+      if ((match >> lane) & 1u) {
+        // Each source's weight looked up here, by its own lane: the column loop below then
+        // has no dependent loads.
+        const int at = found + __popc(match & ((1u << lane) - 1u));
+        sources[at] = int32_t(i);
+        source_weight[at] = weight == nullptr         ? 1.0f
+                            : weight_index != nullptr ? weight[weight_index[i]]
+                                                      : weight[i];
+      }
       found += __popc(match);
     }
     if (lane == 0) count = found;
@@ -128,6 +137,7 @@ __global__ void scatter_small_kernel(const TS* src, const float* weight,
   const int found = count;
   if (found == 0 && !overwrite) return;
   TD* dr = dst + int64_t(row) * cols;
+  constexpr int kInFlight = 4;  // sources' rows loaded before any is added (same order of sums)
   for (int64_t c = int64_t(threadIdx.x) * kWidth; c < cols; c += int64_t(blockDim.x) * kWidth) {
     float acc[kWidth];
     if (overwrite) {
@@ -136,15 +146,20 @@ __global__ void scatter_small_kernel(const TS* src, const float* weight,
     } else {
       load_floats<kWidth>(dr + c, acc);
     }
-    for (int j = 0; j < found; ++j) {
-      const int64_t from = sources[j];
-      const float w = weight == nullptr         ? 1.0f
-                      : weight_index != nullptr ? weight[weight_index[from]]
-                                                : weight[from];
-      float v[kWidth];
-      load_floats<kWidth>(src + from * cols + c, v);
+    for (int j0 = 0; j0 < found; j0 += kInFlight) {
+      float v[kInFlight][kWidth];
 #pragma unroll
-      for (int e = 0; e < kWidth; ++e) acc[e] += w * v[e];
+      for (int r = 0; r < kInFlight; ++r) {
+        if (j0 + r < found) load_floats<kWidth>(src + int64_t(sources[j0 + r]) * cols + c, v[r]);
+      }
+#pragma unroll
+      for (int r = 0; r < kInFlight; ++r) {
+        if (j0 + r < found) {
+          const float w = source_weight[j0 + r];
+#pragma unroll
+          for (int e = 0; e < kWidth; ++e) acc[e] += w * v[r][e];
+        }
+      }
     }
     store_floats<kWidth>(dr + c, acc);
   }

@@ -56,8 +56,19 @@ __global__ void __launch_bounds__(kRouteThreads)
   const uint4* x_packs = reinterpret_cast<const uint4*>(x);
   const uint4* w_packs = reinterpret_cast<const uint4*>(weight);
   const int64_t x_count = int64_t(n_tokens) * cols / 8;
-  for (int64_t i = threadIdx.x; i < packs; i += kRouteThreads) {
-    staged[i] = i < x_count ? x_packs[i] : w_packs[i - x_count];
+  constexpr int kInFlight = 8;  // loads issued before any is stored: one round trip, not eight
+  for (int64_t base = threadIdx.x; base < packs; base += int64_t(kRouteThreads) * kInFlight) {
+    uint4 v[kInFlight];
+#pragma unroll
+    for (int r = 0; r < kInFlight; ++r) {
+      const int64_t i = base + int64_t(r) * kRouteThreads;
+      if (i < packs) v[r] = i < x_count ? x_packs[i] : w_packs[i - x_count];
+    }
+#pragma unroll
+    for (int r = 0; r < kInFlight; ++r) {
+      const int64_t i = base + int64_t(r) * kRouteThreads;
+      if (i < packs) staged[i] = v[r];
+    }
   }
   for (int64_t r = threadIdx.x; r < int64_t(experts) * capacity; r += kRouteThreads) {
     token[r] = -1;
