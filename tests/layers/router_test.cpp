@@ -304,6 +304,52 @@ TEST(Router, StaticShapesGiveThePaddedLayoutWithTheSameRoutingAndGradients) {
   EXPECT_FALSE(make_router(backend.get(), dropless)->has_static_shapes());
 }
 
+TEST(Router, RecordedDecodeStepsRouteInOneOpLikeThePlainDecode) {
+  // A KV-cache step outside training under static shapes (a recorded decode step) routes
+  // through Backend::moe_route_padded: the same choices and gates as the plain (compact) decode
+  // step, each expert's kept rows first in its block of N rows (or of the capacity), then
+  // padding. Dropless with renormalised gates, probability gates, and a capacity that drops.
+  auto backend = cpu_backend();
+  const RouterCase cases[] = {{"dropless", 5, 8, 4, 2, true, 0.1, 0.0, std::nullopt, 1.0f},
+                              {"probabilities", 5, 8, 6, 3, false, 0.0, 0.0, std::nullopt, 1.0f},
+                              {"capacity", 6, 8, 4, 2, true, 0.0, 0.0, 0.5, 1.0f}};
+  for (const RouterCase& c : cases) {
+    SCOPED_TRACE(c.name);
+    const std::vector<float> x = random_values(size_t(c.tokens * c.channels), 97, 1.0f);
+    auto route = [&](bool static_shapes) {
+      auto router = make_router(backend.get(), c);
+      init_parameters(*backend, *router, 91, 0.5f);
+      ForwardContext ctx = make_context(*backend, c.tokens, 1, false);
+      ctx.use_kv_cache = true;
+      ctx.static_shapes = static_shapes;
+      return router->route(ctx, tensor_from(*backend, x, {c.tokens, c.channels}));
+    };
+    const Routing compact = route(false), padded = route(true);
+    const int64_t block = c.capacity_factor ? 2 : c.tokens;  // ceil(0.5 * 12 / 4) = 2
+    ASSERT_EQ(padded.padded_capacity, block);
+    EXPECT_EQ(padded.n_routed, c.experts * block);
+    EXPECT_EQ(to_vector_i32(*backend, padded.expert_index),
+              to_vector_i32(*backend, compact.expert_index));
+    EXPECT_EQ(to_vector(*backend, padded.gate), to_vector(*backend, compact.gate));
+    const std::vector<int32_t> kept = to_vector_i32(*backend, padded.kept_offsets);
+    std::vector<int32_t> compact_offsets(compact.offsets.begin(), compact.offsets.end());
+    EXPECT_EQ(kept, compact_offsets);
+    const std::vector<int32_t> ct = to_vector_i32(*backend, compact.token);
+    const std::vector<int32_t> pt = to_vector_i32(*backend, padded.token);
+    const std::vector<int32_t> ps = to_vector_i32(*backend, padded.slot);
+    const std::vector<int32_t> cs = to_vector_i32(*backend, compact.slot);
+    for (int64_t e = 0; e < c.experts; ++e) {
+      const int64_t begin = compact.offsets[e], count = compact.offsets[e + 1] - begin;
+      for (int64_t r = 0; r < block; ++r) {
+        const size_t at = size_t(e * block + r);
+        EXPECT_EQ(pt[at], r < count ? ct[size_t(begin + r)] : -1) << "expert " << e;
+        EXPECT_EQ(ps[at], r < count ? cs[size_t(begin + r)] : -1) << "expert " << e;
+      }
+    }
+    if (c.capacity_factor) EXPECT_LT(compact.n_routed, c.tokens * c.top_k) << "should drop";
+  }
+}
+
 TEST(Router, AuxiliaryGradientScalesWithLossScale) {
   auto backend = cpu_backend();
   const RouterCase c{"scale", 8, 8, 4, 2, true, 0.1, 0.05, std::nullopt, 1.0f};

@@ -182,14 +182,7 @@ class TopKRouter final : public Router {
     if (full) stats_.values = device_statistics(backend, probs, load, row_lse);
 
     if (padded) {
-      routing.padded_capacity = block_rows;
-      routing.kept_offsets = offsets;
-      routing.offsets.resize(static_cast<size_t>(n_experts_) + 1);
-      for (int64_t e = 0; e <= n_experts_; ++e) {
-        routing.offsets[static_cast<size_t>(e)] = e * block_rows;
-      }
-      routing.n_routed = rows;
-      stats_.kept_offsets = offsets;  // the dropped count is read with the statistics
+      set_padded_layout(routing, offsets, block_rows);
     } else {
       backend.await_host_copies();
       routing.offsets.assign(host_offsets.begin(), host_offsets.end());
@@ -247,18 +240,24 @@ class TopKRouter final : public Router {
     backend.moe_route_padded(x, value(gate_), top_k_, renormalize_, block_rows,
                              routing.expert_index, routing.gate, routing.token, routing.slot,
                              offsets, load);
+    stats_ = DeviceStats{};
+    stats_.n_slots = n_tokens * top_k_;
+    set_padded_layout(routing, offsets, block_rows);
+    release_saved();
+    return routing;
+  }
+
+  // The padded layout's fixed blocks: expert e owns rows [e * block_rows, (e + 1) * block_rows);
+  // the kept counts stay on the device (the dropped count is read with the statistics).
+  void set_padded_layout(Routing& routing, const Tensor& kept_offsets, int64_t block_rows) {
     routing.padded_capacity = block_rows;
-    routing.kept_offsets = offsets;
+    routing.kept_offsets = kept_offsets;
     routing.offsets.resize(static_cast<size_t>(n_experts_) + 1);
     for (int64_t e = 0; e <= n_experts_; ++e) {
       routing.offsets[static_cast<size_t>(e)] = e * block_rows;
     }
-    routing.n_routed = rows;
-    stats_ = DeviceStats{};
-    stats_.n_slots = n_tokens * top_k_;
-    stats_.kept_offsets = offsets;
-    release_saved();
-    return routing;
+    routing.n_routed = n_experts_ * block_rows;
+    stats_.kept_offsets = kept_offsets;
   }
 
   Tensor backward_routing(ForwardContext& ctx, const Tensor& dgate) override {
