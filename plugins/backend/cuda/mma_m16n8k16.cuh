@@ -1,6 +1,7 @@
 // Purpose: the tensor-core step shared by backend/cuda's 16-bit kernels (the flash-attention
 // kernels and the grouped expert products of decoding): one m16n8k16 bf16/f16 product with f32
-// accumulators, and the rounding of two floats to a packed 16-bit pair. Owned by backend/cuda.
+// accumulators, the rounding of two floats to a packed 16-bit pair, and the cp.async copies that
+// stage their operands in shared memory. Owned by backend/cuda.
 //
 // Fragment layouts (PTX ISA, mma.m16n8k16 for 16-bit inputs), lane = 4 * quad_row + quad_col:
 //   A (16 x 16, row-major): a0 = (quad_row, 2 quad_col + {0,1}), a1 = rows + 8, a2 = columns + 8,
@@ -49,6 +50,33 @@ __device__ __forceinline__ uint32_t pack_pair(float lo, float hi) {
     const __half2 v = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<const uint32_t*>(&v);
   }
+}
+
+__device__ __forceinline__ uint32_t shared_address(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void cp_async_16(void* shared, const void* global) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared_address(shared)),
+               "l"(global)
+               : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+// Waits until at most `kPending` of this thread's committed groups are still in flight.
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+// cp_async_16, or 16 zero bytes (nothing is read) when !live.
+__device__ __forceinline__ void cp_async_16_or_zero(void* shared, const void* global, bool live) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(shared)),
+               "l"(global), "r"(live ? 16 : 0)
+               : "memory");
 }
 
 }  // namespace

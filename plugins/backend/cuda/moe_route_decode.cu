@@ -78,18 +78,32 @@ __global__ void __launch_bounds__(kRouteThreads)
   // 2. logits[n, e] = x[n] . weight[e] in f32: a warp per (token, expert) pair.
   const T* xs = reinterpret_cast<const T*>(staged);
   const T* ws = xs + int64_t(n_tokens) * cols;
-  for (int pair = warp; pair < n_tokens * experts; pair += kRouteWarps) {
-    const int n = pair / experts, e = pair % experts;
-    float acc = 0.0f;
-    for (int c = lane * 8; c < cols; c += 32 * 8) {
-      float xv[8], wv[8];
-      load_floats<8>(xs + int64_t(n) * cols + c, xv);
-      load_floats<8>(ws + int64_t(e) * cols + c, wv);
+  // Four pairs per warp at a time: their shared-memory reads and shuffles interleave instead of
+  // forming one dependent chain per pair (each sum keeps its own order).
+  constexpr int kPairsAtOnce = 4;
+  const int pairs = n_tokens * experts;
+  for (int first = warp * kPairsAtOnce; first < pairs; first += kRouteWarps * kPairsAtOnce) {
+    float acc[kPairsAtOnce];
 #pragma unroll
-      for (int i = 0; i < 8; ++i) acc += xv[i] * wv[i];
+    for (int p = 0; p < kPairsAtOnce; ++p) acc[p] = 0.0f;
+    for (int c = lane * 8; c < cols; c += 32 * 8) {
+#pragma unroll
+      for (int p = 0; p < kPairsAtOnce; ++p) {
+        const int pair = first + p;
+        if (pair < pairs) {
+          float xv[8], wv[8];
+          load_floats<8>(xs + int64_t(pair / experts) * cols + c, xv);
+          load_floats<8>(ws + int64_t(pair % experts) * cols + c, wv);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) acc[p] += xv[i] * wv[i];
+        }
+      }
     }
-    acc = warp_sum(acc);
-    if (lane == 0) logits[pair] = acc;
+#pragma unroll
+    for (int p = 0; p < kPairsAtOnce; ++p) {
+      const float sum = warp_sum(acc[p]);
+      if (lane == 0 && first + p < pairs) logits[first + p] = sum;
+    }
   }
   __syncthreads();
   // 3. Top-k and gates: a warp per token, two experts per lane.
