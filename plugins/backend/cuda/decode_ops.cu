@@ -229,7 +229,7 @@ __device__ __forceinline__ int order_experts_chosen_first(const int32_t* kept, i
 // A grid sized to what stays resident walks (chosen expert, column group) items, consecutive
 // blocks on consecutive columns of one expert; experts nobody chose cost no block of their own
 // (their rows of y are zeroed by the whole grid at the end).
-template <typename T, int kSplit, bool kSwiglu, bool kTwoRowTiles, int kRing>
+template <typename T, int kSplit, bool kSwiglu, bool kTwoRowTiles>
 __global__ void __launch_bounds__(kMmaThreads, 2)
     grouped_mma_kernel(const T* x, ExpertWeights weights, ExpertWeights up, const int32_t* kept,
                        int capacity, int64_t n, int64_t k, T* y, int experts,
@@ -261,50 +261,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
       const T* x_lo = x + (int64_t(e) * capacity + quad_row) * k + 8 * quad_col;
       const T* x_hi = x_lo + 8 * k;
       const bool has_lo = quad_row < rows, has_hi = kTwoRowTiles && quad_row + 8 < rows;
-      if constexpr (kRing > 0) {
-        // A ring of kRing k steps per lane in shared memory, filled by cp.async: kRing - 1
-        // steps stay in flight while one is consumed (the register batches below drain to zero
-        // between batches). Each lane reads back only the bytes it copied, so no barrier.
-        constexpr int kParts = 2 + (kSwiglu ? 1 : 0) + (kTwoRowTiles ? 1 : 0);
-        extern __shared__ uint4 ring[];  // (warps, kRing, kParts, 32 lanes)
-        uint4* mine = ring + int64_t(warp) * kRing * kParts * 32 + lane;
-        const int64_t my_steps = steps > split ? (steps - split + kSplit - 1) / kSplit : 0;
-        auto issue = [&](int64_t i) {
-          uint4* slot = mine + int(i % kRing) * kParts * 32;
-          const int64_t at = (split + i * kSplit) * 32;
-          cp_async_16(slot, w_row + at);
-          if constexpr (kSwiglu) cp_async_16(slot + 32, u_row + at);
-          uint4* xs = slot + (kSwiglu ? 64 : 32);
-          cp_async_16_or_zero(xs, has_lo ? x_lo + at : x, has_lo);
-          if constexpr (kTwoRowTiles) cp_async_16_or_zero(xs + 32, has_hi ? x_hi + at : x, has_hi);
-        };
-#pragma unroll
-        for (int p = 0; p < kRing - 1; ++p) {
-          if (p < my_steps) issue(p);
-          cp_async_commit();
-        }
-        for (int64_t i = 0; i < my_steps; ++i) {
-          cp_async_wait<kRing - 2>();  // step i's group has landed
-          const uint4* slot = mine + int(i % kRing) * kParts * 32;
-          const uint4 w = slot[0];
-          const uint4 u = kSwiglu ? slot[32] : zero;
-          const uint4 lo = slot[kSwiglu ? 64 : 32];
-          const uint4 hi = kTwoRowTiles ? slot[kSwiglu ? 96 : 64] : zero;
-          // Into the slot step i - 1 used: its values went into the previous products.
-          if (i + kRing - 1 < my_steps) issue(i + kRing - 1);
-          cp_async_commit();
-          const uint32_t a0[4] = {lo.x, hi.x, lo.y, hi.y};
-          const uint32_t a1[4] = {lo.z, hi.z, lo.w, hi.w};
-          mma_16x8x16<T>(acc, a0, w.x, w.y);
-          mma_16x8x16<T>(acc, a1, w.z, w.w);
-          if constexpr (kSwiglu) {
-            mma_16x8x16<T>(acc_up, a0, u.x, u.y);
-            mma_16x8x16<T>(acc_up, a1, u.z, u.w);
-          }
-        }
-        cp_async_wait<0>();
-      }
-      for (int64_t s0 = split; kRing == 0 && s0 < steps; s0 += int64_t(kSplit) * kMmaStages) {
+      for (int64_t s0 = split; s0 < steps; s0 += int64_t(kSplit) * kMmaStages) {
         uint4 w[kMmaStages], u[kMmaStages], lo[kMmaStages], hi[kMmaStages];
 #pragma unroll
         for (int i = 0; i < kMmaStages; ++i) {
@@ -376,9 +333,9 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
 }
 
 template <typename Kernel>
-int resident_blocks_per_sm(Kernel kernel, size_t shared) {
+int resident_blocks_per_sm(Kernel kernel) {
   int blocks = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kMmaThreads, shared) !=
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kMmaThreads, 0) !=
       cudaSuccess) {
     (void)cudaGetLastError();
     return 1;
@@ -386,61 +343,32 @@ int resident_blocks_per_sm(Kernel kernel, size_t shared) {
   return std::max(blocks, 1);
 }
 
-// The cp.async ring is the default; NNKIT_GROUPED_RING=0 runs the register batches (to compare).
-bool grouped_ring_enabled() {
-  static const bool enabled = [] {
-    const char* flag = std::getenv("NNKIT_GROUPED_RING");
-    return flag == nullptr || std::string(flag) != "0";
-  }();
-  return enabled;
-}
-
-template <typename T, int kSplit, bool kSwiglu, bool kTwoRowTiles, int kRing>
-void launch_grouped_mma_ring(const T* x, const ExpertWeights& w, const ExpertWeights& up,
+template <typename T, int kSplit, bool kSwiglu, bool kTwoRowTiles>
+void launch_grouped_mma_rows(const T* x, const ExpertWeights& w, const ExpertWeights& up,
                              const int32_t* kept, int capacity, int64_t n, int64_t k, T* y,
                              int experts, int sms, cudaStream_t stream) {
   constexpr int64_t kColumnsPerBlock = kMmaWarps / kSplit * 8;
-  constexpr int kParts = 2 + (kSwiglu ? 1 : 0) + (kTwoRowTiles ? 1 : 0);
-  constexpr size_t kShared = size_t(kMmaWarps) * kRing * kParts * 32 * sizeof(uint4);
-  auto kernel = grouped_mma_kernel<T, kSplit, kSwiglu, kTwoRowTiles, kRing>;
-  static const int per_sm = [&] {
-    if (kShared > (48u << 10)) {
-      NNKIT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            static_cast<int>(kShared)));
-    }
-    return resident_blocks_per_sm(kernel, kShared);
-  }();
+  auto kernel = grouped_mma_kernel<T, kSplit, kSwiglu, kTwoRowTiles>;
+  static const int per_sm = resident_blocks_per_sm(kernel);
   const int groups = static_cast<int>((n + kColumnsPerBlock - 1) / kColumnsPerBlock);
   // As many blocks as stay resident, never more than the items of all experts.
   const int64_t blocks =
       std::min<int64_t>(int64_t(per_sm) * std::max(sms, 1), int64_t(groups) * experts);
-  launch_dependent(kernel, static_cast<unsigned>(std::max<int64_t>(blocks, 1)), kMmaThreads,
-                   kShared, stream, x, w, up, kept, capacity, n, k, y, experts, groups);
+  launch_dependent(kernel, static_cast<unsigned>(std::max<int64_t>(blocks, 1)), kMmaThreads, 0,
+                   stream, x, w, up, kept, capacity, n, k, y, experts, groups);
   NNKIT_CUDA_CHECK_LAUNCH(grouped_mma_kernel);
 }
 
-// Gate/up rows (48-64 bytes a step per lane) keep six steps, down rows (32-48) eight: about 72
-// and 64 KB of ring a block at one row tile, three blocks a multiprocessor.
 template <typename T, int kSplit, bool kSwiglu>
 void launch_grouped_mma(const T* x, const ExpertWeights& w, const ExpertWeights& up,
                         const int32_t* kept, int capacity, int64_t n, int64_t k, T* y, int experts,
                         int sms, cudaStream_t stream) {
-  constexpr int kRing = kSwiglu ? 6 : 8;
-  const bool ring = grouped_ring_enabled();
   if (capacity > 8) {
-    if (ring) {
-      launch_grouped_mma_ring<T, kSplit, kSwiglu, true, kRing>(x, w, up, kept, capacity, n, k, y,
-                                                               experts, sms, stream);
-    } else {
-      launch_grouped_mma_ring<T, kSplit, kSwiglu, true, 0>(x, w, up, kept, capacity, n, k, y,
-                                                           experts, sms, stream);
-    }
-  } else if (ring) {
-    launch_grouped_mma_ring<T, kSplit, kSwiglu, false, kRing>(x, w, up, kept, capacity, n, k, y,
-                                                              experts, sms, stream);
+    launch_grouped_mma_rows<T, kSplit, kSwiglu, true>(x, w, up, kept, capacity, n, k, y, experts,
+                                                      sms, stream);
   } else {
-    launch_grouped_mma_ring<T, kSplit, kSwiglu, false, 0>(x, w, up, kept, capacity, n, k, y,
-                                                          experts, sms, stream);
+    launch_grouped_mma_rows<T, kSplit, kSwiglu, false>(x, w, up, kept, capacity, n, k, y, experts,
+                                                       sms, stream);
   }
 }
 

@@ -72,13 +72,6 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
 
-// cp_async_16, or 16 zero bytes (nothing is read) when !live.
-__device__ __forceinline__ void cp_async_16_or_zero(void* shared, const void* global, bool live) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(shared)),
-               "l"(global), "r"(live ? 16 : 0)
-               : "memory");
-}
-
 }  // namespace
 
 }  // namespace nnkit::cuda
