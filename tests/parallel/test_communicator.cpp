@@ -1,13 +1,18 @@
 // Tests of the communicator contract without a second process: the built-in single-process
 // communicator's collectives, the shared argument checks, the launch environment, the TCP
-// rendezvous of comm/nccl (two threads of this process), and comm/nccl on one rank of a GPU
-// (skipped without a GPU or without the plugin).
+// rendezvous of comm/nccl (two threads of this process), comm/nccl on one rank of a GPU
+// (skipped without a GPU or without the plugin), and comm/mpi's non-blocking all-reduce on two
+// ranks (this binary under mpirun).
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
+#include <filesystem>
+#include <memory>
 #include <optional>
 #include <thread>
 
@@ -74,6 +79,19 @@ void check_one_rank_collectives(Communicator& comm, Backend& backend) {
 
   comm.broadcast(backend, data, 0);
   EXPECT_EQ(to_vector(backend, data), values);
+
+  // The non-blocking all-reduce: two in flight at once, waited for out of start order.
+  Tensor second = tensor_from(backend, {4.0f, -0.5f}, {2});
+  auto first_sum = comm.start_all_reduce_sum(backend, data);
+  auto second_sum = comm.start_all_reduce_sum(backend, second);
+  ASSERT_NE(first_sum, nullptr);
+  second_sum->wait();
+  first_sum->test();
+  first_sum->wait();
+  first_sum->wait();  // again: returns at once
+  EXPECT_TRUE(first_sum->test());
+  EXPECT_EQ(to_vector(backend, data), values);
+  EXPECT_EQ(to_vector(backend, second), (std::vector<float>{4.0f, -0.5f}));
   comm.barrier();
   double host[2] = {2.5, -4.0};
   comm.all_reduce_sum_host(host);
@@ -101,6 +119,7 @@ TEST(SingleProcessCommunicator, RefusesMismatchedArguments) {
               std::string::npos)
         << e.what();
   }
+  EXPECT_THROW(comm->start_all_reduce_sum(*backend, i32), ShapeError);
   EXPECT_THROW(comm->reduce_scatter_sum(*backend, f32, backend->zeros({3})), ShapeError);
   EXPECT_THROW(comm->all_gather(*backend, f32, i32), ShapeError);
   try {
@@ -249,6 +268,87 @@ TEST(TcpRendezvous, RankZeroNamesTheRanksThatNeverCame) {
     EXPECT_NE(std::string(e.what()).find("rank 0 heard from 0 of 2 other ranks"), std::string::npos)
         << e.what();
     EXPECT_NE(std::string(e.what()).find("missing rank(s) 1, 2"), std::string::npos) << e.what();
+  }
+}
+
+// comm/mpi's non-blocking all-reduce on two ranks: this test binary runs itself under mpirun
+// (the child test below); each rank starts three sums, issues a blocking one while they are in
+// flight, waits out of order and drops one handle unwaited (its destructor waits). Every result
+// must be the exact sum and bit for bit the blocking all_reduce_sum's on the same data.
+TEST(MpiCommunicator, NonBlockingAllReduceOnTwoRanks) {
+  if (std::string(NNKIT_MPIEXEC).empty()) GTEST_SKIP() << "no MPI in this build";
+  if (test::registry().find("comm", "mpi") == nullptr) GTEST_SKIP() << "comm/mpi is not built";
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  std::string line = std::string(NNKIT_MPIEXEC) +
+                     " -np 2 --oversubscribe --bind-to none"
+                     " --mca btl_vader_single_copy_mechanism none -x NNKIT_MPI_CHILD=1";
+  if (::geteuid() == 0) line += " --allow-run-as-root";
+  line += " '" + self + "' --gtest_filter=MpiCommunicator.ChildRank 2>&1";
+  FILE* pipe = ::popen(("timeout -k 5 120 " + line).c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::string output;
+  char buffer[4096];
+  size_t n;
+  while ((n = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) output.append(buffer, n);
+  const int status = ::pclose(pipe);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << output;
+  EXPECT_NE(output.find("non-blocking sums checked on rank 0 of 2"), std::string::npos) << output;
+  EXPECT_NE(output.find("non-blocking sums checked on rank 1 of 2"), std::string::npos) << output;
+}
+
+// The child of the test above: runs only under its mpirun.
+TEST(MpiCommunicator, ChildRank) {
+  if (std::getenv("NNKIT_MPI_CHILD") == nullptr) GTEST_SKIP() << "runs under mpirun only";
+  auto backend = cpu_backend(1);
+  auto comm = test::create<Communicator>("comm", "mpi", {{"timeout_s", "60"}}, {}, backend.get());
+  ASSERT_EQ(comm->size(), 2);
+  const int r = comm->rank();
+  // Rank-dependent values whose sums are exact in f32, and odd sizes (MPI splits large ones).
+  auto values = [&](int64_t count, float salt) {
+    std::vector<float> v(static_cast<size_t>(count));
+    for (size_t i = 0; i < v.size(); ++i) {
+      v[i] = static_cast<float>((static_cast<int>(i) * 7 + r * 3) % 101) * 0.25f + salt;
+    }
+    return v;
+  };
+  auto expected_sum = [&](int64_t count, float salt) {
+    std::vector<float> v(static_cast<size_t>(count));
+    for (size_t i = 0; i < v.size(); ++i) {
+      float s = 0.0f;
+      for (int k = 0; k < 2; ++k) {
+        s += static_cast<float>((static_cast<int>(i) * 7 + k * 3) % 101) * 0.25f + salt;
+      }
+      v[i] = s;
+    }
+    return v;
+  };
+  const std::vector<int64_t> sizes = {5, 100003, 1 << 20};
+  std::vector<Tensor> started, blocking;
+  for (size_t k = 0; k < sizes.size(); ++k) {
+    started.push_back(tensor_from(*backend, values(sizes[k], static_cast<float>(k)), {sizes[k]}));
+    blocking.push_back(tensor_from(*backend, values(sizes[k], static_cast<float>(k)), {sizes[k]}));
+  }
+  std::vector<std::unique_ptr<PendingCollective>> pending;
+  for (const Tensor& t : started) pending.push_back(comm->start_all_reduce_sum(*backend, t));
+  double host[1] = {static_cast<double>(r + 1)};
+  comm->all_reduce_sum_host(host);  // a blocking collective while three are in flight
+  EXPECT_EQ(host[0], 3.0);
+  for (auto& p : pending) p->test();
+  pending[2]->wait();
+  pending[0]->wait();
+  pending[1].reset();  // destroyed unwaited: the destructor waits
+  pending[2]->wait();  // again: returns at once
+  EXPECT_TRUE(pending[0]->test());
+  for (size_t k = 0; k < sizes.size(); ++k) {
+    comm->all_reduce_sum(*backend, blocking[k]);
+    const std::vector<float> got = to_vector(*backend, started[k]);
+    EXPECT_EQ(got, expected_sum(sizes[k], static_cast<float>(k))) << "size " << sizes[k];
+    EXPECT_EQ(got, to_vector(*backend, blocking[k])) << "size " << sizes[k];
+  }
+  comm->barrier();
+  if (!::testing::Test::HasFailure()) {
+    std::printf("non-blocking sums checked on rank %d of 2\n", r);
+    std::fflush(stdout);
   }
 }
 

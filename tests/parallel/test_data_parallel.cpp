@@ -1,7 +1,8 @@
 // End-to-end tests of data-parallel training on the CPU backend: the real `nnkit` under
 // `mpirun -np 2 --oversubscribe` against one process with the same global batch (weights after
 // 10 steps, per-step loss and gradient norm), checkpoints moving between 2 ranks and 1, only
-// rank 0 writing and logging, and the messages of bad launches, a failing rank and a hanging one.
+// rank 0 writing and logging, the messages of bad launches, a failing rank and a hanging one,
+// and the gradient all-reduce overlapped with backward giving the same bits as after it.
 // Skipped, saying so, when the build found no MPI (NNKIT_MPIEXEC is empty).
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -236,6 +237,123 @@ TEST_F(DataParallel, OneGpuThroughNcclTrainsLikeThePlainRun) {
   const double difference = max_weight_difference(step_dir(plain, 10), step_dir(through, 10));
   std::printf("cuda: max |w(nccl, 1 rank) - w(plain)| after 10 steps: %.3g\n", difference);
   EXPECT_LE(difference, kWeightBound);
+}
+
+// parallel.overlap: the buckets' all-reduces start during backward. The buckets, the collective
+// and its summation are those of the reduction after backward, so the weights, the loss and
+// the norm must be the same bits with and without overlap (and so within the one-rank bound).
+// Buckets of 4 KiB (NNKIT_GRADIENT_BUCKET_BYTES) give the small test model several of them,
+// some packed and some reduced in place, so that most start while backward still runs.
+class Overlap : public DataParallel {
+ protected:
+  // Trains one rank with `common`, and `ranks` ranks with `common + parallel` with overlap on
+  // and off; compares all three.
+  void expect_same_bits(int ranks, const std::string& common, const std::string& parallel,
+                        const char* label);
+};
+
+// True when every tensor of `file` has the same bytes in both checkpoints.
+bool same_bytes(const fs::path& a, const fs::path& b, const char* file) {
+  const SafetensorsFile fa(a / file), fb(b / file);
+  if (fa.names() != fb.names()) return false;
+  for (const std::string& name : fa.names()) {
+    const auto x = fa.bytes(name), y = fb.bytes(name);
+    if (x.size() != y.size() || std::memcmp(x.data(), y.data(), x.size()) != 0) {
+      ADD_FAILURE() << name << " differs between " << a << " and " << b;
+      return false;
+    }
+  }
+  return true;
+}
+
+// The bucket count and the buckets started during backward, from rank 0's log line.
+std::pair<int, int> bucket_line(const std::string& output, bool overlap) {
+  const std::string tail =
+      std::string(
+          " of them started while the backward pass was still running (parallel.overlap: ") +
+      (overlap ? "true" : "false") + ")";
+  const size_t end = output.find(tail);
+  if (end == std::string::npos) return {-1, -1};
+  const size_t start = output.rfind("gradients summed in ", end);
+  int buckets = -1, early = -1;
+  std::sscanf(output.c_str() + start, "gradients summed in %d bucket(s) over every rank; %d",
+              &buckets, &early);
+  return {buckets, early};
+}
+
+void Overlap::expect_same_bits(int ranks, const std::string& common, const std::string& parallel,
+                               const char* label) {
+  const fs::path one = dir_ / "one", on = dir_ / "on", off = dir_ / "off";
+  const Result single = run(train_args(one, common));
+  ASSERT_EQ(single.exit_code, 0) << single.output;
+  const std::vector<std::string> env = {"NNKIT_GRADIENT_BUCKET_BYTES=4096"};
+  const Result a = run(mpirun(ranks, env) + train_args(on, common + " " + parallel));
+  ASSERT_EQ(a.exit_code, 0) << a.output;
+  const Result b = run(mpirun(ranks, env) +
+                       train_args(off, common + " " + parallel + " parallel.overlap=false"));
+  ASSERT_EQ(b.exit_code, 0) << b.output;
+
+  const auto [buckets, early] = bucket_line(a.output, true);
+  std::printf("%s: %d buckets, %d started while backward ran\n", label, buckets, early);
+  EXPECT_GE(buckets, 4) << a.output;
+  // Every bucket but the last (which holds the embedding, backward's last gradient) starts
+  // while backward still runs.
+  EXPECT_EQ(early, buckets - 1) << a.output;
+  EXPECT_EQ(bucket_line(b.output, false), std::make_pair(buckets, 0)) << b.output;
+
+  for (int step : {5, 10}) {
+    EXPECT_TRUE(same_bytes(step_dir(on, step), step_dir(off, step), "model.safetensors"))
+        << "step " << step;
+    EXPECT_TRUE(same_bytes(step_dir(on, step), step_dir(off, step), "optimizer.safetensors"))
+        << "step " << step;
+  }
+  const auto x = step_lines(on), y = step_lines(off);
+  ASSERT_EQ(x.size(), 10u);
+  ASSERT_EQ(y.size(), 10u);
+  for (size_t i = 0; i < x.size(); ++i) {
+    EXPECT_EQ(x[i]["loss"], y[i]["loss"]) << "step " << i + 1;
+    EXPECT_EQ(x[i]["grad_norm"], y[i]["grad_norm"]) << "step " << i + 1;
+  }
+  const double difference = max_weight_difference(step_dir(one, 10), step_dir(on, 10));
+  std::printf("%s: max |w(overlapped) - w(1 rank)| after 10 steps: %.3g (bound %.0e)\n", label,
+              difference, kWeightBound);
+  EXPECT_LE(difference, kWeightBound);
+}
+
+TEST_F(Overlap, TwoRanksGiveTheBitsOfTheReductionAfterBackward) {
+  NNKIT_REQUIRE_MPIRUN();
+  expect_same_bits(2, "", "parallel.data=2", "dp2 overlap");
+}
+
+// Four ranks: summation orders could differ between algorithms here (two ranks' a + b cannot),
+// so this is where the same collective for both paths matters.
+TEST_F(Overlap, FourRanksGiveTheBitsOfTheReductionAfterBackward) {
+  NNKIT_REQUIRE_MPIRUN();
+  expect_same_bits(4, "", "parallel.data=4", "dp4 overlap");
+}
+
+// With micro-batches only the last backward pass overlaps (the earlier ones still add to the
+// gradients).
+TEST_F(Overlap, TwoRanksWithGradientAccumulation) {
+  NNKIT_REQUIRE_MPIRUN();
+  expect_same_bits(2, "train.grad_accum=2 train.batch_size=4", "parallel.data=2",
+                   "dp2 grad_accum 2 overlap");
+}
+
+// Expert parallelism: the replicated parameters' buckets overlap with a backward pass that
+// exchanges rows with all_to_all in every MoE layer.
+TEST_F(Overlap, TwoExpertRanks) {
+  NNKIT_REQUIRE_MPIRUN();
+  config_ = fs::path(NNKIT_SOURCE_DIR_DEFAULT) / "tests/parallel/dp-tiny-moe.yaml";
+  expect_same_bits(2, "", "parallel.expert=2", "ep2 overlap");
+}
+
+// Two data groups of two expert ranks: the experts' sums over their replicas (all_to_all, not
+// overlapped) follow the overlapped buckets of the replicated parameters.
+TEST_F(Overlap, TwoDataGroupsOfTwoExpertRanks) {
+  NNKIT_REQUIRE_MPIRUN();
+  config_ = fs::path(NNKIT_SOURCE_DIR_DEFAULT) / "tests/parallel/dp-tiny-moe.yaml";
+  expect_same_bits(4, "", "parallel.data=2 parallel.expert=2", "dp2xep2 overlap");
 }
 
 }  // namespace

@@ -5,7 +5,8 @@
 // Ownership: a Communicator owns its transport (the MPI world, an NCCL communicator) and never
 // the Backend or the tensors it is given; the caller keeps both alive for the call. Collectives
 // are blocking from the caller's view: when one returns, the result is in the output tensor as
-// seen by later work on the backend.
+// seen by later work on the backend. The one exception, start_all_reduce_sum, returns a
+// PendingCollective that the caller owns and waits for; it keeps its tensor alive until then.
 // Thread-safety: one thread drives a communicator, and every rank must issue the same collectives
 // in the same order with matching sizes (the MPI/NCCL rule). A collective that a peer does not
 // join within the communicator's timeout ends the whole job with a message naming this rank, the
@@ -26,6 +27,21 @@ namespace nnkit {
 
 class Backend;
 
+// An all-reduce started by Communicator::start_all_reduce_sum and not yet waited for. Owned by
+// the caller; destroying it waits (a transport may still be reading and writing the tensor).
+// It refers to its communicator: wait for it (or destroy it) before the communicator goes.
+class NNKIT_API PendingCollective {
+ public:
+  virtual ~PendingCollective();
+  // Returns when the collective has completed and its result is visible to later work on the
+  // backend it was started on, under the same timeout rule as the blocking collectives.
+  // Calling it again returns at once.
+  virtual void wait() = 0;
+  // Never blocks: lets a transport that progresses only inside its calls (MPI) move the
+  // collective on, and says whether it has completed (wait() then returns at once).
+  virtual bool test() = 0;
+};
+
 class NNKIT_API Communicator : public Component {
  public:
   ~Communicator() override;
@@ -37,6 +53,17 @@ class NNKIT_API Communicator : public Component {
   // data: f32 on `backend`'s device, any shape; in place, every rank ends with the elementwise
   // sum over ranks.
   virtual void all_reduce_sum(Backend& backend, const Tensor& data) = 0;
+  // The non-blocking all_reduce_sum (plugin ABI 5): starts the same sum of `data` and returns
+  // without waiting for the peers, so that the caller keeps computing (the trainer overlaps the
+  // gradient buckets with the backward pass). The result must be bit for bit what
+  // all_reduce_sum gives for the same data (the same reduction, the same order of summation).
+  // The work already queued on `backend` that writes `data` is part of the input; until wait()
+  // returns the caller neither reads nor writes `data`. Started collectives count in the
+  // collective order when they are started: every rank starts (and issues its other
+  // collectives) in the same order, and several may be in flight at once. The default runs
+  // all_reduce_sum and returns a completed handle (correct, with nothing overlapped).
+  virtual std::unique_ptr<PendingCollective> start_all_reduce_sum(Backend& backend,
+                                                                  const Tensor& data);
   // input: f32, size() * output.numel() elements; output: rank r gets the sum over ranks of the
   // r-th chunk of input (chunks of output.numel() elements, in order).
   virtual void reduce_scatter_sum(Backend& backend, const Tensor& input, const Tensor& output) = 0;

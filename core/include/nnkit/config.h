@@ -120,8 +120,13 @@ struct ParallelConfig {
   int64_t expert = 1;  // ranks the experts of each MoE layer are sharded over
   int64_t zero = 0;    // ZeRO stage: 0 (every rank holds the optimizer state), 1 (sharded)
   PluginChoice comm;   // comm/* plugin; empty name: built-in single-process communicator
+  // Start each gradient bucket's all-reduce during backward, as soon as its gradients are
+  // final (appended in ABI 5); false: all of them after backward. The same bits either way.
+  bool overlap = true;
   int64_t world_size() const { return data * expert; }
-  bool is_default() const { return data == 1 && expert == 1 && zero == 0 && comm.name.empty(); }
+  bool is_default() const {
+    return data == 1 && expert == 1 && zero == 0 && comm.name.empty() && overlap;
+  }
 };
 
 struct RunConfig {

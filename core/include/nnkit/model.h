@@ -115,6 +115,15 @@ class NNKIT_API Transformer {
   // Backpropagates loss_scale * (mean CE + weighted auxiliary losses) of the last forward_loss;
   // parameter gradients accumulate (so micro-batches add up).
   void backward(float loss_scale);
+  // Called during backward with parameters whose gradients this pass will not touch again (the
+  // LM head, the final norm, each block's parameters after its backward, last the embedding):
+  // every parameter of parameters() exactly once, after its last contribution (a parameter used
+  // in several places would be reported after the last), in reverse parameter order block by
+  // block. The work that wrote them is queued on the backend, not necessarily finished.
+  using GradientsReady = std::function<void(const std::vector<Parameter*>&)>;
+  // The same backward, reporting finished gradients to `ready` (data parallelism starts a
+  // bucket's all-reduce there, overlapping it with the rest of the pass).
+  void backward(float loss_scale, const GradientsReady& ready);
   // Weighted auxiliary losses of the last forward (sum over layers), and per-layer statistics.
   double aux_loss() const;
   std::vector<AuxStats> aux_stats() const;

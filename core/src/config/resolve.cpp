@@ -409,12 +409,19 @@ ParallelConfig resolve_parallel(const Impl& doc, const Registry& registry, const
       int_spec("expert", "1", 1, "ranks the experts of every MoE layer are sharded over"),
       {"zero", OptionType::kInt, "0", 0.0, 1.0,
        "ZeRO stage: 0 (optimizer state on every rank) or 1 (sharded)"},
+      {"overlap",
+       OptionType::kBool,
+       "true",
+       {},
+       {},
+       "start each gradient bucket's all-reduce during backward, once its gradients are final"},
   };
   const Options po = read_options(doc, node, "parallel", "config", specs, {"comm"});
   ParallelConfig p;
   p.data = po.get_int("data");
   p.expert = po.get_int("expert");
   p.zero = po.get_int("zero");
+  p.overlap = po.get_bool("overlap");
   // The backend decides which transport fits when the config does not name one.
   const std::string& backend = cfg.backend.name;
   const std::string fitting = backend == "cuda" ? "nccl" : backend == "cpu" ? "mpi" : "";
@@ -717,6 +724,7 @@ std::string RunConfig::to_yaml() const {
     pnode["data"] = parallel.data;
     pnode["expert"] = parallel.expert;
     pnode["zero"] = parallel.zero;
+    pnode["overlap"] = parallel.overlap;
     if (!parallel.comm.name.empty()) {
       pnode["comm"] = options_node(parallel.comm.options, parallel.comm.name);
     }

@@ -623,6 +623,27 @@ void Transformer::forward_loss_into(const std::vector<int32_t>& ids,
 }
 
 void Transformer::backward(float loss_scale) {
+  backward(loss_scale, GradientsReady());
+}
+
+void Transformer::backward(float loss_scale, const GradientsReady& ready) {
+  // A block's parameters as parameters() lists them (this shard's experts only).
+  auto report_block = [&](Block& block) {
+    std::vector<Parameter*> done;
+    auto add = [&](Layer& layer) {
+      for (Parameter& p : layer.parameters()) done.push_back(&p);
+    };
+    add(*block.attn_norm);
+    add(*block.attention);
+    add(*block.ffn_norm);
+    if (block.moe != nullptr) {
+      add(block.moe->router());
+      add(block.moe->experts());
+    } else {
+      add(*block.ffn);
+    }
+    ready(done);
+  };
   if (!saved_) throw Error("model", "backward() needs a preceding forward_loss(training=true)");
   Activations& s = *saved_;
   Backend& be = *backend_;
@@ -640,17 +661,26 @@ void Transformer::backward(float loss_scale) {
   be.gemm(dlogits, true, s.hidden, false, head.grad, 1.0f, 1.0f);
   Tensor dhidden = be.empty(s.hidden.shape(), dtype);
   be.gemm(dlogits, false, head.compute.defined() ? head.compute : head.value, false, dhidden);
+  // The head is separate from the embedding (not tied): its gradient is final here.
+  if (ready) ready({&head});
   Tensor dx = final_norm_->backward(ctx, dhidden);
+  if (ready) {
+    std::vector<Parameter*> norm;
+    for (Parameter& p : final_norm_->parameters()) norm.push_back(&p);
+    ready(norm);
+  }
   for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) {
     Block& block = **it;
     if (s.checkpointing) block.forward(ctx, block.input);  // recompute, saving activations
     dx = block.backward(ctx, dx);
     block.release_saved();
     block.input = Tensor();
+    if (ready) report_block(block);
   }
   final_norm_->release_saved();
   // x = embed[ids]: dEmbed[ids[n]] += dx[n] (accumulates)
   be.scatter_add_rows(dx, s.ids, Tensor(), embed.grad);
+  if (ready) ready({&embed});
   saved_.reset();
 }
 

@@ -115,24 +115,91 @@ void GradientBuckets::reduce(const Tensor& data) {
   }
 }
 
+void GradientBuckets::pack(size_t index) {
+  Bucket& bucket = buckets_[index];
+  if (!bucket.packed.defined()) return;
+  int64_t offset = 0;
+  for (const Tensor& g : bucket.members) {
+    backend_.copy(bucket.packed.slice_rows(offset, offset + g.numel()), g);
+    offset += g.numel();
+  }
+}
+
+void GradientBuckets::unpack(size_t index) {
+  Bucket& bucket = buckets_[index];
+  if (!bucket.packed.defined()) return;
+  int64_t offset = 0;
+  for (const Tensor& g : bucket.members) {
+    backend_.copy(g, bucket.packed.slice_rows(offset, offset + g.numel()));
+    offset += g.numel();
+  }
+}
+
 void GradientBuckets::all_reduce() {
-  for (Bucket& bucket : buckets_) {
-    if (!bucket.packed.defined()) {
-      reduce(bucket.members.front());
-      continue;
-    }
-    int64_t offset = 0;
-    for (const Tensor& g : bucket.members) {
-      backend_.copy(bucket.packed.slice_rows(offset, offset + g.numel()), g);
-      offset += g.numel();
-    }
-    reduce(bucket.packed);
-    offset = 0;
-    for (const Tensor& g : bucket.members) {
-      backend_.copy(g, bucket.packed.slice_rows(offset, offset + g.numel()));
-      offset += g.numel();
+  for (size_t i = 0; i < buckets_.size(); ++i) {
+    Bucket& bucket = buckets_[i];
+    pack(i);
+    reduce(bucket.packed.defined() ? bucket.packed : bucket.members.front());
+    unpack(i);
+  }
+}
+
+void GradientBuckets::begin_overlap() {
+  if (!group_.empty()) {
+    throw Error("parallel", "a group's gradient sums (all_to_all) are not overlapped");
+  }
+  if (bucket_of_.empty()) {
+    for (size_t i = 0; i < buckets_.size(); ++i) {
+      for (const Tensor& g : buckets_[i].members) bucket_of_[g.raw()] = i;
     }
   }
+  for (Bucket& bucket : buckets_) bucket.waiting = bucket.members.size();
+  reported_.clear();
+  next_start_ = 0;
+  started_early_ = 0;
+  overlapping_ = true;
+}
+
+void GradientBuckets::ready(const std::vector<Tensor>& finished) {
+  if (!overlapping_) return;
+  for (const Tensor& g : finished) {
+    const auto it = bucket_of_.find(g.raw());
+    if (it == bucket_of_.end() || !reported_.insert(g.raw()).second) continue;
+    --buckets_[it->second].waiting;
+  }
+  const size_t before = next_start_;
+  start_ready_buckets();
+  // Overlapped: started while backward still has gradients of these buckets to finish.
+  if (reported_.size() < bucket_of_.size()) started_early_ += next_start_ - before;
+  // MPI moves a started collective on only inside its calls: give the ones in flight a turn
+  // between the blocks' backward passes.
+  for (size_t i = 0; i < next_start_; ++i) {
+    if (buckets_[i].pending) buckets_[i].pending->test();
+  }
+}
+
+void GradientBuckets::start_ready_buckets() {
+  // In bucket order only: every rank starts the same collectives in the same order.
+  while (next_start_ < buckets_.size() && buckets_[next_start_].waiting == 0) {
+    Bucket& bucket = buckets_[next_start_];
+    pack(next_start_);
+    bucket.pending = comm_.start_all_reduce_sum(
+        backend_, bucket.packed.defined() ? bucket.packed : bucket.members.front());
+    ++next_start_;
+  }
+}
+
+void GradientBuckets::finish_overlap() {
+  if (!overlapping_) return;
+  // Gradients never reported (a parameter the pass did not reach) are final now as well.
+  for (Bucket& bucket : buckets_) bucket.waiting = 0;
+  start_ready_buckets();
+  for (size_t i = 0; i < buckets_.size(); ++i) {
+    buckets_[i].pending->wait();
+    buckets_[i].pending.reset();
+    unpack(i);
+  }
+  overlapping_ = false;
 }
 
 GradientReduction::GradientReduction(Communicator& comm, Backend& backend, Transformer& model,
@@ -162,8 +229,27 @@ GradientReduction::GradientReduction(Communicator& comm, Backend& backend, Trans
 }
 
 void GradientReduction::reduce() {
-  if (buckets_) buckets_->all_reduce();
+  if (buckets_ && overlapping_) {
+    buckets_->finish_overlap();
+  } else if (buckets_) {
+    buckets_->all_reduce();
+  }
+  overlapping_ = false;
   if (expert_buckets_) expert_buckets_->all_reduce();
+}
+
+void GradientReduction::begin_overlap() {
+  if (!buckets_) return;
+  buckets_->begin_overlap();
+  overlapping_ = true;
+}
+
+void GradientReduction::ready(const std::vector<Parameter*>& finished) {
+  if (!overlapping_) return;
+  std::vector<Tensor> grads;
+  grads.reserve(finished.size());
+  for (const Parameter* p : finished) grads.push_back(p->grad);
+  buckets_->ready(grads);
 }
 
 void GradientReduction::squared_norm(const Tensor& out) {

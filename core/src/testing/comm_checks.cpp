@@ -42,6 +42,16 @@ std::vector<CheckResult> check_communicator(const Registry& registry, const Plug
     rows.push_back(
         detail::compare_row("all_reduce_sum", detail::download(backend, data), stored, 0, 0));
   });
+  detail::guarded(rows, "start_all_reduce_sum", [&] {
+    const std::unique_ptr<PendingCollective> pending = comm->start_all_reduce_sum(backend, data);
+    if (pending == nullptr) {
+      rows.push_back(detail::fail_row("start_all_reduce_sum", "returned no handle"));
+      return;
+    }
+    pending->wait();
+    rows.push_back(detail::compare_row("start_all_reduce_sum + wait",
+                                       detail::download(backend, data), stored, 0, 0));
+  });
   detail::guarded(rows, "reduce_scatter_sum", [&] {
     const Tensor out = backend.empty({12});
     comm->reduce_scatter_sum(backend, data, out);

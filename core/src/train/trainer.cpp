@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <bit>
 #include <chrono>
 #include <cmath>
@@ -343,7 +344,18 @@ TrainSummary train_rank(const TrainRequest& request, std::shared_ptr<Communicato
   Tensor norm_accumulator = backend->empty({1});  // (1) f32: sum of squared gradients
   std::vector<int32_t> inputs, targets, rank_inputs, rank_targets;
   // Gradients summed across ranks (each over the ranks holding it) and the job's norm.
-  GradientReduction gradients(*comm, *backend, model, distributed, kBucketBytes);
+  // Test hook: NNKIT_GRADIENT_BUCKET_BYTES makes the buckets of a small test model several.
+  size_t bucket_bytes = kBucketBytes;
+  if (const char* env = std::getenv("NNKIT_GRADIENT_BUCKET_BYTES")) {
+    bucket_bytes = std::max<size_t>(std::strtoull(env, nullptr, 10), 1);
+  }
+  GradientReduction gradients(*comm, *backend, model, distributed, bucket_bytes);
+  // parallel.overlap: the buckets' all-reduces start during the step's last backward pass (the
+  // earlier micro-batches' passes still add to the gradients, so only the last one may).
+  const bool overlap = distributed && cfg.parallel.overlap;
+  const Transformer::GradientsReady gradients_ready = [&](const std::vector<Parameter*>& done) {
+    gradients.ready(done);
+  };
   std::unique_ptr<OptimizerShards> shards;  // ZeRO-1: the parameters this rank updates
   if (distributed && cfg.parallel.zero == 1) {
     shards = std::make_unique<OptimizerShards>(*comm, *backend, params);
@@ -453,12 +465,18 @@ TrainSummary train_rank(const TrainRequest& request, std::shared_ptr<Communicato
       for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
         model.forward_loss_staged(static_cast<size_t>(micro), tc.activation_checkpointing, loss_sum,
                                   1.0f / static_cast<float>(tc.grad_accum));
-        model.backward(loss_scale / static_cast<float>(tc.grad_accum * ranks));
+        const float scale = loss_scale / static_cast<float>(tc.grad_accum * ranks);
+        if (overlap && micro == tc.grad_accum - 1) {
+          gradients.begin_overlap();
+          model.backward(scale, gradients_ready);
+        } else {
+          model.backward(scale);
+        }
       }
       if (distributed) {
         // Each rank's loss and gradients are its share's: the sums over ranks are the global
         // batch's (the loss after dividing by the ranks, each having taken as many rows).
-        gradients.reduce();
+        gradients.reduce();  // with overlap: waits for the buckets started during backward
         comm->all_reduce_sum(*backend, loss_sum);
         backend->scale(loss_sum, 1.0f / static_cast<float>(ranks));
       }
@@ -519,6 +537,12 @@ TrainSummary train_rank(const TrainRequest& request, std::shared_ptr<Communicato
                                 max_norm, 1.0f / loss_scale);
     }
     backend->await_host_copies();
+    if (distributed && step == summary.first_step) {
+      log->info(
+          "gradients summed in {} bucket(s) over every rank; {} of them started while the "
+          "backward pass was still running (parallel.overlap: {})",
+          gradients.bucket_count(), gradients.started_during_backward(), overlap);
+    }
     double loss = nan_steps.count(step) ? std::nan("") : static_cast<double>(host_loss);
     const double grad_norm =
         std::sqrt(static_cast<double>(host_sum_squares)) / static_cast<double>(loss_scale);

@@ -1,7 +1,7 @@
 // Purpose: comm/mpi, the Communicator of the CPU backend over MPI (Debian's OpenMPI): started by
 // `mpirun -np N nnkit train CONFIG parallel.data=N`. Every collective is a non-blocking MPI call
 // polled against a deadline, so a peer that died or hangs ends the job with a message naming
-// this rank instead of a hang.
+// this rank instead of a hang; start_all_reduce_sum returns such a call unwaited.
 // Ownership: owns a duplicate of MPI_COMM_WORLD; MPI itself is initialised on first use and
 // finalised when the process exits (MPI allows one initialisation per process).
 // Thread-safety: one thread drives it (MPI_THREAD_FUNNELED).
@@ -12,7 +12,11 @@
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
+#include <memory>
+#include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "nnkit/backend.h"
@@ -105,7 +109,16 @@ class MpiCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
 
+  // One call for both, so that the blocking and the started sum are the same bits.
   void all_reduce_sum(Backend& backend, const Tensor& data) override {
+    start_all_reduce_sum(backend, data)->wait();
+  }
+
+  // An MPI_Iallreduce, waited for later (all_reduce_sum waits at once). OpenMPI moves a
+  // non-blocking collective on only inside MPI calls: the caller's test() between its own work
+  // (the trainer's, after each block's backward) is that progress.
+  std::unique_ptr<PendingCollective> start_all_reduce_sum(Backend& backend,
+                                                          const Tensor& data) override {
     check_all_reduce(*this, data);
     backend.synchronize();
     MPI_Request request;
@@ -113,7 +126,8 @@ class MpiCommunicator final : public Communicator {
                          checked_count(data.numel(), "all_reduce_sum"), MPI_FLOAT, MPI_SUM, comm_,
                          &request),
           "all_reduce_sum");
-    wait(request, "all_reduce_sum of " + std::to_string(data.numel()) + " floats");
+    return std::make_unique<MpiPending>(
+        *this, request, data, "all_reduce_sum of " + std::to_string(data.numel()) + " floats");
   }
 
   void reduce_scatter_sum(Backend& backend, const Tensor& input, const Tensor& output) override {
@@ -249,6 +263,36 @@ class MpiCommunicator final : public Communicator {
       pause = std::min(pause * 2, std::chrono::microseconds(1000));
     }
   }
+
+  // A started all-reduce: its request, and its tensor kept alive while MPI owns the memory.
+  class MpiPending final : public PendingCollective {
+   public:
+    MpiPending(MpiCommunicator& comm, MPI_Request request, Tensor data, std::string what)
+        : comm_(comm), request_(request), data_(std::move(data)), what_(std::move(what)) {}
+    ~MpiPending() override {
+      try {
+        wait();
+      } catch (const std::exception& e) {
+        comm_.abort(e.what());
+      }
+    }
+    void wait() override {
+      if (request_ != MPI_REQUEST_NULL) comm_.wait(request_, what_);
+      request_ = MPI_REQUEST_NULL;
+    }
+    bool test() override {
+      if (request_ == MPI_REQUEST_NULL) return true;
+      int done = 0;
+      comm_.check(MPI_Test(&request_, &done, MPI_STATUS_IGNORE), what_.c_str());
+      return done != 0;  // MPI_Test set request_ to MPI_REQUEST_NULL when done
+    }
+
+   private:
+    MpiCommunicator& comm_;
+    MPI_Request request_;
+    Tensor data_;
+    std::string what_;
+  };
 
   static constexpr int kAllToAllTag = 4242;
   double timeout_s_;

@@ -3,7 +3,8 @@
 // rank 0 to the others over a small TCP rendezvous at MASTER_ADDR:MASTER_PORT (tcp_rendezvous.h;
 // 127.0.0.1 and the `port` option when unset). Collectives run on the communicator's own stream
 // after the backend's queued work finishes, and are polled against a deadline: a peer that died
-// or hangs ends the job with a message naming this rank instead of a hang.
+// or hangs ends the job with a message naming this rank instead of a hang; start_all_reduce_sum
+// returns before its sum completes (an event on that stream says when).
 // Ownership: owns the ncclComm_t, its stream and a small device scratch buffer; borrows the
 // backend's device (set current before every call).
 // Thread-safety: one thread drives it.
@@ -14,7 +15,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
+#include <memory>
+#include <string>
 #include <thread>
+#include <utility>
 
 #include "nnkit/backend.h"
 #include "nnkit/communicator.h"
@@ -130,6 +135,25 @@ class NcclCommunicator final : public Communicator {
     finish("all_reduce_sum of " + std::to_string(data.numel()) + " floats");
   }
 
+  // The same ncclAllReduce on the communicator's stream as all_reduce_sum (the same bits),
+  // with an event behind it that wait() polls. The Backend interface offers no event to make
+  // this stream wait for, so the start still waits for the backend's queued work on the host
+  // (as every collective here does); the backward kernels enqueued after it then run while
+  // NCCL sums. Later collectives queue behind it on the same stream.
+  std::unique_ptr<PendingCollective> start_all_reduce_sum(Backend& backend,
+                                                          const Tensor& data) override {
+    check_all_reduce(*this, data);
+    begin(backend);
+    check_nccl(ncclAllReduce(data.raw(), data.raw(), static_cast<size_t>(data.numel()), ncclFloat32,
+                             ncclSum, comm_, stream_),
+               "ncclAllReduce", rank_);
+    cudaEvent_t done = nullptr;
+    check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate", rank_);
+    check_cuda(cudaEventRecord(done, stream_), "cudaEventRecord", rank_);
+    return std::make_unique<NcclPending>(
+        *this, done, data, "all_reduce_sum of " + std::to_string(data.numel()) + " floats");
+  }
+
   void reduce_scatter_sum(Backend& backend, const Tensor& input, const Tensor& output) override {
     check_reduce_scatter(*this, input, output);
     begin(backend);
@@ -223,6 +247,48 @@ class NcclCommunicator final : public Communicator {
 
  private:
   static constexpr size_t kScratchBytes = 4096;
+
+  // A started all-reduce: the event recorded behind it on stream_, and its tensor kept alive
+  // while NCCL writes it.
+  class NcclPending final : public PendingCollective {
+   public:
+    NcclPending(NcclCommunicator& comm, cudaEvent_t done, Tensor data, std::string what)
+        : comm_(comm), done_(done), data_(std::move(data)), what_(std::move(what)) {}
+    ~NcclPending() override {
+      try {
+        wait();
+      } catch (const std::exception& e) {
+        comm_.abort(e.what());
+      }
+      cudaEventDestroy(done_);
+    }
+    void wait() override {
+      const auto start = std::chrono::steady_clock::now();
+      while (!test()) {
+        comm_.poll_async_error(what_);
+        if (waited_s(start) > comm_.timeout_s_) {
+          comm_.abort(collective_timeout_message(what_, comm_.timeout_s_));
+        }
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      }
+    }
+    bool test() override {
+      if (complete_) return true;
+      const cudaError_t status = cudaEventQuery(done_);
+      if (status != cudaSuccess && status != cudaErrorNotReady) {
+        check_cuda(status, what_.c_str(), comm_.rank_);
+      }
+      complete_ = status == cudaSuccess;
+      return complete_;
+    }
+
+   private:
+    NcclCommunicator& comm_;
+    cudaEvent_t done_;
+    Tensor data_;
+    std::string what_;
+    bool complete_ = false;
+  };
 
   // The backend's queued work (which produced the inputs) completes before NCCL reads them.
   void begin(Backend& backend) {
