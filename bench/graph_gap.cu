@@ -10,13 +10,13 @@
 #include <cstdio>
 #include <cstdlib>
 
-#define CHECK(x)                                                                         \
-  do {                                                                                   \
-    cudaError_t e_ = (x);                                                                \
-    if (e_ != cudaSuccess) {                                                             \
+#define CHECK(x)                                                                              \
+  do {                                                                                        \
+    cudaError_t e_ = (x);                                                                     \
+    if (e_ != cudaSuccess) {                                                                  \
       std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                      \
-    }                                                                                    \
+      std::exit(1);                                                                           \
+    }                                                                                         \
   } while (0)
 
 // Each kernel reads the previous kernel's value (a true dependency), optionally spins for
@@ -115,8 +115,7 @@ int main() {
     }
   }
   for (int blocks : {sms, 4 * sms}) {
-    const float plain =
-        time_graph(nodes, false, 0, blocks, data, stream_bytes / 16, value, stream);
+    const float plain = time_graph(nodes, false, 0, blocks, data, stream_bytes / 16, value, stream);
     const float pdl = time_graph(nodes, true, 0, blocks, data, stream_bytes / 16, value, stream);
     char label[64];
     std::snprintf(label, sizeof label, "stream 1.5 MB (L2), %d blocks", blocks);

@@ -162,6 +162,17 @@ inline fs::path step_dir(const fs::path& run, int step) {
   return run / "checkpoints" / name;
 }
 
+// A copy of `run_dir` at `copy` without its step-10 checkpoint, resumed from step 5 by
+// `launcher` ("" for one process, or mpirun(N)) with `overrides`: how a run moves between rank
+// counts. Returns the resume's result.
+inline Result resume_from_step_5(const fs::path& run_dir, const fs::path& copy,
+                                 const std::string& launcher, const std::string& overrides) {
+  fs::copy(run_dir, copy, fs::copy_options::recursive);
+  fs::remove_all(step_dir(copy, 10));
+  return run(launcher + nnkit_cli() + " train --resume " + quote(copy) + " " + overrides +
+             " --no-progress");
+}
+
 #define NNKIT_REQUIRE_MPIRUN()                                                      \
   if (std::string(NNKIT_MPIEXEC).empty()) {                                         \
     GTEST_SKIP() << "no MPI in this build (install openmpi-bin libopenmpi-dev and " \

@@ -276,8 +276,14 @@ TEST(TcpRendezvous, RankZeroNamesTheRanksThatNeverCame) {
 // flight, waits out of order and drops one handle unwaited (its destructor waits). Every result
 // must be the exact sum and bit for bit the blocking all_reduce_sum's on the same data.
 TEST(MpiCommunicator, NonBlockingAllReduceOnTwoRanks) {
-  if (std::string(NNKIT_MPIEXEC).empty()) GTEST_SKIP() << "no MPI in this build";
-  if (test::registry().find("comm", "mpi") == nullptr) GTEST_SKIP() << "comm/mpi is not built";
+  if (std::string(NNKIT_MPIEXEC).empty()) {
+    GTEST_SKIP() << "no MPI in this build (CMake found no mpiexec; install openmpi-bin "
+                    "libopenmpi-dev and reconfigure): this test runs two ranks under mpirun";
+  }
+  if (test::registry().find("comm", "mpi") == nullptr) {
+    GTEST_SKIP() << "comm/mpi is not built (CMake found no MPI library; install libopenmpi-dev "
+                    "and reconfigure)";
+  }
   const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
   std::string line = std::string(NNKIT_MPIEXEC) +
                      " -np 2 --oversubscribe --bind-to none"
@@ -298,7 +304,10 @@ TEST(MpiCommunicator, NonBlockingAllReduceOnTwoRanks) {
 
 // The child of the test above: runs only under its mpirun.
 TEST(MpiCommunicator, ChildRank) {
-  if (std::getenv("NNKIT_MPI_CHILD") == nullptr) GTEST_SKIP() << "runs under mpirun only";
+  if (std::getenv("NNKIT_MPI_CHILD") == nullptr) {
+    GTEST_SKIP() << "the two ranks of MpiCommunicator.NonBlockingAllReduceOnTwoRanks, which "
+                    "starts this test under mpirun with NNKIT_MPI_CHILD set";
+  }
   auto backend = cpu_backend(1);
   auto comm = test::create<Communicator>("comm", "mpi", {{"timeout_s", "60"}}, {}, backend.get());
   ASSERT_EQ(comm->size(), 2);

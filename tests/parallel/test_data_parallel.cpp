@@ -89,19 +89,13 @@ TEST_F(DataParallel, CheckpointsMoveBetweenTwoRanksAndOne) {
 
   // Two ranks' step-5 checkpoint, resumed on one rank.
   const fs::path two_to_one = dir_ / "two_to_one";
-  fs::copy(two, two_to_one, fs::copy_options::recursive);
-  fs::remove_all(step_dir(two_to_one, 10));
-  const Result r1 =
-      run(nnkit_cli() + " train --resume " + quote(two_to_one) + " parallel.data=1 --no-progress");
+  const Result r1 = resume_from_step_5(two, two_to_one, "", "parallel.data=1");
   ASSERT_EQ(r1.exit_code, 0) << r1.output;
   EXPECT_LE(max_weight_difference(step_dir(one, 10), step_dir(two_to_one, 10)), kWeightBound);
 
   // One rank's step-5 checkpoint, resumed on two ranks.
   const fs::path one_to_two = dir_ / "one_to_two";
-  fs::copy(one, one_to_two, fs::copy_options::recursive);
-  fs::remove_all(step_dir(one_to_two, 10));
-  const Result r2 = run(mpirun(2) + nnkit_cli() + " train --resume " + quote(one_to_two) +
-                        " parallel.data=2 --no-progress");
+  const Result r2 = resume_from_step_5(one, one_to_two, mpirun(2), "parallel.data=2");
   ASSERT_EQ(r2.exit_code, 0) << r2.output;
   EXPECT_LE(max_weight_difference(step_dir(one, 10), step_dir(one_to_two, 10)), kWeightBound);
   EXPECT_EQ(step_lines(one_to_two).size(), 10u);  // metrics truncated to step 5, then 5 more
@@ -197,10 +191,7 @@ TEST_F(DataParallel, ZeroOneShardsTheOptimizerStateAndCheckpointsAllOfIt) {
             kWeightBound);
 
   const fs::path resumed = dir_ / "resumed";
-  fs::copy(zero, resumed, fs::copy_options::recursive);
-  fs::remove_all(step_dir(resumed, 10));
-  const Result back = run(nnkit_cli() + " train --resume " + quote(resumed) +
-                          " parallel.data=1 parallel.zero=0 --no-progress");
+  const Result back = resume_from_step_5(zero, resumed, "", "parallel.data=1 parallel.zero=0");
   ASSERT_EQ(back.exit_code, 0) << back.output;
   EXPECT_LE(max_weight_difference(step_dir(one, 10), step_dir(resumed, 10)), kWeightBound);
 }
@@ -208,7 +199,10 @@ TEST_F(DataParallel, ZeroOneShardsTheOptimizerStateAndCheckpointsAllOfIt) {
 // A comm plugin named in the config runs the data-parallel path on one rank: comm/mpi as an MPI
 // singleton (no mpirun) gives the plain run's weights.
 TEST_F(DataParallel, OneRankThroughANamedCommunicatorTrainsLikeThePlainRun) {
-  if (std::string(NNKIT_MPIEXEC).empty()) GTEST_SKIP() << "no MPI in this build";
+  if (std::string(NNKIT_MPIEXEC).empty()) {
+    GTEST_SKIP() << "no MPI in this build (CMake found no mpiexec; install openmpi-bin "
+                    "libopenmpi-dev and reconfigure): comm/mpi runs this one rank as a singleton";
+  }
   const fs::path plain = dir_ / "plain", through = dir_ / "through";
   ASSERT_EQ(run(train_args(plain)).exit_code, 0);
   const Result r = run(train_args(through, "parallel.comm.type=mpi"));

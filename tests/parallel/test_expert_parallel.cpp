@@ -109,10 +109,7 @@ TEST_F(ExpertParallel, CheckpointsMoveBetweenTwoExpertRanksAndOneRank) {
 
   // The two expert ranks' step-5 checkpoint, resumed on one rank.
   const fs::path two_to_one = dir_ / "two_to_one";
-  fs::copy(two, two_to_one, fs::copy_options::recursive);
-  fs::remove_all(step_dir(two_to_one, 10));
-  const Result r1 = run(nnkit_cli() + " train --resume " + quote(two_to_one) +
-                        " parallel.expert=1 --no-progress");
+  const Result r1 = resume_from_step_5(two, two_to_one, "", "parallel.expert=1");
   ASSERT_EQ(r1.exit_code, 0) << r1.output;
   const double back = max_weight_difference(step_dir(one, 10), step_dir(two_to_one, 10));
   std::printf("2 expert ranks -> 1 rank at step 5: max |w - w(1 rank)| at step 10: %.3g\n", back);
@@ -120,10 +117,7 @@ TEST_F(ExpertParallel, CheckpointsMoveBetweenTwoExpertRanksAndOneRank) {
 
   // One rank's step-5 checkpoint, resumed on two expert ranks (each loads its experts).
   const fs::path one_to_two = dir_ / "one_to_two";
-  fs::copy(one, one_to_two, fs::copy_options::recursive);
-  fs::remove_all(step_dir(one_to_two, 10));
-  const Result r2 = run(mpirun(2) + nnkit_cli() + " train --resume " + quote(one_to_two) +
-                        " parallel.expert=2 --no-progress");
+  const Result r2 = resume_from_step_5(one, one_to_two, mpirun(2), "parallel.expert=2");
   ASSERT_EQ(r2.exit_code, 0) << r2.output;
   const double forth = max_weight_difference(step_dir(one, 10), step_dir(one_to_two, 10));
   std::printf("1 rank -> 2 expert ranks at step 5: max |w - w(1 rank)| at step 10: %.3g\n", forth);

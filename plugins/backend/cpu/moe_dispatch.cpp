@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/composed_ops.h"
 #include "checks.h"
 #include "cpu_backend.h"
 
@@ -144,7 +145,7 @@ void CpuBackend::moe_sort_by_expert_padded(const Tensor& expert_index, int64_t n
   }
 }
 
-// The decode router by its parts (this backend has no launches to save).
+// The decode router by its ops (this backend has no launches to save).
 void CpuBackend::moe_route_padded(const Tensor& x, const Tensor& weight, int64_t top_k,
                                   bool renormalize, int64_t capacity, const Tensor& expert_index,
                                   const Tensor& gate, const Tensor& token, const Tensor& slot,
@@ -158,21 +159,9 @@ void CpuBackend::moe_route_padded(const Tensor& x, const Tensor& weight, int64_t
   }
   expect_flat(op, "expert_index", expert_index, DType::kI32, xs.rows * top_k);
   expect_flat(op, "gate", gate, DType::kF32, xs.rows * top_k);
-  const Tensor index_rows = expert_index.view({xs.rows, top_k});
-  const Tensor gate_rows = gate.view({xs.rows, top_k});
-  Tensor logits = empty({xs.rows, ws.rows});
-  gemm(x, false, weight, true, logits);
-  if (renormalize) {
-    Tensor top_logits = empty({xs.rows, top_k});
-    topk_rows(logits, top_k, top_logits, index_rows);
-    softmax_rows(top_logits, gate_rows);
-  } else {
-    Tensor probs = empty({xs.rows, ws.rows});
-    softmax_rows(logits, probs);
-    topk_rows(probs, top_k, gate_rows, index_rows);
-  }
-  moe_sort_by_expert_padded(expert_index.view({xs.rows * top_k}), ws.rows, top_k, capacity,
-                            gate.view({xs.rows * top_k}), token, slot, offsets, load);
+  backend_common::moe_route_padded_by_ops(*this, x, weight, top_k, renormalize, capacity,
+                                          expert_index.view({xs.rows, top_k}),
+                                          gate.view({xs.rows, top_k}), token, slot, offsets, load);
 }
 
 }  // namespace nnkit::cpu

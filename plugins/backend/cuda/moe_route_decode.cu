@@ -12,6 +12,7 @@
 #include <string>
 #include <type_traits>
 
+#include "../common/composed_ops.h"
 #include "cuda_check.h"
 #include "dependent_launch.cuh"
 #include "kernel_utils.cuh"
@@ -248,20 +249,8 @@ void CudaBackend::moe_route_padded(const Tensor& x, const Tensor& weight, int64_
     });
     return;
   }
-  // The ops one by one.
-  Tensor logits = empty({n, experts});
-  gemm(x, false, weight, true, logits);
-  if (renormalize) {
-    Tensor top_logits = empty({n, top_k});
-    topk_rows(logits, top_k, top_logits, expert_index);
-    softmax_rows(top_logits, gate);
-  } else {
-    Tensor probs = empty({n, experts});
-    softmax_rows(logits, probs);
-    topk_rows(probs, top_k, gate, expert_index);
-  }
-  moe_sort_by_expert_padded(expert_index.view({n * top_k}), experts, top_k, capacity,
-                            gate.view({n * top_k}), token, slot, offsets, load);
+  backend_common::moe_route_padded_by_ops(*this, x, weight, top_k, renormalize, capacity,
+                                          expert_index, gate, token, slot, offsets, load);
 }
 
 }  // namespace nnkit::cuda

@@ -117,12 +117,7 @@ class TopKRouter final : public Router {
     // the token). Dropless: nothing is dropped and the gates are the kept gates.
     // An expert never takes more than N slots (a token's k experts are distinct), so the
     // capacity is clamped to N: the same drops, and no padded block larger than it can fill.
-    int64_t capacity = -1;
-    if (capacity_factor_) {
-      capacity = static_cast<int64_t>(std::ceil(*capacity_factor_ * static_cast<double>(n_slots) /
-                                                static_cast<double>(n_experts_)));
-      capacity = std::min(capacity, n_tokens);
-    }
+    const int64_t capacity = capacity_for(n_tokens);
     // Decoding (KV cache) under static shapes takes the padded layout even when dropless: an
     // expert takes at most N slots, so blocks of N rows drop nothing.
     int64_t block_rows = capacity;
@@ -213,19 +208,22 @@ class TopKRouter final : public Router {
     return routing;
   }
 
+  // Slots an expert takes at most for n_tokens tokens, clamped to N (see route()); -1: dropless.
+  int64_t capacity_for(int64_t n_tokens) const {
+    if (!capacity_factor_) return -1;
+    const double slots = static_cast<double>(n_tokens * top_k_);
+    const auto capacity = static_cast<int64_t>(
+        std::ceil(*capacity_factor_ * slots / static_cast<double>(n_experts_)));
+    return std::min(capacity, n_tokens);
+  }
+
   // A recorded decode step (KV cache, static shapes, inference): the product, top-k, gates and
   // the padded sort in one backend op, into blocks of N rows (an expert takes at most N slots,
   // so nothing is dropped unless a capacity factor says so). No statistics: nothing to balance.
   Routing route_decode_step(Backend& backend, const Tensor& x) {
     const int64_t n_tokens = x.dim(0);
-    int64_t block_rows = n_tokens;
-    if (capacity_factor_) {
-      const double slots = static_cast<double>(n_tokens * top_k_);
-      block_rows =
-          std::min(n_tokens, static_cast<int64_t>(std::ceil(*capacity_factor_ * slots /
-                                                            static_cast<double>(n_experts_))));
-      block_rows = std::max<int64_t>(block_rows, 1);
-    }
+    const int64_t capacity = capacity_for(n_tokens);
+    const int64_t block_rows = capacity >= 0 ? capacity : n_tokens;
     Routing routing;
     routing.n_tokens = n_tokens;
     routing.top_k = top_k_;
