@@ -10,6 +10,8 @@
 #   ncu     Nsight Compute's duration of every kernel of steady-state decode steps of the 6.9B
 #           model at batch 1, run uncaptured in the recorded step's layout
 #           (NNKIT_GRAPHS_NO_REPLAY=1): the kernels a replayed step runs, one by one
+#   ab      the bench's nnkit side again under each of AB_ENVS (space-separated VAR=VALUE
+#           switches, e.g. "NNKIT_FUSED_EXPERTS=0 NNKIT_PDL=0"), to compare in one lease
 #   gaps    bench/graph_gap.cu: per-node cost of a recorded chain of kernels, with and without
 #           programmatic dependent launch
 #   long    long context on the 6.9B model: a 32K-token prompt (alpha 1, max_seq_len 32768) and a
@@ -51,6 +53,17 @@ if has bench; then
   echo "decode bench exit $?" >> "$out/bench_decode.txt"
   cut -c1-400 "$out/bench_decode.txt"
   stamp "bench"
+fi
+
+if has ab; then
+  for switch in ${AB_ENVS:-NNKIT_FUSED_EXPERTS=0}; do
+    echo "== $switch" | tee -a "$out/bench_ab.txt"
+    env "$switch" timeout 300 python3 bench/gpu_decode_bench.py --nnkit "$nnkit" --batch 1 8 \
+      --skip-hf --repeats "${AB_REPEATS:-3}" >> "$out/bench_ab.txt" 2>&1
+    echo "exit $?" >> "$out/bench_ab.txt"
+  done
+  cut -c1-300 "$out/bench_ab.txt"
+  stamp "ab"
 fi
 
 if has tiny; then

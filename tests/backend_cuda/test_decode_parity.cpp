@@ -4,8 +4,12 @@
 // padding, MQA and GQA, large batches, in f32 and bf16, repeating bit for bit (its arrival
 // counters reset), device_memory, add_rmsnorm (== add + rmsnorm_forward), moe_combine_rows (== fill
 // + gather + scatter_add_rows), and moe_grouped_gemm_nt / moe_grouped_swiglu_nt (experts with
-// 0..capacity rows, padding rows zeroed). Owned by the backend/cuda tests; every test skips without
-// a CUDA device.
+// 0..capacity rows, padding rows zeroed), moe_swiglu_experts_padded (the whole expert block of a
+// decode step against the CPU's composition: batch 1 and 8, ragged ffn, two row tiles, drops,
+// the composition's shapes; repeating bit for bit). Owned by the backend/cuda tests; every test
+// skips without a CUDA device.
+#include <algorithm>
+#include <cmath>
 #include <optional>
 #include <string>
 #include <vector>
@@ -346,6 +350,142 @@ TEST_F(CudaDecode, RoutePaddedMatchesTheCpuOpsOneByOne) {
                             gate.cuda, token.cuda, slot.cuda, offsets.cuda, load.cuda);
     EXPECT_EQ(first, cuda_values(gate)) << what;
     if (::testing::Test::HasFailure()) return;
+  }
+}
+
+// A decode step's padded routing built on the host: token t picks top_k distinct experts from a
+// fixed pattern, gates in (0, 1); each expert keeps its first `capacity` slots (ascending), the
+// rest are dropped (no row).
+struct PaddedRouting {
+  std::vector<int32_t> token, slot, kept_offsets;
+  std::vector<float> gate;
+  int64_t dropped = 0;
+};
+
+PaddedRouting padded_routing(int64_t tokens, int64_t experts, int64_t top_k, int64_t capacity,
+                             uint64_t seed) {
+  PaddedRouting r;
+  r.token.assign(size_t(experts * capacity), -1);
+  r.slot.assign(size_t(experts * capacity), -1);
+  r.gate.resize(size_t(tokens * top_k));
+  uint64_t state = seed * 6364136223846793005ull + 1442695040888963407ull;
+  auto next = [&state] {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    return state >> 33;
+  };
+  std::vector<std::vector<int64_t>> by_expert(static_cast<size_t>(experts));
+  for (int64_t t = 0; t < tokens; ++t) {
+    std::vector<int64_t> picked;
+    while (static_cast<int64_t>(picked.size()) < top_k) {
+      const auto e = static_cast<int64_t>(next() % uint64_t(experts));
+      if (std::find(picked.begin(), picked.end(), e) == picked.end()) picked.push_back(e);
+    }
+    for (int64_t j = 0; j < top_k; ++j) {
+      const int64_t s = t * top_k + j;
+      r.gate[size_t(s)] = 0.05f + 0.9f * float(next() % 1000) / 1000.0f;
+      by_expert[size_t(picked[size_t(j)])].push_back(s);
+    }
+  }
+  r.kept_offsets.push_back(0);
+  for (int64_t e = 0; e < experts; ++e) {
+    const auto& slots = by_expert[size_t(e)];
+    const int64_t kept = std::min<int64_t>(capacity, static_cast<int64_t>(slots.size()));
+    r.dropped += static_cast<int64_t>(slots.size()) - kept;
+    for (int64_t i = 0; i < kept; ++i) {
+      const int64_t s = slots[size_t(i)];
+      r.token[size_t(e * capacity + i)] = int32_t(s / top_k);
+      r.slot[size_t(e * capacity + i)] = int32_t(s);
+    }
+    for (int64_t i = kept; i < static_cast<int64_t>(slots.size()); ++i)
+      r.gate[size_t(slots[size_t(i)])] = 0.0f;
+    r.kept_offsets.push_back(r.kept_offsets.back() + int32_t(kept));
+  }
+  return r;
+}
+
+TEST_F(CudaDecode, SwigluExpertsPaddedMatchesTheCpuCompositionAndRepeats) {
+  // (tokens, experts, hidden, ffn, top_k, capacity, dtype): batch 1 and 8 of a 768-wide model
+  // (the one-pass kernels; ffn 1056 ends in a 32-column pass), 64 experts of 256 with two row
+  // tiles (capacity 16) in f16, drops (capacity below the load) at hidden 512, and the
+  // composition's shapes (f32; hidden 320).
+  struct Case {
+    int64_t tokens, experts, hidden, ffn, top_k, capacity;
+    DType dtype;
+  };
+  const Case cases[] = {
+      {1, 16, 768, 1024, 4, 1, DType::kBF16}, {8, 16, 768, 1056, 4, 8, DType::kBF16},
+      {16, 64, 256, 96, 8, 16, DType::kF16},  {9, 4, 512, 64, 2, 3, DType::kBF16},
+      {12, 8, 768, 128, 4, 10, DType::kBF16}, {3, 4, 64, 32, 2, 2, DType::kF32},
+      {2, 4, 320, 64, 2, 2, DType::kBF16}};
+  for (const Case& c : cases) {
+    const std::string what = "N " + std::to_string(c.tokens) + " E " + std::to_string(c.experts) +
+                             " C " + std::to_string(c.hidden) + " F " + std::to_string(c.ffn) +
+                             " k " + std::to_string(c.top_k) + " capacity " +
+                             std::to_string(c.capacity) + " " + dtype_name(c.dtype);
+    const PaddedRouting r = padded_routing(c.tokens, c.experts, c.top_k, c.capacity,
+                                           uint64_t(c.tokens * 131 + c.experts));
+    if (c.capacity < c.tokens * c.top_k / c.experts) EXPECT_GT(r.dropped, 0) << what;
+    const int64_t rows = c.experts * c.capacity;
+    TensorPair token = same_ints(r.token, {rows});
+    TensorPair slot = same_ints(r.slot, {rows});
+    TensorPair kept = same_ints(r.kept_offsets, {c.experts + 1});
+    TensorPair gate = same_values(r.gate, {c.tokens * c.top_k});
+    TensorPair x = same_rounded_random({c.tokens, c.hidden}, 1200 + uint64_t(c.tokens), c.dtype);
+    std::vector<Tensor> gw_cpu, uw_cpu, dw_cpu, gw, uw, dw;
+    for (int64_t e = 0; e < c.experts; ++e) {
+      const auto seed = 1300 + 3 * uint64_t(e);
+      TensorPair g = same_rounded_random({c.ffn, c.hidden}, seed, c.dtype, 0.08f);
+      TensorPair u = same_rounded_random({c.ffn, c.hidden}, seed + 1, c.dtype, 0.08f);
+      TensorPair d = same_rounded_random({c.hidden, c.ffn}, seed + 2, c.dtype, 0.08f);
+      gw_cpu.push_back(g.cpu), uw_cpu.push_back(u.cpu), dw_cpu.push_back(d.cpu);
+      gw.push_back(g.cuda), uw.push_back(u.cuda), dw.push_back(d.cuda);
+    }
+    TensorPair y = poisoned({c.tokens, c.hidden}, c.dtype);
+    cpu().moe_swiglu_experts_padded(x.cpu, token.cpu, slot.cpu, gate.cpu, gw_cpu, uw_cpu, dw_cpu,
+                                    kept.cpu, c.capacity, y.cpu);
+    cuda().moe_swiglu_experts_padded(x.cuda, token.cuda, slot.cuda, gate.cuda, gw, uw, dw,
+                                     kept.cuda, c.capacity, y.cuda);
+    // The CPU rounds each expert's down product to the dtype before the combine; CUDA may keep
+    // it in f32: up to k roundings of size u |gate * y_e| apart, plus an activation that rounds
+    // the other way. Bound: 2.2 u relative plus 4 u of the largest output, absolute.
+    const std::vector<float> want = cpu_values(y);
+    const std::vector<float> got = cuda_floats(y.cuda);
+    float largest = 0.0f;
+    for (float v : want) largest = std::max(largest, std::fabs(v));
+    EXPECT_GT(largest, 0.0f) << what;
+    const double u = unit_roundoff(c.dtype);
+    expect_close_to_cpu(got, want, Tolerance{2.2 * u + 1e-5, 4.0 * u * largest + 1e-6}, what);
+    // Repeated calls give the same bits.
+    TensorPair again = poisoned({c.tokens, c.hidden}, c.dtype);
+    cuda().moe_swiglu_experts_padded(x.cuda, token.cuda, slot.cuda, gate.cuda, gw, uw, dw,
+                                     kept.cuda, c.capacity, again.cuda);
+    EXPECT_EQ(float_bits(got), float_bits(cuda_floats(again.cuda))) << what;
+    if (::testing::Test::HasFailure()) return;
+  }
+}
+
+TEST_F(CudaDecode, SwigluExpertsPaddedRefusesMismatchedWeights) {
+  const int64_t E = 4, C = 256, F = 64, cap = 2;
+  Tensor x = cuda().zeros({1, C}, DType::kBF16);
+  Tensor ints = cuda().zeros({E * cap}, DType::kI32);
+  Tensor kept = cuda().zeros({E + 1}, DType::kI32);
+  Tensor gate = cuda().zeros({4});
+  Tensor y = cuda().empty({1, C}, DType::kBF16);
+  std::vector<Tensor> g(E, cuda().zeros({F, C}, DType::kBF16));
+  std::vector<Tensor> d(E, cuda().zeros({C, F}, DType::kBF16));
+  std::vector<Tensor> wrong(E, cuda().zeros({F, C + 8}, DType::kBF16));
+  try {
+    cuda().moe_swiglu_experts_padded(x, ints, ints, gate, g, wrong, d, kept, cap, y);
+    ADD_FAILURE() << "accepted up weights of the wrong shape";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("up_w[0]"), std::string::npos) << e.what();
+  }
+  try {
+    cuda().moe_swiglu_experts_padded(x, ints, ints, gate, g, g, {d.begin(), d.end() - 1}, kept, cap,
+                                     y);
+    ADD_FAILURE() << "accepted three down weights for four experts";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("one of each per expert"), std::string::npos) << e.what();
   }
 }
 

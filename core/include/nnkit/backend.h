@@ -426,6 +426,26 @@ class NNKIT_API Backend : public Component {
                                 const Tensor& gate, const Tensor& token, const Tensor& slot,
                                 const Tensor& offsets, const Tensor& load) = 0;
 
+  // ---- appended in ABI 6: a decode step's SwiGLU experts in one op ---------------------------
+  // The padded layout's whole expert block (gather, SwiGLU products, down product and combine):
+  // for each padded row n of expert e = n / capacity with token[n] >= 0,
+  //   a_n = round(silu(x[token[n]] gate_w[e]^T) * (x[token[n]] up_w[e]^T))  (rounded to the dtype)
+  //   y[t, :] = sum over the rows n with token[n] = t, in ascending n, of
+  //             gate[slot[n]] * (a_n down_w[e]^T)
+  // rows of y without a source are 0. x: (N, C), y: (N, C), gate_w/up_w[e]: (F, C), down_w[e]:
+  // (C, F), all one 16-bit or f32 float dtype; token, slot: (E * capacity) i32 (-1 = padding);
+  // gate: (S) f32 (the router's flat gates); kept_offsets: (E + 1) i32 on the device as
+  // moe_route_padded writes them (only expert e's first kept_offsets[e + 1] - kept_offsets[e]
+  // rows are read). Equals gather_rows, moe_grouped_swiglu_nt, moe_grouped_gemm_nt and
+  // moe_combine_rows up to the rounding of the down product (a backend may keep it in f32 until
+  // the combine's sum is rounded once).
+  virtual void moe_swiglu_experts_padded(const Tensor& x, const Tensor& token, const Tensor& slot,
+                                         const Tensor& gate, const std::vector<Tensor>& gate_w,
+                                         const std::vector<Tensor>& up_w,
+                                         const std::vector<Tensor>& down_w,
+                                         const Tensor& kept_offsets, int64_t capacity,
+                                         const Tensor& y) = 0;
+
   // ---- conveniences (non-virtual) -----------------------------------------------------------
   Tensor zeros(const Shape& shape, DType dtype = DType::kF32);
   // x: (N, C) f32 -> out: (1, C) f32 = alpha * sum_n x[n, :] + beta * out, as products with

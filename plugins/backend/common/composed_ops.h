@@ -1,12 +1,15 @@
 // Purpose: backend ops written once in terms of other Backend ops, for every backend that has no
 // fused kernel for a case (backend/cpu always; backend/cuda outside its kernels' shapes). They
-// validate nothing: the calling op has checked its arguments. Ownership: stateless functions;
-// the sources are compiled into each backend plugin (not part of the installed SDK).
+// validate nothing (the calling op has checked its arguments), except the check_* helpers.
+// Ownership: stateless functions; the sources are compiled into each backend plugin (not part of
+// the installed SDK).
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "nnkit/backend.h"
+#include "op_checks.h"
 
 namespace nnkit::backend_common {
 
@@ -16,5 +19,27 @@ void moe_route_padded_by_ops(Backend& backend, const Tensor& x, const Tensor& we
                              bool renormalize, int64_t capacity, const Tensor& expert_index,
                              const Tensor& gate, const Tensor& token, const Tensor& slot,
                              const Tensor& offsets, const Tensor& load);
+
+// Backend::moe_swiglu_experts_padded as gather_rows, moe_grouped_swiglu_nt, moe_grouped_gemm_nt
+// and moe_combine_rows (the down product rounded to the dtype before the combine).
+void moe_swiglu_experts_padded_by_ops(Backend& backend, const Tensor& x, const Tensor& token,
+                                      const Tensor& slot, const Tensor& gate,
+                                      const std::vector<Tensor>& gate_w,
+                                      const std::vector<Tensor>& up_w,
+                                      const std::vector<Tensor>& down_w, const Tensor& kept_offsets,
+                                      int64_t capacity, const Tensor& y);
+
+// The argument checks of Backend::moe_swiglu_experts_padded shared by the backends; throws an
+// Error naming the op and the offending argument. Returns the hidden and ffn sizes.
+struct ExpertsShape {
+  int64_t experts = 0, hidden = 0, ffn = 0;
+};
+ExpertsShape check_swiglu_experts_padded(const OpChecks& checks, DTypes dtypes, const Tensor& x,
+                                         const Tensor& token, const Tensor& slot,
+                                         const Tensor& gate, const std::vector<Tensor>& gate_w,
+                                         const std::vector<Tensor>& up_w,
+                                         const std::vector<Tensor>& down_w,
+                                         const Tensor& kept_offsets, int64_t capacity,
+                                         const Tensor& y);
 
 }  // namespace nnkit::backend_common

@@ -96,6 +96,12 @@ class CpuBackend final : public Backend {
                           int64_t capacity, const Tensor& gate, const Tensor& token,
                           const Tensor& slot, const Tensor& offsets,
                           const Tensor& load) override;  // moe_dispatch.cpp
+  // ABI 6 (moe_dispatch.cpp)
+  void moe_swiglu_experts_padded(const Tensor& x, const Tensor& token, const Tensor& slot,
+                                 const Tensor& gate, const std::vector<Tensor>& gate_w,
+                                 const std::vector<Tensor>& up_w, const std::vector<Tensor>& down_w,
+                                 const Tensor& kept_offsets, int64_t capacity,
+                                 const Tensor& y) override;
   void sum_squares_multi(const std::vector<Tensor>& xs,
                          const Tensor& out) override;  // optimizer.cpp
   void adamw_update_multi(const std::vector<AdamWTensor>& tensors, const AdamWStep& step,

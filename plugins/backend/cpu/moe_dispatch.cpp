@@ -164,4 +164,18 @@ void CpuBackend::moe_route_padded(const Tensor& x, const Tensor& weight, int64_t
                                           gate.view({xs.rows, top_k}), token, slot, offsets, load);
 }
 
+void CpuBackend::moe_swiglu_experts_padded(const Tensor& x, const Tensor& token, const Tensor& slot,
+                                           const Tensor& gate, const std::vector<Tensor>& gate_w,
+                                           const std::vector<Tensor>& up_w,
+                                           const std::vector<Tensor>& down_w,
+                                           const Tensor& kept_offsets, int64_t capacity,
+                                           const Tensor& y) {
+  static constexpr backend_common::OpChecks kCpuChecks{"backend/cpu", DeviceType::kCpu};
+  backend_common::check_swiglu_experts_padded(kCpuChecks, backend_common::DTypes{DType::kF32}, x,
+                                              token, slot, gate, gate_w, up_w, down_w, kept_offsets,
+                                              capacity, y);
+  backend_common::moe_swiglu_experts_padded_by_ops(*this, x, token, slot, gate, gate_w, up_w,
+                                                   down_w, kept_offsets, capacity, y);
+}
+
 }  // namespace nnkit::cpu

@@ -214,6 +214,12 @@ class CudaBackend final : public Backend {
                         int64_t capacity, const Tensor& expert_index, const Tensor& gate,
                         const Tensor& token, const Tensor& slot, const Tensor& offsets,
                         const Tensor& load) override;  // moe_route_decode.cu
+  // ABI 6 (moe_experts_decode.cu)
+  void moe_swiglu_experts_padded(const Tensor& x, const Tensor& token, const Tensor& slot,
+                                 const Tensor& gate, const std::vector<Tensor>& gate_w,
+                                 const std::vector<Tensor>& up_w, const std::vector<Tensor>& down_w,
+                                 const Tensor& kept_offsets, int64_t capacity,
+                                 const Tensor& y) override;
 
   // ---- for the kernel files -----------------------------------------------------------------
   cudaStream_t stream() const { return stream_; }

@@ -83,45 +83,41 @@ class SwiGluExperts final : public Experts {
     }
     const DType dtype = x.dtype();
 
-    // Decoding in the padded layout: each product is one launch over all experts that reads
-    // only the chosen experts' weights, sized on the device (what a recorded step needs). The
-    // fused SwiGLU needs no separate gate/up activations, and one op combines the rows.
+    // Decoding in the padded layout: the whole block (gather, both products, combine) is one
+    // backend op that reads only the chosen experts' weights, sized on the device (what a
+    // recorded step needs).
     const bool grouped = !ctx.training && routing.kept_offsets.defined() &&
                          routing.padded_capacity >= 1 && routing.padded_capacity <= 16 &&
                          dispatch.n_routed > 0;
-    Tensor y = grouped ? backend.empty({n_tokens, hidden_}, dtype)   // moe_combine_rows fills it
-                       : backend.zeros({n_tokens, hidden_}, dtype);  // (N, C)
+    if (grouped) {
+      std::vector<Tensor> gate_w, up_w, down_w;
+      for (const ExpertWeights& w : weights_) {
+        gate_w.push_back(value(w.gate_proj));
+        up_w.push_back(value(w.up_proj));
+        down_w.push_back(value(w.down_proj));
+      }
+      Tensor y = backend.empty({n_tokens, hidden_}, dtype);  // every row is written
+      backend.moe_swiglu_experts_padded(x, dispatch.token, dispatch.slot,
+                                        routing.gate.view({n_tokens * routing.top_k}), gate_w, up_w,
+                                        down_w, routing.kept_offsets, routing.padded_capacity, y);
+      release_saved();
+      return y;
+    }
+    Tensor y = backend.zeros({n_tokens, hidden_}, dtype);  // (N, C)
     Saved saved;
     if (dispatch.n_routed > 0) {
       const int64_t m = dispatch.n_routed;
       // Dispatch: the routed rows of x and their gates, grouped by expert.
       saved.x_routed = backend.empty({m, hidden_}, dtype);
       backend.gather_rows(x, dispatch.token, saved.x_routed);
-      if (!grouped) {
-        saved.gate_routed = backend.empty({m, 1});
-        backend.gather_rows(routing.gate.view({n_tokens * routing.top_k, 1}), dispatch.slot,
-                            saved.gate_routed);
-      }
-      if (!grouped) {
-        saved.h_gate = backend.empty({m, ffn_dim_}, dtype);
-        saved.h_up = backend.empty({m, ffn_dim_}, dtype);
-      }
+      saved.gate_routed = backend.empty({m, 1});
+      backend.gather_rows(routing.gate.view({n_tokens * routing.top_k, 1}), dispatch.slot,
+                          saved.gate_routed);
+      saved.h_gate = backend.empty({m, ffn_dim_}, dtype);
+      saved.h_up = backend.empty({m, ffn_dim_}, dtype);
       saved.activated = backend.empty({m, ffn_dim_}, dtype);
       saved.y_routed = backend.empty({m, hidden_}, dtype);
-      if (grouped) {
-        std::vector<Tensor> gate_w, up_w, down_w;
-        for (const ExpertWeights& w : weights_) {
-          gate_w.push_back(value(w.gate_proj));
-          up_w.push_back(value(w.up_proj));
-          down_w.push_back(value(w.down_proj));
-        }
-        const int64_t cap = routing.padded_capacity;
-        backend.moe_grouped_swiglu_nt(saved.x_routed, gate_w, up_w, routing.kept_offsets, cap,
-                                      saved.activated);
-        backend.moe_grouped_gemm_nt(saved.activated, down_w, routing.kept_offsets, cap,
-                                    saved.y_routed);
-      }
-      for (int64_t e = 0; e < local_ && !grouped; ++e) {
+      for (int64_t e = 0; e < local_; ++e) {
         const int64_t begin = dispatch.offset[e];
         const int64_t end = dispatch.offset[e + 1];
         if (begin == end) continue;
@@ -137,12 +133,7 @@ class SwiGluExperts final : public Experts {
                      saved.y_routed.slice_rows(begin, end));  // (n_e, C) = activated W2^T
       }
       // Combine: y[token] += gate * y_routed (in expert order; deterministic).
-      if (grouped) {
-        backend.moe_combine_rows(saved.y_routed, dispatch.token, dispatch.slot,
-                                 routing.gate.view({n_tokens * routing.top_k}), y);
-      } else {
-        backend.scatter_add_rows(saved.y_routed, dispatch.token, saved.gate_routed.view({m}), y);
-      }
+      backend.scatter_add_rows(saved.y_routed, dispatch.token, saved.gate_routed.view({m}), y);
     }
 
     release_saved();
