@@ -1,12 +1,17 @@
-// Purpose: what backend/cuda's grouped expert kernels of decoding share (decode_ops.cu's grouped
-// products, moe_experts_decode.cu's whole expert block): the table of expert weight pointers
-// passed by value, the weight load that bypasses L1, and the ordering of the chosen experts.
+// Purpose: the grouped expert products of decoding, shared by decode_ops.cu (the products as
+// ops) and moe_experts_decode.cu (the whole expert block): the table of expert weight pointers
+// passed by value, the weight load that bypasses L1, the ordering of the chosen experts, and the
+// tensor-core grouped product kernel.
 // Owned by backend/cuda.
 #pragma once
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
+
+#include "dependent_launch.cuh"
+#include "mma_m16n8k16.cuh"
 
 namespace nnkit::cuda {
 
@@ -60,6 +65,184 @@ __device__ __forceinline__ int order_experts_chosen_first(const int32_t* kept, i
   }
   __syncthreads();
   return *chosen_count;
+}
+
+// ---- the tensor-core grouped product (16-bit weights) ----------------------------------------
+// At 1-16 rows per expert these products read each weight once and do almost no arithmetic, so
+// what matters is bytes in flight and a short per-column tail. A warp owns an 8-column tile of
+// one expert and walks k 32 at a time: each lane reads 16 contiguous bytes of one weight row
+// (lane / 4 is the column, lane % 4 the 8-element slice) and 16 bytes of one or two x rows, and two
+// m16n8k16 steps consume them. The product's k order is permuted so that these plain 16-byte loads
+// are already the fragments: in step 0 fragment index 2 c + {0,1} is element 8 c + {0,1} and
+// 2 c + 8 + {0,1} is 8 c + 2 + {0,1} (step 1: + 4), in both operands alike, which leaves the sum
+// over k unchanged. x rows are the A operand (16 token rows, zero past the expert's kept rows),
+// weight rows the B operand (8 columns); the f32 C fragment is 16 rows x 8 columns. kSplit warps
+// share a tile's k steps round robin and add their partial sums in shared memory in a fixed order.
+constexpr int kMmaWarps = 8;
+constexpr int kMmaThreads = kMmaWarps * 32;
+constexpr int kMmaStages = 4;  // k steps of loads in flight per warp
+
+// A grid sized to what stays resident walks (chosen expert, column group[, k part]) items,
+// consecutive blocks on consecutive columns of one expert; experts nobody chose cost no block of
+// their own.
+//   - row_token null: x holds the gathered rows (E * capacity, k); else x is the step's (N, k)
+//     tokens and expert e's row r is x[row_token[e * capacity + r]] (the gather, done here).
+//   - kPartial false: y (E * capacity, n) in T, padding rows and the idle experts' rows zeroed
+//     (by the whole grid at the end) unless row_token is given (then only kept rows are written).
+//   - kPartial true: k is cut into k_parts equal ranges, one item each, and the item's f32 sums
+//     go to partial (k_parts, E * capacity, n) for the kept rows only; the block's first item's
+//     weights are brought into L2 before it waits for its predecessor (they are known from the
+//     router's counts, written two launches earlier).
+template <typename T, int kSplit, bool kSwiglu, bool kTwoRowTiles, bool kPartial = false>
+__global__ void __launch_bounds__(kMmaThreads, 2)
+    grouped_mma_kernel(const T* x, const int32_t* row_token, ExpertWeights weights,
+                       ExpertWeights up, const int32_t* kept, int capacity, int64_t n, int64_t k,
+                       T* y, float* partial_out, int k_parts, int experts, int groups_per_expert) {
+  static_assert(!(kPartial && kSwiglu), "the SwiGLU is applied to whole sums");
+  constexpr int kTiles = kMmaWarps / kSplit;  // 8-column tiles per block
+  constexpr int kValues = kSwiglu ? 8 : 4;    // C fragment floats per lane (gate, up)
+  __shared__ int counts[kMaxGroupedExperts], order[kMaxGroupedExperts], chosen_count;
+  __shared__ float partial[kSplit > 1 ? kMmaWarps : 1][kValues][32];
+  const int parts = kPartial ? k_parts : 1;
+  const int64_t steps = k / 32;
+  int chosen = 0;
+  if constexpr (kPartial) {
+    // The router's counts are complete: the predecessor itself waited for them.
+    chosen = order_experts_chosen_first(kept, experts, counts, order, &chosen_count);
+    const int64_t first = blockIdx.x;
+    if (first < int64_t(chosen) * groups_per_expert * parts) {
+      const int64_t part = first % parts, group = (first / parts) % groups_per_expert;
+      const int e = order[first / parts / groups_per_expert];
+      const int64_t s_begin = part * steps / parts, s_end = (part + 1) * steps / parts;
+      const int64_t lines_per_row = ((s_end - s_begin) * 64 + 127) / 128;
+      const int64_t col0 = group * kTiles * 8;
+      const T* w0 = static_cast<const T*>(weights.w[e]) + s_begin * 32;
+      for (int64_t i = threadIdx.x; i < kTiles * 8 * lines_per_row; i += kMmaThreads) {
+        const int64_t row = col0 + i / lines_per_row;
+        if (row < n) prefetch_to_l2(w0 + row * k + (i % lines_per_row) * 64);
+      }
+    }
+  }
+  wait_for_preceding_grid();
+  allow_dependent_launch();
+  if constexpr (!kPartial) {
+    chosen = order_experts_chosen_first(kept, experts, counts, order, &chosen_count);
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+  const int split = warp % kSplit;
+  const int quad_row = lane >> 2, quad_col = lane & 3;
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  const int64_t items = int64_t(chosen) * groups_per_expert * parts;
+  for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
+    const int64_t part = item % parts;
+    const int64_t column_item = item / parts;
+    const int e = order[column_item / groups_per_expert];
+    const int rows = min(counts[e], capacity);
+    const int64_t s_begin = part * steps / parts, s_end = (part + 1) * steps / parts;
+    const int64_t col0 = (column_item % groups_per_expert) * kTiles * 8 + (warp / kSplit) * 8;
+    const bool active = col0 < n;  // n is a multiple of 8
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, acc_up[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    const bool has_lo = quad_row < rows, has_hi = kTwoRowTiles && quad_row + 8 < rows;
+    if (active) {
+      const int64_t w_offset = (col0 + quad_row) * k + 8 * quad_col;
+      const T* w_row = static_cast<const T*>(weights.w[e]) + w_offset;
+      const T* u_row = kSwiglu ? static_cast<const T*>(up.w[e]) + w_offset : nullptr;
+      int64_t row_lo = int64_t(e) * capacity + quad_row, row_hi = row_lo + 8;
+      if (row_token != nullptr) {
+        row_lo = has_lo ? row_token[row_lo] : 0;
+        row_hi = has_hi ? row_token[row_hi] : 0;
+      }
+      const T* x_lo = x + row_lo * k + 8 * quad_col;
+      const T* x_hi = x + row_hi * k + 8 * quad_col;
+      for (int64_t s0 = s_begin + split; s0 < s_end; s0 += int64_t(kSplit) * kMmaStages) {
+        uint4 w[kMmaStages], u[kMmaStages], lo[kMmaStages], hi[kMmaStages];
+#pragma unroll
+        for (int i = 0; i < kMmaStages; ++i) {
+          const int64_t s = s0 + int64_t(i) * kSplit;
+          const bool live = s < s_end;
+          w[i] = live ? load_weights_once(w_row + s * 32) : zero;
+          u[i] = kSwiglu && live ? load_weights_once(u_row + s * 32) : zero;
+          lo[i] = live && has_lo ? __ldg(reinterpret_cast<const uint4*>(x_lo + s * 32)) : zero;
+          hi[i] = live && has_hi ? __ldg(reinterpret_cast<const uint4*>(x_hi + s * 32)) : zero;
+        }
+#pragma unroll
+        for (int i = 0; i < kMmaStages; ++i) {
+          const uint32_t a0[4] = {lo[i].x, hi[i].x, lo[i].y, hi[i].y};
+          const uint32_t a1[4] = {lo[i].z, hi[i].z, lo[i].w, hi[i].w};
+          mma_16x8x16<T>(acc, a0, w[i].x, w[i].y);
+          mma_16x8x16<T>(acc, a1, w[i].z, w[i].w);
+          if constexpr (kSwiglu) {
+            mma_16x8x16<T>(acc_up, a0, u[i].x, u[i].y);
+            mma_16x8x16<T>(acc_up, a1, u[i].z, u[i].w);
+          }
+        }
+      }
+    }
+    if constexpr (kSplit > 1) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        partial[warp][j][lane] = acc[j];
+        if constexpr (kSwiglu) partial[warp][4 + j][lane] = acc_up[j];
+      }
+      __syncthreads();
+      if (split == 0) {
+        for (int s = 1; s < kSplit; ++s) {  // split 0's sum, then 1, 2, ...: a fixed order
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            acc[j] += partial[warp + s][j][lane];
+            if constexpr (kSwiglu) acc_up[j] += partial[warp + s][4 + j][lane];
+          }
+        }
+      }
+      __syncthreads();  // partial is rewritten by the next item
+    }
+    if (active && split == 0) {
+      const int64_t col = col0 + 2 * quad_col;
+      const int r_lo = quad_row, r_hi = quad_row + 8;
+      if constexpr (kPartial) {
+        float* out = partial_out + (part * experts + e) * int64_t(capacity) * n + col;
+        if (has_lo) *reinterpret_cast<float2*>(out + r_lo * n) = make_float2(acc[0], acc[1]);
+        if (has_hi) *reinterpret_cast<float2*>(out + r_hi * n) = make_float2(acc[2], acc[3]);
+      } else {
+        float v[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          // swiglu_forward's formula, in f32.
+          v[j] = kSwiglu ? acc[j] * (1.0f / (1.0f + expf(-acc[j]))) * acc_up[j] : acc[j];
+        }
+        T* ye = y + int64_t(e) * capacity * n;
+        const bool pad = row_token == nullptr;  // the padding rows' zeros are part of y
+        if (r_lo < capacity && (has_lo || pad)) {
+          *reinterpret_cast<uint32_t*>(ye + r_lo * n + col) =
+              r_lo < rows ? pack_pair<T>(v[0], v[1]) : 0u;
+        }
+        if (r_hi < capacity && (has_hi || pad)) {
+          *reinterpret_cast<uint32_t*>(ye + r_hi * n + col) =
+              r_hi < rows ? pack_pair<T>(v[2], v[3]) : 0u;
+        }
+      }
+    }
+  }
+  if (kPartial || row_token != nullptr) return;
+  // The idle experts' blocks of y: zeros, 16 bytes at a time (n is a multiple of 8).
+  const int64_t block_packs = int64_t(capacity) * n / 8;
+  const int64_t zero_packs = int64_t(experts - chosen) * block_packs;
+  for (int64_t i = blockIdx.x * int64_t(kMmaThreads) + threadIdx.x; i < zero_packs;
+       i += int64_t(gridDim.x) * kMmaThreads) {
+    const int e = order[chosen + i / block_packs];
+    reinterpret_cast<uint4*>(y + int64_t(e) * capacity * n)[i % block_packs] = zero;
+  }
+}
+
+template <typename Kernel>
+int resident_blocks_per_sm(Kernel kernel) {
+  int blocks = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kMmaThreads, 0) !=
+      cudaSuccess) {
+    (void)cudaGetLastError();
+    return 1;
+  }
+  return std::max(blocks, 1);
 }
 
 }  // namespace
