@@ -82,6 +82,14 @@ constexpr int kMmaWarps = 8;
 constexpr int kMmaThreads = kMmaWarps * 32;
 constexpr int kMmaStages = 4;  // k steps of loads in flight per warp
 
+// The k parts a kPartial product uses: k_parts when its tiles alone would leave a resident grid
+// of `grid` blocks doing one or two each (fewer than 1.5 per block), else 1 (each part costs a
+// block-wide exchange, which only pays when it evens out the blocks' work).
+__host__ __device__ __forceinline__ int k_parts_for(int chosen, int groups_per_expert, int grid,
+                                                    int k_parts) {
+  return int64_t(chosen) * groups_per_expert * 2 <= int64_t(3) * grid ? k_parts : 1;
+}
+
 // A grid sized to what stays resident walks (chosen expert, column group[, k part]) items,
 // consecutive blocks on consecutive columns of one expert; experts nobody chose cost no block of
 // their own.
@@ -89,11 +97,12 @@ constexpr int kMmaStages = 4;  // k steps of loads in flight per warp
 //     tokens and expert e's row r is x[row_token[e * capacity + r]] (the gather, done here).
 //   - kPartial false: y (E * capacity, n) in T, padding rows and the idle experts' rows zeroed
 //     (by the whole grid at the end) unless row_token is given (then only kept rows are written).
-//   - kPartial true: k is cut into k_parts equal ranges, one item each, and the item's f32 sums
+//   - kPartial true: k is cut into k_parts_for() equal ranges, one item each, and their f32 sums
 //     go to partial (k_parts, E * capacity, n) for the kept rows only; the block's first item's
 //     weights are brought into L2 before it waits for its predecessor (they are known from the
 //     router's counts, written two launches earlier).
-template <typename T, int kSplit, bool kSwiglu, bool kTwoRowTiles, bool kPartial = false>
+template <typename T, int kSplit, bool kSwiglu, bool kTwoRowTiles, bool kPartial = false,
+          int kStages = kMmaStages>
 __global__ void __launch_bounds__(kMmaThreads, 2)
     grouped_mma_kernel(const T* x, const int32_t* row_token, ExpertWeights weights,
                        ExpertWeights up, const int32_t* kept, int capacity, int64_t n, int64_t k,
@@ -103,12 +112,12 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
   constexpr int kValues = kSwiglu ? 8 : 4;    // C fragment floats per lane (gate, up)
   __shared__ int counts[kMaxGroupedExperts], order[kMaxGroupedExperts], chosen_count;
   __shared__ float partial[kSplit > 1 ? kMmaWarps : 1][kValues][32];
-  const int parts = kPartial ? k_parts : 1;
   const int64_t steps = k / 32;
-  int chosen = 0;
+  int chosen = 0, parts = 1;
   if constexpr (kPartial) {
     // The router's counts are complete: the predecessor itself waited for them.
     chosen = order_experts_chosen_first(kept, experts, counts, order, &chosen_count);
+    parts = k_parts_for(chosen, groups_per_expert, gridDim.x, k_parts);
     const int64_t first = blockIdx.x;
     if (first < int64_t(chosen) * groups_per_expert * parts) {
       const int64_t part = first % parts, group = (first / parts) % groups_per_expert;
@@ -154,10 +163,10 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
       }
       const T* x_lo = x + row_lo * k + 8 * quad_col;
       const T* x_hi = x + row_hi * k + 8 * quad_col;
-      for (int64_t s0 = s_begin + split; s0 < s_end; s0 += int64_t(kSplit) * kMmaStages) {
-        uint4 w[kMmaStages], u[kMmaStages], lo[kMmaStages], hi[kMmaStages];
+      for (int64_t s0 = s_begin + split; s0 < s_end; s0 += int64_t(kSplit) * kStages) {
+        uint4 w[kStages], u[kStages], lo[kStages], hi[kStages];
 #pragma unroll
-        for (int i = 0; i < kMmaStages; ++i) {
+        for (int i = 0; i < kStages; ++i) {
           const int64_t s = s0 + int64_t(i) * kSplit;
           const bool live = s < s_end;
           w[i] = live ? load_weights_once(w_row + s * 32) : zero;
@@ -166,7 +175,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
           hi[i] = live && has_hi ? __ldg(reinterpret_cast<const uint4*>(x_hi + s * 32)) : zero;
         }
 #pragma unroll
-        for (int i = 0; i < kMmaStages; ++i) {
+        for (int i = 0; i < kStages; ++i) {
           const uint32_t a0[4] = {lo[i].x, hi[i].x, lo[i].y, hi[i].y};
           const uint32_t a1[4] = {lo[i].z, hi[i].z, lo[i].w, hi[i].w};
           mma_16x8x16<T>(acc, a0, w[i].x, w[i].y);

@@ -6,9 +6,10 @@
 //    expert's kept rows of x straight from the step's tokens through the padded layout's token
 //    index: no gathered copy of x. The SwiGLU values are rounded to the dtype
 //    (moe_grouped_swiglu_nt's value) and only the kept rows are written.
-// 2. The down product cuts k (the ffn dimension) in two: with one 8-column tile per block and
-//    k whole, batch 1's 4 x 96 items left a resident grid of 264 blocks doing one or two items
-//    (73% busy); with two k parts every block does two or three. Each part's f32 sums go to a
+// 2. The down product cuts k (the ffn dimension) in two when its tiles are few: with one
+//    8-column tile per block and k whole, batch 1's 4 x 96 tiles left a resident grid of 264
+//    blocks doing one or two each (73% busy); with two k parts every block does two or three
+//    (k_parts_for() decides on the device, from the chosen experts). The f32 sums go to a
 //    partial buffer, unrounded. Its blocks, scheduled while the SwiGLU's last blocks run
 //    (programmatic dependent launch), first bring their first item's weights into L2.
 // 3. The combine: y[t] = sum over token t's padded rows n (ascending) of gate[slot[n]] * (the
@@ -37,19 +38,27 @@ constexpr int kMaxCapacity = 16;   // one m16 tile of rows per expert
 constexpr int kMaxTokenRows = 32;  // padded rows of one token (its top-k slots) the combine takes
 constexpr int kCombineThreads = 128;  // two output columns each
 constexpr int kCombineColumns = 2 * kCombineThreads;
+// Loads in flight per warp (bytes in flight are what these products' speed is): the gate/up
+// product's 6 k steps of two weight rows (6 KB per warp) and the down product's 8 of one (4 KB;
+// as an op it keeps 4, 2 KB per warp, and measured 2.7 TB/s).
+constexpr int kGateStages = 6;
+constexpr int kDownStages = 8;
 
 // Grid (tokens, hidden / kCombineColumns). Every output row is written (0 for a token without
-// rows). partial: (kParts, padded_rows, hidden) f32.
-template <typename T, int kParts>
+// rows). partial: (kMaxParts, padded_rows, hidden) f32, of which the down product wrote the
+// first k_parts_for(chosen, down_groups, down_grid, kMaxParts).
+template <typename T, int kMaxParts>
 __global__ void __launch_bounds__(kCombineThreads)
     experts_combine_kernel(const float* partial, const int32_t* token, const int32_t* slot,
-                           const float* gate, int padded_rows, int64_t hidden, T* y) {
+                           const float* gate, const int32_t* kept, int experts, int capacity,
+                           int down_groups, int down_grid, int64_t hidden, T* y) {
   __shared__ int row_n[kMaxTokenRows];
   __shared__ float row_gate[kMaxTokenRows];
-  __shared__ int row_count;
+  __shared__ int row_count, parts;
   wait_for_preceding_grid();
   allow_dependent_launch();
   const int t = blockIdx.x, lane = threadIdx.x & 31;
+  const int padded_rows = experts * capacity;
   if (threadIdx.x < 32) {
     // Token t's padded rows in ascending order (a ballot over 32 rows at a time).
     int found = 0;
@@ -64,7 +73,15 @@ __global__ void __launch_bounds__(kCombineThreads)
       }
       found += __popc(mask);
     }
-    if (lane == 0) row_count = min(found, kMaxTokenRows);
+    int chosen = 0;
+    for (int base = 0; base < experts; base += 32) {
+      const int e = base + lane;
+      chosen += __popc(__ballot_sync(0xffffffffu, e < experts && kept[e + 1] > kept[e]));
+    }
+    if (lane == 0) {
+      row_count = min(found, kMaxTokenRows);
+      parts = k_parts_for(chosen, down_groups, down_grid, kMaxParts);
+    }
   }
   __syncthreads();
   const int64_t col = int64_t(blockIdx.y) * kCombineColumns + 2 * threadIdx.x;
@@ -73,12 +90,12 @@ __global__ void __launch_bounds__(kCombineThreads)
   float2 sum = make_float2(0.0f, 0.0f);
   constexpr int kBatch = 4;  // rows whose loads go out together
   for (int i0 = 0; i0 < row_count; i0 += kBatch) {
-    float2 v[kBatch][kParts];
+    float2 v[kBatch][kMaxParts];
 #pragma unroll
     for (int b = 0; b < kBatch; ++b) {
 #pragma unroll
-      for (int p = 0; p < kParts; ++p) {
-        v[b][p] = i0 + b < row_count
+      for (int p = 0; p < kMaxParts; ++p) {
+        v[b][p] = i0 + b < row_count && p < parts
                       ? __ldcg(reinterpret_cast<const float2*>(
                             partial + p * part_stride + int64_t(row_n[i0 + b]) * hidden + col))
                       : make_float2(0.0f, 0.0f);
@@ -89,7 +106,9 @@ __global__ void __launch_bounds__(kCombineThreads)
       if (i0 + b >= row_count) break;
       float2 s = v[b][0];
 #pragma unroll
-      for (int p = 1; p < kParts; ++p) s.x += v[b][p].x, s.y += v[b][p].y;
+      for (int p = 1; p < kMaxParts; ++p) {
+        if (p < parts) s.x += v[b][p].x, s.y += v[b][p].y;
+      }
       const float g = row_gate[i0 + b];
       sum.x += g * s.x;
       sum.y += g * s.y;
@@ -122,8 +141,8 @@ void launch_expert_block(const T* x, const int32_t* token, const int32_t* slot, 
                          cudaStream_t stream) {
   // gate/up: k = hidden split over two warps (or none when short), 8-column tiles of ffn.
   const bool short_rows = hidden / 32 < 16;
-  auto swiglu = short_rows ? grouped_mma_kernel<T, 1, true, kTwoRowTiles>
-                           : grouped_mma_kernel<T, 2, true, kTwoRowTiles>;
+  auto swiglu = short_rows ? grouped_mma_kernel<T, 1, true, kTwoRowTiles, false, kGateStages>
+                           : grouped_mma_kernel<T, 2, true, kTwoRowTiles, false, kGateStages>;
   const int64_t swiglu_cols = short_rows ? kMmaWarps * 8 : kMmaWarps / 2 * 8;
   const int swiglu_groups = static_cast<int>((ffn + swiglu_cols - 1) / swiglu_cols);
   launch_dependent(
@@ -131,21 +150,21 @@ void launch_expert_block(const T* x, const int32_t* token, const int32_t* slot, 
       kMmaThreads, 0, stream, x, token, gw, uw, kept, capacity, ffn, hidden, act,
       static_cast<float*>(nullptr), 1, experts, swiglu_groups);
   NNKIT_CUDA_CHECK_LAUNCH(grouped_mma_kernel);
-  auto down = grouped_mma_kernel<T, kDownSplit, false, kTwoRowTiles, true>;
+  auto down = grouped_mma_kernel<T, kDownSplit, false, kTwoRowTiles, true, kDownStages>;
   const int64_t down_cols = kMmaWarps / kDownSplit * 8;
   const int down_groups = static_cast<int>((hidden + down_cols - 1) / down_cols);
-  launch_dependent(
-      down,
-      static_cast<unsigned>(resident_grid(down, sms, int64_t(down_groups) * experts * kParts)),
-      kMmaThreads, 0, stream, static_cast<const T*>(act), static_cast<const int32_t*>(nullptr), dw,
-      dw, kept, capacity, hidden, ffn, static_cast<T*>(nullptr), partial, kParts, experts,
-      down_groups);
+  const auto down_grid =
+      static_cast<int>(resident_grid(down, sms, int64_t(down_groups) * experts * kParts));
+  launch_dependent(down, static_cast<unsigned>(down_grid), kMmaThreads, 0, stream,
+                   static_cast<const T*>(act), static_cast<const int32_t*>(nullptr), dw, dw, kept,
+                   capacity, hidden, ffn, static_cast<T*>(nullptr), partial, kParts, experts,
+                   down_groups);
   NNKIT_CUDA_CHECK_LAUNCH(grouped_mma_kernel);
   const dim3 grid(static_cast<unsigned>(tokens),
                   static_cast<unsigned>((hidden + kCombineColumns - 1) / kCombineColumns));
   launch_dependent(experts_combine_kernel<T, kParts>, grid, kCombineThreads, 0, stream,
-                   static_cast<const float*>(partial), token, slot, gate, experts * capacity,
-                   hidden, y);
+                   static_cast<const float*>(partial), token, slot, gate, kept, experts, capacity,
+                   down_groups, down_grid, hidden, y);
   NNKIT_CUDA_CHECK_LAUNCH(experts_combine_kernel);
 }
 
