@@ -98,15 +98,16 @@ __host__ __device__ __forceinline__ int k_parts_for(int chosen, int groups_per_e
 //   - kPartial false: y (E * capacity, n) in T, padding rows and the idle experts' rows zeroed
 //     (by the whole grid at the end) unless row_token is given (then only kept rows are written).
 //   - kPartial true: k is cut into k_parts_for() equal ranges, one item each, and their f32 sums
-//     go to partial (k_parts, E * capacity, n) for the kept rows only; the block's first item's
-//     weights are brought into L2 before it waits for its predecessor (they are known from the
-//     router's counts, written two launches earlier).
+//     go to partial (k_parts, E * capacity, n) for the kept rows only; with prefetch_first the
+//     block's first item's weights are brought into L2 before it waits for its predecessor
+//     (they are known from the router's counts, written two launches earlier).
 template <typename T, int kSplit, bool kSwiglu, bool kTwoRowTiles, bool kPartial = false,
           int kStages = kMmaStages>
 __global__ void __launch_bounds__(kMmaThreads, 2)
     grouped_mma_kernel(const T* x, const int32_t* row_token, ExpertWeights weights,
                        ExpertWeights up, const int32_t* kept, int capacity, int64_t n, int64_t k,
-                       T* y, float* partial_out, int k_parts, int experts, int groups_per_expert) {
+                       T* y, float* partial_out, int k_parts, int experts, int groups_per_expert,
+                       bool prefetch_first = false) {
   static_assert(!(kPartial && kSwiglu), "the SwiGLU is applied to whole sums");
   constexpr int kTiles = kMmaWarps / kSplit;  // 8-column tiles per block
   constexpr int kValues = kSwiglu ? 8 : 4;    // C fragment floats per lane (gate, up)
@@ -119,7 +120,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
     chosen = order_experts_chosen_first(kept, experts, counts, order, &chosen_count);
     parts = k_parts_for(chosen, groups_per_expert, gridDim.x, k_parts);
     const int64_t first = blockIdx.x;
-    if (first < int64_t(chosen) * groups_per_expert * parts) {
+    if (prefetch_first && first < int64_t(chosen) * groups_per_expert * parts) {
       const int64_t part = first % parts, group = (first / parts) % groups_per_expert;
       const int e = order[first / parts / groups_per_expert];
       const int64_t s_begin = part * steps / parts, s_end = (part + 1) * steps / parts;

@@ -41,8 +41,12 @@ constexpr int kCombineColumns = 2 * kCombineThreads;
 // Loads in flight per warp (bytes in flight are what these products' speed is): the gate/up
 // product's 6 k steps of two weight rows (6 KB per warp) and the down product's 8 of one (4 KB;
 // as an op it keeps 4, 2 KB per warp, and measured 2.7 TB/s).
-constexpr int kGateStages = 6;
-constexpr int kDownStages = 8;
+struct DeepStages {
+  static constexpr int kGate = 6, kDown = 8;
+};
+struct ShallowStages {
+  static constexpr int kGate = 4, kDown = 4;
+};
 
 // Grid (tokens, hidden / kCombineColumns). Every output row is written (0 for a token without
 // rows). partial: (kMaxParts, padded_rows, hidden) f32, of which the down product wrote the
@@ -117,14 +121,12 @@ __global__ void __launch_bounds__(kCombineThreads)
   *reinterpret_cast<uint32_t*>(y + int64_t(t) * hidden + col) = pack_pair<T>(sum.x, sum.y);
 }
 
-// The one-pass path is the default for the shapes it takes; NNKIT_FUSED_EXPERTS=0 runs the
-// four-op composition instead (to compare the two on one machine).
-bool fused_experts_enabled() {
-  static const bool enabled = [] {
-    const char* flag = std::getenv("NNKIT_FUSED_EXPERTS");
-    return flag == nullptr || std::strcmp(flag, "0") != 0;
-  }();
-  return enabled;
+// Switches to compare variants on one machine: NNKIT_FUSED_EXPERTS=0 runs the four-op
+// composition instead, NNKIT_DOWN_PREFETCH=0 skips the down product's L2 prefetch of its first
+// tile, NNKIT_EXPERT_STAGES=4 keeps 4 k steps of loads in flight in both products.
+bool env_switch_on(const char* name) {
+  const char* flag = std::getenv(name);
+  return flag == nullptr || std::strcmp(flag, "0") != 0;
 }
 
 template <typename Kernel>
@@ -133,24 +135,24 @@ int64_t resident_grid(Kernel kernel, int sms, int64_t items) {
   return std::max<int64_t>(1, std::min<int64_t>(int64_t(per_sm) * std::max(sms, 1), items));
 }
 
-template <typename T, bool kTwoRowTiles, int kDownSplit, int kParts>
+template <typename T, typename Stages, bool kTwoRowTiles, int kDownSplit, int kParts>
 void launch_expert_block(const T* x, const int32_t* token, const int32_t* slot, const float* gate,
                          const ExpertWeights& gw, const ExpertWeights& uw, const ExpertWeights& dw,
                          const int32_t* kept, int experts, int capacity, int64_t hidden,
-                         int64_t ffn, int64_t tokens, int sms, T* act, float* partial, T* y,
-                         cudaStream_t stream) {
+                         int64_t ffn, int64_t tokens, int sms, bool prefetch, T* act,
+                         float* partial, T* y, cudaStream_t stream) {
   // gate/up: k = hidden split over two warps (or none when short), 8-column tiles of ffn.
   const bool short_rows = hidden / 32 < 16;
-  auto swiglu = short_rows ? grouped_mma_kernel<T, 1, true, kTwoRowTiles, false, kGateStages>
-                           : grouped_mma_kernel<T, 2, true, kTwoRowTiles, false, kGateStages>;
+  auto swiglu = short_rows ? grouped_mma_kernel<T, 1, true, kTwoRowTiles, false, Stages::kGate>
+                           : grouped_mma_kernel<T, 2, true, kTwoRowTiles, false, Stages::kGate>;
   const int64_t swiglu_cols = short_rows ? kMmaWarps * 8 : kMmaWarps / 2 * 8;
   const int swiglu_groups = static_cast<int>((ffn + swiglu_cols - 1) / swiglu_cols);
   launch_dependent(
       swiglu, static_cast<unsigned>(resident_grid(swiglu, sms, int64_t(swiglu_groups) * experts)),
       kMmaThreads, 0, stream, x, token, gw, uw, kept, capacity, ffn, hidden, act,
-      static_cast<float*>(nullptr), 1, experts, swiglu_groups);
+      static_cast<float*>(nullptr), 1, experts, swiglu_groups, false);
   NNKIT_CUDA_CHECK_LAUNCH(grouped_mma_kernel);
-  auto down = grouped_mma_kernel<T, kDownSplit, false, kTwoRowTiles, true, kDownStages>;
+  auto down = grouped_mma_kernel<T, kDownSplit, false, kTwoRowTiles, true, Stages::kDown>;
   const int64_t down_cols = kMmaWarps / kDownSplit * 8;
   const int down_groups = static_cast<int>((hidden + down_cols - 1) / down_cols);
   const auto down_grid =
@@ -158,7 +160,7 @@ void launch_expert_block(const T* x, const int32_t* token, const int32_t* slot, 
   launch_dependent(down, static_cast<unsigned>(down_grid), kMmaThreads, 0, stream,
                    static_cast<const T*>(act), static_cast<const int32_t*>(nullptr), dw, dw, kept,
                    capacity, hidden, ffn, static_cast<T*>(nullptr), partial, kParts, experts,
-                   down_groups);
+                   down_groups, prefetch);
   NNKIT_CUDA_CHECK_LAUNCH(grouped_mma_kernel);
   const dim3 grid(static_cast<unsigned>(tokens),
                   static_cast<unsigned>((hidden + kCombineColumns - 1) / kCombineColumns));
@@ -184,8 +186,8 @@ void CudaBackend::moe_swiglu_experts_padded(const Tensor& x, const Tensor& token
   if (tokens == 0) return;
   // The three-launch path takes 16-bit tensors of 16-byte-aligned rows, hidden and ffn
   // multiples of 32 and at most one m16 tile of rows per expert; anything else composes ops.
-  bool fits = x.dtype() != DType::kF32 && fused_experts_enabled() && s.hidden % 32 == 0 &&
-              s.ffn % 32 == 0 && s.ffn > 0 && capacity <= kMaxCapacity &&
+  bool fits = x.dtype() != DType::kF32 && env_switch_on("NNKIT_FUSED_EXPERTS") &&
+              s.hidden % 32 == 0 && s.ffn % 32 == 0 && s.ffn > 0 && capacity <= kMaxCapacity &&
               s.experts <= kMaxGroupedExperts && gate.numel() <= tokens * kMaxTokenRows &&
               aligned16(x.raw()) && aligned16(y.raw());
   ExpertWeights gw{}, uw{}, dw{};
@@ -210,13 +212,21 @@ void CudaBackend::moe_swiglu_experts_padded(const Tensor& x, const Tensor& token
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (!std::is_same_v<T, float>) {
+      static const bool prefetch = env_switch_on("NNKIT_DOWN_PREFETCH");
+      static const bool deep = [] {
+        const char* flag = std::getenv("NNKIT_EXPERT_STAGES");
+        return flag == nullptr || std::strcmp(flag, "4") != 0;
+      }();
       auto run = [&](auto two_rows, auto split, auto k_parts) {
-        launch_expert_block<T, decltype(two_rows)::value, decltype(split)::value,
-                            decltype(k_parts)::value>(
-            ptr<T>(x), ptr<int32_t>(token), ptr<int32_t>(slot), ptr<float>(gate), gw, uw, dw,
-            ptr<int32_t>(kept_offsets), static_cast<int>(s.experts), static_cast<int>(capacity),
-            s.hidden, s.ffn, tokens, limits_.sms, ptr<T>(act), ptr<float>(partial), ptr<T>(y),
-            stream_);
+        auto launch = [&](auto stages) {
+          launch_expert_block<T, decltype(stages), decltype(two_rows)::value,
+                              decltype(split)::value, decltype(k_parts)::value>(
+              ptr<T>(x), ptr<int32_t>(token), ptr<int32_t>(slot), ptr<float>(gate), gw, uw, dw,
+              ptr<int32_t>(kept_offsets), static_cast<int>(s.experts), static_cast<int>(capacity),
+              s.hidden, s.ffn, tokens, limits_.sms, prefetch, ptr<T>(act), ptr<float>(partial),
+              ptr<T>(y), stream_);
+        };
+        deep ? launch(DeepStages{}) : launch(ShallowStages{});
       };
       using One = std::integral_constant<int, 1>;
       using Two = std::integral_constant<int, 2>;
