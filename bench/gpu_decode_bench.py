@@ -18,7 +18,8 @@ The bandwidth floor: bytes of bf16 weights read per decode step (attention + rou
 the distinct experts the batch's tokens choose, estimated for uniform routing) / 4.3 TB/s.
 nnkit runs --repeats times per batch size (each a full process) and reports the median run's
 numbers with every run's decode rate in `decode_runs`: one run varied by ~10% between leases.
-Prints one JSON line per measurement.
+Prints one JSON line per measurement; `distinct_ids` counts the distinct generated token ids over
+the batch (runs whose text differs read different experts, which moves the rate).
 """
 import argparse
 import json
@@ -67,7 +68,11 @@ def run_nnkit(args, batch):
     return {"decode_tokens_per_s": round(r["decode_tokens_per_s"], 1),
             "prefill_tokens_per_s": round(r["prefill_tokens_per_s"], 1),
             "decode_graph": r.get("decode_graph"), "precision": r.get("precision"),
-            "generated": len(r["ids"]), "wall_s": round(wall, 1)}
+            "generated": len(r["ids"]), "wall_s": round(wall, 1),
+            # How varied the generated text is: the experts a step reads depend on it (a batch
+            # whose sequences repeat one token reads fewer distinct experts than the floor's
+            # uniform routing assumes), so runs that decode different tokens are not comparable.
+            "distinct_ids": len({i for line in lines for i in line.get("ids", [])})}
 
 
 def run_hf(args, dims, batch, model_cache):

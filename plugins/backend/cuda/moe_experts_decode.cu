@@ -123,7 +123,8 @@ __global__ void __launch_bounds__(kCombineThreads)
 
 // Switches to compare variants on one machine: NNKIT_FUSED_EXPERTS=0 runs the four-op
 // composition instead, NNKIT_DOWN_PREFETCH=0 skips the down product's L2 prefetch of its first
-// tile, NNKIT_EXPERT_STAGES=4 keeps 4 k steps of loads in flight in both products.
+// tile, NNKIT_EXPERT_STAGES=4 keeps 4 k steps of loads in flight in both products,
+// NNKIT_DOWN_PARTS=1 never cuts the down product's k.
 bool env_switch_on(const char* name) {
   const char* flag = std::getenv(name);
   return flag == nullptr || std::strcmp(flag, "0") != 0;
@@ -204,9 +205,14 @@ void CudaBackend::moe_swiglu_experts_padded(const Tensor& x, const Tensor& token
     return;
   }
   const int64_t padded = s.experts * capacity;
-  // Two k parts for the down product when each keeps enough k steps per warp.
+  // Two k parts for the down product when each keeps enough k steps per warp (at most: the
+  // kernels pick on the device; NNKIT_DOWN_PARTS=1 never splits).
   const int64_t down_steps = s.ffn / 32;
-  const int parts = down_steps >= 32 ? 2 : 1;
+  static const bool split_allowed = [] {
+    const char* flag = std::getenv("NNKIT_DOWN_PARTS");
+    return flag == nullptr || std::strcmp(flag, "1") != 0;
+  }();
+  const int parts = down_steps >= 32 && split_allowed ? 2 : 1;
   Tensor act = empty({padded, s.ffn}, x.dtype());
   Tensor partial = empty({parts * padded * s.hidden});  // f32; the kept rows are written
   dispatch_float(x.dtype(), [&](auto tag) {
@@ -235,16 +241,16 @@ void CudaBackend::moe_swiglu_experts_padded(const Tensor& x, const Tensor& token
       // product of down_steps / parts steps (8 warps for long parts, 2 for short).
       const bool long_parts = down_steps / parts >= 64;
       const bool two_rows = capacity > 8;
-      if (parts == 2) {
+      auto by_split = [&](auto k_parts) {
         if (two_rows) {
-          long_parts ? run(std::true_type{}, Eight{}, Two{}) : run(std::true_type{}, Two{}, Two{});
+          long_parts ? run(std::true_type{}, Eight{}, k_parts)
+                     : run(std::true_type{}, Two{}, k_parts);
         } else {
-          long_parts ? run(std::false_type{}, Eight{}, Two{})
-                     : run(std::false_type{}, Two{}, Two{});
+          long_parts ? run(std::false_type{}, Eight{}, k_parts)
+                     : run(std::false_type{}, Two{}, k_parts);
         }
-      } else {
-        two_rows ? run(std::true_type{}, Two{}, One{}) : run(std::false_type{}, Two{}, One{});
-      }
+      };
+      parts == 2 ? by_split(Two{}) : by_split(One{});
     }
   });
 }
