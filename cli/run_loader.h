@@ -1,5 +1,9 @@
-// Purpose: getting a ready model for inference commands (eval, generate): either freshly
+// Purpose: getting a ready model for inference commands (eval, generate, logits): either freshly
 // initialised from a CONFIG (--random-init) or restored from a training run's newest checkpoint.
+// The model is inference-only (Transformer::allocate_inference_only: on a bf16/fp16 backend it
+// holds its compute-dtype weights and no f32 masters), loaded one tensor at a time;
+// --keep-f32-masters allocates the masters as training does (for comparisons: same tokens, 3x
+// the weight memory at bf16).
 // Ownership: LoadedModel owns everything; members are destroyed model-first.
 #pragma once
 
@@ -29,6 +33,10 @@ struct MemoryPlan {
   std::string command;
   std::function<MemoryShape(const RunConfig&)> shape;
 };
+
+inline constexpr const char* kKeepMastersFlag = "--keep-f32-masters";
+// The flag's help line, for the commands that load a model through this file.
+FlagSpec keep_masters_flag();
 
 // seed < 0 uses the config's seed.
 LoadedModel build_random_model(const std::filesystem::path& config,

@@ -73,7 +73,8 @@ int run_convert(const Args& raw) {
   const Registry registry(Registry::default_search_paths(apply_common_flags(args)));
   if (pos[0] == "import-hf") {
     if (args.has("--dtype") || args.has("--shard-size")) {
-      throw UsageError("cli", "--dtype and --shard-size apply to export-hf (import keeps f32)");
+      throw UsageError(
+          "cli", "--dtype and --shard-size apply to export-hf (import keeps the HF files' dtypes)");
     }
     const HfImportReport report = import_hf(pos[1], *output, registry);
     std::cout << "imported " << report.architecture << " (" << group_digits(report.parameters)

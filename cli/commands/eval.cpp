@@ -133,6 +133,7 @@ int run_eval(const Args& raw) {
        {"--max-tokens", "N", "evaluate at most N tokens"},
        {"--json", "", "print {loss, ppl, tokens} as JSON"},
        skip_memory_check_flag(),
+       keep_masters_flag(),
        allow_tokenizer_mismatch_flag()},
       "CONFIG  a YAML model description (with --random-init)",
       true};

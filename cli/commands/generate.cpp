@@ -99,8 +99,9 @@ int run_generate(const Args& raw) {
        {"--temperature", "T", "divide logits by T (> 0)"},
        {"--repetition-penalty", "R", "CTRL penalty for tokens already present"},
        {"--truncate-prompt", "", "keep the end of a prompt that is longer than the context"},
-       {"--json", "", "print one JSON object per prompt (text, ids, tokens/s)"},
-       skip_memory_check_flag()},
+       {"--json", "", "print one JSON object per prompt (text, ids, tokens/s, memory)"},
+       skip_memory_check_flag(),
+       keep_masters_flag()},
       "CONFIG  a YAML model description (with --random-init)",
       true};
   const std::optional<ParsedArgs> parsed = parse_command(spec, raw);
@@ -165,6 +166,14 @@ int run_generate(const Args& raw) {
                                 })
                                        : TextCallback());
   if (args.has("--json")) {
+    // What the weights hold, and what the device had in use once generation finished (its
+    // total minus free memory: this process's tensors, its CUDA context and any other process;
+    // cached free blocks count as free). null on a host backend.
+    const int64_t weight_bytes = loaded.model->weight_bytes();
+    nlohmann::json device_in_use = nullptr;
+    if (const auto memory = loaded.model->backend().device_memory()) {
+      device_in_use = memory->total - memory->free;
+    }
     for (size_t i = 0; i < results.size(); ++i) {
       const auto& r = results[i];
       std::cout << nlohmann::json{{"prompt", prompts[i]},
@@ -179,7 +188,10 @@ int run_generate(const Args& raw) {
                                    dtype_name(loaded.model->backend().compute_dtype())},
                                   {"backend", loaded.model->backend().id()},
                                   {"decode_graph", r.decode_graph},
-                                  {"device_sampling", r.device_sampling}}
+                                  {"device_sampling", r.device_sampling},
+                                  {"inference_only_weights", loaded.model->inference_only()},
+                                  {"weight_bytes", weight_bytes},
+                                  {"device_memory_in_use_bytes", device_in_use}}
                        .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
                 << "\n";
     }

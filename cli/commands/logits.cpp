@@ -26,7 +26,8 @@ int run_logits(const Args& raw) {
        {"--random-init", "", "a freshly initialised model built from CONFIG"},
        {"--seed", "N", "initialisation seed for --random-init (default: the config's seed)"},
        {"--json", "", "print every logit as JSON"},
-       skip_memory_check_flag()},
+       skip_memory_check_flag(),
+       keep_masters_flag()},
       "CONFIG  a YAML model description (with --random-init)",
       true};
   const std::optional<ParsedArgs> parsed = parse_command(spec, raw);

@@ -20,13 +20,10 @@ namespace nnkit::cli {
 namespace {
 
 nlohmann::json memory_json(const MemoryEstimate& e) {
-  return {{"parameters", e.parameters},
-          {"compute_copies", e.compute_copies},
-          {"gradients", e.gradients},
-          {"optimizer_state", e.optimizer_state},
-          {"activations", e.activations},
-          {"kv_cache", e.kv_cache},
-          {"total", e.total()}};
+  return {{"parameters", e.parameters},     {"compute_copies", e.compute_copies},
+          {"gradients", e.gradients},       {"optimizer_state", e.optimizer_state},
+          {"activations", e.activations},   {"kv_cache", e.kv_cache},
+          {"load_staging", e.load_staging}, {"total", e.total()}};
 }
 
 // The resolved values with their origins, one per line, values and origins in aligned columns.

@@ -125,6 +125,59 @@ TEST(MemoryEstimate, EvalAndGenerate) {
   EXPECT_EQ(gen.kv_cache, 2 * 100 * 4 * 2 * 32 * 4);
 }
 
+// Inference at bf16 holds the compute copies only (Transformer::allocate_inference_only) and one
+// f32 tensor while loading: the largest parameter, here the embedding (260 x 128).
+TEST(MemoryEstimate, InferenceAtBf16CountsComputeWeightsAndOneStagedTensor) {
+  for (Workload workload : {Workload::kEval, Workload::kGenerate}) {
+    const MemoryShape shape{workload, 2, 10, 100, false};
+    const MemoryEstimate e = estimate_memory(tiny("cuda", "bf16"), kParams, shape);
+    EXPECT_EQ(e.parameters, 0);
+    EXPECT_EQ(e.compute_copies, 2 * kParams);
+    EXPECT_EQ(e.load_staging, 4 * 260 * 128);
+    EXPECT_EQ(e.gradients, 0);
+    EXPECT_EQ(e.total(), e.compute_copies + e.load_staging + e.activations + e.kv_cache);
+    MemoryShape with_masters = shape;
+    with_masters.keep_f32_masters = true;
+    const MemoryEstimate m = estimate_memory(tiny("cuda", "bf16"), kParams, with_masters);
+    EXPECT_EQ(m.parameters, 4 * kParams);
+    EXPECT_EQ(m.compute_copies, 2 * kParams);
+    EXPECT_EQ(m.load_staging, 0);
+    // At fp32 the masters are the weights that compute.
+    const MemoryEstimate fp32 = estimate_memory(tiny("cuda", "fp32"), kParams, shape);
+    EXPECT_EQ(fp32.parameters, 4 * kParams);
+    EXPECT_EQ(fp32.compute_copies, 0);
+    EXPECT_EQ(fp32.load_staging, 0);
+  }
+  // Training keeps its masters whatever the flag says.
+  MemoryShape train{Workload::kTrain, 2, 10, 0, false};
+  train.keep_f32_masters = false;
+  EXPECT_EQ(estimate_memory(tiny("cuda", "bf16"), kParams, train).parameters, 4 * kParams);
+}
+
+// configs/cuda-nn-6.9b.yaml generating at bf16: 6,882,678,528 parameters in 2 bytes (12.8 GiB)
+// plus the 32000 x 768 embedding staged in f32, where masters and copies took 38.5 GiB.
+TEST(MemoryEstimate, FlagshipGenerationAtBf16HoldsTheBf16WeightsOnly) {
+  constexpr int64_t kFlagship = 6882678528;
+  RunConfig c = tiny("cuda", "bf16");
+  c.model.vocab_size = 32000;
+  c.model.hidden_dim = 768;
+  c.model.n_layers = 30;
+  c.model.attention.options.set("n_heads", int_value(12));
+  c.model.attention.options.set("head_dim", int_value(64));
+  c.model.experts.options.set("n_experts", int_value(16));
+  c.model.experts.options.set("ffn_dim", int_value(6144));
+  c.model.router.options.set("top_k", int_value(4));
+  const MemoryEstimate e = estimate_memory(c, kFlagship, {Workload::kGenerate, 1, 17, 145, false});
+  EXPECT_EQ(e.compute_copies, 13765357056);  // 12.82 GiB
+  EXPECT_EQ(e.parameters, 0);
+  EXPECT_EQ(e.load_staging, 98304000);  // 32000 x 768 x 4
+  // 30 layers x (k, v) x 64 dims x 2 bytes per token.
+  EXPECT_EQ(e.kv_cache, 145 * 30 * 2 * 64 * 2);
+  MemoryShape with_masters{Workload::kGenerate, 1, 17, 145, false};
+  with_masters.keep_f32_masters = true;
+  EXPECT_EQ(estimate_memory(c, kFlagship, with_masters).parameters, 27530714112);  // 25.6 GiB
+}
+
 TEST(MemoryEstimate, OverflowIsAConfigError) {
   expect_throws<ConfigError>(
       [] {

@@ -1,12 +1,15 @@
-// Purpose: export-hf / import-hf round trips (f32 exact, bf16 within rounding, sharded), the
-// transformers-5 fused expert layout, tied embeddings, and refusals that name the tensor.
+// Purpose: export-hf / import-hf round trips (f32 exact, bf16 within rounding, sharded, bf16
+// imports kept bf16), the transformers-5 fused expert layout, tied embeddings, and refusals that
+// name the tensor.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <set>
 
 #include "hf_test_util.h"
+#include "nnkit/checkpoint.h"
 #include "nnkit/error.h"
 #include "nnkit/hf.h"
 #include "nnkit/io/half.h"
@@ -101,6 +104,48 @@ TEST(HfConvert, Bf16ExportRoundsEachWeightOnce) {
       ASSERT_EQ(b[i], bf16_to_f32(f32_to_bf16(a[i]))) << p->name << "[" << i << "]";
     }
   }
+}
+
+// Importing a bf16 folder keeps the weights bf16: the checkpoint holds the HF file's bytes (no
+// f32 copy of the model is made on the way), a bf16 export of it writes them back unchanged, an
+// f32 export widens them exactly, and the run loads for training and for inference alike.
+TEST(HfConvert, Bf16ImportKeepsTheBf16BytesThroughCheckpointAndExport) {
+  TempDir tmp;
+  HfExportOptions bf16;
+  bf16.dtype = DType::kBF16;
+  make_random_run(tmp / "run", small_moe_yaml(), 13);
+  export_hf(tmp / "run", tmp / "hf", registry(), bf16);
+  import_hf(tmp / "hf", tmp / "back", registry());
+  export_hf(tmp / "back", tmp / "again", registry(), bf16);
+  export_hf(tmp / "back", tmp / "wide", registry(), {});
+  const SafetensorsFile hf(tmp / "hf" / "model.safetensors");
+  const SafetensorsFile checkpoint(CheckpointStore(tmp / "back").require_latest().dir /
+                                   "model.safetensors");
+  const SafetensorsFile again(tmp / "again" / "model.safetensors");
+  const SafetensorsFile wide(tmp / "wide" / "model.safetensors");
+  LoadedRun back = load_run(tmp / "back");
+  for (Parameter* p : back.model->parameters()) {
+    SCOPED_TRACE(p->name);
+    ASSERT_EQ(checkpoint.info(p->name).dtype, DType::kBF16);
+    const auto bytes = hf.bytes(p->name);
+    const std::vector<std::byte> want(bytes.begin(), bytes.end());
+    const auto stored = checkpoint.bytes(p->name);
+    EXPECT_EQ(std::vector<std::byte>(stored.begin(), stored.end()), want);
+    const auto exported = again.bytes(p->name);
+    EXPECT_EQ(std::vector<std::byte>(exported.begin(), exported.end()), want);
+    std::vector<float> widened(want.size() / 2);
+    bf16_to_f32(want.data(), widened.data(), widened.size());
+    ASSERT_EQ(wide.info(p->name).dtype, DType::kF32);
+    const auto f32 = wide.bytes(p->name);
+    EXPECT_EQ(std::memcmp(f32.data(), widened.data(), f32.size()), 0);
+    EXPECT_EQ(parameter_values(*back.model, p->name), widened);  // masters: widened exactly
+  }
+  // An inference-only model of the run computes what the model with masters computes.
+  const RunConfig& config = back.config;
+  auto inference = std::make_unique<Transformer>(config, registry(), cpu_backend());
+  inference->allocate_inference_only();
+  CheckpointStore::load(CheckpointStore(tmp / "back").require_latest(), *inference, nullptr);
+  EXPECT_EQ(logits_of(*inference, kIds), logits_of(*back.model, kIds));
 }
 
 TEST(HfConvert, F16ExportIsCloseToo) {

@@ -1,6 +1,7 @@
 // Purpose: training checkpoints in a run directory, written atomically and verified on load.
 // Layout:  RUN_DIR/checkpoints/step-00000100/
-//            model.safetensors      weights, HF-style names, f32
+//            model.safetensors      weights, HF-style names, f32 (a checkpoint written by
+//                                   `convert import-hf` keeps the HF files' bf16/f16)
 //            optimizer.safetensors  optimizer state ("exp_avg.<param>", "exp_avg_sq.<param>")
 //            trainer.json           step, tokens seen, data-loader state, consecutive bad steps
 //            config.yaml            the resolved config the run used
@@ -18,6 +19,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 #include <utility>
@@ -25,6 +27,7 @@
 
 #include "nnkit/export.h"
 #include "nnkit/io/run_lock.h"
+#include "nnkit/io/safetensors.h"
 #include "nnkit/model.h"
 #include "nnkit/optim.h"
 
@@ -56,7 +59,8 @@ class NNKIT_API CheckpointStore {
   // the holder of the run lock: another live writer's save in progress would lose its folder.
   int remove_temporary_folders() const;
   // Writes a checkpoint of `step`; returns its folder. Keeps the newest `keep` checkpoints and
-  // removes temp folders (a failed save's own on the way out, leftovers at pruning).
+  // removes temp folders (a failed save's own on the way out, leftovers at pruning). Refuses
+  // (Error) an inference-only model: it holds no f32 masters to record.
   std::filesystem::path save(const TrainerState& state, Transformer& model, Optimizer* optimizer,
                              const std::string& config_yaml, int keep = 3);
   // The same from named tensors on `backend`, written in the order given: what expert
@@ -65,6 +69,10 @@ class NNKIT_API CheckpointStore {
                              const std::vector<std::pair<std::string, Tensor>>& weights,
                              const std::vector<std::pair<std::string, Tensor>>& optimizer_state,
                              int64_t optimizer_steps, const std::string& config_yaml, int keep = 3);
+  // The same from weights in host memory (f32, bf16 or f16; the caller's, read and not kept)
+  // and no optimizer state: what `convert import-hf` writes from the memory-mapped HF files.
+  std::filesystem::path save(const TrainerState& state, const std::vector<NamedHostTensor>& weights,
+                             const std::string& config_yaml, int keep = 3);
   // Newest checkpoint with a MANIFEST (half-written temp folders are skipped and logged).
   std::optional<CheckpointRef> latest() const;
   // Like latest(), but throws IoError explaining what is missing when there is none.
@@ -75,12 +83,21 @@ class NNKIT_API CheckpointStore {
   static std::string read_config(const CheckpointRef& ref);
   // Verifies, then copies weights (and optimizer state when given) into already-allocated
   // tensors; every model parameter must be present with its shape (error names the tensor).
+  // Weights load one tensor at a time (Transformer::stage_weights/commit_weights), so an
+  // inference-only model never holds more than one f32 tensor; optimizer state needs a model
+  // made with allocate().
   static TrainerState load(const CheckpointRef& ref, Transformer& model, Optimizer* optimizer);
   // trainer.json text -> TrainerState; throws IoError naming `where` for anything malformed
   // (load() uses it; the fuzz target trainer_state feeds it arbitrary bytes).
   static TrainerState parse_trainer_state(const std::string& json, const std::string& where);
 
  private:
+  // Writes the folder of `state.step` (write_tensors puts model.safetensors and
+  // optimizer.safetensors into the folder it is given), publishes it, prunes to `keep`.
+  std::filesystem::path write(
+      const TrainerState& state, const std::string& config_yaml, int keep,
+      const std::function<void(const std::filesystem::path&)>& write_tensors);
+
   std::filesystem::path run_dir_;
 };
 

@@ -60,13 +60,15 @@ NNKIT_API std::string hf_config_to_yaml(const std::string& config_json, const st
 NNKIT_API std::string hf_config_json(const RunConfig& config, DType dtype, int32_t bos_id,
                                      int32_t eos_id, int32_t pad_id);
 
-// Reads HF_DIR and writes RUN_DIR/checkpoints/step-00000000 (weights in f32, no optimizer state)
-// plus RUN_DIR/tokenizer.model when HF_DIR has one. RUN_DIR must not hold checkpoints yet.
+// Reads HF_DIR and writes RUN_DIR/checkpoints/step-00000000 (each weight in its HF dtype: f32,
+// bf16 or f16, written from the memory-mapped files without a copy of the model in memory; no
+// optimizer state) plus RUN_DIR/tokenizer.model when HF_DIR has one. RUN_DIR must not hold
+// checkpoints yet.
 NNKIT_API HfImportReport import_hf(const std::filesystem::path& hf_dir,
                                    const std::filesystem::path& run_dir, const Registry& registry);
 
-// Writes the newest checkpoint of RUN_DIR as an HF folder (created if needed; earlier model
-// files of ours there are replaced).
+// Writes the newest checkpoint of RUN_DIR (f32, or the 16-bit weights of an imported one) as an
+// HF folder (created if needed; earlier model files of ours there are replaced).
 NNKIT_API HfExportReport export_hf(const std::filesystem::path& run_dir,
                                    const std::filesystem::path& hf_dir, const Registry& registry,
                                    const HfExportOptions& options = {});

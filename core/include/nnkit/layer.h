@@ -27,10 +27,16 @@ struct Parameter {
   float init_value = 0.0f;  // ... else filled with init_value (norm weights: 1)
   bool decay = true;        // AdamW weight decay applies (false for norms/embeddings by default)
   bool is_embedding = false;
-  Tensor value;    // (shape) f32 master weights, allocated by the model builder
+  Tensor value;    // (shape) f32 master weights, allocated by the model builder; undefined in
+                   // an inference-only model for a parameter that has a compute copy (below)
   Tensor grad;     // (shape) f32, zeroed between steps (by the fused optimizer or the trainer)
   Tensor compute;  // (shape) Backend::compute_dtype() copy of value when that is not f32 (bf16
                    // / f16 on CUDA), else undefined; the model builder keeps it in step with value
+  // ABI 6: set by a layer that reads `value` (the f32 master) outside training too, e.g. a
+  // router computing its logits from f32 weights. An inference-only model
+  // (Transformer::allocate_inference_only) then keeps the master besides the compute copy;
+  // without it, a parameter that has a compute copy holds only that copy there.
+  bool value_read_at_inference = false;
 };
 
 // Per-call facts shared by every layer of one forward/backward pass.
@@ -82,8 +88,10 @@ class NNKIT_API Layer : public Component {
   size_t add_parameter(std::string name, Shape shape, float init_std, float init_value = 0.0f,
                        bool decay = true);
   // The weights forward and backward compute with: the low-precision compute copy when the
-  // backend has one, else the f32 master. Components that must compute in f32 (routers) read
-  // params_[index].value directly.
+  // backend has one, else the f32 master. Defined in every model, inference-only ones included.
+  // Components that must compute in f32 read params_[index].value directly; one that does so
+  // outside training sets params_[index].value_read_at_inference in its constructor, since an
+  // inference-only model keeps `value` only for such parameters.
   const Tensor& value(size_t index) const {
     const Parameter& p = params_[index];
     return p.compute.defined() ? p.compute : p.value;

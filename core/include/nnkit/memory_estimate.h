@@ -3,8 +3,12 @@
 // ("needs ~38 GiB, 7.6 GiB available; lower train.batch_size ...") instead of growing until the
 // kernel kills the process. `nnkit validate --json` prints the same numbers (memory_bytes).
 // What is counted, per category (docs/architecture.md, "Memory estimate"):
-//   parameters       fp32 master weights (every backend keeps them)
-//   compute_copies   16-bit copies of the weights (CUDA at precision bf16/fp16; docs/cuda.md)
+//   parameters       fp32 master weights: training, and inference at fp32 (where they are the
+//                    weights that compute) or with keep_f32_masters
+//   compute_copies   16-bit copies of the weights (CUDA at precision bf16/fp16; docs/cuda.md);
+//                    at inference without keep_f32_masters the only copy of the weights
+//   load_staging     inference at bf16/fp16 without masters: the one f32 tensor a load or
+//                    random init stages at a time (the largest parameter)
 //   gradients        fp32, training only
 //   optimizer_state  two fp32 moments per parameter (AdamW), training only
 //   activations      what a step keeps for backward (training) or its largest working set
@@ -37,6 +41,9 @@ struct MemoryShape {
   int64_t seq = 0;          // tokens per sequence in one forward (generate: the longest prompt)
   int64_t kv_capacity = 0;  // generate: KV cache tokens per sequence (prompt + new tokens)
   bool activation_checkpointing = false;
+  // eval/generate: the model also holds its f32 masters (Transformer::allocate instead of
+  // allocate_inference_only; `--keep-f32-masters`). Training always does.
+  bool keep_f32_masters = false;
 };
 
 struct MemoryEstimate {
@@ -46,11 +53,14 @@ struct MemoryEstimate {
   int64_t optimizer_state = 0;
   int64_t activations = 0;
   int64_t kv_cache = 0;
+  int64_t load_staging = 0;
   std::string device;     // "cpu" or "cuda" (the backend's type)
   std::string precision;  // "fp32", "bf16" or "fp16": the dtype of activations
-  // The sum of the categories (estimate_memory keeps each below 2^62, so it cannot overflow).
+  // The sum of the categories (estimate_memory keeps each below 2^62, so the seven cannot
+  // overflow).
   int64_t total() const {
-    return parameters + compute_copies + gradients + optimizer_state + activations + kv_cache;
+    return parameters + compute_copies + gradients + optimizer_state + activations + kv_cache +
+           load_staging;
   }
 };
 

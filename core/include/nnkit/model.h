@@ -5,7 +5,8 @@
 // Parameter names follow Hugging Face Mixtral/Llama ("model.layers.3.self_attn.q_proj.weight").
 // Ownership: the Transformer owns its components and parameter tensors; it shares the Backend.
 // Construction allocates nothing, so huge models can be described and counted; allocate() makes
-// the parameter (and gradient) tensors. Thread-safety: none; one thread drives a model.
+// the parameter (and gradient) tensors, allocate_inference_only() only what inference reads.
+// Thread-safety: none; one thread drives a model.
 #pragma once
 
 #include <cstdint>
@@ -56,9 +57,29 @@ class NNKIT_API Transformer {
   int64_t kv_cache_bytes_per_token() const;
   double rope_base() const;
 
-  // Allocates parameter values (and zeroed gradients when with_grads).
+  // Allocates parameter values (f32 masters), their compute copies on a 16-bit backend, and
+  // zeroed gradients when with_grads: what training and saving need.
   void allocate(bool with_grads);
+  // Inference only (generate, eval, logits): a parameter with a compute copy (every parameter
+  // on a bf16/fp16 backend) gets only that copy, unless its layer reads the master at inference
+  // (Parameter::value_read_at_inference); on an f32 backend the masters are what computes, so
+  // they are allocated. No gradients. 6.9B parameters at bf16 take 12.8 GiB instead of 38.5.
+  // Weights are then written with stage_weights()/commit_weights() (init_random and
+  // CheckpointStore::load do), one tensor at a time; training passes and saving are refused.
+  void allocate_inference_only();
   bool allocated() const;
+  // True after allocate_inference_only().
+  bool inference_only() const { return inference_only_; }
+  // Bytes the parameters' tensors hold (masters, compute copies and gradients that exist).
+  int64_t weight_bytes();
+  // Writing a parameter's weights from f32 numbers, the same way for either allocation:
+  // stage_weights(p) returns the tensor to write them into ((shape) f32 on the backend: the
+  // master when p has one, else a new staging tensor), and commit_weights(p, staged) rounds
+  // them into the compute copy with Backend::convert, the rounding refresh_compute_copies()
+  // applies, so both allocations compute with the same bits. A staging tensor is freed when
+  // the caller drops it: loading holds the compute weights plus one f32 tensor at a time.
+  Tensor stage_weights(Parameter& p);
+  void commit_weights(Parameter& p, const Tensor& staged);
   // Normal(0, init_std) weights and 1 for norm scales. Each tensor's numbers depend only on
   // (seed, parameter name), so the init does not change when components are reordered.
   void init_random(uint64_t seed);
@@ -107,7 +128,8 @@ class NNKIT_API Transformer {
   // the group of ranks [rank - shard.index, rank - shard.index + shard.count).
   void set_communicator(Communicator* comm);
   // Rewrites every Parameter::compute copy from its f32 value; call after changing values
-  // outside the optimizer (loading a checkpoint or HF weights). init_random() calls it.
+  // outside the optimizer (e.g. writing masters directly). In an inference-only model the
+  // parameters that hold no master keep their compute copies as they are.
   void refresh_compute_copies();
   // The dtype of activations: the backend's compute dtype (f32 on the CPU, bf16 by default on
   // CUDA).
@@ -192,6 +214,7 @@ class NNKIT_API Transformer {
   bool static_shapes_ = false;       // set_static_shapes()
   Communicator* comm_ = nullptr;     // set_communicator()
   ExpertShard shard_;
+  bool inference_only_ = false;          // allocate_inference_only()
   std::unique_ptr<DecodeState> decode_;  // begin_decode() .. end_decode()
 };
 

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "hf/hf_tensors.h"
 #include "nnkit/checkpoint.h"
 #include "nnkit/error.h"
 #include "nnkit/hf.h"
@@ -104,10 +105,13 @@ HfExportReport export_hf(const fs::path& run_dir, const fs::path& hf_dir, const 
           "hf", weights.label() + " has no tensor '" + p->name + "' that its config.yaml implies");
     }
     const TensorInfo& info = weights.info(p->name);
-    if (info.shape != p->shape || info.dtype != DType::kF32) {
+    // f32 from training; an imported checkpoint keeps the HF files' bf16 or f16.
+    const bool float_type =
+        info.dtype == DType::kF32 || info.dtype == DType::kBF16 || info.dtype == DType::kF16;
+    if (info.shape != p->shape || !float_type) {
       throw IoError("hf", weights.label() + ": tensor '" + p->name + "' is " +
-                              dtype_name(info.dtype) + to_string(info.shape) + ", expected f32" +
-                              to_string(p->shape));
+                              dtype_name(info.dtype) + to_string(info.shape) +
+                              ", expected f32, bf16 or f16 " + to_string(p->shape));
     }
     planned.push_back({p->name, p->shape,
                        static_cast<uint64_t>(shape_numel(p->shape)) * dtype_size(options.dtype)});
@@ -129,22 +133,35 @@ HfExportReport export_hf(const fs::path& run_dir, const fs::path& hf_dir, const 
                     shards.size());
       file_name = buffer;
     }
-    // Converted copies for this shard only, so memory stays at about one shard.
+    // Converted copies for this shard only, so memory stays at about one shard. A tensor
+    // already in the asked dtype is written as it is; others go through f32 (widening a half
+    // is exact, so each value is rounded at most once).
     std::vector<std::vector<uint16_t>> converted;
+    std::vector<std::vector<float>> widened;
     converted.reserve(shards[s].size());
+    widened.reserve(shards[s].size());
     std::vector<NamedHostTensor> out;
     for (const PlannedTensor& pt : shards[s]) {
       const auto bytes = weights.bytes(pt.name);
+      const DType stored = weights.info(pt.name).dtype;
       const size_t n = static_cast<size_t>(shape_numel(pt.shape));
       const void* data = bytes.data();
-      if (options.dtype != DType::kF32) {
-        converted.emplace_back(n);
-        if (options.dtype == DType::kBF16) {
-          f32_to_bf16(bytes.data(), converted.back().data(), n);
-        } else {
-          f32_to_f16(bytes.data(), converted.back().data(), n);
+      if (stored != options.dtype) {
+        const void* f32 = data;
+        if (stored != DType::kF32) {
+          widened.push_back(hf::read_f32(weights, pt.name));
+          f32 = widened.back().data();
         }
-        data = converted.back().data();
+        data = f32;
+        if (options.dtype != DType::kF32) {
+          converted.emplace_back(n);
+          if (options.dtype == DType::kBF16) {
+            f32_to_bf16(f32, converted.back().data(), n);
+          } else {
+            f32_to_f16(f32, converted.back().data(), n);
+          }
+          data = converted.back().data();
+        }
       }
       out.push_back(NamedHostTensor{pt.name, options.dtype, pt.shape, data});
       weight_map[pt.name] = file_name;

@@ -1,12 +1,14 @@
-// Purpose: import_hf (see hf.h): config.json -> nnkit config, HF tensors -> a Transformer's
-// parameters (f32), then a regular checkpoint through CheckpointStore::save, so every command
-// that takes --checkpoint RUN_DIR works on the result.
+// Purpose: import_hf (see hf.h): config.json -> nnkit config, HF tensors -> a regular checkpoint
+// through CheckpointStore::save, so every command that takes --checkpoint RUN_DIR works on the
+// result. The tensors are written from the memory-mapped HF files in their own dtype (f32, bf16
+// or f16): no copy of the model is made in memory, and bf16 weights stay bf16.
 // Besides the checkpoint layout (model.layers.N.block_sparse_moe.experts.E.w1.weight, what
 // save_pretrained writes), the in-memory layout of transformers 5 is read too: mlp.gate.weight and
 // fused mlp.experts.gate_up_proj (E, 2F, H; gate rows first) / mlp.experts.down_proj (E, H, F).
 // RoPE needs no permutation: HF's q_proj/k_proj rows are already in rotate-half order, which is
 // what attention/mqa applies (docs/conventions.md).
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <regex>
 
 #include "hf/hf_tensors.h"
@@ -38,33 +40,27 @@ std::string shape_text(const Shape& shape) {
   return to_string(shape);
 }
 
-// Copies HF tensors into the model's parameters, trying the checkpoint names first and the
-// transformers-5 module names second.
-class WeightLoader {
+// Where each model parameter's numbers are in the HF files, trying the checkpoint names first and
+// the transformers-5 module names second: a NamedHostTensor pointing into the memory-mapped file,
+// in the file's dtype. The checkpoint is written from these pointers, so importing holds no copy
+// of the weights (bf16 weights stay bf16, with no f32 model in memory on the way).
+class WeightPlan {
  public:
-  WeightLoader(hf::HfTensors& tensors, Backend& backend, bool tied)
-      : tensors_(tensors), backend_(backend), tied_(tied) {}
+  WeightPlan(hf::HfTensors& tensors, bool tied) : tensors_(tensors), tied_(tied) {}
 
-  void load(Transformer& model) {
-    Parameter* embed = nullptr;
+  // One entry per parameter, in the model's parameter order.
+  std::vector<NamedHostTensor> plan(Transformer& model) {
+    std::vector<NamedHostTensor> out;
+    std::optional<size_t> embed;  // index of the embedding in `out`
     for (Parameter* p : model.parameters()) {
-      if (p->name == "model.embed_tokens.weight") embed = p;
-      if (p->name == "lm_head.weight" && tied_ && embed != nullptr) {
+      if (p->name == "lm_head.weight" && tied_ && embed) {
         // tie_word_embeddings: HF uses the embedding as the head; nnkit keeps two tensors.
-        backend_.copy(p->value, embed->value);
+        out.push_back({p->name, out[*embed].dtype, p->shape, out[*embed].data});
         tensors_.mark_used("lm_head.weight");  // a tied folder may still store a copy
         continue;
       }
-      if (load_direct(*p, p->name)) continue;
-      std::string alias = p->name;
-      const size_t at = alias.find(".block_sparse_moe.");
-      if (at != std::string::npos) {
-        alias.replace(at, 18, ".mlp.");
-        if (load_direct(*p, alias)) continue;
-        if (load_fused(*p)) continue;
-      }
-      throw IoError("hf", tensors_.description() + " has no tensor '" + p->name + "' (shape " +
-                              shape_text(p->shape) + ") that config.json implies");
+      out.push_back(locate(*p));
+      if (p->name == "model.embed_tokens.weight") embed = out.size() - 1;
     }
     for (const std::string& name : tensors_.unused()) {
       if (name.ends_with(".rotary_emb.inv_freq")) continue;  // recomputed, not learned
@@ -72,36 +68,60 @@ class WeightLoader {
                               " has no place in the nnkit model (biases, other layers and "
                               "other architectures are not supported)");
     }
+    return out;
   }
 
  private:
-  bool load_direct(Parameter& p, const std::string& name) {
+  NamedHostTensor locate(const Parameter& p) {
+    if (auto direct = locate_direct(p, p.name)) return *direct;
+    std::string alias = p.name;
+    const size_t at = alias.find(".block_sparse_moe.");
+    if (at != std::string::npos) {
+      alias.replace(at, 18, ".mlp.");
+      if (auto direct = locate_direct(p, alias)) return *direct;
+      if (auto fused = locate_fused(p)) return *fused;
+    }
+    throw IoError("hf", tensors_.description() + " has no tensor '" + p.name + "' (shape " +
+                            shape_text(p.shape) + ") that config.json implies");
+  }
+
+  // Weights are floats; anything else (an int tensor under a weight's name) is refused here,
+  // where the tensor is named, rather than when the checkpoint is loaded.
+  static void require_float(const SafetensorsFile& file, const std::string& name, DType dtype) {
+    if (dtype != DType::kF32 && dtype != DType::kBF16 && dtype != DType::kF16) {
+      throw IoError("hf", file.label() + ": tensor '" + name + "' is " + dtype_name(dtype) +
+                              "; weights must be f32, bf16 or f16");
+    }
+  }
+
+  std::optional<NamedHostTensor> locate_direct(const Parameter& p, const std::string& name) {
     const SafetensorsFile* file = tensors_.find(name);
-    if (file == nullptr) return false;
+    if (file == nullptr) return std::nullopt;
     const TensorInfo& info = file->info(name);
     if (info.shape != p.shape) {
       throw IoError("hf", file->label() + ": tensor '" + name + "' has shape " +
                               shape_text(info.shape) + " but config.json implies " +
                               shape_text(p.shape));
     }
-    file->read_into(name, backend_, p.value);
+    require_float(*file, name, info.dtype);
     tensors_.mark_used(name);
-    return true;
+    return NamedHostTensor{p.name, info.dtype, p.shape, file->bytes(name).data()};
   }
 
-  // model.layers.N.block_sparse_moe.experts.E.wK.weight from the fused expert tensors.
-  bool load_fused(Parameter& p) {
+  // model.layers.N.block_sparse_moe.experts.E.wK.weight inside the fused expert tensors: each
+  // expert's matrix is a contiguous block of rows there.
+  std::optional<NamedHostTensor> locate_fused(const Parameter& p) {
     static const std::regex pattern(
         R"(model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.w([123])\.weight)");
     std::smatch m;
-    if (!std::regex_match(p.name, m, pattern)) return false;
+    if (!std::regex_match(p.name, m, pattern)) return std::nullopt;
     const std::string layer = m[1];
     const int64_t expert = std::stoll(m[2]);
     const int which = std::stoi(m[3]);
     const std::string prefix = "model.layers." + layer + ".mlp.experts.";
     const std::string name = prefix + (which == 2 ? "down_proj" : "gate_up_proj");
     const SafetensorsFile* file = tensors_.find(name);
-    if (file == nullptr) return false;
+    if (file == nullptr) return std::nullopt;
     // w1, w3: (F, H) rows [0, F) and [F, 2F) of gate_up_proj[e] (2F, H); w2: down_proj[e] (H, F).
     const int64_t rows = p.shape[0];
     const int64_t cols = p.shape[1];
@@ -114,21 +134,16 @@ class WeightLoader {
                               std::to_string(expert) + ", " + std::to_string(fused_rows) + ", " +
                               std::to_string(cols) + ")");
     }
-    if (cached_name_ != name) {
-      cached_ = hf::read_f32(*file, name);
-      cached_name_ = name;
-    }
+    require_float(*file, name, info.dtype);
     const int64_t offset = (expert * fused_rows + (which == 3 ? rows : 0)) * cols;
-    backend_.copy_from_host(p.value, cached_.data() + offset);
     tensors_.mark_used(name);
-    return true;
+    const std::byte* base = file->bytes(name).data();
+    return NamedHostTensor{p.name, info.dtype, p.shape,
+                           base + static_cast<size_t>(offset) * dtype_size(info.dtype)};
   }
 
   hf::HfTensors& tensors_;
-  Backend& backend_;
   bool tied_;
-  std::string cached_name_;
-  std::vector<float> cached_;
 };
 
 }  // namespace
@@ -184,19 +199,17 @@ HfImportReport import_hf(const fs::path& hf_dir, const fs::path& run_dir,
     report.architecture = config.model.is_moe ? "MixtralForCausalLM" : "LlamaForCausalLM";
   }
 
+  // The model is only described (names, shapes, order); its weights are never allocated.
   const PluginChoice& b = config.backend;
   auto backend = registry.create<Backend>(b.kind, b.name, CreateArgs{b.options, {}, nullptr});
   Transformer model(config, registry, backend);
-  model.allocate(false);
-  {
-    hf::HfTensors tensors(hf_dir);
-    WeightLoader(tensors, *backend, tied).load(model);
-  }
   report.parameters = model.parameter_count();
+  hf::HfTensors tensors(hf_dir);
+  const std::vector<NamedHostTensor> weights = WeightPlan(tensors, tied).plan(model);
   const std::string config_yaml = config.to_yaml();
   write_file_atomic(run_dir / "config.yaml", config_yaml);
-  report.checkpoint =
-      CheckpointStore(run_dir).save(TrainerState{}, model, nullptr, config_yaml, /*keep=*/1);
+  report.checkpoint = CheckpointStore(run_dir).save(TrainerState{}, weights, config_yaml,
+                                                    /*keep=*/1);
   return report;
 }
 

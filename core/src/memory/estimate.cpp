@@ -13,7 +13,7 @@ namespace nnkit {
 
 namespace {
 
-// Every category stays below 2^62, so total() of six of them cannot overflow either.
+// Every category stays below 2^62, so total() of seven of them cannot overflow either.
 constexpr int64_t kMaxCategory = int64_t{1} << 62;
 
 struct Checked {
@@ -89,6 +89,20 @@ TokenBytes token_bytes(const ModelConfig& m, int64_t a) {
   return t;
 }
 
+// Elements of the largest parameter tensor of the in-tree components (the embedding or LM head,
+// an attention projection, one expert's or the dense FFN's matrix, the router); a third-party
+// plugin with other option names is counted with an FFN of 4 x hidden_dim.
+int64_t largest_parameter(const ModelConfig& m, const Checked& ck) {
+  const int64_t c = m.hidden_dim;
+  const int64_t heads = option_int(m.attention, "n_heads", 1);
+  const int64_t head_dim = option_int(m.attention, "head_dim", c / std::max<int64_t>(heads, 1));
+  const int64_t ffn =
+      m.is_moe ? option_int(m.experts, "ffn_dim", 4 * c) : option_int(m.ffn, "ffn_dim", 4 * c);
+  const int64_t experts = m.is_moe ? option_int(m.experts, "n_experts", 8) : 0;
+  return std::max({ck.mul(m.vocab_size, c), ck.mul(ck.mul(heads, head_dim), c), ck.mul(ffn, c),
+                   ck.mul(experts, c)});
+}
+
 std::string precision_of(const RunConfig& config) {
   if (config.backend.options.has("precision")) {
     return config.backend.options.get_string("precision");
@@ -110,8 +124,12 @@ MemoryEstimate estimate_memory(const RunConfig& config, int64_t parameter_count,
   const TokenBytes t = token_bytes(m, a);
   const int64_t tokens = ck.mul(shape.batch, shape.seq);
 
-  e.parameters = ck.mul(parameter_count, 4);
+  // Inference without masters at 16 bits (Transformer::allocate_inference_only) holds the
+  // compute weights and, while loading, one f32 tensor; everything else holds the masters.
+  const bool compute_only = low && shape.workload != Workload::kTrain && !shape.keep_f32_masters;
+  e.parameters = compute_only ? 0 : ck.mul(parameter_count, 4);
   if (low) e.compute_copies = ck.mul(parameter_count, 2);
+  if (compute_only) e.load_staging = ck.mul(largest_parameter(m, ck), 4);
   const int64_t block_saved = ck.mul(tokens, t.block_saved);
   switch (shape.workload) {
     case Workload::kTrain: {
@@ -156,9 +174,10 @@ std::string format_bytes(int64_t bytes) {
 
 std::string describe(const MemoryEstimate& e) {
   const std::pair<const char*, int64_t> parts[] = {
-      {"parameters", e.parameters},   {"compute copies", e.compute_copies},
-      {"gradients", e.gradients},     {"optimizer state", e.optimizer_state},
-      {"activations", e.activations}, {"KV cache", e.kv_cache}};
+      {"parameters", e.parameters},    {"compute copies", e.compute_copies},
+      {"gradients", e.gradients},      {"optimizer state", e.optimizer_state},
+      {"activations", e.activations},  {"KV cache", e.kv_cache},
+      {"load staging", e.load_staging}};
   std::string out;
   for (const auto& [name, bytes] : parts) {
     if (bytes == 0) continue;

@@ -390,6 +390,7 @@ void Transformer::allocate(bool with_grads) {
   (void)parameter_count();  // refuses sizes that overflow before any allocation
   Backend& be = *backend_;
   const DType compute = be.compute_dtype();
+  inference_only_ = false;
   for (Parameter* p : parameters()) {
     p->value = be.empty(p->shape);
     if (with_grads) p->grad = be.zeros(p->shape);
@@ -398,9 +399,54 @@ void Transformer::allocate(bool with_grads) {
   }
 }
 
+void Transformer::allocate_inference_only() {
+  (void)parameter_count();  // refuses sizes that overflow before any allocation
+  Backend& be = *backend_;
+  const DType compute = be.compute_dtype();
+  inference_only_ = true;
+  for (Parameter* p : parameters()) {
+    p->grad = Tensor();
+    if (compute == DType::kF32) {
+      p->value = be.empty(p->shape);  // the master is what computes
+      p->compute = Tensor();
+      continue;
+    }
+    p->compute = be.empty(p->shape, compute);
+    // Without training nothing updates the master; only a layer that reads it needs it.
+    p->value = p->value_read_at_inference ? be.empty(p->shape) : Tensor();
+  }
+}
+
+int64_t Transformer::weight_bytes() {
+  int64_t bytes = 0;
+  for (Parameter* p : parameters()) {
+    for (const Tensor* t : {&p->value, &p->compute, &p->grad}) {
+      if (t->defined()) bytes += static_cast<int64_t>(t->nbytes());
+    }
+  }
+  return bytes;
+}
+
+Tensor Transformer::stage_weights(Parameter& p) {
+  if (p.value.defined()) return p.value;
+  if (!p.compute.defined()) {
+    throw Error("model", "stage_weights(" + p.name + ") before allocate()");
+  }
+  return backend_->empty(p.shape);
+}
+
+void Transformer::commit_weights(Parameter& p, const Tensor& staged) {
+  if (staged.dtype() != DType::kF32 || staged.shape() != p.shape) {
+    throw ShapeError("model", "commit_weights(" + p.name + ") takes f32 " + to_string(p.shape) +
+                                  " from stage_weights(), got " + describe(staged));
+  }
+  if (p.value.defined() && staged.raw() != p.value.raw()) backend_->copy(p.value, staged);
+  if (p.compute.defined()) backend_->convert(p.compute, staged);
+}
+
 void Transformer::refresh_compute_copies() {
   for (Parameter* p : parameters()) {
-    if (p->compute.defined()) backend_->convert(p->compute, p->value);
+    if (p->compute.defined() && p->value.defined()) backend_->convert(p->compute, p->value);
   }
 }
 
@@ -409,18 +455,21 @@ DType Transformer::activation_dtype() const {
 }
 
 bool Transformer::allocated() const {
-  return own_params_[0].value.defined();
+  return own_params_[0].value.defined() || own_params_[0].compute.defined();
 }
 
 void Transformer::init_random(uint64_t seed) {
+  // Tensor by tensor through stage_weights(): an inference-only model never holds more than one
+  // f32 tensor, and each tensor's numbers are the same in either allocation.
   for (Parameter* p : parameters()) {
+    const Tensor staged = stage_weights(*p);
     if (p->init_std > 0.0f) {
-      backend_->fill_normal(p->value, 0.0f, p->init_std, name_seed(seed, p->name));
+      backend_->fill_normal(staged, 0.0f, p->init_std, name_seed(seed, p->name));
     } else {
-      backend_->fill(p->value, p->init_value);
+      backend_->fill(staged, p->init_value);
     }
+    commit_weights(*p, staged);
   }
-  refresh_compute_copies();
 }
 
 void Transformer::zero_grads() {
@@ -516,6 +565,12 @@ void Transformer::check_batch(const std::vector<int32_t>& ids, const std::vector
 Tensor Transformer::forward_losses(const Tensor& ids, const Tensor& targets, int64_t batch,
                                    int64_t seq, int64_t valid, bool training,
                                    bool activation_checkpointing) {
+  if (training && inference_only_) {
+    throw Error("model", "this model was allocated for inference only (allocate_inference_only: " +
+                             std::string(dtype_name(backend_->compute_dtype())) +
+                             " compute weights, no f32 master weights or gradients), so it cannot "
+                             "train; allocate(with_grads = true) gives a model that can");
+  }
   const int64_t n = batch * seq;
   Backend& be = *backend_;
   auto saved = std::make_unique<Activations>();

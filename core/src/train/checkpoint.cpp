@@ -76,16 +76,51 @@ std::vector<NamedHostTensor> to_host(Backend& backend,
   return out;
 }
 
+void write_weights_file(const fs::path& dir, const std::vector<NamedHostTensor>& weights) {
+  write_safetensors(dir / "model.safetensors", weights, {{"format", "pt"}, {"producer", "nnkit"}});
+}
+
+void write_optimizer_file(const fs::path& dir, const std::vector<NamedHostTensor>& state,
+                          int64_t optimizer_steps) {
+  write_safetensors(dir / "optimizer.safetensors", state,
+                    {{"optimizer_steps", std::to_string(optimizer_steps)}});
+}
+
+void require_tensor(const SafetensorsFile& st, const fs::path& file, const std::string& name) {
+  if (!st.has(name)) {
+    throw IoError("checkpoint", file.string() + " has no tensor '" + name +
+                                    "'; the checkpoint was written for a different model "
+                                    "(compare its config.yaml with yours)");
+  }
+}
+
 void load_tensors(const fs::path& file, Backend& backend,
                   const std::vector<std::pair<std::string, Tensor>>& targets) {
   SafetensorsFile st(file);
   for (const auto& [name, tensor] : targets) {
-    if (!st.has(name)) {
-      throw IoError("checkpoint", file.string() + " has no tensor '" + name +
-                                      "'; the checkpoint was written for a different model "
-                                      "(compare its config.yaml with yours)");
-    }
+    require_tensor(st, file, name);
     st.read_into(name, backend, tensor);
+  }
+}
+
+// The model's weights, one tensor at a time: each is read into Transformer::stage_weights (the
+// master, or an f32 staging tensor freed before the next one is read) and committed into the
+// compute copy, so an inference-only model peaks at its compute weights plus one f32 tensor.
+// A 16-bit tensor (an imported HF checkpoint) bound for a compute-only parameter of its own
+// dtype goes straight into the copy: widening it to f32 and rounding back gives the same bits.
+void load_weights(const fs::path& file, Transformer& model) {
+  SafetensorsFile st(file);
+  Backend& backend = model.backend();
+  for (Parameter* p : model.parameters()) {
+    require_tensor(st, file, p->name);
+    if (!p->value.defined() && p->compute.defined() &&
+        st.info(p->name).dtype == p->compute.dtype()) {
+      st.read_into(p->name, backend, p->compute);
+      continue;
+    }
+    const Tensor staged = model.stage_weights(*p);
+    st.read_into(p->name, backend, staged);
+    model.commit_weights(*p, staged);
   }
 }
 
@@ -128,6 +163,17 @@ int CheckpointStore::remove_temporary_folders() const {
 
 fs::path CheckpointStore::save(const TrainerState& state, Transformer& model, Optimizer* optimizer,
                                const std::string& config_yaml, int keep) {
+  if (model.inference_only()) {
+    // A checkpoint holds the f32 masters that training resumes from; rounded compute weights
+    // written in their place would lose precision without a trace.
+    throw Error("checkpoint",
+                "cannot save a model allocated for inference only (allocate_inference_only, "
+                "as generate, eval and logits do): it holds " +
+                    std::string(dtype_name(model.backend().compute_dtype())) +
+                    " compute weights, not the f32 master weights a checkpoint records; save "
+                    "from a model made with allocate(), or export the run with `nnkit convert "
+                    "export-hf`");
+  }
   std::vector<std::pair<std::string, Tensor>> weights;
   for (Parameter* p : model.parameters()) weights.emplace_back(p->name, p->value);
   std::vector<std::pair<std::string, Tensor>> opt_state;
@@ -140,6 +186,25 @@ fs::path CheckpointStore::save(const TrainerState& state, Backend& backend,
                                const std::vector<std::pair<std::string, Tensor>>& weights,
                                const std::vector<std::pair<std::string, Tensor>>& opt_state,
                                int64_t optimizer_steps, const std::string& config_yaml, int keep) {
+  return write(state, config_yaml, keep, [&](const fs::path& dir) {
+    // One host buffer set for both files in turn: the optimizer's reuses the weights'.
+    std::vector<std::vector<float>> host;
+    write_weights_file(dir, to_host(backend, weights, host));
+    write_optimizer_file(dir, to_host(backend, opt_state, host), optimizer_steps);
+  });
+}
+
+fs::path CheckpointStore::save(const TrainerState& state,
+                               const std::vector<NamedHostTensor>& weights,
+                               const std::string& config_yaml, int keep) {
+  return write(state, config_yaml, keep, [&](const fs::path& dir) {
+    write_weights_file(dir, weights);
+    write_optimizer_file(dir, {}, 0);
+  });
+}
+
+fs::path CheckpointStore::write(const TrainerState& state, const std::string& config_yaml, int keep,
+                                const std::function<void(const fs::path&)>& write_tensors) {
   const fs::path root = run_dir_ / "checkpoints";
   fs::create_directories(root);
   const fs::path final_dir = root / step_name(state.step);
@@ -155,12 +220,7 @@ fs::path CheckpointStore::save(const TrainerState& state, Backend& backend,
       if (!published) fs::remove_all(dir, ignored);
     }
   } temp_guard{temp_dir};
-  std::vector<std::vector<float>> host;
-  write_safetensors(temp_dir / "model.safetensors", to_host(backend, weights, host),
-                    {{"format", "pt"}, {"producer", "nnkit"}});
-  write_safetensors(temp_dir / "optimizer.safetensors", to_host(backend, opt_state, host),
-                    {{"optimizer_steps", std::to_string(optimizer_steps)}});
-  host.clear();
+  write_tensors(temp_dir);
   const nlohmann::json trainer{{"step", state.step},
                                {"tokens_seen", state.tokens_seen},
                                {"bad_steps_in_a_row", state.bad_steps_in_a_row},
@@ -321,11 +381,13 @@ std::string CheckpointStore::read_config(const CheckpointRef& ref) {
 TrainerState CheckpointStore::load(const CheckpointRef& ref, Transformer& model,
                                    Optimizer* optimizer) {
   verify(ref);
+  if (optimizer != nullptr && model.inference_only()) {
+    throw Error("checkpoint",
+                "optimizer state loads only into a model that can train (one made "
+                "with allocate(), not allocate_inference_only())");
+  }
   Backend& backend = model.backend();
-  std::vector<std::pair<std::string, Tensor>> weights;
-  for (Parameter* p : model.parameters()) weights.emplace_back(p->name, p->value);
-  load_tensors(ref.dir / "model.safetensors", backend, weights);
-  model.refresh_compute_copies();  // the saved f32 masters -> this backend's compute copies
+  load_weights(ref.dir / "model.safetensors", model);
   const TrainerState state =
       parse_trainer_state(read_file(ref.dir / "trainer.json"), (ref.dir / "trainer.json").string());
   if (optimizer != nullptr) {
