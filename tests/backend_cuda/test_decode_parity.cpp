@@ -5,8 +5,8 @@
 // counters reset), device_memory, add_rmsnorm (== add + rmsnorm_forward), moe_combine_rows (== fill
 // + gather + scatter_add_rows), and moe_grouped_gemm_nt / moe_grouped_swiglu_nt (experts with
 // 0..capacity rows, padding rows zeroed), moe_swiglu_experts_padded (the whole expert block of a
-// decode step against the CPU's composition: batch 1 and 8, ragged ffn, two row tiles, drops,
-// the composition's shapes; repeating bit for bit). Owned by the backend/cuda tests; every test
+// decode step against the CPU's composition and bit for bit CUDA's own: batch 1 and 8, ragged
+// ffn, two row tiles, drops, the composition's shapes; repeating bit for bit). Owned by the backend/cuda tests; every test
 // skips without a CUDA device.
 #include <algorithm>
 #include <cmath>
@@ -445,9 +445,9 @@ TEST_F(CudaDecode, SwigluExpertsPaddedMatchesTheCpuCompositionAndRepeats) {
                                     kept.cpu, c.capacity, y.cpu);
     cuda().moe_swiglu_experts_padded(x.cuda, token.cuda, slot.cuda, gate.cuda, gw, uw, dw,
                                      kept.cuda, c.capacity, y.cuda);
-    // The CPU rounds each expert's down product to the dtype before the combine; CUDA may keep
-    // it in f32: up to k roundings of size u |gate * y_e| apart, plus an activation that rounds
-    // the other way. Bound: 2.2 u relative plus 4 u of the largest output, absolute.
+    // Both compose the same rounded steps, but the f32 sums run in other orders, so a SwiGLU
+    // value or an expert's output may round the other way: up to k roundings of size
+    // u |gate * y_e| apart. Bound: 2.2 u relative plus 4 u of the largest output, absolute.
     const std::vector<float> want = cpu_values(y);
     const std::vector<float> got = cuda_floats(y.cuda);
     float largest = 0.0f;
@@ -455,6 +455,19 @@ TEST_F(CudaDecode, SwigluExpertsPaddedMatchesTheCpuCompositionAndRepeats) {
     EXPECT_GT(largest, 0.0f) << what;
     const double u = unit_roundoff(c.dtype);
     expect_close_to_cpu(got, want, Tolerance{2.2 * u + 1e-5, 4.0 * u * largest + 1e-6}, what);
+    // backend/cuda's op is its four-op composition bit for bit (the same kernels and k order).
+    {
+      const int64_t F = c.ffn;
+      Tensor x_routed = cuda().empty({rows, c.hidden}, c.dtype);
+      cuda().gather_rows(x.cuda, token.cuda, x_routed);
+      Tensor activated = cuda().empty({rows, F}, c.dtype);
+      cuda().moe_grouped_swiglu_nt(x_routed, gw, uw, kept.cuda, c.capacity, activated);
+      Tensor y_routed = cuda().empty({rows, c.hidden}, c.dtype);
+      cuda().moe_grouped_gemm_nt(activated, dw, kept.cuda, c.capacity, y_routed);
+      Tensor composed = cuda().empty({c.tokens, c.hidden}, c.dtype);
+      cuda().moe_combine_rows(y_routed, token.cuda, slot.cuda, gate.cuda, composed);
+      EXPECT_EQ(float_bits(got), float_bits(cuda_floats(composed))) << what;
+    }
     // Repeated calls give the same bits.
     TensorPair again = poisoned({c.tokens, c.hidden}, c.dtype);
     cuda().moe_swiglu_experts_padded(x.cuda, token.cuda, slot.cuda, gate.cuda, gw, uw, dw,

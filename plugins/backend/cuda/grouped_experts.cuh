@@ -82,74 +82,34 @@ constexpr int kMmaWarps = 8;
 constexpr int kMmaThreads = kMmaWarps * 32;
 constexpr int kMmaStages = 4;  // k steps of loads in flight per warp
 
-// The k parts a kPartial product uses: k_parts when its tiles alone would leave a resident grid
-// of `grid` blocks doing one or two each (fewer than 1.5 per block), else 1 (each part costs a
-// block-wide exchange, which only pays when it evens out the blocks' work).
-__host__ __device__ __forceinline__ int k_parts_for(int chosen, int groups_per_expert, int grid,
-                                                    int k_parts) {
-  return int64_t(chosen) * groups_per_expert * 2 <= int64_t(3) * grid ? k_parts : 1;
-}
-
-// A grid sized to what stays resident walks (chosen expert, column group[, k part]) items,
-// consecutive blocks on consecutive columns of one expert; experts nobody chose cost no block of
-// their own.
-//   - row_token null: x holds the gathered rows (E * capacity, k); else x is the step's (N, k)
-//     tokens and expert e's row r is x[row_token[e * capacity + r]] (the gather, done here).
-//   - kPartial false: y (E * capacity, n) in T, padding rows and the idle experts' rows zeroed
-//     (by the whole grid at the end) unless row_token is given (then only kept rows are written).
-//   - kPartial true: k is cut into k_parts_for() equal ranges, one item each, and their f32 sums
-//     go to partial (k_parts, E * capacity, n) for the kept rows only; with prefetch_first the
-//     block's first item's weights are brought into L2 before it waits for its predecessor
-//     (they are known from the router's counts, written two launches earlier).
-template <typename T, int kSplit, bool kSwiglu, bool kTwoRowTiles, bool kPartial = false,
-          int kStages = kMmaStages>
+// A grid sized to what stays resident walks (chosen expert, column group) items, consecutive
+// blocks on consecutive columns of one expert; experts nobody chose cost no block of their own.
+//   - row_token null: x holds the gathered rows (E * capacity, k), and y's padding rows and the
+//     idle experts' rows are zeroed (by the whole grid at the end);
+//   - else x is the step's (N, k) tokens, expert e's row r is x[row_token[e * capacity + r]]
+//     (the gather, done here), and only the kept rows of y are written.
+template <typename T, int kSplit, bool kSwiglu, bool kTwoRowTiles, int kStages = kMmaStages>
 __global__ void __launch_bounds__(kMmaThreads, 2)
     grouped_mma_kernel(const T* x, const int32_t* row_token, ExpertWeights weights,
                        ExpertWeights up, const int32_t* kept, int capacity, int64_t n, int64_t k,
-                       T* y, float* partial_out, int k_parts, int experts, int groups_per_expert,
-                       bool prefetch_first = false) {
-  static_assert(!(kPartial && kSwiglu), "the SwiGLU is applied to whole sums");
+                       T* y, int experts, int groups_per_expert) {
   constexpr int kTiles = kMmaWarps / kSplit;  // 8-column tiles per block
   constexpr int kValues = kSwiglu ? 8 : 4;    // C fragment floats per lane (gate, up)
   __shared__ int counts[kMaxGroupedExperts], order[kMaxGroupedExperts], chosen_count;
   __shared__ float partial[kSplit > 1 ? kMmaWarps : 1][kValues][32];
-  const int64_t steps = k / 32;
-  int chosen = 0, parts = 1;
-  if constexpr (kPartial) {
-    // The router's counts are complete: the predecessor itself waited for them.
-    chosen = order_experts_chosen_first(kept, experts, counts, order, &chosen_count);
-    parts = k_parts_for(chosen, groups_per_expert, gridDim.x, k_parts);
-    const int64_t first = blockIdx.x;
-    if (prefetch_first && first < int64_t(chosen) * groups_per_expert * parts) {
-      const int64_t part = first % parts, group = (first / parts) % groups_per_expert;
-      const int e = order[first / parts / groups_per_expert];
-      const int64_t s_begin = part * steps / parts, s_end = (part + 1) * steps / parts;
-      const int64_t lines_per_row = ((s_end - s_begin) * 64 + 127) / 128;
-      const int64_t col0 = group * kTiles * 8;
-      const T* w0 = static_cast<const T*>(weights.w[e]) + s_begin * 32;
-      for (int64_t i = threadIdx.x; i < kTiles * 8 * lines_per_row; i += kMmaThreads) {
-        const int64_t row = col0 + i / lines_per_row;
-        if (row < n) prefetch_to_l2(w0 + row * k + (i % lines_per_row) * 64);
-      }
-    }
-  }
   wait_for_preceding_grid();
   allow_dependent_launch();
-  if constexpr (!kPartial) {
-    chosen = order_experts_chosen_first(kept, experts, counts, order, &chosen_count);
-  }
+  const int chosen = order_experts_chosen_first(kept, experts, counts, order, &chosen_count);
+  const int64_t steps = k / 32;
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
   const int split = warp % kSplit;
   const int quad_row = lane >> 2, quad_col = lane & 3;
   const uint4 zero = make_uint4(0, 0, 0, 0);
-  const int64_t items = int64_t(chosen) * groups_per_expert * parts;
+  const int64_t items = int64_t(chosen) * groups_per_expert;
   for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
-    const int64_t part = item % parts;
-    const int64_t column_item = item / parts;
-    const int e = order[column_item / groups_per_expert];
+    const int e = order[item / groups_per_expert];
     const int rows = min(counts[e], capacity);
-    const int64_t s_begin = part * steps / parts, s_end = (part + 1) * steps / parts;
-    const int64_t col0 = (column_item % groups_per_expert) * kTiles * 8 + (warp / kSplit) * 8;
+    const int64_t col0 = (item % groups_per_expert) * kTiles * 8 + (warp / kSplit) * 8;
     const bool active = col0 < n;  // n is a multiple of 8
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, acc_up[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     const bool has_lo = quad_row < rows, has_hi = kTwoRowTiles && quad_row + 8 < rows;
@@ -164,12 +124,12 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
       }
       const T* x_lo = x + row_lo * k + 8 * quad_col;
       const T* x_hi = x + row_hi * k + 8 * quad_col;
-      for (int64_t s0 = s_begin + split; s0 < s_end; s0 += int64_t(kSplit) * kStages) {
+      for (int64_t s0 = split; s0 < steps; s0 += int64_t(kSplit) * kStages) {
         uint4 w[kStages], u[kStages], lo[kStages], hi[kStages];
 #pragma unroll
         for (int i = 0; i < kStages; ++i) {
           const int64_t s = s0 + int64_t(i) * kSplit;
-          const bool live = s < s_end;
+          const bool live = s < steps;
           w[i] = live ? load_weights_once(w_row + s * 32) : zero;
           u[i] = kSwiglu && live ? load_weights_once(u_row + s * 32) : zero;
           lo[i] = live && has_lo ? __ldg(reinterpret_cast<const uint4*>(x_lo + s * 32)) : zero;
@@ -209,31 +169,25 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
     if (active && split == 0) {
       const int64_t col = col0 + 2 * quad_col;
       const int r_lo = quad_row, r_hi = quad_row + 8;
-      if constexpr (kPartial) {
-        float* out = partial_out + (part * experts + e) * int64_t(capacity) * n + col;
-        if (has_lo) *reinterpret_cast<float2*>(out + r_lo * n) = make_float2(acc[0], acc[1]);
-        if (has_hi) *reinterpret_cast<float2*>(out + r_hi * n) = make_float2(acc[2], acc[3]);
-      } else {
-        float v[4];
+      float v[4];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          // swiglu_forward's formula, in f32.
-          v[j] = kSwiglu ? acc[j] * (1.0f / (1.0f + expf(-acc[j]))) * acc_up[j] : acc[j];
-        }
-        T* ye = y + int64_t(e) * capacity * n;
-        const bool pad = row_token == nullptr;  // the padding rows' zeros are part of y
-        if (r_lo < capacity && (has_lo || pad)) {
-          *reinterpret_cast<uint32_t*>(ye + r_lo * n + col) =
-              r_lo < rows ? pack_pair<T>(v[0], v[1]) : 0u;
-        }
-        if (r_hi < capacity && (has_hi || pad)) {
-          *reinterpret_cast<uint32_t*>(ye + r_hi * n + col) =
-              r_hi < rows ? pack_pair<T>(v[2], v[3]) : 0u;
-        }
+      for (int j = 0; j < 4; ++j) {
+        // swiglu_forward's formula, in f32.
+        v[j] = kSwiglu ? acc[j] * (1.0f / (1.0f + expf(-acc[j]))) * acc_up[j] : acc[j];
+      }
+      T* ye = y + int64_t(e) * capacity * n;
+      const bool pad = row_token == nullptr;  // the padding rows' zeros are part of y
+      if (r_lo < capacity && (has_lo || pad)) {
+        *reinterpret_cast<uint32_t*>(ye + r_lo * n + col) =
+            r_lo < rows ? pack_pair<T>(v[0], v[1]) : 0u;
+      }
+      if (r_hi < capacity && (has_hi || pad)) {
+        *reinterpret_cast<uint32_t*>(ye + r_hi * n + col) =
+            r_hi < rows ? pack_pair<T>(v[2], v[3]) : 0u;
       }
     }
   }
-  if (kPartial || row_token != nullptr) return;
+  if (row_token != nullptr) return;
   // The idle experts' blocks of y: zeros, 16 bytes at a time (n is a multiple of 8).
   const int64_t block_packs = int64_t(capacity) * n / 8;
   const int64_t zero_packs = int64_t(experts - chosen) * block_packs;
