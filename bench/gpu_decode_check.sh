@@ -12,6 +12,9 @@
 #           (NNKIT_GRAPHS_NO_REPLAY=1): the kernels a replayed step runs, one by one
 #   ab      the bench's nnkit side again under each of AB_ENVS (space-separated VAR=VALUE
 #           switches, e.g. "NNKIT_FUSED_EXPERTS=0 NNKIT_PDL=0"), to compare in one lease
+#   memory  the 6.9B model generating at bf16 with inference-only weights and with
+#           --keep-f32-masters: peak device memory (nvidia-smi, 200 ms samples), weight bytes,
+#           decode tok/s, and whether both generate the same ids
 #   gaps    bench/graph_gap.cu: per-node cost of a recorded chain of kernels, with and without
 #           programmatic dependent launch
 #   long    long context on the 6.9B model: a 32K-token prompt (alpha 1, max_seq_len 32768) and a
@@ -64,6 +67,22 @@ if has ab; then
   done
   cut -c1-300 "$out/bench_ab.txt"
   stamp "ab"
+fi
+
+if has memory; then
+  for mode in inference --keep-f32-masters; do
+    flag=""; [ "$mode" != inference ] && flag=$mode
+    ( peak=0; while true; do m=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1); [ "$m" -gt "$peak" ] 2>/dev/null && peak=$m && echo "$peak" > /tmp/mem_peak; sleep 0.2; done ) &
+    sampler=$!
+    timeout 200 "$nnkit" generate configs/cuda-nn-6.9b.yaml --random-init --prompt "$prompt16" \
+      --max-new-tokens 128 --seed 1 --json 'decode=[{type: greedy}]' "$gpu_backend" $flag \
+      > "$out/memory_$mode.json" 2> "$out/memory_$mode.err"
+    echo "exit $?" >> "$out/memory_$mode.err"
+    kill $sampler 2>/dev/null; wait $sampler 2>/dev/null
+    python3 -c "import json,sys; r=json.loads(open(sys.argv[1]).readline()); print(sys.argv[2], 'peak MiB', open('/tmp/mem_peak').read().strip(), 'weight_bytes', r.get('weight_bytes'), 'in use', r.get('device_memory_in_use_bytes'), 'decode tok/s', round(r['decode_tokens_per_s'],1))" "$out/memory_$mode.json" "$mode" 2>&1 | tee -a "$out/memory.txt" || tail -5 "$out/memory_$mode.err"
+  done
+  python3 -c "import json,sys; a,b=[json.loads(open(f).readline())['ids'] for f in sys.argv[1:]]; print('same ids', a==b)" "$out/memory_inference.json" "$out/memory_--keep-f32-masters.json" 2>&1 | tee -a "$out/memory.txt"
+  stamp "memory"
 fi
 
 if has tiny; then
