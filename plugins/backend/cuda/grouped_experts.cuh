@@ -18,6 +18,7 @@ namespace nnkit::cuda {
 namespace {
 
 constexpr int kMaxGroupedExperts = 64;
+constexpr int kMaxGroupedRows = 16;  // rows per expert (capacity) the grouped products take
 
 // One pointer per expert, passed by value as a kernel argument.
 struct ExpertWeights {
@@ -97,8 +98,14 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
   constexpr int kValues = kSwiglu ? 8 : 4;    // C fragment floats per lane (gate, up)
   __shared__ int counts[kMaxGroupedExperts], order[kMaxGroupedExperts], chosen_count;
   __shared__ float partial[kSplit > 1 ? kMmaWarps : 1][kValues][32];
+  // The token index in shared memory: read per item from global memory, each item's x loads
+  // (and, issued in order, the weight loads after them) waited for one more round trip.
+  __shared__ int32_t token_s[kMaxGroupedExperts * kMaxGroupedRows];
   wait_for_preceding_grid();
   allow_dependent_launch();
+  if (row_token != nullptr) {  // published by order_experts_chosen_first's barriers
+    for (int i = threadIdx.x; i < experts * capacity; i += kMmaThreads) token_s[i] = row_token[i];
+  }
   const int chosen = order_experts_chosen_first(kept, experts, counts, order, &chosen_count);
   const int64_t steps = k / 32;
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
@@ -119,8 +126,8 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
       const T* u_row = kSwiglu ? static_cast<const T*>(up.w[e]) + w_offset : nullptr;
       int64_t row_lo = int64_t(e) * capacity + quad_row, row_hi = row_lo + 8;
       if (row_token != nullptr) {
-        row_lo = has_lo ? row_token[row_lo] : 0;
-        row_hi = has_hi ? row_token[row_hi] : 0;
+        row_lo = has_lo ? token_s[row_lo] : 0;
+        row_hi = has_hi ? token_s[row_hi] : 0;
       }
       const T* x_lo = x + row_lo * k + 8 * quad_col;
       const T* x_hi = x + row_hi * k + 8 * quad_col;

@@ -30,7 +30,6 @@ namespace {
 
 using backend_common::kFloatDTypes;
 
-constexpr int kMaxCapacity = 16;  // one m16 tile of rows per expert
 // k steps of loads in flight per warp in the gate/up product (two weight rows each): 6 measured
 // 24.2 us a layer at batch 1 against 24.7 with the ops' 4.
 constexpr int kGateStages = 6;
@@ -84,7 +83,7 @@ void CudaBackend::moe_swiglu_experts_padded(const Tensor& x, const Tensor& token
   // The gathered SwiGLU takes 16-bit tensors of 16-byte-aligned rows, hidden a multiple of 32,
   // ffn of 8, and at most one m16 tile of rows per expert; anything else composes ops.
   bool fits = x.dtype() != DType::kF32 && fused_experts_enabled() && s.hidden % 32 == 0 &&
-              s.ffn % 8 == 0 && s.ffn > 0 && capacity <= kMaxCapacity &&
+              s.ffn % 8 == 0 && s.ffn > 0 && capacity <= kMaxGroupedRows &&
               s.experts <= kMaxGroupedExperts && aligned16(x.raw());
   ExpertWeights gw{}, uw{};
   for (int64_t e = 0; e < s.experts && fits; ++e) {
