@@ -6,8 +6,8 @@
 // + gather + scatter_add_rows), and moe_grouped_gemm_nt / moe_grouped_swiglu_nt (experts with
 // 0..capacity rows, padding rows zeroed), moe_swiglu_experts_padded (the whole expert block of a
 // decode step against the CPU's composition and bit for bit CUDA's own: batch 1 and 8, ragged
-// ffn, two row tiles, drops, the composition's shapes; repeating bit for bit). Owned by the backend/cuda tests; every test
-// skips without a CUDA device.
+// ffn, two row tiles, drops, the composition's shapes; repeating bit for bit). Owned by the
+// backend/cuda tests; every test skips without a CUDA device.
 #include <algorithm>
 #include <cmath>
 #include <optional>
@@ -404,16 +404,17 @@ PaddedRouting padded_routing(int64_t tokens, int64_t experts, int64_t top_k, int
 }
 
 TEST_F(CudaDecode, SwigluExpertsPaddedMatchesTheCpuCompositionAndRepeats) {
-  // (tokens, experts, hidden, ffn, top_k, capacity, dtype): batch 1 and 8 of a 768-wide model
-  // (the one-pass kernels; ffn 1056 ends in a 32-column pass), 64 experts of 256 with two row
-  // tiles (capacity 16) in f16, drops (capacity below the load) at hidden 512, and the
-  // composition's shapes (f32; hidden 320).
+  // (tokens, experts, hidden, ffn, top_k, capacity, dtype): single-token steps (backend/cuda's
+  // gathered SwiGLU: 768 wide; 64 experts of 256 at capacity 16 in f16; ffn 1056 at capacity
+  // 9), batch 8 of a 768-wide model, 64 experts of 256 with two row tiles (capacity 16) in f16,
+  // drops (capacity below the load) at hidden 512, and other shapes (f32; hidden 320).
   struct Case {
     int64_t tokens, experts, hidden, ffn, top_k, capacity;
     DType dtype;
   };
   const Case cases[] = {
-      {1, 16, 768, 1024, 4, 1, DType::kBF16}, {8, 16, 768, 1056, 4, 8, DType::kBF16},
+      {1, 16, 768, 1024, 4, 1, DType::kBF16}, {1, 64, 256, 96, 8, 16, DType::kF16},
+      {1, 8, 512, 1056, 2, 9, DType::kBF16},  {8, 16, 768, 1056, 4, 8, DType::kBF16},
       {16, 64, 256, 96, 8, 16, DType::kF16},  {9, 4, 512, 64, 2, 3, DType::kBF16},
       {12, 8, 768, 128, 4, 10, DType::kBF16}, {3, 4, 64, 32, 2, 2, DType::kF32},
       {2, 4, 320, 64, 2, 2, DType::kBF16}};
