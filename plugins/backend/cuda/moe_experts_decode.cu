@@ -34,19 +34,23 @@ using backend_common::kFloatDTypes;
 // 24.2 us a layer at batch 1 against 24.7 with the ops' 4.
 constexpr int kGateStages = 6;
 
-// The steps that take the gathered SwiGLU. Measured on the H200 (bench/RESULTS.md, session 12,
-// the 6.9B model, same lease, same tokens): +3.5% tokens/s at batch 1 (494.6 vs 477.9) but -7.6%
-// at batch 8 (1,778 vs 1,924), for a cause not found (nsight's per-kernel times put the two
-// paths level at batch 8); batches 2 to 7 were not measured and keep the composition.
-constexpr int64_t kGatheredMaxTokens = 1;
-
-// NNKIT_FUSED_EXPERTS=0 runs the four-op composition instead (to compare on one machine).
-bool fused_experts_enabled() {
-  static const bool enabled = [] {
-    const char* flag = std::getenv("NNKIT_FUSED_EXPERTS");
-    return flag == nullptr || std::strcmp(flag, "0") != 0;
+// The largest step (tokens) that takes the gathered SwiGLU. Measured on the H200
+// (bench/RESULTS.md, session 12, the 6.9B model, same lease, same tokens): +3.5% tokens/s at
+// batch 1 (494.6 vs 477.9) but -7.6% at batch 8 (1,778 vs 1,924), for a cause not found
+// (Nsight's per-kernel times put the two paths level at batch 8); batches 2 to 7 were not
+// measured and keep the composition. NNKIT_GATHERED_MAX_TOKENS=N moves the limit (to measure
+// other batch sizes on one machine); NNKIT_FUSED_EXPERTS=0 always runs the composition.
+int64_t gathered_max_tokens() {
+  static const int64_t limit = [] {
+    if (const char* flag = std::getenv("NNKIT_FUSED_EXPERTS"); flag && std::strcmp(flag, "0") == 0)
+      return int64_t(0);
+    const char* max_tokens = std::getenv("NNKIT_GATHERED_MAX_TOKENS");
+    if (max_tokens == nullptr || *max_tokens == '\0') return int64_t(1);
+    char* end = nullptr;
+    const long long value = std::strtoll(max_tokens, &end, 10);
+    return *end == '\0' && value >= 0 ? int64_t(value) : int64_t(1);
   }();
-  return enabled;
+  return limit;
 }
 
 template <typename T, bool kTwoRowTiles>
@@ -89,8 +93,8 @@ void CudaBackend::moe_swiglu_experts_padded(const Tensor& x, const Tensor& token
   // The gathered SwiGLU takes single-token steps of 16-bit tensors of 16-byte-aligned rows, hidden
   // a multiple of 32, ffn of 8, and at most one m16 tile of rows per expert; anything else composes
   // ops.
-  bool fits = x.dtype() != DType::kF32 && fused_experts_enabled() && tokens <= kGatheredMaxTokens &&
-              s.hidden % 32 == 0 && s.ffn % 8 == 0 && s.ffn > 0 && capacity <= kMaxGroupedRows &&
+  bool fits = x.dtype() != DType::kF32 && tokens <= gathered_max_tokens() && s.hidden % 32 == 0 &&
+              s.ffn % 8 == 0 && s.ffn > 0 && capacity <= kMaxGroupedRows &&
               s.experts <= kMaxGroupedExperts && aligned16(x.raw());
   ExpertWeights gw{}, uw{};
   for (int64_t e = 0; e < s.experts && fits; ++e) {
