@@ -169,6 +169,51 @@ const std::vector<OpCase>& op_cases() {
          }
          return detail::compare_row(n, down(b, dst), e, kAbs, kRel);
        }},
+      {"moe_swiglu_experts_padded (padded decode layout, a dropped slot, a padding row)",
+       [](Backend& b, const std::string& n) {
+         // 3 tokens x top-2 over 3 experts of capacity 2: expert 0 keeps slots 0 and 3 (slot 4,
+         // its third, is dropped), expert 1 has slot 5 and a padding row, expert 2 slots 1, 2.
+         const int64_t T = 3, E = 3, cap = 2, C = 4, F = 6;
+         const Host token = {0, 1, 2, -1, 0, 1}, slot = {0, 3, 5, -1, 1, 2};
+         const Host kept = {0, 2, 3, 5};
+         const Host x = rnd(T * C, 25), gate = rnd(T * 2, 26);
+         std::vector<Host> wg, wu, wd;
+         std::vector<Tensor> tg, tu, td;
+         for (int64_t e = 0; e < E; ++e) {
+           wg.push_back(rnd(F * C, 27 + 3 * uint64_t(e)));
+           wu.push_back(rnd(F * C, 28 + 3 * uint64_t(e)));
+           wd.push_back(rnd(C * F, 29 + 3 * uint64_t(e)));
+           tg.push_back(up(b, wg.back(), {F, C}));
+           tu.push_back(up(b, wu.back(), {F, C}));
+           td.push_back(up(b, wd.back(), {C, F}));
+         }
+         Tensor y = b.empty({T, C});
+         b.moe_swiglu_experts_padded(
+             up(b, x, {T, C}), detail::upload(b, token, {E * cap}, DType::kI32),
+             detail::upload(b, slot, {E * cap}, DType::kI32), up(b, gate, {T * 2}), tg, tu, td,
+             detail::upload(b, kept, {E + 1}, DType::kI32), cap, y);
+         Host e(static_cast<size_t>(T * C), 0.0);
+         for (int64_t r = 0; r < E * cap; ++r) {
+           if (token[size_t(r)] < 0) continue;
+           const auto t = size_t(token[size_t(r)]);
+           const auto ex = size_t(r / cap);
+           Host a(static_cast<size_t>(F));
+           for (int64_t f = 0; f < F; ++f) {
+             double h = 0.0, u = 0.0;
+             for (int64_t c = 0; c < C; ++c) {
+               h += x[t * C + size_t(c)] * wg[ex][size_t(f * C + c)];
+               u += x[t * C + size_t(c)] * wu[ex][size_t(f * C + c)];
+             }
+             a[size_t(f)] = static_cast<float>(h / (1.0 + std::exp(-h)) * u);
+           }
+           for (int64_t c = 0; c < C; ++c) {
+             double sum = 0.0;
+             for (int64_t f = 0; f < F; ++f) sum += a[size_t(f)] * wd[ex][size_t(c * F + f)];
+             e[t * C + size_t(c)] += gate[size_t(slot[size_t(r)])] * sum;
+           }
+         }
+         return detail::compare_row(n, down(b, y), e, kAbs, 1e-4);
+       }},
       {"cross_entropy_forward",
        [](Backend& b, const std::string& n) {
          const int64_t R = 3, V = 6;
