@@ -15,6 +15,8 @@
 #   memory  the 6.9B model generating at bf16 with inference-only weights and with
 #           --keep-f32-masters: peak device memory (nvidia-smi, 200 ms samples), weight bytes,
 #           decode tok/s, and whether both generate the same ids
+#   grouped bench/grouped_bw.cu: the grouped expert products' variants (k split, load stages)
+#           against a plain streaming read of the same bytes, at batch 1 and 8 shapes
 #   gaps    bench/graph_gap.cu: per-node cost of a recorded chain of kernels, with and without
 #           programmatic dependent launch
 #   long    long context on the 6.9B model: a 32K-token prompt (alpha 1, max_seq_len 32768) and a
@@ -138,6 +140,12 @@ if has ncu; then
       --step-kernel attention_decode_kernel --per-step 30 | head -40
   done
   stamp "ncu"
+fi
+
+if has grouped; then
+  nvcc -O3 -arch=sm_90 -std=c++20 --expt-relaxed-constexpr -I core/include -I plugins/backend/cuda \
+    bench/grouped_bw.cu -o build-gpu/grouped_bw && build-gpu/grouped_bw | tee "$out/grouped_bw.txt"
+  stamp "grouped"
 fi
 
 if has gaps; then
