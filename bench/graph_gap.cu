@@ -10,14 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 
-#define CHECK(x)                                                                              \
-  do {                                                                                        \
-    cudaError_t e_ = (x);                                                                     \
-    if (e_ != cudaSuccess) {                                                                  \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                           \
-    }                                                                                         \
-  } while (0)
+#include "cuda_exit_check.cuh"
 
 // Each kernel reads the previous kernel's value (a true dependency), optionally spins for
 // `spin_ns` (a kernel of known length), and writes the next value.
