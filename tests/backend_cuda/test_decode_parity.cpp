@@ -53,14 +53,18 @@ TEST_F(CudaDecode, AttentionDecodeMatchesTheCpu) {
     int64_t batch, heads, kv_heads, dim, capacity, kv_len;
     bool padded;
   };
-  // One chunk, several chunks (long cache, most of it unused), GQA, and a long full cache.
+  // One span, several spans (long cache, most of it unused), GQA, and a long full cache.
   // Then the most spans a sequence gets (a 40K cache at batch 1), a batch of 40 sequences, a
   // head_dim of 128 (another tile) and one not a multiple of 4 (the combine's scalar path).
   for (const Case& c :
        {Case{1, 12, 1, 64, 40, 17, false}, Case{3, 12, 1, 64, 1000, 700, true},
         Case{2, 8, 2, 32, 300, 300, true}, Case{1, 12, 1, 64, 5000, 4999, false},
         Case{1, 12, 1, 64, 40000, 39000, false}, Case{40, 12, 1, 64, 300, 250, true},
-        Case{2, 20, 2, 128, 700, 650, true}, Case{2, 4, 1, 6, 500, 480, false}}) {
+        Case{2, 20, 2, 128, 700, 650, true}, Case{2, 4, 1, 6, 500, 480, false},
+        // One span (caches up to 256 keys): the 6.9B bench's shape (17 + 128 tokens), the
+        // longest one-span cache at batch 8, and the first split one.
+        Case{1, 12, 1, 64, 145, 140, false}, Case{8, 12, 1, 64, 256, 256, true},
+        Case{2, 12, 1, 64, 257, 200, true}}) {
     const std::string what = "B " + std::to_string(c.batch) + " cap " + std::to_string(c.capacity) +
                              " len " + std::to_string(c.kv_len);
     AttentionShape s;

@@ -10,10 +10,13 @@
 // and the block leaves an unnormalised partial output with its max and sum of exponentials.
 // The last block of a (sequence, KV head, head tile) to finish (an arrival counter, reset by that
 // block, so replays need no memset) combines the spans in span order and writes the output:
-// one launch per call. Spans past the device length exit at once, so the grid depends only on
-// the capacity. Statistics and partials are f32, the output is rounded once, and every sum runs
+// one launch per call. A cache of at most kSingleSpanKeys keys (decoding a short context) is one
+// span: its blocks normalise the output themselves, with no partials and no combine round trips.
+// Every block loads its next tile while it works on the current one. Spans past the device
+// length exit at once, so the grid depends only on the capacity. Statistics and partials are f32, the output is rounded once, and every sum runs
 // in a fixed order: results repeat bit for bit.
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 
 #include "attention_common.cuh"
@@ -30,6 +33,7 @@ using backend_common::kFloatDTypes;
 constexpr int kHeadsPerBlock = 16;    // query heads of one KV head per block, at most
 constexpr int kFewHeadsPerBlock = 4;  // when the cache is too short to fill the GPU with spans
 constexpr int kThreadsPerBlock = 256;
+constexpr int64_t kSingleSpanKeys = 256;  // caches up to this long run as one span per block
 
 // Keys per shared-memory tile: K and V tiles of kTile x kD floats stay near 16 KB each.
 constexpr int tile_keys(int head_dim) {
@@ -100,18 +104,30 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   // together with q's, and the barrier after the staging publishes both (m_run and l_run are
   // read only after it too). An empty span reads nothing shared but its own thread's stats.
 
-  for (int j0 = begin; j0 < end; j0 += kTile) {
-    // Stage the tile (keys outside [begin, end) as zeros: a zero weight times a stale row of
-    // the cache could still be NaN).
+  // The tile's K and V elements this thread stages, loaded one tile ahead: the next tile's loads
+  // are in flight while this one's scores, softmax and products run (keys outside [begin, end)
+  // as zeros: a zero weight times a stale row of the cache could still be NaN).
+  float k_next[kLoadsPerThread], v_next[kLoadsPerThread];
+  auto load_tile = [&](int j0) {
 #pragma unroll
     for (int r = 0; r < kLoadsPerThread; ++r) {
       const int i = tid + r * kThreadsPerBlock;
       const int key = i / kD, d = i % kD;
       const int j = j0 + key;
       const bool live = j < end && d < dim;
-      k_tile[key][d] = live ? to_float(k_rows[int64_t(j) * kv_ld + d]) : 0.0f;
-      v_tile[key][d] = live ? to_float(v_rows[int64_t(j) * kv_ld + d]) : 0.0f;
+      k_next[r] = live ? to_float(k_rows[int64_t(j) * kv_ld + d]) : 0.0f;
+      v_next[r] = live ? to_float(v_rows[int64_t(j) * kv_ld + d]) : 0.0f;
     }
+  };
+  if (begin < end) load_tile(begin);
+  for (int j0 = begin; j0 < end; j0 += kTile) {
+#pragma unroll
+    for (int r = 0; r < kLoadsPerThread; ++r) {
+      const int i = tid + r * kThreadsPerBlock;
+      k_tile[i / kD][i % kD] = k_next[r];
+      v_tile[i / kD][i % kD] = v_next[r];
+    }
+    if (j0 + kTile < end) load_tile(j0 + kTile);
     __syncthreads();
     for (int i = tid; i < hn * kTile; i += kThreadsPerBlock) {
       const int h = i / kTile, key = i % kTile;
@@ -156,6 +172,21 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
     __syncthreads();  // the next tile overwrites k_tile, v_tile and p_shared
   }
 
+  if (g.chunks == 1) {
+    __syncthreads();  // an empty span never passed the loop's barriers: its stats are published here
+    // One span holds every key: its statistics are final, so the block writes the normalised
+    // output itself (no partials, no combine).
+#pragma unroll
+    for (int r = 0; r < kOutputsPerThread; ++r) {
+      const int i = tid + r * kThreadsPerBlock;
+      const int h = i / kD, d = i % kD;
+      if (h < hn && d < dim) {
+        const float l = l_run[h];
+        out[(int64_t(b) * g.heads + h0 + h) * dim + d] = from_float<T>(l > 0.0f ? acc[r] / l : 0.0f);
+      }
+    }
+    return;
+  }
   // This span's partial (an empty span: m = -inf, l = 0, o = 0).
 #pragma unroll
   for (int r = 0; r < kOutputsPerThread; ++r) {
@@ -258,6 +289,28 @@ __global__ void attention_decode_combine_kernel(const float* part_o, const float
   }
 }
 
+// Caches of at most max_keys keys run as one span per block: one launch with no partials and no
+// combine, the block walking the cache a tile at a time with the next tile's loads in flight.
+// NNKIT_ATTN_SPAN_KEYS=N moves the limit (0: always split), NNKIT_ATTN_SPAN_HEADS=H the query
+// heads per block (4 or 16), to compare on one machine.
+struct SingleSpan {
+  int64_t max_keys;
+  int64_t heads_per_block;
+};
+SingleSpan single_span_choice() {
+  static const SingleSpan choice = [] {
+    SingleSpan c{kSingleSpanKeys, kFewHeadsPerBlock};
+    if (const char* keys = std::getenv("NNKIT_ATTN_SPAN_KEYS"); keys && *keys) {
+      c.max_keys = std::max(0LL, std::atoll(keys));
+    }
+    if (const char* heads = std::getenv("NNKIT_ATTN_SPAN_HEADS"); heads && *heads) {
+      c.heads_per_block = std::atoll(heads) == kHeadsPerBlock ? kHeadsPerBlock : kFewHeadsPerBlock;
+    }
+    return c;
+  }();
+  return choice;
+}
+
 int64_t ceil_div64(int64_t a, int64_t b) {
   return (a + b - 1) / b;
 }
@@ -298,14 +351,20 @@ void CudaBackend::attention_decode(const Tensor& q, const Tensor& k, const Tenso
     const bool short_cache =
         B * Hkv * ceil_div64(H / Hkv, kHeadsPerBlock) * ceil_div64(s.kv_capacity, tile) <
         target_blocks;
-    const int64_t heads_per_block = short_cache ? kFewHeadsPerBlock : kHeadsPerBlock;
+    const SingleSpan single = single_span_choice();
+    const bool one_span = s.kv_capacity <= single.max_keys;
+    const int64_t heads_per_block =
+        one_span ? single.heads_per_block : (short_cache ? kFewHeadsPerBlock : kHeadsPerBlock);
     const int64_t head_tiles = ceil_div64(H / Hkv, heads_per_block);
     const int64_t pairs = B * Hkv * head_tiles;  // blocks per span
     // Enough spans for about two blocks per multiprocessor (bytes in flight to stream the cache
-    // at full bandwidth), none shorter than one tile, and few enough for the combine.
+    // at full bandwidth), none shorter than one tile, and few enough for the combine; a short
+    // cache is one span (its block normalises the output itself).
     int64_t chunks =
-        std::clamp<int64_t>(ceil_div64(target_blocks, pairs), 1,
-                            std::min<int64_t>(ceil_div64(s.kv_capacity, tile), max_spans(kD)));
+        one_span ? 1
+                 : std::clamp<int64_t>(
+                       ceil_div64(target_blocks, pairs), 1,
+                       std::min<int64_t>(ceil_div64(s.kv_capacity, tile), max_spans(kD)));
     const int64_t chunk_keys = ceil_div64(ceil_div64(s.kv_capacity, chunks), tile) * tile;
     chunks = ceil_div64(s.kv_capacity, chunk_keys);
     const DecodeGeometry g{static_cast<int>(B),
