@@ -54,36 +54,46 @@ int64_t gathered_max_tokens() {
   return limit;
 }
 
-// ---- the gathered SwiGLU fed by bulk copies (single-token steps, k split over two warps) ----
+// ---- the expert products of single-token steps, fed by bulk copies --------------------------
 // grouped_mma_kernel holds its loads in registers, which caps a multiprocessor at ~96 KB in
-// flight; streaming the gate and up rows at the H200's bandwidth needs ~128 KB
-// (bench/grouped_bw.cu). Here a producer warp copies each item's 32 gate and 32 up rows into a
-// ring of shared-memory stages, kBulkChunk k at a time, while eight consumer warps run the same
-// tiles, k order and epilogue as grouped_mma_kernel<T, 2, true, ...> (warp w: columns
-// 8 (w / 2).., k steps of parity w % 2, split 0 + split 1): the result is that kernel's, bit for
-// bit.
+// flight; streaming weights at the H200's bandwidth needs ~128 KB (bench/grouped_bw.cu). Here a
+// producer warp copies each item's weight rows into a ring of shared-memory stages, kChunk of k
+// at a time (cp.async.bulk, no registers per byte in flight), while eight consumer warps run
+// grouped_mma_kernel<T, kSplit, kSwiglu, ...>'s tiles, k order and epilogue (warp w: columns
+// 8 (w / kSplit).., the k steps w % kSplit + kSplit i, then split 0 + 1 + ...): the result is that
+// kernel's, bit for bit. kSwiglu: the gate/up product over hidden (split 2, x gathered through
+// the token index); otherwise the down product over ffn (split 8, x the padded activations).
+// Only the kept rows of y are written.
 constexpr int kBulkConsumerWarps = 8;
 constexpr int kBulkThreads = (kBulkConsumerWarps + 1) * 32;
-constexpr int kBulkColumns = 32;     // ffn columns per item (4 tiles of 8, 2 warps each)
-constexpr int kBulkChunk = 384;      // k per stage: 12 steps of 32 (even: a step keeps its parity)
-constexpr int kBulkRowPad = 32;      // elements: rows 832 B apart in bf16 (two rows a wavefront)
-constexpr int kBulkRowStride = kBulkChunk + kBulkRowPad;
-constexpr int kBulkStages = 3;
-constexpr size_t kBulkStageBytes = size_t(2) * kBulkColumns * kBulkRowStride * 2;  // gate + up
-constexpr size_t kBulkSharedBytes = kBulkStages * kBulkStageBytes;
 
-template <typename T, bool kTwoRowTiles>
+template <bool kSwiglu>
+struct BulkShape {
+  static constexpr int kSplit = kSwiglu ? 2 : 8;
+  static constexpr int kColumns = kBulkConsumerWarps / kSplit * 8;  // columns of an item
+  static constexpr int kChunk = kSwiglu ? 384 : 1024;  // k per stage (steps keep their warp)
+  static constexpr int kRowStride = kChunk + 32;  // +64 B: two rows a shared-memory wavefront
+  static constexpr int kMatrices = kSwiglu ? 2 : 1;
+  static constexpr int kStages = kSwiglu ? 3 : 8;
+  static constexpr int kWarpSteps = kChunk / 32 / kSplit;  // k steps of a warp per stage
+  static constexpr size_t kStageBytes = size_t(kMatrices) * kColumns * kRowStride * 2;
+  static constexpr size_t kSharedBytes = kStages * kStageBytes;
+  static_assert((kChunk / 32) % kSplit == 0, "a chunk must keep every step on its warp");
+};
+
+template <typename T, bool kSwiglu, bool kTwoRowTiles>
 __global__ void __launch_bounds__(kBulkThreads, 1)
-    gathered_swiglu_bulk_kernel(const T* x, const int32_t* row_token, ExpertWeights gate_w,
-                                ExpertWeights up_w, const int32_t* kept, int capacity, int64_t n,
-                                int64_t k, T* y, int experts, int groups_per_expert) {
+    bulk_expert_product_kernel(const T* x, const int32_t* row_token, ExpertWeights weights,
+                               ExpertWeights up, const int32_t* kept, int capacity, int64_t n,
+                               int64_t k, T* y, int experts, int groups_per_expert) {
+  using S = BulkShape<kSwiglu>;
   extern __shared__ __align__(128) unsigned char stage_bytes[];
-  __shared__ uint64_t full[kBulkStages], empty[kBulkStages];
+  __shared__ uint64_t full[S::kStages], empty[S::kStages];
   __shared__ int counts[kMaxGroupedExperts], order[kMaxGroupedExperts], chosen_count;
-  __shared__ float partial[kBulkConsumerWarps][8][32];
-  __shared__ int32_t token_s[kMaxGroupedExperts * kMaxGroupedRows];
+  __shared__ float partial[kBulkConsumerWarps][kSwiglu ? 8 : 4][32];
+  __shared__ int32_t token_s[kSwiglu ? kMaxGroupedExperts * kMaxGroupedRows : 1];
   if (threadIdx.x == 0) {
-    for (int i = 0; i < kBulkStages; ++i) {
+    for (int i = 0; i < S::kStages; ++i) {
       barrier_init(&full[i], 1);
       barrier_init(&empty[i], kBulkConsumerWarps);
     }
@@ -91,74 +101,83 @@ __global__ void __launch_bounds__(kBulkThreads, 1)
   }
   wait_for_preceding_grid();
   allow_dependent_launch();
-  for (int i = threadIdx.x; i < experts * capacity; i += kBulkThreads) token_s[i] = row_token[i];
+  if constexpr (kSwiglu) {
+    for (int i = threadIdx.x; i < experts * capacity; i += kBulkThreads) token_s[i] = row_token[i];
+  }
   const int chosen = order_experts_chosen_first(kept, experts, counts, order, &chosen_count);
   const int64_t items = int64_t(chosen) * groups_per_expert;
-  const int chunks = static_cast<int>((k + kBulkChunk - 1) / kBulkChunk);
+  const int chunks = static_cast<int>((k + S::kChunk - 1) / S::kChunk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
-  auto gate_stage = [&](int stage) {
-    return reinterpret_cast<T*>(stage_bytes + stage * kBulkStageBytes);
+  auto stage_matrix = [&](int stage, int matrix) {
+    return reinterpret_cast<T*>(stage_bytes + stage * S::kStageBytes) +
+           matrix * S::kColumns * S::kRowStride;
   };
-  auto up_stage = [&](int stage) { return gate_stage(stage) + kBulkColumns * kBulkRowStride; };
 
   if (warp == kBulkConsumerWarps) {  // the producer
     int use = 0;
     for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
       const int e = order[item / groups_per_expert];
-      const int64_t col_base = (item % groups_per_expert) * kBulkColumns;
-      const int rows = static_cast<int>(min(int64_t(kBulkColumns), n - col_base));
-      const T* g = static_cast<const T*>(gate_w.w[e]) + col_base * k;
-      const T* u = static_cast<const T*>(up_w.w[e]) + col_base * k;
+      const int64_t col_base = (item % groups_per_expert) * S::kColumns;
+      const int rows = static_cast<int>(min(int64_t(S::kColumns), n - col_base));
+      const T* w = static_cast<const T*>(weights.w[e]) + col_base * k;
+      const T* u = kSwiglu ? static_cast<const T*>(up.w[e]) + col_base * k : nullptr;
       for (int c = 0; c < chunks; ++c, ++use) {
-        const int stage = use % kBulkStages;
-        if (use >= kBulkStages) barrier_wait(&empty[stage], ((use / kBulkStages) & 1) ^ 1);
-        const int64_t k0 = int64_t(c) * kBulkChunk;
-        const unsigned row_bytes = static_cast<unsigned>(min(int64_t(kBulkChunk), k - k0) * 2);
-        if (lane == 0) barrier_arrive_expect_bytes(&full[stage], 2u * rows * row_bytes);
+        const int stage = use % S::kStages;
+        if (use >= S::kStages) barrier_wait(&empty[stage], ((use / S::kStages) & 1) ^ 1);
+        const int64_t k0 = int64_t(c) * S::kChunk;
+        const unsigned row_bytes = static_cast<unsigned>(min(int64_t(S::kChunk), k - k0) * 2);
+        if (lane == 0) {
+          barrier_arrive_expect_bytes(&full[stage], unsigned(S::kMatrices) * rows * row_bytes);
+        }
         __syncwarp();
         for (int r = lane; r < rows; r += 32) {
-          bulk_copy_to_shared(gate_stage(stage) + r * kBulkRowStride, g + r * k + k0, row_bytes,
-                              &full[stage]);
-          bulk_copy_to_shared(up_stage(stage) + r * kBulkRowStride, u + r * k + k0, row_bytes,
-                              &full[stage]);
+          bulk_copy_to_shared(stage_matrix(stage, 0) + r * S::kRowStride, w + r * k + k0,
+                              row_bytes, &full[stage]);
+          if constexpr (kSwiglu) {
+            bulk_copy_to_shared(stage_matrix(stage, 1) + r * S::kRowStride, u + r * k + k0,
+                                row_bytes, &full[stage]);
+          }
         }
       }
     }
     return;
   }
 
-  // Consumers: grouped_mma_kernel<T, 2, true, kTwoRowTiles>'s roles.
-  const int split = warp % 2, tile = warp / 2;
+  // Consumers: grouped_mma_kernel<T, kSplit, kSwiglu, kTwoRowTiles>'s roles.
+  const int split = warp % S::kSplit, tile = warp / S::kSplit;
   const int quad_row = lane >> 2, quad_col = lane & 3;
   const uint4 zero = make_uint4(0, 0, 0, 0);
   int use = 0;
   for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
     const int e = order[item / groups_per_expert];
     const int rows = min(counts[e], capacity);
-    const int64_t col0 = (item % groups_per_expert) * kBulkColumns + tile * 8;
+    const int64_t col0 = (item % groups_per_expert) * S::kColumns + tile * 8;
     const bool active = col0 < n;
     const bool has_lo = quad_row < rows, has_hi = kTwoRowTiles && quad_row + 8 < rows;
-    const int64_t row_lo = has_lo ? token_s[e * capacity + quad_row] : 0;
-    const int64_t row_hi = has_hi ? token_s[e * capacity + quad_row + 8] : 0;
+    int64_t row_lo = int64_t(e) * capacity + quad_row, row_hi = row_lo + 8;
+    if constexpr (kSwiglu) {
+      row_lo = has_lo ? token_s[row_lo] : 0;
+      row_hi = has_hi ? token_s[row_hi] : 0;
+    }
     const T* x_lo = x + row_lo * k + 8 * quad_col;
     const T* x_hi = x + row_hi * k + 8 * quad_col;
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, acc_up[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int c = 0; c < chunks; ++c, ++use) {
-      const int stage = use % kBulkStages;
-      barrier_wait(&full[stage], (use / kBulkStages) & 1);
-      const int64_t k0 = int64_t(c) * kBulkChunk;
-      const int steps = static_cast<int>(min(int64_t(kBulkChunk), k - k0) / 32);
+      const int stage = use % S::kStages;
+      barrier_wait(&full[stage], (use / S::kStages) & 1);
+      const int64_t k0 = int64_t(c) * S::kChunk;
+      const int steps = static_cast<int>(min(int64_t(S::kChunk), k - k0) / 32);
       if (active) {
-        const T* g_row = gate_stage(stage) + (tile * 8 + quad_row) * kBulkRowStride + 8 * quad_col;
-        const T* u_row = up_stage(stage) + (tile * 8 + quad_row) * kBulkRowStride + 8 * quad_col;
-        constexpr int kWarpSteps = kBulkChunk / 64;
-        uint4 w[kWarpSteps], u[kWarpSteps], lo[kWarpSteps], hi[kWarpSteps];
+        const int row_offset = (tile * 8 + quad_row) * S::kRowStride + 8 * quad_col;
+        const T* w_row = stage_matrix(stage, 0) + row_offset;
+        const T* u_row = stage_matrix(stage, kSwiglu ? 1 : 0) + row_offset;
+        uint4 w[S::kWarpSteps], u[S::kWarpSteps], lo[S::kWarpSteps], hi[S::kWarpSteps];
 #pragma unroll
-        for (int i = 0; i < kWarpSteps; ++i) {
-          const int t = split + 2 * i;
+        for (int i = 0; i < S::kWarpSteps; ++i) {
+          const int t = split + S::kSplit * i;
           const bool live = t < steps;
-          w[i] = live ? *reinterpret_cast<const uint4*>(g_row + t * 32) : zero;
-          u[i] = live ? *reinterpret_cast<const uint4*>(u_row + t * 32) : zero;
+          w[i] = live ? *reinterpret_cast<const uint4*>(w_row + t * 32) : zero;
+          u[i] = kSwiglu && live ? *reinterpret_cast<const uint4*>(u_row + t * 32) : zero;
           lo[i] = live && has_lo
                       ? __ldg(reinterpret_cast<const uint4*>(x_lo + k0 + int64_t(t) * 32))
                       : zero;
@@ -167,31 +186,35 @@ __global__ void __launch_bounds__(kBulkThreads, 1)
                       : zero;
         }
 #pragma unroll
-        for (int i = 0; i < kWarpSteps; ++i) {
-          if (split + 2 * i >= steps) break;  // grouped_mma_kernel runs no step past k
+        for (int i = 0; i < S::kWarpSteps; ++i) {
+          if (split + S::kSplit * i >= steps) break;  // grouped_mma_kernel runs no step past k
           const uint32_t a0[4] = {lo[i].x, hi[i].x, lo[i].y, hi[i].y};
           const uint32_t a1[4] = {lo[i].z, hi[i].z, lo[i].w, hi[i].w};
           mma_16x8x16<T>(acc, a0, w[i].x, w[i].y);
           mma_16x8x16<T>(acc, a1, w[i].z, w[i].w);
-          mma_16x8x16<T>(acc_up, a0, u[i].x, u[i].y);
-          mma_16x8x16<T>(acc_up, a1, u[i].z, u[i].w);
+          if constexpr (kSwiglu) {
+            mma_16x8x16<T>(acc_up, a0, u[i].x, u[i].y);
+            mma_16x8x16<T>(acc_up, a1, u[i].z, u[i].w);
+          }
         }
       }
       __syncwarp();
       if (lane == 0) barrier_arrive(&empty[stage]);
     }
-    // split 0's sum, then split 1's: grouped_mma_kernel's fixed order.
+    // split 0's sum, then 1, 2, ...: grouped_mma_kernel's fixed order.
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       partial[warp][j][lane] = acc[j];
-      partial[warp][4 + j][lane] = acc_up[j];
+      if constexpr (kSwiglu) partial[warp][4 + j][lane] = acc_up[j];
     }
     named_barrier_sync(1, kBulkConsumerWarps * 32);
     if (split == 0) {
+      for (int s = 1; s < S::kSplit; ++s) {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        acc[j] += partial[warp + 1][j][lane];
-        acc_up[j] += partial[warp + 1][4 + j][lane];
+        for (int j = 0; j < 4; ++j) {
+          acc[j] += partial[warp + s][j][lane];
+          if constexpr (kSwiglu) acc_up[j] += partial[warp + s][4 + j][lane];
+        }
       }
     }
     named_barrier_sync(1, kBulkConsumerWarps * 32);
@@ -200,7 +223,9 @@ __global__ void __launch_bounds__(kBulkThreads, 1)
       const int r_lo = quad_row, r_hi = quad_row + 8;
       float v[4];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) v[j] = acc[j] * (1.0f / (1.0f + expf(-acc[j]))) * acc_up[j];
+      for (int j = 0; j < 4; ++j) {
+        v[j] = kSwiglu ? acc[j] * (1.0f / (1.0f + expf(-acc[j]))) * acc_up[j] : acc[j];
+      }
       T* ye = y + int64_t(e) * capacity * n;
       if (r_lo < capacity && has_lo) {
         *reinterpret_cast<uint32_t*>(ye + r_lo * n + col) = pack_pair<T>(v[0], v[1]);
@@ -221,8 +246,8 @@ bool gathered_bulk_enabled() {
   return enabled;
 }
 
-// Whether this device runs the bulk-copy kernel: sm_90+ and the stages' shared memory granted.
-template <typename T, bool kTwoRowTiles>
+// Whether this device runs a bulk-copy kernel: sm_90+ and the stages' shared memory granted.
+template <typename T, bool kSwiglu, bool kTwoRowTiles>
 bool bulk_kernel_ready() {
   static const bool ready = [] {
     int device = 0, major = 0;
@@ -232,15 +257,35 @@ bool bulk_kernel_ready() {
       (void)cudaGetLastError();
       return false;
     }
-    if (cudaFuncSetAttribute(gathered_swiglu_bulk_kernel<T, kTwoRowTiles>,
+    if (cudaFuncSetAttribute(bulk_expert_product_kernel<T, kSwiglu, kTwoRowTiles>,
                              cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(kBulkSharedBytes)) != cudaSuccess) {
+                             static_cast<int>(BulkShape<kSwiglu>::kSharedBytes)) != cudaSuccess) {
       (void)cudaGetLastError();
       return false;
     }
     return true;
   }();
   return ready;
+}
+
+// One block a multiprocessor over the chosen experts' items; false if this device cannot.
+template <typename T, bool kSwiglu, bool kTwoRowTiles>
+bool launch_bulk_product(const T* x, const int32_t* token, const ExpertWeights& w,
+                         const ExpertWeights& u, const int32_t* kept, int experts, int capacity,
+                         int64_t n, int64_t k, int sms, T* y, cudaStream_t stream) {
+  using S = BulkShape<kSwiglu>;
+  if (k % 8 != 0 || k / 32 < S::kSplit || !gathered_bulk_enabled() ||
+      !bulk_kernel_ready<T, kSwiglu, kTwoRowTiles>()) {
+    return false;
+  }
+  const int groups = static_cast<int>((n + S::kColumns - 1) / S::kColumns);
+  const int64_t blocks =
+      std::max<int64_t>(1, std::min<int64_t>(std::max(sms, 1), int64_t(groups) * experts));
+  launch_dependent(bulk_expert_product_kernel<T, kSwiglu, kTwoRowTiles>,
+                   static_cast<unsigned>(blocks), kBulkThreads, S::kSharedBytes, stream, x, token,
+                   w, u, kept, capacity, n, k, y, experts, groups);
+  NNKIT_CUDA_CHECK_LAUNCH(bulk_expert_product_kernel);
+  return true;
 }
 
 template <typename T, bool kTwoRowTiles>
@@ -250,17 +295,10 @@ void launch_gathered_swiglu(const T* x, const int32_t* token, const ExpertWeight
   // k = hidden split over two warps (none when short), 8-column tiles of ffn: as
   // moe_grouped_swiglu_nt runs it.
   const bool short_rows = hidden / 32 < 16;
-  // Rows of 16-byte multiples (bulk copies), k split over two warps: the bulk-copy kernel, one
-  // block per multiprocessor.
-  if (!short_rows && hidden % 8 == 0 && gathered_bulk_enabled() &&
-      bulk_kernel_ready<T, kTwoRowTiles>()) {
-    const int groups = static_cast<int>((ffn + kBulkColumns - 1) / kBulkColumns);
-    const int64_t blocks =
-        std::max<int64_t>(1, std::min<int64_t>(std::max(sms, 1), int64_t(groups) * experts));
-    launch_dependent(gathered_swiglu_bulk_kernel<T, kTwoRowTiles>, static_cast<unsigned>(blocks),
-                     kBulkThreads, kBulkSharedBytes, stream, x, token, gw, uw, kept, capacity, ffn,
-                     hidden, act, experts, groups);
-    NNKIT_CUDA_CHECK_LAUNCH(gathered_swiglu_bulk_kernel);
+  // Long rows: the bulk-copy kernel (same tiles and k order), where the device runs it.
+  if (!short_rows && launch_bulk_product<T, true, kTwoRowTiles>(x, token, gw, uw, kept, experts,
+                                                                 capacity, ffn, hidden, sms, act,
+                                                                 stream)) {
     return;
   }
   auto kernel = short_rows ? grouped_mma_kernel<T, 1, true, kTwoRowTiles, kGateStages>
@@ -326,8 +364,31 @@ void CudaBackend::moe_swiglu_experts_padded(const Tensor& x, const Tensor& token
     }
   });
   // The down product reads only the kept rows of `activated`; the combine only rows with a token.
+  // Bulk-copy fed where the device runs it (moe_grouped_gemm_nt's tiles and k order for long rows:
+  // bit for bit), else moe_grouped_gemm_nt.
   Tensor y_routed = empty({padded, s.hidden}, x.dtype());
-  moe_grouped_gemm_nt(activated, down_w, kept_offsets, capacity, y_routed);
+  bool down_done = false;
+  ExpertWeights dw{};
+  bool down_fits = s.ffn / 32 >= 64;  // moe_grouped_gemm_nt splits such k over eight warps
+  for (int64_t e = 0; e < s.experts && down_fits; ++e) {
+    dw.w[e] = down_w[static_cast<size_t>(e)].raw();
+    down_fits = aligned16(dw.w[e]);
+  }
+  if (down_fits) {
+    dispatch_float(x.dtype(), [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      if constexpr (!std::is_same_v<T, float>) {
+        auto launch = [&](auto two_rows) {
+          return launch_bulk_product<T, false, decltype(two_rows)::value>(
+              ptr<T>(activated), nullptr, dw, dw, ptr<int32_t>(kept_offsets),
+              static_cast<int>(s.experts), static_cast<int>(capacity), s.hidden, s.ffn,
+              limits_.sms, ptr<T>(y_routed), stream_);
+        };
+        down_done = capacity > 8 ? launch(std::true_type{}) : launch(std::false_type{});
+      }
+    });
+  }
+  if (!down_done) moe_grouped_gemm_nt(activated, down_w, kept_offsets, capacity, y_routed);
   moe_combine_rows(y_routed, token, slot, gate, y);
 }
 
