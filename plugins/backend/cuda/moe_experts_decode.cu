@@ -57,13 +57,15 @@ int64_t gathered_max_tokens() {
 // ---- the expert products of single-token steps, fed by bulk copies --------------------------
 // grouped_mma_kernel holds its loads in registers, which caps a multiprocessor at ~96 KB in
 // flight; streaming weights at the H200's bandwidth needs ~128 KB (bench/grouped_bw.cu). Here a
-// producer warp copies each item's weight rows into a ring of shared-memory stages, kChunk of k
-// at a time (cp.async.bulk, no registers per byte in flight), while eight consumer warps run
-// grouped_mma_kernel<T, kSplit, kSwiglu, ...>'s tiles, k order and epilogue (warp w: columns
-// 8 (w / kSplit).., the k steps w % kSplit + kSplit i, then split 0 + 1 + ...): the result is that
-// kernel's, bit for bit. kSwiglu: the gate/up product over hidden (split 2, x gathered through
-// the token index); otherwise the down product over ffn (split 8, x the padded activations).
-// Only the kept rows of y are written.
+// producer thread copies each item's weight rows (contiguous: one cp.async.bulk per matrix,
+// no registers per byte in flight) into one of two shared-memory stages while eight consumer
+// warps work on the other, running grouped_mma_kernel<T, kSplit, kSwiglu, ...>'s tiles, k order
+// and epilogue (warp w: columns 8 (w / kSplit).., the k steps w % kSplit + kSplit i, then
+// split 0 + 1 + ...): the result is that kernel's, bit for bit. kSwiglu: the gate/up product
+// over hidden (split 2, x gathered through the token index); otherwise the down product over
+// ffn (split 8, x the padded activations). Only the kept rows of y are written. (Copies of one
+// 768-byte row segment each, in a ring of three or eight stages, measured slower than the
+// register-fed kernel: RESULTS, session 13.)
 constexpr int kBulkConsumerWarps = 8;
 constexpr int kBulkThreads = (kBulkConsumerWarps + 1) * 32;
 
@@ -71,15 +73,13 @@ template <bool kSwiglu>
 struct BulkShape {
   static constexpr int kSplit = kSwiglu ? 2 : 8;
   static constexpr int kColumns = kBulkConsumerWarps / kSplit * 8;  // columns of an item
-  static constexpr int kChunk = kSwiglu ? 384 : 1024;  // k per stage (steps keep their warp)
-  static constexpr int kRowStride = kChunk + 32;  // +64 B: two rows a shared-memory wavefront
   static constexpr int kMatrices = kSwiglu ? 2 : 1;
-  static constexpr int kStages = kSwiglu ? 3 : 8;
-  static constexpr int kWarpSteps = kChunk / 32 / kSplit;  // k steps of a warp per stage
-  static constexpr size_t kStageBytes = size_t(kMatrices) * kColumns * kRowStride * 2;
-  static constexpr size_t kSharedBytes = kStages * kStageBytes;
-  static_assert((kChunk / 32) % kSplit == 0, "a chunk must keep every step on its warp");
+  static constexpr int kStages = 2;  // whole items: one copy per matrix (contiguous rows)
+  static constexpr int kBatch = kSwiglu ? 6 : 4;  // k steps of a warp loaded before their mmas
+  // An item's rows of every matrix, in bytes (k of T each).
+  static size_t stage_bytes(int64_t k) { return size_t(kMatrices) * kColumns * size_t(k) * 2; }
 };
+constexpr size_t kBulkMaxShared = 200 << 10;  // dynamic shared memory for the stages, at most
 
 template <typename T, bool kSwiglu, bool kTwoRowTiles>
 __global__ void __launch_bounds__(kBulkThreads, 1)
@@ -106,38 +106,28 @@ __global__ void __launch_bounds__(kBulkThreads, 1)
   }
   const int chosen = order_experts_chosen_first(kept, experts, counts, order, &chosen_count);
   const int64_t items = int64_t(chosen) * groups_per_expert;
-  const int chunks = static_cast<int>((k + S::kChunk - 1) / S::kChunk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+  const size_t stage_size = S::stage_bytes(k);
   auto stage_matrix = [&](int stage, int matrix) {
-    return reinterpret_cast<T*>(stage_bytes + stage * S::kStageBytes) +
-           matrix * S::kColumns * S::kRowStride;
+    return reinterpret_cast<T*>(stage_bytes + stage * stage_size) + matrix * S::kColumns * k;
   };
 
-  if (warp == kBulkConsumerWarps) {  // the producer
+  if (warp == kBulkConsumerWarps) {  // the producer: one copy per matrix and item
+    if (lane != 0) return;
     int use = 0;
-    for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
+    for (int64_t item = blockIdx.x; item < items; item += gridDim.x, ++use) {
       const int e = order[item / groups_per_expert];
       const int64_t col_base = (item % groups_per_expert) * S::kColumns;
       const int rows = static_cast<int>(min(int64_t(S::kColumns), n - col_base));
-      const T* w = static_cast<const T*>(weights.w[e]) + col_base * k;
-      const T* u = kSwiglu ? static_cast<const T*>(up.w[e]) + col_base * k : nullptr;
-      for (int c = 0; c < chunks; ++c, ++use) {
-        const int stage = use % S::kStages;
-        if (use >= S::kStages) barrier_wait(&empty[stage], ((use / S::kStages) & 1) ^ 1);
-        const int64_t k0 = int64_t(c) * S::kChunk;
-        const unsigned row_bytes = static_cast<unsigned>(min(int64_t(S::kChunk), k - k0) * 2);
-        if (lane == 0) {
-          barrier_arrive_expect_bytes(&full[stage], unsigned(S::kMatrices) * rows * row_bytes);
-        }
-        __syncwarp();
-        for (int r = lane; r < rows; r += 32) {
-          bulk_copy_to_shared(stage_matrix(stage, 0) + r * S::kRowStride, w + r * k + k0,
-                              row_bytes, &full[stage]);
-          if constexpr (kSwiglu) {
-            bulk_copy_to_shared(stage_matrix(stage, 1) + r * S::kRowStride, u + r * k + k0,
-                                row_bytes, &full[stage]);
-          }
-        }
+      const unsigned bytes = static_cast<unsigned>(rows * k * 2);
+      const int stage = use % S::kStages;
+      if (use >= S::kStages) barrier_wait(&empty[stage], ((use / S::kStages) & 1) ^ 1);
+      barrier_arrive_expect_bytes(&full[stage], unsigned(S::kMatrices) * bytes);
+      bulk_copy_to_shared(stage_matrix(stage, 0),
+                          static_cast<const T*>(weights.w[e]) + col_base * k, bytes, &full[stage]);
+      if constexpr (kSwiglu) {
+        bulk_copy_to_shared(stage_matrix(stage, 1), static_cast<const T*>(up.w[e]) + col_base * k,
+                            bytes, &full[stage]);
       }
     }
     return;
@@ -147,8 +137,9 @@ __global__ void __launch_bounds__(kBulkThreads, 1)
   const int split = warp % S::kSplit, tile = warp / S::kSplit;
   const int quad_row = lane >> 2, quad_col = lane & 3;
   const uint4 zero = make_uint4(0, 0, 0, 0);
+  const int steps = static_cast<int>(k / 32);
   int use = 0;
-  for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
+  for (int64_t item = blockIdx.x; item < items; item += gridDim.x, ++use) {
     const int e = order[item / groups_per_expert];
     const int rows = min(counts[e], capacity);
     const int64_t col0 = (item % groups_per_expert) * S::kColumns + tile * 8;
@@ -162,32 +153,28 @@ __global__ void __launch_bounds__(kBulkThreads, 1)
     const T* x_lo = x + row_lo * k + 8 * quad_col;
     const T* x_hi = x + row_hi * k + 8 * quad_col;
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, acc_up[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int c = 0; c < chunks; ++c, ++use) {
-      const int stage = use % S::kStages;
-      barrier_wait(&full[stage], (use / S::kStages) & 1);
-      const int64_t k0 = int64_t(c) * S::kChunk;
-      const int steps = static_cast<int>(min(int64_t(S::kChunk), k - k0) / 32);
-      if (active) {
-        const int row_offset = (tile * 8 + quad_row) * S::kRowStride + 8 * quad_col;
-        const T* w_row = stage_matrix(stage, 0) + row_offset;
-        const T* u_row = stage_matrix(stage, kSwiglu ? 1 : 0) + row_offset;
-        uint4 w[S::kWarpSteps], u[S::kWarpSteps], lo[S::kWarpSteps], hi[S::kWarpSteps];
+    const int stage = use % S::kStages;
+    barrier_wait(&full[stage], (use / S::kStages) & 1);
+    if (active) {
+      const int64_t row_offset = (tile * 8 + quad_row) * k + 8 * quad_col;
+      const T* w_row = stage_matrix(stage, 0) + row_offset;
+      const T* u_row = stage_matrix(stage, kSwiglu ? 1 : 0) + row_offset;
+      for (int t0 = split; t0 < steps; t0 += S::kSplit * S::kBatch) {
+        uint4 w[S::kBatch], u[S::kBatch], lo[S::kBatch], hi[S::kBatch];
 #pragma unroll
-        for (int i = 0; i < S::kWarpSteps; ++i) {
-          const int t = split + S::kSplit * i;
+        for (int i = 0; i < S::kBatch; ++i) {
+          const int t = t0 + S::kSplit * i;
           const bool live = t < steps;
           w[i] = live ? *reinterpret_cast<const uint4*>(w_row + t * 32) : zero;
           u[i] = kSwiglu && live ? *reinterpret_cast<const uint4*>(u_row + t * 32) : zero;
-          lo[i] = live && has_lo
-                      ? __ldg(reinterpret_cast<const uint4*>(x_lo + k0 + int64_t(t) * 32))
-                      : zero;
-          hi[i] = live && has_hi
-                      ? __ldg(reinterpret_cast<const uint4*>(x_hi + k0 + int64_t(t) * 32))
-                      : zero;
+          lo[i] = live && has_lo ? __ldg(reinterpret_cast<const uint4*>(x_lo + int64_t(t) * 32))
+                                 : zero;
+          hi[i] = live && has_hi ? __ldg(reinterpret_cast<const uint4*>(x_hi + int64_t(t) * 32))
+                                 : zero;
         }
 #pragma unroll
-        for (int i = 0; i < S::kWarpSteps; ++i) {
-          if (split + S::kSplit * i >= steps) break;  // grouped_mma_kernel runs no step past k
+        for (int i = 0; i < S::kBatch; ++i) {
+          // grouped_mma_kernel's steps past k add zeros: the same sums.
           const uint32_t a0[4] = {lo[i].x, hi[i].x, lo[i].y, hi[i].y};
           const uint32_t a1[4] = {lo[i].z, hi[i].z, lo[i].w, hi[i].w};
           mma_16x8x16<T>(acc, a0, w[i].x, w[i].y);
@@ -198,9 +185,9 @@ __global__ void __launch_bounds__(kBulkThreads, 1)
           }
         }
       }
-      __syncwarp();
-      if (lane == 0) barrier_arrive(&empty[stage]);
     }
+    __syncwarp();
+    if (lane == 0) barrier_arrive(&empty[stage]);
     // split 0's sum, then 1, 2, ...: grouped_mma_kernel's fixed order.
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
@@ -259,7 +246,7 @@ bool bulk_kernel_ready() {
     }
     if (cudaFuncSetAttribute(bulk_expert_product_kernel<T, kSwiglu, kTwoRowTiles>,
                              cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(BulkShape<kSwiglu>::kSharedBytes)) != cudaSuccess) {
+                             static_cast<int>(kBulkMaxShared)) != cudaSuccess) {
       (void)cudaGetLastError();
       return false;
     }
@@ -274,7 +261,8 @@ bool launch_bulk_product(const T* x, const int32_t* token, const ExpertWeights& 
                          const ExpertWeights& u, const int32_t* kept, int experts, int capacity,
                          int64_t n, int64_t k, int sms, T* y, cudaStream_t stream) {
   using S = BulkShape<kSwiglu>;
-  if (k % 8 != 0 || k / 32 < S::kSplit || !gathered_bulk_enabled() ||
+  const size_t shared = S::kStages * S::stage_bytes(k);
+  if (k % 8 != 0 || k / 32 < S::kSplit || shared > kBulkMaxShared || !gathered_bulk_enabled() ||
       !bulk_kernel_ready<T, kSwiglu, kTwoRowTiles>()) {
     return false;
   }
@@ -282,7 +270,7 @@ bool launch_bulk_product(const T* x, const int32_t* token, const ExpertWeights& 
   const int64_t blocks =
       std::max<int64_t>(1, std::min<int64_t>(std::max(sms, 1), int64_t(groups) * experts));
   launch_dependent(bulk_expert_product_kernel<T, kSwiglu, kTwoRowTiles>,
-                   static_cast<unsigned>(blocks), kBulkThreads, S::kSharedBytes, stream, x, token,
+                   static_cast<unsigned>(blocks), kBulkThreads, shared, stream, x, token,
                    w, u, kept, capacity, n, k, y, experts, groups);
   NNKIT_CUDA_CHECK_LAUNCH(bulk_expert_product_kernel);
   return true;
