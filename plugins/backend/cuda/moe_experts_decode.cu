@@ -77,7 +77,7 @@ struct BulkShape {
   static constexpr int kStages = 2;  // whole items: one copy per matrix (contiguous rows)
   static constexpr int kBatch = kSwiglu ? 6 : 4;  // k steps of a warp loaded before their mmas
   // An item's rows of every matrix, in bytes (k of T each).
-  static size_t stage_bytes(int64_t k) { return size_t(kMatrices) * kColumns * size_t(k) * 2; }
+  __host__ __device__ static size_t stage_bytes(int64_t k) { return size_t(kMatrices) * kColumns * size_t(k) * 2; }
 };
 constexpr size_t kBulkMaxShared = 200 << 10;  // dynamic shared memory for the stages, at most
 
