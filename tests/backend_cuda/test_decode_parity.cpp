@@ -409,7 +409,7 @@ PaddedRouting padded_routing(int64_t tokens, int64_t experts, int64_t top_k, int
 
 TEST_F(CudaDecode, SwigluExpertsPaddedMatchesTheCpuCompositionAndRepeats) {
   // (tokens, experts, hidden, ffn, top_k, capacity, dtype): single-token steps (backend/cuda's
-  // gathered SwiGLU, bulk-copy fed from 512 wide: 768 wide; 64 experts of 256 at capacity 16 in f16; ffn 1056 at capacity
+  // gathered SwiGLU: 768 wide; 64 experts of 256 at capacity 16 in f16; ffn 1056 at capacity
   // 9), batch 8 of a 768-wide model, 64 experts of 256 with two row tiles (capacity 16) in f16,
   // drops (capacity below the load) at hidden 512, and other shapes (f32; hidden 320).
   struct Case {
@@ -422,8 +422,8 @@ TEST_F(CudaDecode, SwigluExpertsPaddedMatchesTheCpuCompositionAndRepeats) {
       {16, 64, 256, 96, 8, 16, DType::kF16},  {9, 4, 512, 64, 2, 3, DType::kBF16},
       {12, 8, 768, 128, 4, 10, DType::kBF16}, {3, 4, 64, 32, 2, 2, DType::kF32},
       {2, 4, 320, 64, 2, 2, DType::kBF16},
-      // Single-token steps whose down product (ffn >= 2048) takes backend/cuda's bulk-copy
-      // kernel too: a last k chunk of one step, and the two-row-tile instance in f16.
+      // Single-token steps with a long down product (ffn >= 2048: k split over eight warps),
+      // ffn not a multiple of 64, and the two-row-tile instance in f16.
       {1, 4, 512, 2080, 2, 3, DType::kBF16},  {1, 4, 768, 2048, 2, 12, DType::kF16}};
   for (const Case& c : cases) {
     const std::string what = "N " + std::to_string(c.tokens) + " E " + std::to_string(c.experts) +
