@@ -185,8 +185,8 @@ int main() {
     }
     for (int blocks_per_sm : {2, 4, 8}) {
       const double us = median_us([&](int i) {
-        stream_read_kernel<<<blocks_per_sm * sms, 256>>>(both, chosen_sets[i % kSets],
-                                                         2 * p.chosen, int64_t(matrix), sink);
+        stream_read_kernel<<<blocks_per_sm * sms, 256>>>(both, chosen_sets[i % kSets], 2 * p.chosen,
+                                                         int64_t(matrix), sink);
       });
       char label[64];
       std::snprintf(label, sizeof label, "stream read gate+up (%d blocks/SM)", blocks_per_sm);

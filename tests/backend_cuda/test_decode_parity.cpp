@@ -62,9 +62,10 @@ TEST_F(CudaDecode, AttentionDecodeMatchesTheCpu) {
         Case{1, 12, 1, 64, 40000, 39000, false}, Case{40, 12, 1, 64, 300, 250, true},
         Case{2, 20, 2, 128, 700, 650, true}, Case{2, 4, 1, 6, 500, 480, false},
         // One span (caches up to 256 keys): the 6.9B bench's shape (17 + 128 tokens), the
-        // longest one-span cache at batch 8, and the first split one.
+        // longest one-span cache at batch 8, the first split one, and more (sequence, heads)
+        // pairs than arrival counters (one span needs no combine launch).
         Case{1, 12, 1, 64, 145, 140, false}, Case{8, 12, 1, 64, 256, 256, true},
-        Case{2, 12, 1, 64, 257, 200, true}}) {
+        Case{2, 12, 1, 64, 257, 200, true}, Case{1400, 12, 1, 64, 20, 19, false}}) {
     const std::string what = "B " + std::to_string(c.batch) + " cap " + std::to_string(c.capacity) +
                              " len " + std::to_string(c.kv_len);
     AttentionShape s;
@@ -417,14 +418,19 @@ TEST_F(CudaDecode, SwigluExpertsPaddedMatchesTheCpuCompositionAndRepeats) {
     DType dtype;
   };
   const Case cases[] = {
-      {1, 16, 768, 1024, 4, 1, DType::kBF16}, {1, 64, 256, 96, 8, 16, DType::kF16},
-      {1, 8, 512, 1056, 2, 9, DType::kBF16},  {8, 16, 768, 1056, 4, 8, DType::kBF16},
-      {16, 64, 256, 96, 8, 16, DType::kF16},  {9, 4, 512, 64, 2, 3, DType::kBF16},
-      {12, 8, 768, 128, 4, 10, DType::kBF16}, {3, 4, 64, 32, 2, 2, DType::kF32},
+      {1, 16, 768, 1024, 4, 1, DType::kBF16},
+      {1, 64, 256, 96, 8, 16, DType::kF16},
+      {1, 8, 512, 1056, 2, 9, DType::kBF16},
+      {8, 16, 768, 1056, 4, 8, DType::kBF16},
+      {16, 64, 256, 96, 8, 16, DType::kF16},
+      {9, 4, 512, 64, 2, 3, DType::kBF16},
+      {12, 8, 768, 128, 4, 10, DType::kBF16},
+      {3, 4, 64, 32, 2, 2, DType::kF32},
       {2, 4, 320, 64, 2, 2, DType::kBF16},
       // Single-token steps with a long down product (ffn >= 2048: k split over eight warps),
       // ffn not a multiple of 64, and the two-row-tile instance in f16.
-      {1, 4, 512, 2080, 2, 3, DType::kBF16},  {1, 4, 768, 2048, 2, 12, DType::kF16}};
+      {1, 4, 512, 2080, 2, 3, DType::kBF16},
+      {1, 4, 768, 2048, 2, 12, DType::kF16}};
   for (const Case& c : cases) {
     const std::string what = "N " + std::to_string(c.tokens) + " E " + std::to_string(c.experts) +
                              " C " + std::to_string(c.hidden) + " F " + std::to_string(c.ffn) +

@@ -13,8 +13,8 @@
 // one launch per call. A cache of at most kSingleSpanKeys keys (decoding a short context) is one
 // span: its blocks normalise the output themselves, with no partials and no combine round trips.
 // Every block loads its next tile while it works on the current one. Spans past the device
-// length exit at once, so the grid depends only on the capacity. Statistics and partials are f32, the output is rounded once, and every sum runs
-// in a fixed order: results repeat bit for bit.
+// length exit at once, so the grid depends only on the capacity. Statistics and partials are f32,
+// the output is rounded once, and every sum runs in a fixed order: results repeat bit for bit.
 #include <algorithm>
 #include <cstdlib>
 #include <string>
@@ -173,7 +173,8 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   }
 
   if (g.chunks == 1) {
-    __syncthreads();  // an empty span never passed the loop's barriers: its stats are published here
+    // An empty span never passed the loop's barriers: this one publishes its statistics.
+    __syncthreads();
     // One span holds every key: its statistics are final, so the block writes the normalised
     // output itself (no partials, no combine).
 #pragma unroll
@@ -182,7 +183,8 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
       const int h = i / kD, d = i % kD;
       if (h < hn && d < dim) {
         const float l = l_run[h];
-        out[(int64_t(b) * g.heads + h0 + h) * dim + d] = from_float<T>(l > 0.0f ? acc[r] / l : 0.0f);
+        out[(int64_t(b) * g.heads + h0 + h) * dim + d] =
+            from_float<T>(l > 0.0f ? acc[r] / l : 0.0f);
       }
     }
     return;
@@ -289,26 +291,17 @@ __global__ void attention_decode_combine_kernel(const float* part_o, const float
   }
 }
 
-// Caches of at most max_keys keys run as one span per block: one launch with no partials and no
-// combine, the block walking the cache a tile at a time with the next tile's loads in flight.
-// NNKIT_ATTN_SPAN_KEYS=N moves the limit (0: always split), NNKIT_ATTN_SPAN_HEADS=H the query
-// heads per block (4 or 16), to compare on one machine.
-struct SingleSpan {
-  int64_t max_keys;
-  int64_t heads_per_block;
-};
-SingleSpan single_span_choice() {
-  static const SingleSpan choice = [] {
-    SingleSpan c{kSingleSpanKeys, kFewHeadsPerBlock};
-    if (const char* keys = std::getenv("NNKIT_ATTN_SPAN_KEYS"); keys && *keys) {
-      c.max_keys = std::max(0LL, std::atoll(keys));
-    }
-    if (const char* heads = std::getenv("NNKIT_ATTN_SPAN_HEADS"); heads && *heads) {
-      c.heads_per_block = std::atoll(heads) == kHeadsPerBlock ? kHeadsPerBlock : kFewHeadsPerBlock;
-    }
-    return c;
+// Caches of at most this many keys run as one span per block (4 query heads each): one launch
+// with no partials and no combine, the block walking the cache a tile at a time with the next
+// tile's loads in flight. NNKIT_ATTN_SPAN_KEYS=N moves the limit (0: always split), to compare
+// on one machine.
+int64_t single_span_max_keys() {
+  static const int64_t keys = [] {
+    const char* flag = std::getenv("NNKIT_ATTN_SPAN_KEYS");
+    if (flag == nullptr || *flag == '\0') return kSingleSpanKeys;
+    return static_cast<int64_t>(std::max(0LL, std::atoll(flag)));
   }();
-  return choice;
+  return keys;
 }
 
 int64_t ceil_div64(int64_t a, int64_t b) {
@@ -351,20 +344,18 @@ void CudaBackend::attention_decode(const Tensor& q, const Tensor& k, const Tenso
     const bool short_cache =
         B * Hkv * ceil_div64(H / Hkv, kHeadsPerBlock) * ceil_div64(s.kv_capacity, tile) <
         target_blocks;
-    const SingleSpan single = single_span_choice();
-    const bool one_span = s.kv_capacity <= single.max_keys;
-    const int64_t heads_per_block =
-        one_span ? single.heads_per_block : (short_cache ? kFewHeadsPerBlock : kHeadsPerBlock);
+    const bool one_span = s.kv_capacity <= single_span_max_keys();
+    const int64_t heads_per_block = one_span || short_cache ? kFewHeadsPerBlock : kHeadsPerBlock;
     const int64_t head_tiles = ceil_div64(H / Hkv, heads_per_block);
     const int64_t pairs = B * Hkv * head_tiles;  // blocks per span
     // Enough spans for about two blocks per multiprocessor (bytes in flight to stream the cache
     // at full bandwidth), none shorter than one tile, and few enough for the combine; a short
     // cache is one span (its block normalises the output itself).
-    int64_t chunks =
-        one_span ? 1
-                 : std::clamp<int64_t>(
-                       ceil_div64(target_blocks, pairs), 1,
-                       std::min<int64_t>(ceil_div64(s.kv_capacity, tile), max_spans(kD)));
+    int64_t chunks = one_span
+                         ? 1
+                         : std::clamp<int64_t>(
+                               ceil_div64(target_blocks, pairs), 1,
+                               std::min<int64_t>(ceil_div64(s.kv_capacity, tile), max_spans(kD)));
     const int64_t chunk_keys = ceil_div64(ceil_div64(s.kv_capacity, chunks), tile) * tile;
     chunks = ceil_div64(s.kv_capacity, chunk_keys);
     const DecodeGeometry g{static_cast<int>(B),
@@ -377,25 +368,29 @@ void CudaBackend::attention_decode(const Tensor& q, const Tensor& k, const Tenso
                            static_cast<int>(head_tiles),
                            static_cast<int>(heads_per_block),
                            s.scale};
-    Tensor part_o = empty({B * chunks * H * D});
-    Tensor part_m = empty({B * chunks * H});
-    Tensor part_l = empty({B * chunks * H});
-    int32_t* arrivals = pairs <= kDecodeArrivalCounters ? decode_arrivals_ : nullptr;
+    // One span writes the output itself: no partials, no arrivals, no combine launch.
+    const bool split = chunks > 1;
+    Tensor part_o = split ? empty({B * chunks * H * D}) : Tensor();
+    Tensor part_m = split ? empty({B * chunks * H}) : Tensor();
+    Tensor part_l = split ? empty({B * chunks * H}) : Tensor();
+    float* o_parts = split ? ptr<float>(part_o) : nullptr;
+    float* m_parts = split ? ptr<float>(part_m) : nullptr;
+    float* l_parts = split ? ptr<float>(part_l) : nullptr;
+    int32_t* arrivals = split && pairs <= kDecodeArrivalCounters ? decode_arrivals_ : nullptr;
     const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(B),
                     static_cast<unsigned>(Hkv * head_tiles));
     dispatch_float(q.dtype(), [&](auto tag) {
       using T = typename decltype(tag)::type;
-      launch_dependent(attention_decode_kernel<T, kD>, grid, kThreadsPerBlock, 0, stream_,
-                       ptr<T>(q), ptr<T>(k), ptr<T>(v),
-                       kv_start.defined() ? ptr<int32_t>(kv_start) : nullptr,
-                       ptr<int32_t>(kv_len_device), g, ptr<float>(part_o), ptr<float>(part_m),
-                       ptr<float>(part_l), arrivals, ptr<T>(out));
+      launch_dependent(
+          attention_decode_kernel<T, kD>, grid, kThreadsPerBlock, 0, stream_, ptr<T>(q), ptr<T>(k),
+          ptr<T>(v), kv_start.defined() ? ptr<int32_t>(kv_start) : nullptr,
+          ptr<int32_t>(kv_len_device), g, o_parts, m_parts, l_parts, arrivals, ptr<T>(out));
       NNKIT_CUDA_CHECK_LAUNCH(attention_decode_kernel);
-      if (arrivals == nullptr) {
+      if (split && arrivals == nullptr) {
         const int threads = static_cast<int>(std::min<int64_t>(256, ceil_div64(D, 32) * 32));
         attention_decode_combine_kernel<T>
             <<<dim3(static_cast<unsigned>(H), static_cast<unsigned>(B)), threads, 0, stream_>>>(
-                ptr<float>(part_o), ptr<float>(part_m), ptr<float>(part_l), g, ptr<T>(out));
+                o_parts, m_parts, l_parts, g, ptr<T>(out));
         NNKIT_CUDA_CHECK_LAUNCH(attention_decode_combine_kernel);
       }
     });
