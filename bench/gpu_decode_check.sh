@@ -19,6 +19,9 @@
 #           against a plain streaming read of the same bytes, at batch 1 and 8 shapes
 #   gaps    bench/graph_gap.cu: per-node cost of a recorded chain of kernels, with and without
 #           programmatic dependent launch
+#   timeline the 6.9B model at batch 1 and 8 under bench/kernel_timeline.cpp (CUPTI kernel
+#           records of every replayed graph node): per-kernel duration and critical-path increment
+#           of steady-state steps (bench/kernel_timeline.py), and decode tok/s traced vs untraced
 #   long    long context on the 6.9B model: a 32K-token prompt (alpha 1, max_seq_len 32768) and a
 #           128K-token prompt with model.attention.rope.ntk_alpha=8, 128 new tokens each;
 #           prefill/decode tok/s and peak device memory (nvidia-smi, 200 ms samples)
@@ -140,6 +143,27 @@ if has ncu; then
       --step-kernel attention_decode_kernel --per-step 30 | head -40
   done
   stamp "ncu"
+fi
+
+if has timeline; then
+  cuda_root=$(dirname "$(dirname "$(command -v nvcc)")")
+  cupti_lib=$(dirname "$(find "$cuda_root/" /usr/local/cuda*/ -name 'libcupti.so*' 2>/dev/null | head -1)")
+  g++ -O2 -std=c++17 -shared -fPIC bench/kernel_timeline.cpp -I"$cuda_root/include" \
+    -L"$cupti_lib" -Wl,-rpath,"$cupti_lib" -lcupti -o build-gpu/libkernel_timeline.so ||
+    echo "kernel_timeline did not build"
+  for batch in ${TIMELINE_BATCHES:-1 8}; do
+    python3 -c "import sys; t='The quick brown fox jumps over the lazy dog while the cat sleeps. '*4; [print(t[i*5:i*5+16]) for i in range(int(sys.argv[1]))]" "$batch" > /tmp/timeline_prompts.txt
+    for traced in 0 1; do
+      preload=""; [ "$traced" = 1 ] && preload=build-gpu/libkernel_timeline.so
+      NNKIT_TIMELINE_OUT="$out/timeline_b$batch.csv" LD_PRELOAD="$preload" timeout 200 \
+        "$nnkit" generate configs/cuda-nn-6.9b.yaml --random-init --prompts /tmp/timeline_prompts.txt \
+        --max-new-tokens 128 --seed 1 --json 'decode=[{type: greedy}]' "$gpu_backend" \
+        2> "$out/timeline_b${batch}_$traced.err" |
+        python3 -c "import json,sys; r=json.loads(sys.stdin.readline()); print('batch', sys.argv[1], 'traced', sys.argv[2], 'decode tok/s', round(r['decode_tokens_per_s'],1))" "$batch" "$traced"
+    done
+    python3 bench/kernel_timeline.py "$out/timeline_b$batch.csv" --top 30 | tee "$out/timeline_b$batch.txt"
+  done
+  stamp "timeline"
 fi
 
 if has grouped; then
