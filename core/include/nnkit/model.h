@@ -169,6 +169,12 @@ class NNKIT_API Transformer {
   // end_decode() releases the recording (init_cache() or begin_decode() again starts anew).
   void begin_decode(int64_t batch, const std::vector<int32_t>& kv_start);
   Tensor decode_step(const std::vector<int32_t>& ids, int64_t cache_len);
+  // The step's input ids, (B) i32 on the device, between begin_decode() and end_decode(): a
+  // device sampler writes the next ids here and decode_step_device() runs on what it holds, so
+  // the host can queue the next step before it has read the sampled ids (ids outside the
+  // vocabulary are the writer's fault; the gather reads them unchecked).
+  Tensor decode_input_ids() const;
+  Tensor decode_step_device(int64_t cache_len);
   void end_decode();
   // True when the decode steps are replayed from a CUDA Graph.
   bool decode_recorded() const;

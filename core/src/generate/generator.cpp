@@ -4,8 +4,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <random>
+#include <string>
 
 #include "nnkit/device_sampling.h"
 #include "nnkit/error.h"
@@ -132,18 +134,31 @@ std::vector<GenerationResult> generate(Transformer& model, const Tokenizer& toke
   bool device_sampling = false;
   if (on_device) {
     sampling = make_device_sampling_context(backend, history, longest + options.max_new_tokens + 1);
-    device_ids = backend.empty({batch}, DType::kI32);
   }
   std::vector<int32_t> sampled(static_cast<size_t>(batch), 0);
   std::vector<float> host;
-  // Picks every row's next token from `logits` into `sampled` (device or host chain).
+  // With a device chain the sampled ids land in the decode step's own input tensor, and the host
+  // reads them one step late: step s+1 is queued before the ids of step s are known on the host,
+  // so the device never waits for the host between steps (a step that an EOS or a stop string
+  // made unneeded runs and is discarded). NNKIT_DECODE_LOOKAHEAD=0 reads each step's ids before
+  // queuing the next (to compare on one machine).
+  const char* lookahead_flag = std::getenv("NNKIT_DECODE_LOOKAHEAD");
+  const bool lookahead_allowed =
+      on_device && (lookahead_flag == nullptr || std::string(lookahead_flag) != "0");
+  bool lookahead = false;
+  // Picks every row's next token from `logits` into `sampled` (device or host chain); with
+  // lookahead the copy into `sampled` completes at the next await_host_copies().
   auto sample_step = [&](const Tensor& logits, int64_t step) {
     if (on_device && (step == 0 || device_sampling)) {
       device_sampling =
           sample_on_device(backend, chain, logits, sampling, options.seed, step, device_ids);
       if (device_sampling) {
         append_device_history(backend, sampling, device_ids);
-        backend.copy_to_host(sampled.data(), device_ids);
+        if (lookahead || (step == 0 && lookahead_allowed)) {
+          backend.copy_to_host_async(sampled.data(), device_ids);
+        } else {
+          backend.copy_to_host(sampled.data(), device_ids);
+        }
         return;
       }
       if (step == 0) {
@@ -164,15 +179,33 @@ std::vector<GenerationResult> generate(Transformer& model, const Tokenizer& toke
 
   const auto t0 = std::chrono::steady_clock::now();
   Tensor logits = model.forward_cached(padded, batch, longest, 0, kv_start, false);
-  sample_step(logits, 0);
-  const auto t1 = std::chrono::steady_clock::now();
-  int64_t cache_len = longest;
-  int64_t decode_steps = 0;
   // The steps read their lengths from device memory: on a backend that captures, the second
   // step is recorded in a CUDA Graph and replayed for every later token.
   model.begin_decode(batch, kv_start);
+  if (on_device) {
+    device_ids = lookahead_allowed ? model.decode_input_ids() : backend.empty({batch}, DType::kI32);
+  }
+  sample_step(logits, 0);
+  lookahead = lookahead_allowed && device_sampling;
+  if (lookahead) backend.await_host_copies();
+  const auto t1 = std::chrono::steady_clock::now();
+  int64_t cache_len = longest;
+  int64_t decode_steps = 0;  // steps whose ids were used
+  int64_t queued_steps = 0;  // steps run (lookahead: one more when a row's stop ended it)
   std::vector<int32_t> next(static_cast<size_t>(batch), tokenizer.pad_id());
   for (int64_t step = 0; step < options.max_new_tokens; ++step) {
+    if (lookahead && step > 0) {
+      backend.await_host_copies();  // `sampled` now holds the ids of step `step`
+      ++decode_steps;
+    }
+    const bool last = step + 1 == options.max_new_tokens;
+    if (lookahead && !last) {
+      // The next step reads the ids the device sampler just wrote (decode_input_ids()).
+      logits = model.decode_step_device(cache_len);
+      sample_step(logits, step + 1);
+      ++cache_len;
+      ++queued_steps;
+    }
     bool all_done = true;
     for (size_t b = 0; b < static_cast<size_t>(batch); ++b) {
       if (done[b]) continue;
@@ -203,12 +236,17 @@ std::vector<GenerationResult> generate(Transformer& model, const Tokenizer& toke
       flush(b, done[b]);
       all_done = all_done && done[b];
     }
-    if (all_done || step + 1 == options.max_new_tokens) break;
-    logits = model.decode_step(next, cache_len);
-    sample_step(logits, step + 1);
-    ++cache_len;
-    ++decode_steps;
+    if (all_done || last) break;
+    if (!lookahead) {
+      logits = model.decode_step(next, cache_len);
+      sample_step(logits, step + 1);
+      ++cache_len;
+      ++decode_steps;
+      ++queued_steps;
+    }
   }
+  // A queued step nobody needs still finishes before the recording it replays is released.
+  if (lookahead && queued_steps > decode_steps) backend.await_host_copies();
   const auto t2 = std::chrono::steady_clock::now();
   const bool recorded = model.decode_recorded();
   model.end_decode();

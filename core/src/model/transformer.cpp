@@ -846,10 +846,21 @@ Tensor Transformer::decode_step(const std::vector<int32_t>& ids, int64_t cache_l
                                   "), got " + std::to_string(ids.size()));
   }
   check_ids(ids, config_.vocab_size, "input");
+  backend_->copy_from_host(d.ids, ids.data());
+  return decode_step_device(cache_len);
+}
+
+Tensor Transformer::decode_input_ids() const {
+  if (!decode_) throw Error("model", "decode_input_ids() needs a preceding begin_decode()");
+  return decode_->ids;
+}
+
+Tensor Transformer::decode_step_device(int64_t cache_len) {
+  if (!decode_) throw Error("model", "decode_step_device() needs a preceding begin_decode()");
+  DecodeState& d = *decode_;
   Backend& be = *backend_;
   const std::vector<int32_t> positions = default_positions(d.batch, 1, cache_len, d.kv_start);
   const int32_t lengths[2] = {static_cast<int32_t>(cache_len), static_cast<int32_t>(cache_len + 1)};
-  be.copy_from_host(d.ids, ids.data());
   be.copy_from_host(d.positions, positions.data());
   be.copy_from_host(d.cache_len, &lengths[0]);
   be.copy_from_host(d.kv_len, &lengths[1]);

@@ -18,11 +18,13 @@
 #include <algorithm>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 
 #include "attention_common.cuh"
 #include "cuda_check.h"
 #include "dependent_launch.cuh"
 #include "kernel_utils.cuh"
+#include "mma_m16n8k16.cuh"
 
 namespace nnkit::cuda {
 
@@ -267,6 +269,187 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   if (tid == 0) *counter = 0;  // ready for the next call (or replay)
 }
 
+// A short cache resident in shared memory (16-bit K and V, head_dim 64 or 128): one block per
+// (sequence, tile of <= kResidentMaxHeads query heads) holds every key of its sequence, so the
+// whole call is one round of loads and three barriers, where the tile walk above pays a load
+// round trip and four barriers per 64 keys on a handful of blocks (a 145-key cache at batch 1
+// took ~8 us on three blocks). Before its wait the block pulls its rows into L2 (nothing read
+// there can be stale: the rows are loaded again after the wait); then every row goes into shared
+// memory with cp.async at once. Scores: eight lanes per key, 16-byte reads of a row. Values: a
+// lane per key slice, a warp per 8-element pack of the output, the rows padded by one pack so the
+// slices' reads fall in distinct banks. Fixed orders throughout: the output repeats bit for bit.
+constexpr int kResidentMaxHeads = 4;
+constexpr int kResidentLanesPerKey = 8;
+constexpr size_t kResidentMaxShared = 160 << 10;
+
+template <int kD>
+constexpr int resident_row() {
+  return kD + 8;  // elements: one 16-byte pack of padding per row
+}
+
+size_t resident_shared_bytes(int64_t capacity, int64_t head_dim, int64_t heads) {
+  return size_t(capacity) * size_t(head_dim + 8) * 2 * 2 +
+         size_t(heads) * size_t(capacity) * sizeof(float);
+}
+
+template <typename T, int kD>
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    attention_decode_resident_kernel(const T* q, const T* k, const T* v, const int32_t* kv_start,
+                                     const int32_t* kv_len_device, DecodeGeometry g, T* out) {
+  static_assert(sizeof(T) == 2 && (kD == 64 || kD == 128));
+  constexpr int kRow = resident_row<kD>();
+  constexpr int kPacksPerRow = kD / 8;
+  constexpr int kPacksPerLane = kPacksPerRow / kResidentLanesPerKey;  // scores: 1 or 2
+  constexpr int kKeyGroups = kThreadsPerBlock / kResidentLanesPerKey;
+  constexpr int kWarps = kThreadsPerBlock / 32;
+  constexpr int kPacksPerWarp = kPacksPerRow / kWarps;  // values: 1 or 2
+  extern __shared__ uint4 resident_shared[];
+  T* k_s = reinterpret_cast<T*>(resident_shared);
+  T* v_s = k_s + int64_t(g.capacity) * kRow;
+  float* p_s = reinterpret_cast<float*>(v_s + int64_t(g.capacity) * kRow);  // (hn, capacity)
+  __shared__ float l_s[kResidentMaxHeads];
+
+  const int b = blockIdx.y;
+  const int kvh = blockIdx.z / g.head_tiles;
+  const int group = g.heads / g.kv_heads;
+  const int tile_in_group = blockIdx.z % g.head_tiles;
+  const int h0 = kvh * group + tile_in_group * g.heads_per_block;
+  const int hn = min(g.heads_per_block, group - tile_in_group * g.heads_per_block);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t kv_ld = int64_t(g.kv_heads) * kD;
+  const T* k_seq = k + int64_t(b) * g.capacity * kv_ld + int64_t(kvh) * kD;
+  const T* v_seq = v + int64_t(b) * g.capacity * kv_ld + int64_t(kvh) * kD;
+  // Into L2 before the wait. The lengths read here only choose what to prefetch (a predecessor
+  // could still be writing them: the call reads them again after the wait).
+  constexpr int kLinesPerRow = kD * 2 / 128;
+  {
+    const int len = min(*kv_len_device, g.capacity);
+    const int start = kv_start != nullptr ? min(max(0, kv_start[b]), len) : 0;
+    for (int i = tid; i < (len - start) * kLinesPerRow; i += kThreadsPerBlock) {
+      const int64_t offset = int64_t(start + i / kLinesPerRow) * kv_ld + (i % kLinesPerRow) * 64;
+      prefetch_to_l2(k_seq + offset);
+      prefetch_to_l2(v_seq + offset);
+    }
+  }
+  wait_for_preceding_grid();
+  allow_dependent_launch();
+
+  const int kv_len = min(*kv_len_device, g.capacity);
+  const int first = kv_start != nullptr ? min(max(0, kv_start[b]), kv_len) : 0;
+  const int keys = kv_len - first;
+  const T* k_rows = k_seq + int64_t(first) * kv_ld;
+  const T* v_rows = v_seq + int64_t(first) * kv_ld;
+  for (int i = tid; i < keys * kPacksPerRow; i += kThreadsPerBlock) {
+    const int row = i / kPacksPerRow, pack = i % kPacksPerRow;
+    cp_async_16(k_s + row * kRow + pack * 8, k_rows + int64_t(row) * kv_ld + pack * 8);
+    cp_async_16(v_s + row * kRow + pack * 8, v_rows + int64_t(row) * kv_ld + pack * 8);
+  }
+  cp_async_commit();
+  // This lane's slice of each head's query for the scores (while the rows land).
+  const int key_lane = tid % kResidentLanesPerKey, key_group = tid / kResidentLanesPerKey;
+  float q_r[kResidentMaxHeads][kPacksPerLane][8];
+#pragma unroll
+  for (int h = 0; h < kResidentMaxHeads; ++h) {
+#pragma unroll
+    for (int p = 0; p < kPacksPerLane; ++p) {
+      if (h < hn) {
+        load_floats<8>(
+            q + (int64_t(b) * g.heads + h0 + h) * kD + (p * kResidentLanesPerKey + key_lane) * 8,
+            q_r[h][p]);
+      }
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // Scores: key j's eight lanes each dot their packs, then sum across the eight (every warp runs
+  // the same trips: the shuffles need all its lanes).
+  for (int j0 = 0; j0 < keys; j0 += kKeyGroups) {
+    const int j = j0 + key_group;
+    const bool live = j < keys;
+    float dot[kResidentMaxHeads];
+#pragma unroll
+    for (int h = 0; h < kResidentMaxHeads; ++h) dot[h] = 0.0f;
+#pragma unroll
+    for (int p = 0; p < kPacksPerLane; ++p) {
+      float kf[8];
+      load_floats<8>(k_s + (live ? j : 0) * kRow + (p * kResidentLanesPerKey + key_lane) * 8, kf);
+#pragma unroll
+      for (int h = 0; h < kResidentMaxHeads; ++h) {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) dot[h] += q_r[h][p][e] * kf[e];
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < kResidentMaxHeads; ++h) {
+#pragma unroll
+      for (int offset = kResidentLanesPerKey / 2; offset > 0; offset >>= 1) {
+        dot[h] += __shfl_xor_sync(0xffffffffu, dot[h], offset);
+      }
+      if (live && key_lane == 0 && h < hn) p_s[h * g.capacity + j] = dot[h] * g.scale;
+    }
+  }
+  __syncthreads();
+  // Softmax, a warp per head: p <- exp(s - max), l = sum p.
+  if (warp < hn) {
+    float* row = p_s + warp * g.capacity;
+    float mx = -INFINITY;
+    for (int j = lane; j < keys; j += 32) mx = fmaxf(mx, row[j]);
+    mx = warp_max(mx);
+    float sum = 0.0f;
+    for (int j = lane; j < keys; j += 32) {
+      const float p = expf(row[j] - mx);
+      row[j] = p;
+      sum += p;
+    }
+    sum = warp_sum(sum);
+    if (lane == 0) l_s[warp] = sum;
+  }
+  __syncthreads();
+  // Values: lane = key slice, warp = output pack(s); the 32 slices are summed by shuffles.
+#pragma unroll
+  for (int wp = 0; wp < kPacksPerWarp; ++wp) {
+    const int pack = wp * kWarps + warp;
+    float acc[kResidentMaxHeads][8];
+#pragma unroll
+    for (int h = 0; h < kResidentMaxHeads; ++h) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[h][e] = 0.0f;
+    }
+    for (int j = lane; j < keys; j += 32) {
+      float vf[8];
+      load_floats<8>(v_s + j * kRow + pack * 8, vf);
+#pragma unroll
+      for (int h = 0; h < kResidentMaxHeads; ++h) {
+        if (h < hn) {
+          const float p = p_s[h * g.capacity + j];
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[h][e] += p * vf[e];
+        }
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < kResidentMaxHeads; ++h) {
+      if (h >= hn) continue;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[h][e] = warp_sum(acc[h][e]);
+      if (lane < 8) {
+        float value = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) value = lane == e ? acc[h][e] : value;
+        const float l = l_s[h];
+        out[(int64_t(b) * g.heads + h0 + h) * kD + pack * 8 + lane] =
+            from_float<T>(keys > 0 && l > 0.0f ? value / l : 0.0f);
+      }
+    }
+  }
+}
+
+bool allow_resident_shared_memory(const void* kernel) {
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              int(kResidentMaxShared)) == cudaSuccess;
+}
+
 // The combine as its own launch, for grids with more (sequence, heads) pairs than counters.
 // One block per (head, sequence), a thread per element of the head.
 template <typename T>
@@ -308,6 +491,16 @@ int64_t ceil_div64(int64_t a, int64_t b) {
   return (a + b - 1) / b;
 }
 
+// NNKIT_ATTN_RESIDENT=0 sends short caches through the tile walk instead (to compare on one
+// machine).
+bool resident_enabled() {
+  static const bool enabled = [] {
+    const char* flag = std::getenv("NNKIT_ATTN_RESIDENT");
+    return flag == nullptr || std::string(flag) != "0";
+  }();
+  return enabled;
+}
+
 }  // namespace
 
 void CudaBackend::attention_decode(const Tensor& q, const Tensor& k, const Tensor& v,
@@ -337,6 +530,48 @@ void CudaBackend::attention_decode(const Tensor& q, const Tensor& k, const Tenso
 
   with_head_dim_bucket(static_cast<int>(D), [&](auto bucket) {
     constexpr int kD = decltype(bucket)::value;
+    if constexpr (kD == 64 || kD == 128) {
+      // One block per (sequence, head) while that leaves blocks at most twice the
+      // multiprocessors (each reads its sequence's rows from L2), else four heads a block.
+      const int64_t heads_per_block =
+          B * H <= 2 * std::max(1, limits_.sms) ? 1 : std::min<int64_t>(kResidentMaxHeads, H / Hkv);
+      const size_t shared = resident_shared_bytes(s.kv_capacity, D, heads_per_block);
+      const bool resident = resident_enabled() && q.dtype() != DType::kF32 && D == kD &&
+                            s.kv_capacity <= single_span_max_keys() &&
+                            shared <= kResidentMaxShared && aligned16(q.raw()) &&
+                            aligned16(k.raw()) && aligned16(v.raw()) && aligned16(out.raw());
+      if (resident) {
+        const int64_t head_tiles = ceil_div64(H / Hkv, heads_per_block);
+        const DecodeGeometry g{static_cast<int>(B),
+                               static_cast<int>(H),
+                               static_cast<int>(Hkv),
+                               static_cast<int>(D),
+                               static_cast<int>(s.kv_capacity),
+                               1,
+                               static_cast<int>(s.kv_capacity),
+                               static_cast<int>(head_tiles),
+                               static_cast<int>(heads_per_block),
+                               s.scale};
+        const dim3 grid(1, static_cast<unsigned>(B), static_cast<unsigned>(Hkv * head_tiles));
+        dispatch_float(q.dtype(), [&](auto tag) {
+          using T = typename decltype(tag)::type;
+          if constexpr (!std::is_same_v<T, float>) {
+            auto kernel = attention_decode_resident_kernel<T, kD>;
+            static const bool allowed =
+                allow_resident_shared_memory(reinterpret_cast<const void*>(kernel));
+            if (!allowed && shared > size_t(48 << 10)) {
+              kChecks.fail(op, "could not allow " + std::to_string(kResidentMaxShared) +
+                                   " bytes of shared memory for the resident decode attention");
+            }
+            launch_dependent(kernel, grid, kThreadsPerBlock, shared, stream_, ptr<T>(q), ptr<T>(k),
+                             ptr<T>(v), kv_start.defined() ? ptr<int32_t>(kv_start) : nullptr,
+                             ptr<int32_t>(kv_len_device), g, ptr<T>(out));
+            NNKIT_CUDA_CHECK_LAUNCH(attention_decode_resident_kernel);
+          }
+        });
+        return;
+      }
+    }
     const int64_t tile = tile_keys(kD);
     const int64_t target_blocks = 2 * std::max(1, limits_.sms);
     // A cache too short for its spans of one tile to fill the GPU (decoding a short context):
