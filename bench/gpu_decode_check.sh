@@ -93,10 +93,16 @@ if has memory; then
 fi
 
 if has tiny; then
-  for backend in 'backend={type: cuda, precision: bf16}' 'backend={type: cpu}'; do
-    "$nnkit" generate configs/tiny.yaml --random-init --prompt "$prompt16" --max-new-tokens 200 \
-      --seed 7 --json 'decode=[{type: greedy}]' "$backend" 2>/dev/null |
-      python3 -c "import json,sys; r=json.loads(sys.stdin.readline()); print(sys.argv[1], 'decode', round(r['decode_tokens_per_s'],1), 'tok/s graph', r.get('decode_graph'))" "$backend"
+  # TINY_ENVS: extra runs of the GPU side under each VAR=VALUE switch.
+  for run in 'backend={type: cuda, precision: bf16}' 'backend={type: cpu}' \
+      ${TINY_ENVS:-NNKIT_DECODE_LOOKAHEAD=0}; do
+    backend=$run; switch=NNKIT_NONE=1
+    case "$run" in backend=*) ;; *) switch=$run; backend='backend={type: cuda, precision: bf16}' ;; esac
+    for repeat in 1 2 3; do
+      env "$switch" "$nnkit" generate configs/tiny.yaml --random-init --prompt "$prompt16" --max-new-tokens 200 \
+        --seed 7 --json 'decode=[{type: greedy}]' "$backend" 2>/dev/null |
+        python3 -c "import json,sys; r=json.loads(sys.stdin.readline()); print(sys.argv[1], sys.argv[2], 'decode', round(r['decode_tokens_per_s'],1), 'tok/s graph', r.get('decode_graph'))" "$backend" "$switch"
+    done
   done | tee "$out/tiny_decode.txt"
   stamp "tiny"
 fi

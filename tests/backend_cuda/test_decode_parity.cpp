@@ -315,16 +315,21 @@ TEST_F(CudaDecode, RoutePaddedMatchesTheCpuOpsOneByOne) {
   // (N, E, C, k, renormalize, capacity): decode steps at batch 1 and 8 (one launch), 64 experts
   // with probability gates, a capacity that drops slots, and shapes past the one-block kernel
   // (f32; 300 tokens) that run the ops one by one.
+  // Then tied logits (experts 2, 9 and 14 share a weight row: the lower index ranks first) and
+  // more choices than a warp has lanes (top 40 of 64).
   struct Case {
     int64_t n, experts, cols, top_k;
     bool renormalize;
     int64_t capacity;
     DType dtype;
+    bool tied = false;
   };
   const Case cases[] = {
-      {1, 16, 768, 4, true, 1, DType::kBF16},   {8, 16, 768, 4, true, 8, DType::kBF16},
-      {16, 64, 256, 8, false, 16, DType::kF16}, {8, 16, 768, 4, true, 1, DType::kBF16},
-      {8, 16, 768, 4, true, 8, DType::kF32},    {300, 16, 64, 2, true, 300, DType::kBF16}};
+      {1, 16, 768, 4, true, 1, DType::kBF16},       {8, 16, 768, 4, true, 8, DType::kBF16},
+      {16, 64, 256, 8, false, 16, DType::kF16},     {8, 16, 768, 4, true, 1, DType::kBF16},
+      {8, 16, 768, 4, true, 8, DType::kF32},        {300, 16, 64, 2, true, 300, DType::kBF16},
+      {8, 16, 768, 4, true, 8, DType::kBF16, true}, {2, 16, 768, 4, false, 2, DType::kBF16, true},
+      {4, 64, 256, 40, true, 4, DType::kBF16}};
   for (const Case& c : cases) {
     const std::string what = "N " + std::to_string(c.n) + " E " + std::to_string(c.experts) +
                              " k " + std::to_string(c.top_k) + " capacity " +
@@ -332,6 +337,14 @@ TEST_F(CudaDecode, RoutePaddedMatchesTheCpuOpsOneByOne) {
     TensorPair x = same_rounded_random({c.n, c.cols}, 960 + uint64_t(c.n), c.dtype);
     TensorPair w =
         same_rounded_random({c.experts, c.cols}, 970 + uint64_t(c.experts), c.dtype, 0.05f);
+    if (c.tied) {
+      std::vector<float> values = cpu_values(w);
+      for (int64_t e : {9, 14}) {
+        std::copy(values.begin() + 2 * c.cols, values.begin() + 3 * c.cols,
+                  values.begin() + e * c.cols);
+      }
+      w = same_rounded(values, {c.experts, c.cols}, c.dtype);
+    }
     const int64_t rows = c.experts * c.capacity;
     TensorPair index = same_ints(std::vector<int32_t>(size_t(c.n * c.top_k), 77), {c.n, c.top_k});
     TensorPair gate = poisoned({c.n, c.top_k});

@@ -72,7 +72,7 @@ void launch_gathered_swiglu(const T* x, const int32_t* token, const ExpertWeight
       1, std::min<int64_t>(int64_t(short_rows ? per_sm_short : per_sm_long) * std::max(sms, 1),
                            int64_t(groups) * experts));
   launch_dependent(kernel, static_cast<unsigned>(blocks), kMmaThreads, 0, stream, x, token, gw, uw,
-                   kept, capacity, ffn, hidden, act, experts, groups);
+                   kept, capacity, ffn, hidden, act, experts, groups, false);
   NNKIT_CUDA_CHECK_LAUNCH(grouped_mma_kernel);
 }
 
@@ -124,7 +124,9 @@ void CudaBackend::moe_swiglu_experts_padded(const Tensor& x, const Tensor& token
   });
   // The down product reads only the kept rows of `activated`; the combine only rows with a token.
   Tensor y_routed = empty({padded, s.hidden}, x.dtype());
-  moe_grouped_gemm_nt(activated, down_w, kept_offsets, capacity, y_routed);
+  // Its predecessor is the SwiGLU launched above, so kept_offsets (the router's, two launches
+  // back) may be read before the dependency wait.
+  grouped_gemm_nt_after_own_launch(activated, down_w, kept_offsets, capacity, y_routed);
   moe_combine_rows(y_routed, token, slot, gate, y);
 }
 

@@ -41,6 +41,7 @@ __global__ void __launch_bounds__(kRouteThreads)
   __shared__ float logits[kRouteMaxLogits];
   __shared__ int choice[kRouteMaxSlots];
   __shared__ int counts[kRouteMaxExperts];
+  __shared__ float kept_logits[kRouteMaxSlots];  // (N, k): the kept logits in rank order
   // The router weight is no kernel's output: into L2 while the predecessor finishes.
   const int64_t weight_bytes = int64_t(experts) * cols * sizeof(T);
   for (int64_t offset = int64_t(threadIdx.x) * 128; offset < weight_bytes;
@@ -81,16 +82,18 @@ __global__ void __launch_bounds__(kRouteThreads)
   const T* ws = xs + int64_t(n_tokens) * cols;
   // Four pairs per warp at a time: their shared-memory reads and shuffles interleave instead of
   // forming one dependent chain per pair (each sum keeps its own order).
+  // A warp's pairs are kRouteWarps apart, so a few pairs (one token) still spread over every
+  // warp.
   constexpr int kPairsAtOnce = 4;
   const int pairs = n_tokens * experts;
-  for (int first = warp * kPairsAtOnce; first < pairs; first += kRouteWarps * kPairsAtOnce) {
+  for (int first = warp; first < pairs; first += kRouteWarps * kPairsAtOnce) {
     float acc[kPairsAtOnce];
 #pragma unroll
     for (int p = 0; p < kPairsAtOnce; ++p) acc[p] = 0.0f;
     for (int c = lane * 8; c < cols; c += 32 * 8) {
 #pragma unroll
       for (int p = 0; p < kPairsAtOnce; ++p) {
-        const int pair = first + p;
+        const int pair = first + p * kRouteWarps;
         if (pair < pairs) {
           float xv[8], wv[8];
           load_floats<8>(xs + int64_t(pair / experts) * cols + c, xv);
@@ -103,15 +106,17 @@ __global__ void __launch_bounds__(kRouteThreads)
 #pragma unroll
     for (int p = 0; p < kPairsAtOnce; ++p) {
       const float sum = warp_sum(acc[p]);
-      if (lane == 0 && first + p < pairs) logits[first + p] = sum;
+      if (lane == 0 && first + p * kRouteWarps < pairs) logits[first + p * kRouteWarps] = sum;
     }
   }
   __syncthreads();
-  // 3. Top-k and gates: a warp per token, two experts per lane.
+  // 3. Top-k and gates: a warp per token, two experts per lane. Each expert's rank (how many
+  // experts beat it: a larger logit, or an equal one at a lower index; NaN ranks as -inf) comes
+  // from one pass over the row, so the k choices land in rank order at once instead of k rounds
+  // of a warp-wide argmax.
   for (int n = warp; n < n_tokens; n += kRouteWarps) {
     const float* row = logits + n * experts;
     const int e0 = lane, e1 = lane + 32;
-    // NaN ranks as -inf: every lane must order the candidates alike.
     float v0 = e0 < experts && !isnan(row[e0]) ? row[e0] : -INFINITY;
     float v1 = e1 < experts && !isnan(row[e1]) ? row[e1] : -INFINITY;
     float max_logit = 0.0f, denominator = 1.0f;
@@ -120,48 +125,40 @@ __global__ void __launch_bounds__(kRouteThreads)
       denominator = warp_sum((e0 < experts ? expf(v0 - max_logit) : 0.0f) +
                              (e1 < experts ? expf(v1 - max_logit) : 0.0f));
     }
-    bool taken0 = e0 >= experts, taken1 = e1 >= experts;
-    float kept_value = 0.0f, top_logit = 0.0f, kept_sum = 0.0f;
-    for (int j = 0; j < top_k; ++j) {
-      // This lane's best untaken expert (lower index on ties), then the warp's.
-      float best = -INFINITY;
-      int best_e = INT32_MAX;
-      if (!taken0) {
-        best = v0;
-        best_e = e0;
-      }
-      if (!taken1 && (best_e == INT32_MAX || v1 > best)) {
-        best = v1;
-        best_e = e1;
-      }
-      for (int offset = 16; offset > 0; offset >>= 1) {
-        const float other = __shfl_xor_sync(0xffffffffu, best, offset);
-        const int other_e = __shfl_xor_sync(0xffffffffu, best_e, offset);
-        if (other_e != INT32_MAX &&
-            (best_e == INT32_MAX || other > best || (other == best && other_e < best_e))) {
-          best = other;
-          best_e = other_e;
-        }
-      }
-      if (best_e == e0) taken0 = true;
-      if (best_e == e1) taken1 = true;
-      if (j == 0) top_logit = best;
-      // renormalize: softmax over the kept logits (the first kept is the largest); otherwise
-      // the kept probability.
-      const float value =
-          renormalize ? expf(best - top_logit) : expf(best - max_logit) / denominator;
-      kept_sum += value;
-      if (lane == j) kept_value = value;
-      if (lane == 0) {
-        expert_index[n * top_k + j] = best_e;
-        choice[n * top_k + j] = best_e;
-      }
+    int rank0 = 0, rank1 = 0;
+    for (int e = 0; e < experts; ++e) {
+      const float v = isnan(row[e]) ? -INFINITY : row[e];
+      rank0 += v > v0 || (v == v0 && e < e0);
+      rank1 += v > v1 || (v == v1 && e < e1);
     }
-    if (lane < top_k) gate[n * top_k + lane] = renormalize ? kept_value / kept_sum : kept_value;
+    float* kept_logit = kept_logits + n * top_k;
+    if (e0 < experts && rank0 < top_k) {
+      choice[n * top_k + rank0] = e0;
+      kept_logit[rank0] = v0;
+    }
+    if (e1 < experts && rank1 < top_k) {
+      choice[n * top_k + rank1] = e1;
+      kept_logit[rank1] = v1;
+    }
+    __syncwarp();
+    for (int j = lane; j < top_k; j += 32) {
+      const float top_logit = kept_logit[0];
+      const float best = kept_logit[j];
+      float value;
+      if (renormalize) {  // softmax over the kept logits, summed in rank order
+        float kept_sum = 0.0f;
+        for (int j = 0; j < top_k; ++j) kept_sum += expf(kept_logit[j] - top_logit);
+        value = expf(best - top_logit) / kept_sum;
+      } else {
+        value = expf(best - max_logit) / denominator;
+      }
+      expert_index[n * top_k + j] = choice[n * top_k + j];
+      gate[n * top_k + j] = value;
+    }
   }
   __syncthreads();
-  // 4. The padded sort: counts, offsets and load per expert, then each slot's rank among the
-  // earlier slots of its expert (slot order) places it or drops it.
+  // 4. The padded sort: counts, offsets (a warp's scan) and load per expert, then each slot's
+  // rank among the earlier slots of its expert (slot order) places it or drops it.
   if (threadIdx.x < experts) {
     int chosen = 0;
     for (int s = 0; s < slots; ++s) chosen += choice[s] == int(threadIdx.x);
@@ -169,13 +166,22 @@ __global__ void __launch_bounds__(kRouteThreads)
     load[threadIdx.x] = slots > 0 ? float(chosen) / float(slots) : 0.0f;
   }
   __syncthreads();
-  if (threadIdx.x == 0) {
-    int routed = 0;
-    for (int e = 0; e < experts; ++e) {
-      offsets[e] = routed;
-      routed += min(counts[e], capacity);
+  if (warp == 0) {
+    const int c0 = lane < experts ? min(counts[lane], capacity) : 0;
+    const int c1 = lane + 32 < experts ? min(counts[lane + 32], capacity) : 0;
+    int scan0 = c0, scan1 = c1;  // inclusive scans of each half
+    for (int offset = 1; offset < 32; offset <<= 1) {
+      const int up0 = __shfl_up_sync(0xffffffffu, scan0, offset);
+      const int up1 = __shfl_up_sync(0xffffffffu, scan1, offset);
+      if (lane >= offset) {
+        scan0 += up0;
+        scan1 += up1;
+      }
     }
-    offsets[experts] = routed;
+    const int first_half = __shfl_sync(0xffffffffu, scan0, 31);
+    if (lane < experts) offsets[lane] = scan0 - c0;
+    if (lane + 32 < experts) offsets[lane + 32] = first_half + scan1 - c1;
+    if (lane == 31) offsets[experts] = first_half + scan1;
   }
   for (int s = threadIdx.x; s < slots; s += kRouteThreads) {
     const int e = choice[s];

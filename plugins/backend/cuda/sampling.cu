@@ -29,7 +29,18 @@ constexpr int kRowThreads = 256;  // blocks of the elementwise row ops
 // +0 whichever zero fmaxf kept (the CPU does the same).
 __device__ float row_max(const float* x, int64_t cols, float* shared) {
   float mx = -INFINITY;
-  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) mx = fmaxf(mx, x[c]);
+  constexpr int kInFlight = 8;  // loads in flight a thread (fmaxf is order-free)
+  const int64_t stride = blockDim.x;
+  for (int64_t c0 = threadIdx.x; c0 < cols; c0 += stride * kInFlight) {
+    float v[kInFlight];
+#pragma unroll
+    for (int r = 0; r < kInFlight; ++r) {
+      const int64_t c = c0 + r * stride;
+      v[r] = c < cols ? x[c] : -INFINITY;
+    }
+#pragma unroll
+    for (int r = 0; r < kInFlight; ++r) mx = fmaxf(mx, v[r]);
+  }
   mx = block_max(mx, shared);
   return mx == 0.0f ? 0.0f : mx;
 }
@@ -39,11 +50,24 @@ __device__ float row_max(const float* x, int64_t cols, float* shared) {
 __device__ int32_t row_argmax(const float* x, int64_t cols, uint32_t* keys, int32_t* idxs) {
   uint32_t best_key = 0;
   int32_t best = INT32_MAX;
-  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-    const uint32_t key = rank_key(x[c]);
-    if (best == INT32_MAX || key > best_key) {  // c increases: an equal key never wins
-      best_key = key;
-      best = static_cast<int32_t>(c);
+  // Eight loads in flight a thread (one round trip, not eight), taken in increasing c.
+  constexpr int kInFlight = 8;
+  const int64_t stride = blockDim.x;
+  for (int64_t c0 = threadIdx.x; c0 < cols; c0 += stride * kInFlight) {
+    float v[kInFlight];
+#pragma unroll
+    for (int r = 0; r < kInFlight; ++r) {
+      const int64_t c = c0 + r * stride;
+      v[r] = c < cols ? x[c] : 0.0f;
+    }
+#pragma unroll
+    for (int r = 0; r < kInFlight; ++r) {
+      const int64_t c = c0 + r * stride;
+      const uint32_t key = rank_key(v[r]);
+      if (c < cols && (best == INT32_MAX || key > best_key)) {  // an equal key never wins
+        best_key = key;
+        best = static_cast<int32_t>(c);
+      }
     }
   }
   auto merge = [&](uint32_t ok, int32_t oi) {
@@ -332,8 +356,13 @@ __global__ void __launch_bounds__(kLanes)
   __shared__ int32_t pick;
   const int64_t row = blockIdx.x;
   const float* x = logits + row * cols;
+  if (argmax) {  // no draw: the row's maximum is not needed
+    const int32_t best = row_argmax(x, cols, keys, idxs);
+    if (threadIdx.x == 0) ids[row] = best;
+    return;
+  }
   const float mx = row_max(x, cols, shared_max);
-  if (argmax || !sampling::is_finite(mx)) {
+  if (!sampling::is_finite(mx)) {
     const int32_t best = row_argmax(x, cols, keys, idxs);
     if (threadIdx.x == 0) ids[row] = best;
     return;
