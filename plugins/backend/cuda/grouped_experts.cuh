@@ -97,11 +97,17 @@ constexpr int kMmaStages = 4;  // k steps of loads in flight per warp
 // written two launches back, as the expert block's down product after its own SwiGLU), so each
 // block orders the experts and pulls its first item's weight rows into L2 while the predecessor
 // still runs: the bytes stream across the launch boundary instead of after it.
-template <typename T, int kSplit, bool kSwiglu, bool kTwoRowTiles, int kStages = kMmaStages>
+// kXShared (gathered x only): the step's x_rows token rows are staged in dynamic shared memory
+// once per block, and each k step reads its x fragment there right before its products. Only the
+// weights' loads are then held in flight in registers, so the same registers carry more k steps
+// of weights (kStages): the bytes in flight a multiprocessor needs to stream at full bandwidth.
+template <typename T, int kSplit, bool kSwiglu, bool kTwoRowTiles, int kStages = kMmaStages,
+          bool kXShared = false>
 __global__ void __launch_bounds__(kMmaThreads, 2)
     grouped_mma_kernel(const T* x, const int32_t* row_token, ExpertWeights weights,
                        ExpertWeights up, const int32_t* kept, int capacity, int64_t n, int64_t k,
-                       T* y, int experts, int groups_per_expert, bool kept_before_wait) {
+                       T* y, int experts, int groups_per_expert, bool kept_before_wait,
+                       int x_rows = 0) {
   constexpr int kTiles = kMmaWarps / kSplit;  // 8-column tiles per block
   constexpr int kValues = kSwiglu ? 8 : 4;    // C fragment floats per lane (gate, up)
   __shared__ int counts[kMaxGroupedExperts], order[kMaxGroupedExperts], chosen_count;
@@ -134,6 +140,13 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
   if (row_token != nullptr) {  // published by order_experts_chosen_first's barriers
     for (int i = threadIdx.x; i < experts * capacity; i += kMmaThreads) token_s[i] = row_token[i];
   }
+  extern __shared__ uint4 x_shared[];  // kXShared: (x_rows, k) in T
+  if constexpr (kXShared) {
+    const uint4* x_packs = reinterpret_cast<const uint4*>(x);
+    for (int64_t i = threadIdx.x; i < int64_t(x_rows) * k / 8; i += kMmaThreads) {
+      x_shared[i] = x_packs[i];
+    }
+  }
   const int chosen = early
                          ? chosen_count
                          : order_experts_chosen_first(kept, experts, counts, order, &chosen_count);
@@ -161,21 +174,32 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
       }
       const T* x_lo = x + row_lo * k + 8 * quad_col;
       const T* x_hi = x + row_hi * k + 8 * quad_col;
+      const T* xs_lo = reinterpret_cast<const T*>(x_shared) + row_lo * k + 8 * quad_col;
+      const T* xs_hi = reinterpret_cast<const T*>(x_shared) + row_hi * k + 8 * quad_col;
       for (int64_t s0 = split; s0 < steps; s0 += int64_t(kSplit) * kStages) {
-        uint4 w[kStages], u[kStages], lo[kStages], hi[kStages];
+        uint4 w[kStages], u[kStages], lo[kXShared ? 1 : kStages], hi[kXShared ? 1 : kStages];
 #pragma unroll
         for (int i = 0; i < kStages; ++i) {
           const int64_t s = s0 + int64_t(i) * kSplit;
           const bool live = s < steps;
           w[i] = live ? load_weights_once(w_row + s * 32) : zero;
           u[i] = kSwiglu && live ? load_weights_once(u_row + s * 32) : zero;
-          lo[i] = live && has_lo ? __ldg(reinterpret_cast<const uint4*>(x_lo + s * 32)) : zero;
-          hi[i] = live && has_hi ? __ldg(reinterpret_cast<const uint4*>(x_hi + s * 32)) : zero;
+          if constexpr (!kXShared) {
+            lo[i] = live && has_lo ? __ldg(reinterpret_cast<const uint4*>(x_lo + s * 32)) : zero;
+            hi[i] = live && has_hi ? __ldg(reinterpret_cast<const uint4*>(x_hi + s * 32)) : zero;
+          }
         }
 #pragma unroll
         for (int i = 0; i < kStages; ++i) {
-          const uint32_t a0[4] = {lo[i].x, hi[i].x, lo[i].y, hi[i].y};
-          const uint32_t a1[4] = {lo[i].z, hi[i].z, lo[i].w, hi[i].w};
+          const int li = kXShared ? 0 : i;
+          if constexpr (kXShared) {
+            const int64_t s = s0 + int64_t(i) * kSplit;
+            const bool live = s < steps;
+            lo[0] = live && has_lo ? *reinterpret_cast<const uint4*>(xs_lo + s * 32) : zero;
+            hi[0] = live && has_hi ? *reinterpret_cast<const uint4*>(xs_hi + s * 32) : zero;
+          }
+          const uint32_t a0[4] = {lo[li].x, hi[li].x, lo[li].y, hi[li].y};
+          const uint32_t a1[4] = {lo[li].z, hi[li].z, lo[li].w, hi[li].w};
           mma_16x8x16<T>(acc, a0, w[i].x, w[i].y);
           mma_16x8x16<T>(acc, a1, w[i].z, w[i].w);
           if constexpr (kSwiglu) {

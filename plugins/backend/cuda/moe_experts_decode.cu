@@ -53,27 +53,60 @@ int64_t gathered_max_tokens() {
   return limit;
 }
 
-template <typename T, bool kTwoRowTiles>
-void launch_gathered_swiglu(const T* x, const int32_t* token, const ExpertWeights& gw,
-                            const ExpertWeights& uw, const int32_t* kept, int experts, int capacity,
-                            int64_t hidden, int64_t ffn, int sms, T* act, cudaStream_t stream) {
+// k steps of weight loads in flight per warp when x is read from shared memory (no x loads held
+// in registers): 8 x 32 bytes x 512 threads = the 128 KB a multiprocessor needs in flight to
+// stream at full bandwidth (bench/grouped_bw.cu's plain read).
+constexpr int kGateStagesShared = 8;
+constexpr size_t kMaxSharedX = 48 << 10;  // x rows staged without a shared-memory opt-in
+
+// NNKIT_GATE_X_SHARED=0: x loaded with the weights, kGateStages (to compare on one machine).
+bool gate_x_shared_enabled() {
+  static const bool enabled = [] {
+    const char* flag = std::getenv("NNKIT_GATE_X_SHARED");
+    return flag == nullptr || std::strcmp(flag, "0") != 0;
+  }();
+  return enabled;
+}
+
+template <typename T, bool kTwoRowTiles, bool kXShared>
+void launch_gathered_swiglu_as(const T* x, const int32_t* token, const ExpertWeights& gw,
+                               const ExpertWeights& uw, const int32_t* kept, int experts,
+                               int capacity, int64_t tokens, int64_t hidden, int64_t ffn, int sms,
+                               T* act, cudaStream_t stream) {
+  constexpr int kStages = kXShared ? kGateStagesShared : kGateStages;
   // k = hidden split over two warps (none when short), 8-column tiles of ffn: as
   // moe_grouped_swiglu_nt runs it.
   const bool short_rows = hidden / 32 < 16;
-  auto kernel = short_rows ? grouped_mma_kernel<T, 1, true, kTwoRowTiles, kGateStages>
-                           : grouped_mma_kernel<T, 2, true, kTwoRowTiles, kGateStages>;
+  auto kernel = short_rows ? grouped_mma_kernel<T, 1, true, kTwoRowTiles, kStages, kXShared>
+                           : grouped_mma_kernel<T, 2, true, kTwoRowTiles, kStages, kXShared>;
   static const int per_sm_short =
-      resident_blocks_per_sm(grouped_mma_kernel<T, 1, true, kTwoRowTiles, kGateStages>);
+      resident_blocks_per_sm(grouped_mma_kernel<T, 1, true, kTwoRowTiles, kStages, kXShared>);
   static const int per_sm_long =
-      resident_blocks_per_sm(grouped_mma_kernel<T, 2, true, kTwoRowTiles, kGateStages>);
+      resident_blocks_per_sm(grouped_mma_kernel<T, 2, true, kTwoRowTiles, kStages, kXShared>);
   const int64_t columns = short_rows ? kMmaWarps * 8 : kMmaWarps / 2 * 8;
   const int groups = static_cast<int>((ffn + columns - 1) / columns);
   const int64_t blocks = std::max<int64_t>(
       1, std::min<int64_t>(int64_t(short_rows ? per_sm_short : per_sm_long) * std::max(sms, 1),
                            int64_t(groups) * experts));
-  launch_dependent(kernel, static_cast<unsigned>(blocks), kMmaThreads, 0, stream, x, token, gw, uw,
-                   kept, capacity, ffn, hidden, act, experts, groups, false);
+  const size_t shared = kXShared ? size_t(tokens * hidden) * sizeof(T) : 0;
+  launch_dependent(kernel, static_cast<unsigned>(blocks), kMmaThreads, shared, stream, x, token, gw,
+                   uw, kept, capacity, ffn, hidden, act, experts, groups, false,
+                   static_cast<int>(tokens));
   NNKIT_CUDA_CHECK_LAUNCH(grouped_mma_kernel);
+}
+
+template <typename T, bool kTwoRowTiles>
+void launch_gathered_swiglu(const T* x, const int32_t* token, const ExpertWeights& gw,
+                            const ExpertWeights& uw, const int32_t* kept, int experts, int capacity,
+                            int64_t tokens, int64_t hidden, int64_t ffn, int sms, T* act,
+                            cudaStream_t stream) {
+  if (gate_x_shared_enabled() && size_t(tokens * hidden) * sizeof(T) <= kMaxSharedX) {
+    launch_gathered_swiglu_as<T, kTwoRowTiles, true>(x, token, gw, uw, kept, experts, capacity,
+                                                     tokens, hidden, ffn, sms, act, stream);
+  } else {
+    launch_gathered_swiglu_as<T, kTwoRowTiles, false>(x, token, gw, uw, kept, experts, capacity,
+                                                      tokens, hidden, ffn, sms, act, stream);
+  }
 }
 
 }  // namespace
@@ -116,8 +149,8 @@ void CudaBackend::moe_swiglu_experts_padded(const Tensor& x, const Tensor& token
       auto launch = [&](auto two_rows) {
         launch_gathered_swiglu<T, decltype(two_rows)::value>(
             ptr<T>(x), ptr<int32_t>(token), gw, uw, ptr<int32_t>(kept_offsets),
-            static_cast<int>(s.experts), static_cast<int>(capacity), s.hidden, s.ffn, limits_.sms,
-            ptr<T>(activated), stream_);
+            static_cast<int>(s.experts), static_cast<int>(capacity), tokens, s.hidden, s.ffn,
+            limits_.sms, ptr<T>(activated), stream_);
       };
       capacity > 8 ? launch(std::true_type{}) : launch(std::false_type{});
     }
