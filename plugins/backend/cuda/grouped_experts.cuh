@@ -107,7 +107,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
     grouped_mma_kernel(const T* x, const int32_t* row_token, ExpertWeights weights,
                        ExpertWeights up, const int32_t* kept, int capacity, int64_t n, int64_t k,
                        T* y, int experts, int groups_per_expert, bool kept_before_wait,
-                       int x_rows = 0) {
+                       int x_rows) {
   constexpr int kTiles = kMmaWarps / kSplit;  // 8-column tiles per block
   constexpr int kValues = kSwiglu ? 8 : 4;    // C fragment floats per lane (gate, up)
   __shared__ int counts[kMaxGroupedExperts], order[kMaxGroupedExperts], chosen_count;
