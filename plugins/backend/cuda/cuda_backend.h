@@ -234,12 +234,6 @@ class CudaBackend final : public Backend {
  private:
   // Throws the fault copied to fault_host_ by the last drain, if any, and clears it.
   void raise_fault();
-  // moe_grouped_gemm_nt for a caller whose last launch was its own kernel reading (not writing)
-  // kept_offsets: the product may read them before its grid dependency wait and start pulling
-  // weights into L2 then (moe_swiglu_experts_padded's down product).
-  void grouped_gemm_nt_after_own_launch(const Tensor& x, const std::vector<Tensor>& weights,
-                                        const Tensor& kept_offsets, int64_t capacity,
-                                        const Tensor& y);
 
   int device_ = 0;
   DType compute_dtype_ = DType::kF32;

@@ -166,7 +166,7 @@ void grouped_by_rows(const T* x, const ExpertWeights& w, const ExpertWeights& up
 template <typename T, int kSplit, bool kSwiglu, bool kTwoRowTiles>
 void launch_grouped_mma_rows(const T* x, const ExpertWeights& w, const ExpertWeights& up,
                              const int32_t* kept, int capacity, int64_t n, int64_t k, T* y,
-                             int experts, int sms, cudaStream_t stream, bool kept_before_wait) {
+                             int experts, int sms, cudaStream_t stream) {
   constexpr int64_t kColumnsPerBlock = kMmaWarps / kSplit * 8;
   auto kernel = grouped_mma_kernel<T, kSplit, kSwiglu, kTwoRowTiles>;
   static const int per_sm = resident_blocks_per_sm(kernel);
@@ -176,20 +176,20 @@ void launch_grouped_mma_rows(const T* x, const ExpertWeights& w, const ExpertWei
       std::min<int64_t>(int64_t(per_sm) * std::max(sms, 1), int64_t(groups) * experts);
   launch_dependent(kernel, static_cast<unsigned>(std::max<int64_t>(blocks, 1)), kMmaThreads, 0,
                    stream, x, static_cast<const int32_t*>(nullptr), w, up, kept, capacity, n, k, y,
-                   experts, groups, kept_before_wait, 0);
+                   experts, groups, 0);
   NNKIT_CUDA_CHECK_LAUNCH(grouped_mma_kernel);
 }
 
 template <typename T, int kSplit, bool kSwiglu>
 void launch_grouped_mma(const T* x, const ExpertWeights& w, const ExpertWeights& up,
                         const int32_t* kept, int capacity, int64_t n, int64_t k, T* y, int experts,
-                        int sms, cudaStream_t stream, bool kept_before_wait) {
+                        int sms, cudaStream_t stream) {
   if (capacity > 8) {
     launch_grouped_mma_rows<T, kSplit, kSwiglu, true>(x, w, up, kept, capacity, n, k, y, experts,
-                                                      sms, stream, kept_before_wait);
+                                                      sms, stream);
   } else {
     launch_grouped_mma_rows<T, kSplit, kSwiglu, false>(x, w, up, kept, capacity, n, k, y, experts,
-                                                       sms, stream, kept_before_wait);
+                                                       sms, stream);
   }
 }
 
@@ -199,28 +199,15 @@ void launch_grouped_mma(const T* x, const ExpertWeights& w, const ExpertWeights&
 template <typename T, bool kSwiglu>
 void grouped_by_split(const T* x, const ExpertWeights& w, const ExpertWeights& up,
                       const int32_t* kept, int capacity, int64_t n, int64_t k, T* y, int experts,
-                      int sms, cudaStream_t stream, bool kept_before_wait) {
+                      int sms, cudaStream_t stream) {
   const int64_t steps = k / 32;
   if (steps >= 64) {
-    launch_grouped_mma<T, 8, kSwiglu>(x, w, up, kept, capacity, n, k, y, experts, sms, stream,
-                                      kept_before_wait);
+    launch_grouped_mma<T, 8, kSwiglu>(x, w, up, kept, capacity, n, k, y, experts, sms, stream);
   } else if (steps >= 16) {
-    launch_grouped_mma<T, 2, kSwiglu>(x, w, up, kept, capacity, n, k, y, experts, sms, stream,
-                                      kept_before_wait);
+    launch_grouped_mma<T, 2, kSwiglu>(x, w, up, kept, capacity, n, k, y, experts, sms, stream);
   } else {
-    launch_grouped_mma<T, 1, kSwiglu>(x, w, up, kept, capacity, n, k, y, experts, sms, stream,
-                                      kept_before_wait);
+    launch_grouped_mma<T, 1, kSwiglu>(x, w, up, kept, capacity, n, k, y, experts, sms, stream);
   }
-}
-
-// NNKIT_DOWN_EARLY_PREFETCH=0: the expert block's down product prefetches nothing before its
-// grid dependency wait (to compare on one machine).
-bool down_prefetch_enabled() {
-  static const bool enabled = [] {
-    const char* flag = std::getenv("NNKIT_DOWN_EARLY_PREFETCH");
-    return flag == nullptr || std::string(flag) != "0";
-  }();
-  return enabled;
 }
 
 // The tensor-core path is the default for 16-bit tensors of fitting shapes;
@@ -303,8 +290,7 @@ GroupedArgs check_grouped(const char* op, const Tensor& x, const std::vector<Ten
 
 template <bool kSwiglu>
 void run_grouped(const GroupedArgs& a, const Tensor& x, const Tensor& kept_offsets,
-                 int64_t capacity, const Tensor& y, int experts, int sms, cudaStream_t stream,
-                 bool kept_before_wait = false) {
+                 int64_t capacity, const Tensor& y, int experts, int sms, cudaStream_t stream) {
   if (a.n == 0) return;
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -313,7 +299,7 @@ void run_grouped(const GroupedArgs& a, const Tensor& x, const Tensor& kept_offse
           grouped_mma_enabled()) {
         grouped_by_split<T, kSwiglu>(ptr<T>(x), a.gate, a.up, ptr<int32_t>(kept_offsets),
                                      static_cast<int>(capacity), a.n, a.k, ptr<T>(y), experts, sms,
-                                     stream, kept_before_wait);
+                                     stream);
         return;
       }
     }
@@ -335,16 +321,6 @@ void CudaBackend::moe_grouped_gemm_nt(const Tensor& x, const std::vector<Tensor>
       check_grouped("moe_grouped_gemm_nt", x, weights, nullptr, kept_offsets, capacity, y);
   run_grouped<false>(a, x, kept_offsets, capacity, y, static_cast<int>(weights.size()), limits_.sms,
                      stream_);
-}
-
-void CudaBackend::grouped_gemm_nt_after_own_launch(const Tensor& x,
-                                                   const std::vector<Tensor>& weights,
-                                                   const Tensor& kept_offsets, int64_t capacity,
-                                                   const Tensor& y) {
-  const GroupedArgs a =
-      check_grouped("moe_grouped_gemm_nt", x, weights, nullptr, kept_offsets, capacity, y);
-  run_grouped<false>(a, x, kept_offsets, capacity, y, static_cast<int>(weights.size()), limits_.sms,
-                     stream_, down_prefetch_enabled());
 }
 
 void CudaBackend::moe_grouped_swiglu_nt(const Tensor& x, const std::vector<Tensor>& gate_weights,

@@ -40,11 +40,7 @@ __device__ __forceinline__ uint4 load_weights_once(const void* p) {
 __device__ __forceinline__ int order_experts_chosen_first(const int32_t* kept, int experts,
                                                           int* counts, int* order,
                                                           int* chosen_count) {
-  // Through L2 (no L1 copy of an earlier step's offsets): a caller may read them before its
-  // grid dependency wait.
-  if (threadIdx.x < experts) {
-    counts[threadIdx.x] = __ldcg(kept + threadIdx.x + 1) - __ldcg(kept + threadIdx.x);
-  }
+  if (threadIdx.x < experts) counts[threadIdx.x] = kept[threadIdx.x + 1] - kept[threadIdx.x];
   __syncthreads();
   if (threadIdx.x < 32) {
     const int lane = threadIdx.x;
@@ -93,10 +89,6 @@ constexpr int kMmaStages = 4;  // k steps of loads in flight per warp
 //     idle experts' rows are zeroed (by the whole grid at the end);
 //   - else x is the step's (N, k) tokens, expert e's row r is x[row_token[e * capacity + r]]
 //     (the gather, done here), and only the kept rows of y are written.
-// kept_before_wait (gathered x only): `kept` is final before the grid dependency wait (it was
-// written two launches back, as the expert block's down product after its own SwiGLU), so each
-// block orders the experts and pulls its first item's weight rows into L2 while the predecessor
-// still runs: the bytes stream across the launch boundary instead of after it.
 // kXShared (gathered x only): the step's x_rows token rows are staged in dynamic shared memory
 // once per block, and each k step reads its x fragment there right before its products. Only the
 // weights' loads are then held in flight in registers, so the same registers carry more k steps
@@ -106,8 +98,7 @@ template <typename T, int kSplit, bool kSwiglu, bool kTwoRowTiles, int kStages =
 __global__ void __launch_bounds__(kMmaThreads, 2)
     grouped_mma_kernel(const T* x, const int32_t* row_token, ExpertWeights weights,
                        ExpertWeights up, const int32_t* kept, int capacity, int64_t n, int64_t k,
-                       T* y, int experts, int groups_per_expert, bool kept_before_wait,
-                       int x_rows) {
+                       T* y, int experts, int groups_per_expert, int x_rows) {
   constexpr int kTiles = kMmaWarps / kSplit;  // 8-column tiles per block
   constexpr int kValues = kSwiglu ? 8 : 4;    // C fragment floats per lane (gate, up)
   __shared__ int counts[kMaxGroupedExperts], order[kMaxGroupedExperts], chosen_count;
@@ -115,26 +106,6 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
   // The token index in shared memory: read per item from global memory, each item's x loads
   // (and, issued in order, the weight loads after them) waited for one more round trip.
   __shared__ int32_t token_s[kMaxGroupedExperts * kMaxGroupedRows];
-  const bool early = kept_before_wait && row_token == nullptr;
-  if (early) {
-    const int chosen_early =
-        order_experts_chosen_first(kept, experts, counts, order, &chosen_count);
-    if (int64_t(blockIdx.x) < int64_t(chosen_early) * groups_per_expert) {
-      // The first item's kTiles * 8 weight rows (row-major (n, k): contiguous bytes), and the
-      // up rows of a SwiGLU.
-      const int e = order[blockIdx.x / groups_per_expert];
-      const int64_t col0 = int64_t(blockIdx.x % groups_per_expert) * kTiles * 8;
-      const int64_t bytes = min(int64_t(kTiles) * 8, n - col0) * k * int64_t(sizeof(T));
-      const char* w_base = static_cast<const char*>(weights.w[e]) + col0 * k * int64_t(sizeof(T));
-      const char* u_base =
-          kSwiglu ? static_cast<const char*>(up.w[e]) + col0 * k * int64_t(sizeof(T)) : nullptr;
-      for (int64_t offset = int64_t(threadIdx.x) * 128; offset < bytes;
-           offset += int64_t(kMmaThreads) * 128) {
-        prefetch_to_l2(w_base + offset);
-        if constexpr (kSwiglu) prefetch_to_l2(u_base + offset);
-      }
-    }
-  }
   wait_for_preceding_grid();
   allow_dependent_launch();
   if (row_token != nullptr) {  // published by order_experts_chosen_first's barriers
@@ -147,9 +118,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
       x_shared[i] = x_packs[i];
     }
   }
-  const int chosen = early
-                         ? chosen_count
-                         : order_experts_chosen_first(kept, experts, counts, order, &chosen_count);
+  const int chosen = order_experts_chosen_first(kept, experts, counts, order, &chosen_count);
   const int64_t steps = k / 32;
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
   const int split = warp % kSplit;

@@ -90,8 +90,7 @@ void launch_gathered_swiglu_as(const T* x, const int32_t* token, const ExpertWei
                            int64_t(groups) * experts));
   const size_t shared = kXShared ? size_t(tokens * hidden) * sizeof(T) : 0;
   launch_dependent(kernel, static_cast<unsigned>(blocks), kMmaThreads, shared, stream, x, token, gw,
-                   uw, kept, capacity, ffn, hidden, act, experts, groups, false,
-                   static_cast<int>(tokens));
+                   uw, kept, capacity, ffn, hidden, act, experts, groups, static_cast<int>(tokens));
   NNKIT_CUDA_CHECK_LAUNCH(grouped_mma_kernel);
 }
 
@@ -157,9 +156,7 @@ void CudaBackend::moe_swiglu_experts_padded(const Tensor& x, const Tensor& token
   });
   // The down product reads only the kept rows of `activated`; the combine only rows with a token.
   Tensor y_routed = empty({padded, s.hidden}, x.dtype());
-  // Its predecessor is the SwiGLU launched above, so kept_offsets (the router's, two launches
-  // back) may be read before the dependency wait.
-  grouped_gemm_nt_after_own_launch(activated, down_w, kept_offsets, capacity, y_routed);
+  moe_grouped_gemm_nt(activated, down_w, kept_offsets, capacity, y_routed);
   moe_combine_rows(y_routed, token, slot, gate, y);
 }
 
