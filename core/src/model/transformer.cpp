@@ -115,6 +115,7 @@ struct Transformer::DecodeState {
   int64_t batch = 0;
   std::vector<int32_t> kv_start;  // (B) host copy; empty = no padding
   Tensor ids;                     // (B) i32: the step's input tokens
+  Tensor step_inputs;             // (B + 2) i32: positions | cache_len | kv_len
   Tensor positions;               // (B) i32: their RoPE positions
   Tensor cache_len;               // (1) i32: tokens already cached
   Tensor kv_len;                  // (1) i32: cache_len + 1
@@ -817,9 +818,11 @@ void Transformer::begin_decode(int64_t batch, const std::vector<int32_t>& kv_sta
   state->batch = batch;
   state->kv_start = kv_start;
   state->ids = be.zeros({batch}, DType::kI32);
-  state->positions = be.zeros({batch}, DType::kI32);
-  state->cache_len = be.zeros({1}, DType::kI32);
-  state->kv_len = be.zeros({1}, DType::kI32);
+  // positions | cache_len | kv_len in one tensor: one upload a step.
+  state->step_inputs = be.zeros({batch + 2}, DType::kI32);
+  state->positions = state->step_inputs.slice_rows(0, batch);
+  state->cache_len = state->step_inputs.slice_rows(batch, batch + 1);
+  state->kv_len = state->step_inputs.slice_rows(batch + 1, batch + 2);
   if (!kv_start.empty()) {
     state->kv_start_device = be.from_host(kv_start.data(), {batch}, DType::kI32);
   }
@@ -859,11 +862,10 @@ Tensor Transformer::decode_step_device(int64_t cache_len) {
   if (!decode_) throw Error("model", "decode_step_device() needs a preceding begin_decode()");
   DecodeState& d = *decode_;
   Backend& be = *backend_;
-  const std::vector<int32_t> positions = default_positions(d.batch, 1, cache_len, d.kv_start);
-  const int32_t lengths[2] = {static_cast<int32_t>(cache_len), static_cast<int32_t>(cache_len + 1)};
-  be.copy_from_host(d.positions, positions.data());
-  be.copy_from_host(d.cache_len, &lengths[0]);
-  be.copy_from_host(d.kv_len, &lengths[1]);
+  std::vector<int32_t> inputs = default_positions(d.batch, 1, cache_len, d.kv_start);
+  inputs.push_back(static_cast<int32_t>(cache_len));
+  inputs.push_back(static_cast<int32_t>(cache_len + 1));
+  be.copy_from_host(d.step_inputs, inputs.data());
   if (d.graph >= 0) {
     be.replay(d.graph);
     ++d.steps;

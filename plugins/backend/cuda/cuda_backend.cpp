@@ -265,9 +265,10 @@ CudaBackend::CudaBackend(int device, bool tf32, DType compute_dtype)
   NNKIT_CUDA_CHECK(cudaMalloc(&fault_, sizeof(DeviceFault)));
   NNKIT_CUDA_CHECK(cudaMallocHost(&fault_host_, sizeof(DeviceFault)));
   NNKIT_CUDA_CHECK(cudaMemsetAsync(fault_, 0, sizeof(DeviceFault), stream_));
-  NNKIT_CUDA_CHECK(cudaMalloc(&decode_arrivals_, kDecodeArrivalCounters * sizeof(int32_t)));
+  // Two sets: attention_decode's, then the expert block's folded combine.
+  NNKIT_CUDA_CHECK(cudaMalloc(&decode_arrivals_, 2 * kDecodeArrivalCounters * sizeof(int32_t)));
   NNKIT_CUDA_CHECK(
-      cudaMemsetAsync(decode_arrivals_, 0, kDecodeArrivalCounters * sizeof(int32_t), stream_));
+      cudaMemsetAsync(decode_arrivals_, 0, 2 * kDecodeArrivalCounters * sizeof(int32_t), stream_));
   cache_ = std::make_shared<DeviceBlockCache>(device_);
   readbacks_ = std::make_unique<HostReadbacks>();
   uploads_ = std::make_unique<HostUploads>();

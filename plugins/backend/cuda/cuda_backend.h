@@ -248,9 +248,11 @@ class CudaBackend final : public Backend {
   std::unique_ptr<HostUploads> uploads_;      // copy_from_host staging (host_copies.cpp)
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
-  DeviceFault* fault_ = nullptr;        // device memory, one record
-  DeviceFault* fault_host_ = nullptr;   // pinned host copy, refreshed by every synchronize()
-  int32_t* decode_arrivals_ = nullptr;  // kDecodeArrivalCounters zeroed counters (attention_decode)
+  DeviceFault* fault_ = nullptr;       // device memory, one record
+  DeviceFault* fault_host_ = nullptr;  // pinned host copy, refreshed by every synchronize()
+  // 2 x kDecodeArrivalCounters zeroed counters: attention_decode's, then the expert block's
+  // folded combine (moe_swiglu_experts_padded).
+  int32_t* decode_arrivals_ = nullptr;
   DeviceLimits limits_;
   std::unordered_set<const void*> configured_kernels_;
   std::unique_ptr<OpProfiler> profiler_;  // null unless NNKIT_CUDA_PROFILE=1

@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "dependent_launch.cuh"
+#include "kernel_utils.cuh"
 #include "mma_m16n8k16.cuh"
 
 namespace nnkit::cuda {
@@ -23,6 +24,20 @@ constexpr int kMaxGroupedRows = 16;  // rows per expert (capacity) the grouped p
 // One pointer per expert, passed by value as a kernel argument.
 struct ExpertWeights {
   const void* w[kMaxGroupedExperts];
+};
+
+// The MoE combine folded into a down product (out null: none): out[t, :] = sum over the padded
+// rows r with token[r] = t, in ascending r, of gate[slot[r]] * y[r, :] (rows without a source
+// are zeros), which is moe_combine_rows bit for bit. The last block to finish a column group
+// (an arrival counter per group, reset by that block) combines that group's columns for every
+// token, so the combine costs no launch of its own.
+struct CombineArgs {
+  const int32_t* token = nullptr;  // (padded_rows)
+  const int32_t* slot = nullptr;   // (padded_rows)
+  const float* gate = nullptr;     // (tokens * top_k)
+  void* out = nullptr;             // (tokens, n) in T
+  int32_t* arrivals = nullptr;     // one zeroed counter per column group
+  int tokens = 0, padded_rows = 0;
 };
 
 __device__ __forceinline__ uint4 load_weights_once(const void* p) {
@@ -94,11 +109,11 @@ constexpr int kMmaStages = 4;  // k steps of loads in flight per warp
 // weights' loads are then held in flight in registers, so the same registers carry more k steps
 // of weights (kStages): the bytes in flight a multiprocessor needs to stream at full bandwidth.
 template <typename T, int kSplit, bool kSwiglu, bool kTwoRowTiles, int kStages = kMmaStages,
-          bool kXShared = false>
+          bool kXShared = false, bool kCombine = false>
 __global__ void __launch_bounds__(kMmaThreads, 2)
     grouped_mma_kernel(const T* x, const int32_t* row_token, ExpertWeights weights,
                        ExpertWeights up, const int32_t* kept, int capacity, int64_t n, int64_t k,
-                       T* y, int experts, int groups_per_expert, int x_rows) {
+                       T* y, int experts, int groups_per_expert, int x_rows, CombineArgs combine) {
   constexpr int kTiles = kMmaWarps / kSplit;  // 8-column tiles per block
   constexpr int kValues = kSwiglu ? 8 : 4;    // C fragment floats per lane (gate, up)
   __shared__ int counts[kMaxGroupedExperts], order[kMaxGroupedExperts], chosen_count;
@@ -106,10 +121,22 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
   // The token index in shared memory: read per item from global memory, each item's x loads
   // (and, issued in order, the weight loads after them) waited for one more round trip.
   __shared__ int32_t token_s[kMaxGroupedExperts * kMaxGroupedRows];
+  __shared__ int32_t slot_s[kCombine ? kMaxGroupedExperts * kMaxGroupedRows : 1];
+  __shared__ bool combine_here;
   wait_for_preceding_grid();
   allow_dependent_launch();
   if (row_token != nullptr) {  // published by order_experts_chosen_first's barriers
     for (int i = threadIdx.x; i < experts * capacity; i += kMmaThreads) token_s[i] = row_token[i];
+  }
+  // kCombine (the down product, gathered rows): combine.out is set.
+  static_assert(!kCombine || !kSwiglu);
+  if constexpr (kCombine) {
+    {  // the combine's index, published by the same barriers
+      for (int i = threadIdx.x; i < combine.padded_rows; i += kMmaThreads) {
+        token_s[i] = combine.token[i];
+        slot_s[i] = combine.slot[i];
+      }
+    }
   }
   extern __shared__ uint4 x_shared[];  // kXShared: (x_rows, k) in T
   if constexpr (kXShared) {
@@ -214,6 +241,40 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
       if (r_hi < capacity && (has_hi || pad)) {
         *reinterpret_cast<uint32_t*>(ye + r_hi * n + col) =
             r_hi < rows ? pack_pair<T>(v[2], v[3]) : 0u;
+      }
+    }
+    if constexpr (kCombine) {
+      {
+        // This item's rows are visible before its arrival; the last of the chosen experts'
+        // items for this column group combines the group's columns.
+        const int group = static_cast<int>(item % groups_per_expert);
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) combine_here = atomicAdd(combine.arrivals + group, 1) == chosen - 1;
+        __syncthreads();
+        if (combine_here) {
+          __threadfence();
+          const int64_t c0 = int64_t(group) * kTiles * 8;
+          const int packs = static_cast<int>(min(int64_t(kTiles) * 8, n - c0) / 8);
+          T* out = static_cast<T*>(combine.out);
+          for (int i = threadIdx.x; i < combine.tokens * packs; i += kMmaThreads) {
+            const int t = i / packs;
+            const int64_t c = c0 + int64_t(i % packs) * 8;
+            float acc[8];
+#pragma unroll
+            for (int j = 0; j < 8; ++j) acc[j] = 0.0f;
+            for (int r = 0; r < combine.padded_rows; ++r) {
+              if (token_s[r] != t) continue;
+              const float w = combine.gate[slot_s[r]];
+              const uint4 packed = __ldcg(reinterpret_cast<const uint4*>(y + int64_t(r) * n + c));
+              const T* v = reinterpret_cast<const T*>(&packed);
+#pragma unroll
+              for (int j = 0; j < 8; ++j) acc[j] += w * to_float(v[j]);
+            }
+            store_floats<8>(out + int64_t(t) * n + c, acc);
+          }
+          if (threadIdx.x == 0) combine.arrivals[group] = 0;  // ready for the next call
+        }
       }
     }
   }

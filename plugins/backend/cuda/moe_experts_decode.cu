@@ -90,8 +90,61 @@ void launch_gathered_swiglu_as(const T* x, const int32_t* token, const ExpertWei
                            int64_t(groups) * experts));
   const size_t shared = kXShared ? size_t(tokens * hidden) * sizeof(T) : 0;
   launch_dependent(kernel, static_cast<unsigned>(blocks), kMmaThreads, shared, stream, x, token, gw,
-                   uw, kept, capacity, ffn, hidden, act, experts, groups, static_cast<int>(tokens));
+                   uw, kept, capacity, ffn, hidden, act, experts, groups, static_cast<int>(tokens),
+                   CombineArgs{});
   NNKIT_CUDA_CHECK_LAUNCH(grouped_mma_kernel);
+}
+
+// NNKIT_GROUPED_MMA=0 (decode_ops.cu) sends the down product to the CUDA-core kernel, which has
+// no combine of its own.
+bool grouped_mma_available() {
+  const char* flag = std::getenv("NNKIT_GROUPED_MMA");
+  return flag == nullptr || std::strcmp(flag, "0") != 0;
+}
+
+// NNKIT_FUSED_COMBINE=0: the combine as its own launch after the down product (to compare on
+// one machine).
+bool fused_combine_enabled() {
+  static const bool enabled = [] {
+    const char* flag = std::getenv("NNKIT_FUSED_COMBINE");
+    return flag == nullptr || std::strcmp(flag, "0") != 0;
+  }();
+  return enabled;
+}
+
+// The down product with the combine folded in (grouped_experts.cuh's CombineArgs): k = ffn split
+// over the warps as moe_grouped_gemm_nt splits it.
+template <typename T, int kSplit, bool kTwoRowTiles>
+void launch_down_combine_as(const T* act, const ExpertWeights& dw, const int32_t* kept, int experts,
+                            int capacity, int64_t hidden, int64_t ffn, int sms, T* y_routed,
+                            const CombineArgs& combine, cudaStream_t stream) {
+  auto kernel = grouped_mma_kernel<T, kSplit, false, kTwoRowTiles, kMmaStages, false, true>;
+  static const int per_sm = resident_blocks_per_sm(kernel);
+  constexpr int64_t kColumnsPerBlock = kMmaWarps / kSplit * 8;
+  const int groups = static_cast<int>((hidden + kColumnsPerBlock - 1) / kColumnsPerBlock);
+  const int64_t blocks = std::max<int64_t>(
+      1, std::min<int64_t>(int64_t(per_sm) * std::max(sms, 1), int64_t(groups) * experts));
+  launch_dependent(kernel, static_cast<unsigned>(blocks), kMmaThreads, 0, stream, act,
+                   static_cast<const int32_t*>(nullptr), dw, dw, kept, capacity, hidden, ffn,
+                   y_routed, experts, groups, 0, combine);
+  NNKIT_CUDA_CHECK_LAUNCH(grouped_mma_kernel);
+}
+
+template <typename T, bool kTwoRowTiles>
+void launch_down_combine(const T* act, const ExpertWeights& dw, const int32_t* kept, int experts,
+                         int capacity, int64_t hidden, int64_t ffn, int sms, T* y_routed,
+                         const CombineArgs& combine, cudaStream_t stream) {
+  const int64_t steps = ffn / 32;
+  if (steps >= 64) {
+    launch_down_combine_as<T, 8, kTwoRowTiles>(act, dw, kept, experts, capacity, hidden, ffn, sms,
+                                               y_routed, combine, stream);
+  } else if (steps >= 16) {
+    launch_down_combine_as<T, 2, kTwoRowTiles>(act, dw, kept, experts, capacity, hidden, ffn, sms,
+                                               y_routed, combine, stream);
+  } else {
+    launch_down_combine_as<T, 1, kTwoRowTiles>(act, dw, kept, experts, capacity, hidden, ffn, sms,
+                                               y_routed, combine, stream);
+  }
 }
 
 template <typename T, bool kTwoRowTiles>
@@ -156,8 +209,42 @@ void CudaBackend::moe_swiglu_experts_padded(const Tensor& x, const Tensor& token
   });
   // The down product reads only the kept rows of `activated`; the combine only rows with a token.
   Tensor y_routed = empty({padded, s.hidden}, x.dtype());
-  moe_grouped_gemm_nt(activated, down_w, kept_offsets, capacity, y_routed);
-  moe_combine_rows(y_routed, token, slot, gate, y);
+  // The combine folds into the down product when it takes the tensor-core path (k a multiple of
+  // 32, 8-column groups that fit the arrival counters).
+  ExpertWeights dw{};
+  bool fold = fused_combine_enabled() && s.ffn % 32 == 0 && s.hidden % 8 == 0 &&
+              aligned16(activated.raw()) && aligned16(y_routed.raw()) && aligned16(y.raw()) &&
+              s.hidden / 8 <= kDecodeArrivalCounters && grouped_mma_available();
+  for (int64_t e = 0; e < s.experts && fold; ++e) {
+    dw.w[e] = down_w[static_cast<size_t>(e)].raw();
+    fold = aligned16(dw.w[e]) && down_w[static_cast<size_t>(e)].dtype() == x.dtype() &&
+           down_w[static_cast<size_t>(e)].shape() == Shape{s.hidden, s.ffn};
+  }
+  if (!fold) {
+    moe_grouped_gemm_nt(activated, down_w, kept_offsets, capacity, y_routed);
+    moe_combine_rows(y_routed, token, slot, gate, y);
+    return;
+  }
+  CombineArgs combine;
+  combine.token = ptr<int32_t>(token);
+  combine.slot = ptr<int32_t>(slot);
+  combine.gate = ptr<float>(gate);
+  combine.out = y.raw();
+  combine.arrivals = decode_arrivals_ + kDecodeArrivalCounters;  // the second half: the combine's
+  combine.tokens = static_cast<int>(tokens);
+  combine.padded_rows = static_cast<int>(padded);
+  dispatch_float(x.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if constexpr (!std::is_same_v<T, float>) {
+      auto launch = [&](auto two_rows) {
+        launch_down_combine<T, decltype(two_rows)::value>(
+            ptr<T>(activated), dw, ptr<int32_t>(kept_offsets), static_cast<int>(s.experts),
+            static_cast<int>(capacity), s.hidden, s.ffn, limits_.sms, ptr<T>(y_routed), combine,
+            stream_);
+      };
+      capacity > 8 ? launch(std::true_type{}) : launch(std::false_type{});
+    }
+  });
 }
 
 }  // namespace nnkit::cuda
