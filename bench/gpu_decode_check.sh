@@ -22,8 +22,9 @@
 #   timeline the 6.9B model at batch 1 and 8 under bench/kernel_timeline.cpp (CUPTI kernel
 #           records of every replayed graph node): per-kernel duration and critical-path increment
 #           of steady-state steps (bench/kernel_timeline.py), and decode tok/s traced vs untraced
-#   ncudetail Nsight Compute's detail pages (warp stalls, scheduler, source hot spots) of one
-#           decode-step launch of each kernel in NCU_DETAIL_KERNELS (name substrings), batch 1
+#   ncudetail Nsight Compute's detail pages (warp stalls, scheduler, occupancy, source hot spots)
+#           of NCU_DETAIL_COUNT (1) decode-step launches of each kernel in NCU_DETAIL_KERNELS (name
+#           regexes) past the first NCU_DETAIL_SKIP (100), batch 1
 #   long    long context on the 6.9B model: a 32K-token prompt (alpha 1, max_seq_len 32768) and a
 #           128K-token prompt with model.attention.rope.ntk_alpha=8, 128 new tokens each;
 #           prefill/decode tok/s and peak device memory (nvidia-smi, 200 ms samples)
@@ -179,14 +180,14 @@ if has ncudetail; then
   for kernel in ${NCU_DETAIL_KERNELS:-moe_route_decode_kernel add_rmsnorm_warp_kernel}; do
     # Launch 100 of the kernel: past the prefill and the first steps.
     NNKIT_GRAPHS_NO_REPLAY=1 timeout 300 ncu --clock-control none --kernel-name "regex:$kernel" \
-      --launch-skip "${NCU_DETAIL_SKIP:-100}" --launch-count 1 --section SpeedOfLight \
+      --launch-skip "${NCU_DETAIL_SKIP:-100}" --launch-count "${NCU_DETAIL_COUNT:-1}" --section SpeedOfLight \
       --section LaunchStats --section Occupancy --section SchedulerStats --section WarpStateStats \
       --section SourceCounters --page details \
       "$nnkit" generate configs/cuda-nn-6.9b.yaml --random-init --prompts /tmp/ncu_detail_prompt.txt \
       --max-new-tokens 12 --seed 1 'decode=[{type: greedy}]' "$gpu_backend" \
       > "$out/ncu_detail_$kernel.txt" 2>&1
     echo "== $kernel (exit $?)"
-    grep -E "Duration|Registers Per|Stall|Warp Cycles Per Issued|Issued Warp|No Eligible|Dynamic Shared|Static Shared|Achieved Occupancy|stall" "$out/ncu_detail_$kernel.txt" | head -40
+    grep -E "grouped_mma|Duration|Registers Per|Grid Size|Waves Per SM|Block Limit|Theoretical Occ|Stall|Warp Cycles Per Issued|Issued Warp|No Eligible|Dynamic Shared|Static Shared|Achieved Occupancy|stall|DRAM Throughput|Memory Throughput" "$out/ncu_detail_$kernel.txt" | head -${NCU_DETAIL_LINES:-40}
   done
   stamp "ncudetail"
 fi

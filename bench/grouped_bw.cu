@@ -127,7 +127,7 @@ void run_product(const char* problem, const char* variant, const Problem& p,
       static_cast<int>(std::min<int64_t>(int64_t(per_sm) * sms, int64_t(groups) * kExperts));
   const double us = median_us([&](int i) {
     kernel<<<grid, nnkit::cuda::kMmaThreads>>>(x, nullptr, w, u, kept[i % kSets], p.capacity, n, k,
-                                               y, kExperts, groups, 0, nnkit::cuda::CombineArgs{});
+                                               y, kExperts, groups, nnkit::cuda::CombineArgs{});
   });
   const double bytes = double(p.chosen) * double(n) * double(k) * 2.0 * (kSwiglu ? 2 : 1);
   char label[96];

@@ -137,28 +137,26 @@ std::vector<GenerationResult> generate(Transformer& model, const Tokenizer& toke
   }
   std::vector<int32_t> sampled(static_cast<size_t>(batch), 0);
   std::vector<float> host;
-  // With a device chain the sampled ids land in the decode step's own input tensor, and the host
-  // reads them one step late: step s+1 is queued before the ids of step s are known on the host,
-  // so the device never waits for the host between steps (a step that an EOS or a stop string
-  // made unneeded runs and is discarded). NNKIT_DECODE_LOOKAHEAD=0 reads each step's ids before
-  // queuing the next (to compare on one machine).
+  // With a device chain the sampled ids land in the decode step's own input tensor and the host
+  // reads them two queue entries late: step s+1 (its product and its sampler) is queued before
+  // the host waits for the ids of step s, and the copy of step s+1's ids is enqueued only after
+  // that wait, so the wait covers the copy of step s alone and the device always has the next
+  // step in its queue (a step that an EOS or a stop string made unneeded runs and is discarded).
+  // Stream order keeps it exact: copy(s) reads the ids before sample(s+1) overwrites them.
+  // NNKIT_DECODE_LOOKAHEAD=0 reads each step's ids before queuing the next (to compare).
   const char* lookahead_flag = std::getenv("NNKIT_DECODE_LOOKAHEAD");
   const bool lookahead_allowed =
       on_device && (lookahead_flag == nullptr || std::string(lookahead_flag) != "0");
   bool lookahead = false;
-  // Picks every row's next token from `logits` into `sampled` (device or host chain); with
-  // lookahead the copy into `sampled` completes at the next await_host_copies().
-  auto sample_step = [&](const Tensor& logits, int64_t step) {
+  // Picks every row's next token from `logits`. Host chain: into `sampled` at once. Device
+  // chain: into device_ids; `sampled` gets them now (read_now), or the caller enqueues the copy.
+  auto sample_step = [&](const Tensor& logits, int64_t step, bool read_now) {
     if (on_device && (step == 0 || device_sampling)) {
       device_sampling =
           sample_on_device(backend, chain, logits, sampling, options.seed, step, device_ids);
       if (device_sampling) {
         append_device_history(backend, sampling, device_ids);
-        if (lookahead || (step == 0 && lookahead_allowed)) {
-          backend.copy_to_host_async(sampled.data(), device_ids);
-        } else {
-          backend.copy_to_host(sampled.data(), device_ids);
-        }
+        if (read_now) backend.copy_to_host(sampled.data(), device_ids);
         return;
       }
       if (step == 0) {
@@ -185,26 +183,33 @@ std::vector<GenerationResult> generate(Transformer& model, const Tokenizer& toke
   if (on_device) {
     device_ids = lookahead_allowed ? model.decode_input_ids() : backend.empty({batch}, DType::kI32);
   }
-  sample_step(logits, 0);
+  sample_step(logits, 0, !lookahead_allowed);
   lookahead = lookahead_allowed && device_sampling;
-  if (lookahead) backend.await_host_copies();
+  if (lookahead) {
+    backend.copy_to_host_async(sampled.data(), device_ids);
+    backend.await_host_copies();
+  }
   const auto t1 = std::chrono::steady_clock::now();
   int64_t cache_len = longest;
-  int64_t decode_steps = 0;  // steps whose ids were used
-  int64_t queued_steps = 0;  // steps run (lookahead: one more when a row's stop ended it)
+  int64_t decode_steps = 0;   // steps whose ids were used
+  bool copy_pending = false;  // lookahead: a queued step's ids are on their way to `sampled`
   std::vector<int32_t> next(static_cast<size_t>(batch), tokenizer.pad_id());
   for (int64_t step = 0; step < options.max_new_tokens; ++step) {
-    if (lookahead && step > 0) {
-      backend.await_host_copies();  // `sampled` now holds the ids of step `step`
-      ++decode_steps;
-    }
     const bool last = step + 1 == options.max_new_tokens;
     if (lookahead && !last) {
-      // The next step reads the ids the device sampler just wrote (decode_input_ids()).
+      // The next step reads the ids the device sampler wrote last (decode_input_ids()).
       logits = model.decode_step_device(cache_len);
-      sample_step(logits, step + 1);
+      sample_step(logits, step + 1, false);
       ++cache_len;
-      ++queued_steps;
+    }
+    if (lookahead && step > 0) {
+      backend.await_host_copies();  // `sampled` now holds the ids of step `step`
+      copy_pending = false;
+      ++decode_steps;
+    }
+    if (lookahead && !last) {
+      backend.copy_to_host_async(sampled.data(), device_ids);
+      copy_pending = true;
     }
     bool all_done = true;
     for (size_t b = 0; b < static_cast<size_t>(batch); ++b) {
@@ -239,14 +244,13 @@ std::vector<GenerationResult> generate(Transformer& model, const Tokenizer& toke
     if (all_done || last) break;
     if (!lookahead) {
       logits = model.decode_step(next, cache_len);
-      sample_step(logits, step + 1);
+      sample_step(logits, step + 1, true);
       ++cache_len;
       ++decode_steps;
-      ++queued_steps;
     }
   }
   // A queued step nobody needs still finishes before the recording it replays is released.
-  if (lookahead && queued_steps > decode_steps) backend.await_host_copies();
+  if (copy_pending) backend.await_host_copies();
   const auto t2 = std::chrono::steady_clock::now();
   const bool recorded = model.decode_recorded();
   model.end_decode();

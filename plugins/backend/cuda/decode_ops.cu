@@ -176,7 +176,7 @@ void launch_grouped_mma_rows(const T* x, const ExpertWeights& w, const ExpertWei
       std::min<int64_t>(int64_t(per_sm) * std::max(sms, 1), int64_t(groups) * experts);
   launch_dependent(kernel, static_cast<unsigned>(std::max<int64_t>(blocks, 1)), kMmaThreads, 0,
                    stream, x, static_cast<const int32_t*>(nullptr), w, up, kept, capacity, n, k, y,
-                   experts, groups, 0, CombineArgs{});
+                   experts, groups, CombineArgs{});
   NNKIT_CUDA_CHECK_LAUNCH(grouped_mma_kernel);
 }
 

@@ -98,22 +98,41 @@ constexpr int kMmaWarps = 8;
 constexpr int kMmaThreads = kMmaWarps * 32;
 constexpr int kMmaStages = 4;  // k steps of loads in flight per warp
 
+// 16 bytes global -> shared through L1 (x rows, which every column group of an expert reads).
+__device__ __forceinline__ void cp_async_16_cached(void* shared, const void* global) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16;\n" ::"r"(shared_address(shared)),
+               "l"(global)
+               : "memory");
+}
+
+// The ring's 16-byte parts per lane and k step: weights, up weights (SwiGLU), x rows (one or two).
+constexpr int grouped_ring_parts(bool swiglu, bool two_row_tiles) {
+  return 2 + (swiglu ? 1 : 0) + (two_row_tiles ? 1 : 0);
+}
+constexpr size_t grouped_ring_bytes(bool swiglu, bool two_row_tiles, int ring) {
+  return size_t(grouped_ring_parts(swiglu, two_row_tiles)) * size_t(ring) * kMmaThreads * 16;
+}
+
 // A grid sized to what stays resident walks (chosen expert, column group) items, consecutive
 // blocks on consecutive columns of one expert; experts nobody chose cost no block of their own.
 //   - row_token null: x holds the gathered rows (E * capacity, k), and y's padding rows and the
 //     idle experts' rows are zeroed (by the whole grid at the end);
 //   - else x is the step's (N, k) tokens, expert e's row r is x[row_token[e * capacity + r]]
 //     (the gather, done here), and only the kept rows of y are written.
-// kXShared (gathered x only): the step's x_rows token rows are staged in dynamic shared memory
-// once per block, and each k step reads its x fragment there right before its products. Only the
-// weights' loads are then held in flight in registers, so the same registers carry more k steps
-// of weights (kStages): the bytes in flight a multiprocessor needs to stream at full bandwidth.
+//
+// kRing > 0: each lane's loads (weights and x alike) go straight to shared memory with
+// cp.async, into a lane-private ring of kRing k steps that the warp refills one step at a time as
+// it consumes them, so a warp keeps kRing steps in flight through its whole share of an item
+// without holding them in registers (the bytes in flight a multiprocessor needs to stream at full
+// bandwidth do not fit in registers beside the products' fragments). The ring is dynamic shared
+// memory of grouped_ring_bytes(); kStages is unused. Same products in the same k order as the
+// register batches (kRing 0), so the same bits.
 template <typename T, int kSplit, bool kSwiglu, bool kTwoRowTiles, int kStages = kMmaStages,
-          bool kXShared = false, bool kCombine = false>
+          bool kCombine = false, int kRing = 0>
 __global__ void __launch_bounds__(kMmaThreads, 2)
     grouped_mma_kernel(const T* x, const int32_t* row_token, ExpertWeights weights,
                        ExpertWeights up, const int32_t* kept, int capacity, int64_t n, int64_t k,
-                       T* y, int experts, int groups_per_expert, int x_rows, CombineArgs combine) {
+                       T* y, int experts, int groups_per_expert, CombineArgs combine) {
   constexpr int kTiles = kMmaWarps / kSplit;  // 8-column tiles per block
   constexpr int kValues = kSwiglu ? 8 : 4;    // C fragment floats per lane (gate, up)
   __shared__ int counts[kMaxGroupedExperts], order[kMaxGroupedExperts], chosen_count;
@@ -136,13 +155,6 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
         token_s[i] = combine.token[i];
         slot_s[i] = combine.slot[i];
       }
-    }
-  }
-  extern __shared__ uint4 x_shared[];  // kXShared: (x_rows, k) in T
-  if constexpr (kXShared) {
-    const uint4* x_packs = reinterpret_cast<const uint4*>(x);
-    for (int64_t i = threadIdx.x; i < int64_t(x_rows) * k / 8; i += kMmaThreads) {
-      x_shared[i] = x_packs[i];
     }
   }
   const int chosen = order_experts_chosen_first(kept, experts, counts, order, &chosen_count);
@@ -170,37 +182,68 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
       }
       const T* x_lo = x + row_lo * k + 8 * quad_col;
       const T* x_hi = x + row_hi * k + 8 * quad_col;
-      const T* xs_lo = reinterpret_cast<const T*>(x_shared) + row_lo * k + 8 * quad_col;
-      const T* xs_hi = reinterpret_cast<const T*>(x_shared) + row_hi * k + 8 * quad_col;
-      for (int64_t s0 = split; s0 < steps; s0 += int64_t(kSplit) * kStages) {
-        uint4 w[kStages], u[kStages], lo[kXShared ? 1 : kStages], hi[kXShared ? 1 : kStages];
+      if constexpr (kRing > 0) {
+        // Stage-major slots (part, stage) x kMmaThreads: a warp's 32 lanes read 512 contiguous
+        // bytes, free of bank conflicts. Each lane reads back only what it copied itself, so its
+        // own wait_group is the only synchronisation.
+        constexpr int kParts = grouped_ring_parts(kSwiglu, kTwoRowTiles);
+        extern __shared__ uint4 ring[];
+        const int my_steps = steps > split ? int((steps - split + kSplit - 1) / kSplit) : 0;
+        auto slot = [&](int t, int part) {
+          return ring + ((t % kRing) * kParts + part) * kMmaThreads + threadIdx.x;
+        };
+        auto issue = [&](int t) {  // one commit group per step, empty past the warp's share
+          if (t < my_steps) {
+            const int64_t s = split + int64_t(t) * kSplit;
+            cp_async_16(slot(t, 0), w_row + s * 32);
+            if constexpr (kSwiglu) cp_async_16(slot(t, 1), u_row + s * 32);
+            if (has_lo) cp_async_16_cached(slot(t, kSwiglu ? 2 : 1), x_lo + s * 32);
+            if (has_hi) cp_async_16_cached(slot(t, kParts - 1), x_hi + s * 32);
+          }
+          cp_async_commit();
+        };
 #pragma unroll
-        for (int i = 0; i < kStages; ++i) {
-          const int64_t s = s0 + int64_t(i) * kSplit;
-          const bool live = s < steps;
-          w[i] = live ? load_weights_once(w_row + s * 32) : zero;
-          u[i] = kSwiglu && live ? load_weights_once(u_row + s * 32) : zero;
-          if constexpr (!kXShared) {
+        for (int t = 0; t < kRing; ++t) issue(t);
+        for (int t = 0; t < my_steps; ++t) {
+          cp_async_wait<kRing - 1>();  // step t's group has landed
+          const uint4 w = *slot(t, 0);
+          const uint4 u = kSwiglu ? *slot(t, 1) : zero;
+          const uint4 lo = has_lo ? *slot(t, kSwiglu ? 2 : 1) : zero;
+          const uint4 hi = has_hi ? *slot(t, kParts - 1) : zero;
+          const uint32_t a0[4] = {lo.x, hi.x, lo.y, hi.y};
+          const uint32_t a1[4] = {lo.z, hi.z, lo.w, hi.w};
+          mma_16x8x16<T>(acc, a0, w.x, w.y);
+          mma_16x8x16<T>(acc, a1, w.z, w.w);
+          if constexpr (kSwiglu) {
+            mma_16x8x16<T>(acc_up, a0, u.x, u.y);
+            mma_16x8x16<T>(acc_up, a1, u.z, u.w);
+          }
+          // The products consumed the slot's registers, so refilling it cannot overtake the
+          // reads (instructions issue in order).
+          issue(t + kRing);
+        }
+      } else {
+        for (int64_t s0 = split; s0 < steps; s0 += int64_t(kSplit) * kStages) {
+          uint4 w[kStages], u[kStages], lo[kStages], hi[kStages];
+#pragma unroll
+          for (int i = 0; i < kStages; ++i) {
+            const int64_t s = s0 + int64_t(i) * kSplit;
+            const bool live = s < steps;
+            w[i] = live ? load_weights_once(w_row + s * 32) : zero;
+            u[i] = kSwiglu && live ? load_weights_once(u_row + s * 32) : zero;
             lo[i] = live && has_lo ? __ldg(reinterpret_cast<const uint4*>(x_lo + s * 32)) : zero;
             hi[i] = live && has_hi ? __ldg(reinterpret_cast<const uint4*>(x_hi + s * 32)) : zero;
           }
-        }
 #pragma unroll
-        for (int i = 0; i < kStages; ++i) {
-          const int li = kXShared ? 0 : i;
-          if constexpr (kXShared) {
-            const int64_t s = s0 + int64_t(i) * kSplit;
-            const bool live = s < steps;
-            lo[0] = live && has_lo ? *reinterpret_cast<const uint4*>(xs_lo + s * 32) : zero;
-            hi[0] = live && has_hi ? *reinterpret_cast<const uint4*>(xs_hi + s * 32) : zero;
-          }
-          const uint32_t a0[4] = {lo[li].x, hi[li].x, lo[li].y, hi[li].y};
-          const uint32_t a1[4] = {lo[li].z, hi[li].z, lo[li].w, hi[li].w};
-          mma_16x8x16<T>(acc, a0, w[i].x, w[i].y);
-          mma_16x8x16<T>(acc, a1, w[i].z, w[i].w);
-          if constexpr (kSwiglu) {
-            mma_16x8x16<T>(acc_up, a0, u[i].x, u[i].y);
-            mma_16x8x16<T>(acc_up, a1, u[i].z, u[i].w);
+          for (int i = 0; i < kStages; ++i) {
+            const uint32_t a0[4] = {lo[i].x, hi[i].x, lo[i].y, hi[i].y};
+            const uint32_t a1[4] = {lo[i].z, hi[i].z, lo[i].w, hi[i].w};
+            mma_16x8x16<T>(acc, a0, w[i].x, w[i].y);
+            mma_16x8x16<T>(acc, a1, w[i].z, w[i].w);
+            if constexpr (kSwiglu) {
+              mma_16x8x16<T>(acc_up, a0, u[i].x, u[i].y);
+              mma_16x8x16<T>(acc_up, a1, u[i].z, u[i].w);
+            }
           }
         }
       }
@@ -290,9 +333,9 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
 }
 
 template <typename Kernel>
-int resident_blocks_per_sm(Kernel kernel) {
+int resident_blocks_per_sm(Kernel kernel, size_t dynamic_shared = 0) {
   int blocks = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kMmaThreads, 0) !=
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kMmaThreads, dynamic_shared) !=
       cudaSuccess) {
     (void)cudaGetLastError();
     return 1;

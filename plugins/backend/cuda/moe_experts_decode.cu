@@ -1,17 +1,21 @@
 // Purpose: backend/cuda moe_swiglu_experts_padded: a decode step's whole SwiGLU expert block
-// (gather, gate/up products and SwiGLU, down product, combine) in three launches for 16-bit
+// (gather, gate/up products and SwiGLU, down product, combine) in two launches for 16-bit
 // weights, where the composition of ops takes four: the gate/up product with its SwiGLU
 // (grouped_experts.cuh's tensor-core kernel) reads each expert's kept rows of x straight from the
 // step's tokens through the padded layout's token index, so there is no gathered copy of x; the
-// down product and the combine are moe_grouped_gemm_nt and moe_combine_rows. The result is the
-// composition's, bit for bit (the same kernels, the same per-lane k order). Owned by
+// down product (the same kernel) combines each column group once its last expert's item is done
+// (CombineArgs), so there is no combine launch. The result is the composition's, bit for bit
+// (the same kernels, the same per-lane k order, the combine's fixed slot order). Owned by
 // backend/cuda.
 //
-// Measured and not kept (bench/RESULTS.md, session 12): a one-pass kernel (each block an equal
-// share of 32-column ffn units, SwiGLU multiplied straight into an f32 down-product partial)
+// Measured and not kept (bench/RESULTS.md, sessions 12 and 15): a one-pass kernel (each block an
+// equal share of 32-column ffn units, SwiGLU multiplied straight into an f32 down-product partial)
 // read the down matrix in 64-128-byte pieces and was slower (449 vs 492 tokens/s at batch 1);
 // a down product cut into two k parts for an even grid, its L2 prefetch under PDL and f32
-// partials ran slower than moe_grouped_gemm_nt (17.6 vs 14.2 us a layer at batch 1).
+// partials ran slower than moe_grouped_gemm_nt (17.6 vs 14.2 us a layer at batch 1); the
+// down product's L2 prefetch before its dependency wait (527.7 vs 549.2 tokens/s); x staged in
+// shared memory so 8 k steps of weights stay in flight (554.1 vs 562.4 tokens/s with x in
+// registers and 6 steps).
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -53,46 +57,68 @@ int64_t gathered_max_tokens() {
   return limit;
 }
 
-// k steps of weight loads in flight per warp when x is read from shared memory (no x loads held
-// in registers): 8 x 32 bytes x 512 threads = the 128 KB a multiprocessor needs in flight to
-// stream at full bandwidth (bench/grouped_bw.cu's plain read).
-constexpr int kGateStagesShared = 8;
-constexpr size_t kMaxSharedX = 48 << 10;  // x rows staged without a shared-memory opt-in
-
-// NNKIT_GATE_X_SHARED=0: x loaded with the weights, kGateStages (to compare on one machine).
-bool gate_x_shared_enabled() {
+// NNKIT_GROUPED_ASYNC=0: the expert block's products hold their loads in registers in batches
+// of k steps instead of the cp.async ring in shared memory (to compare on one machine).
+bool grouped_async_enabled() {
   static const bool enabled = [] {
-    const char* flag = std::getenv("NNKIT_GATE_X_SHARED");
+    const char* flag = std::getenv("NNKIT_GROUPED_ASYNC");
     return flag == nullptr || std::strcmp(flag, "0") != 0;
   }();
   return enabled;
 }
 
-template <typename T, bool kTwoRowTiles, bool kXShared>
+// Ring depths (k steps in flight per warp) that keep two SwiGLU blocks or three down-product
+// blocks resident a multiprocessor (the down product's 384 items at batch 1 then run in one
+// wave on 132 multiprocessors), with half the depth for two-row tiles (one more x part).
+constexpr int kSwigluRing = 8;
+constexpr int kDownRing = 6;
+
+// A ring kernel's dynamic shared memory opt-in (past 48 KB) and its resident blocks.
+template <typename Kernel>
+int ring_blocks_per_sm(Kernel kernel, size_t ring_bytes) {
+  if (ring_bytes > (48u << 10)) {
+    NNKIT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(ring_bytes)));
+  }
+  return resident_blocks_per_sm(kernel, ring_bytes);
+}
+
+template <typename T, bool kTwoRowTiles, int kRing>
 void launch_gathered_swiglu_as(const T* x, const int32_t* token, const ExpertWeights& gw,
                                const ExpertWeights& uw, const int32_t* kept, int experts,
-                               int capacity, int64_t tokens, int64_t hidden, int64_t ffn, int sms,
-                               T* act, cudaStream_t stream) {
-  constexpr int kStages = kXShared ? kGateStagesShared : kGateStages;
+                               int capacity, int64_t hidden, int64_t ffn, int sms, T* act,
+                               cudaStream_t stream) {
+  constexpr int kStages = kGateStages;
+  constexpr size_t kRingBytes = kRing > 0 ? grouped_ring_bytes(true, kTwoRowTiles, kRing) : 0;
   // k = hidden split over two warps (none when short), 8-column tiles of ffn: as
   // moe_grouped_swiglu_nt runs it.
   const bool short_rows = hidden / 32 < 16;
-  auto kernel = short_rows ? grouped_mma_kernel<T, 1, true, kTwoRowTiles, kStages, kXShared>
-                           : grouped_mma_kernel<T, 2, true, kTwoRowTiles, kStages, kXShared>;
-  static const int per_sm_short =
-      resident_blocks_per_sm(grouped_mma_kernel<T, 1, true, kTwoRowTiles, kStages, kXShared>);
-  static const int per_sm_long =
-      resident_blocks_per_sm(grouped_mma_kernel<T, 2, true, kTwoRowTiles, kStages, kXShared>);
+  auto short_kernel = grouped_mma_kernel<T, 1, true, kTwoRowTiles, kStages, false, kRing>;
+  auto long_kernel = grouped_mma_kernel<T, 2, true, kTwoRowTiles, kStages, false, kRing>;
+  static const int per_sm_short = ring_blocks_per_sm(short_kernel, kRingBytes);
+  static const int per_sm_long = ring_blocks_per_sm(long_kernel, kRingBytes);
   const int64_t columns = short_rows ? kMmaWarps * 8 : kMmaWarps / 2 * 8;
   const int groups = static_cast<int>((ffn + columns - 1) / columns);
   const int64_t blocks = std::max<int64_t>(
       1, std::min<int64_t>(int64_t(short_rows ? per_sm_short : per_sm_long) * std::max(sms, 1),
                            int64_t(groups) * experts));
-  const size_t shared = kXShared ? size_t(tokens * hidden) * sizeof(T) : 0;
-  launch_dependent(kernel, static_cast<unsigned>(blocks), kMmaThreads, shared, stream, x, token, gw,
-                   uw, kept, capacity, ffn, hidden, act, experts, groups, static_cast<int>(tokens),
-                   CombineArgs{});
+  launch_dependent(short_rows ? short_kernel : long_kernel, static_cast<unsigned>(blocks),
+                   kMmaThreads, kRingBytes, stream, x, token, gw, uw, kept, capacity, ffn, hidden,
+                   act, experts, groups, CombineArgs{});
   NNKIT_CUDA_CHECK_LAUNCH(grouped_mma_kernel);
+}
+
+template <typename T, bool kTwoRowTiles>
+void launch_gathered_swiglu(const T* x, const int32_t* token, const ExpertWeights& gw,
+                            const ExpertWeights& uw, const int32_t* kept, int experts, int capacity,
+                            int64_t hidden, int64_t ffn, int sms, T* act, cudaStream_t stream) {
+  if (grouped_async_enabled()) {
+    launch_gathered_swiglu_as<T, kTwoRowTiles, kTwoRowTiles ? kSwigluRing / 2 : kSwigluRing>(
+        x, token, gw, uw, kept, experts, capacity, hidden, ffn, sms, act, stream);
+  } else {
+    launch_gathered_swiglu_as<T, kTwoRowTiles, 0>(x, token, gw, uw, kept, experts, capacity, hidden,
+                                                  ffn, sms, act, stream);
+  }
 }
 
 // NNKIT_GROUPED_MMA=0 (decode_ops.cu) sends the down product to the CUDA-core kernel, which has
@@ -114,20 +140,34 @@ bool fused_combine_enabled() {
 
 // The down product with the combine folded in (grouped_experts.cuh's CombineArgs): k = ffn split
 // over the warps as moe_grouped_gemm_nt splits it.
-template <typename T, int kSplit, bool kTwoRowTiles>
+template <typename T, int kSplit, bool kTwoRowTiles, int kRing>
 void launch_down_combine_as(const T* act, const ExpertWeights& dw, const int32_t* kept, int experts,
                             int capacity, int64_t hidden, int64_t ffn, int sms, T* y_routed,
                             const CombineArgs& combine, cudaStream_t stream) {
-  auto kernel = grouped_mma_kernel<T, kSplit, false, kTwoRowTiles, kMmaStages, false, true>;
-  static const int per_sm = resident_blocks_per_sm(kernel);
+  auto kernel = grouped_mma_kernel<T, kSplit, false, kTwoRowTiles, kMmaStages, true, kRing>;
+  constexpr size_t kRingBytes = kRing > 0 ? grouped_ring_bytes(false, kTwoRowTiles, kRing) : 0;
+  static const int per_sm = ring_blocks_per_sm(kernel, kRingBytes);
   constexpr int64_t kColumnsPerBlock = kMmaWarps / kSplit * 8;
   const int groups = static_cast<int>((hidden + kColumnsPerBlock - 1) / kColumnsPerBlock);
   const int64_t blocks = std::max<int64_t>(
       1, std::min<int64_t>(int64_t(per_sm) * std::max(sms, 1), int64_t(groups) * experts));
-  launch_dependent(kernel, static_cast<unsigned>(blocks), kMmaThreads, 0, stream, act,
+  launch_dependent(kernel, static_cast<unsigned>(blocks), kMmaThreads, kRingBytes, stream, act,
                    static_cast<const int32_t*>(nullptr), dw, dw, kept, capacity, hidden, ffn,
-                   y_routed, experts, groups, 0, combine);
+                   y_routed, experts, groups, combine);
   NNKIT_CUDA_CHECK_LAUNCH(grouped_mma_kernel);
+}
+
+template <typename T, int kSplit, bool kTwoRowTiles>
+void launch_down_combine_split(const T* act, const ExpertWeights& dw, const int32_t* kept,
+                               int experts, int capacity, int64_t hidden, int64_t ffn, int sms,
+                               T* y_routed, const CombineArgs& combine, cudaStream_t stream) {
+  if (grouped_async_enabled()) {
+    launch_down_combine_as<T, kSplit, kTwoRowTiles, kTwoRowTiles ? kDownRing / 2 + 1 : kDownRing>(
+        act, dw, kept, experts, capacity, hidden, ffn, sms, y_routed, combine, stream);
+  } else {
+    launch_down_combine_as<T, kSplit, kTwoRowTiles, 0>(act, dw, kept, experts, capacity, hidden,
+                                                       ffn, sms, y_routed, combine, stream);
+  }
 }
 
 template <typename T, bool kTwoRowTiles>
@@ -136,28 +176,14 @@ void launch_down_combine(const T* act, const ExpertWeights& dw, const int32_t* k
                          const CombineArgs& combine, cudaStream_t stream) {
   const int64_t steps = ffn / 32;
   if (steps >= 64) {
-    launch_down_combine_as<T, 8, kTwoRowTiles>(act, dw, kept, experts, capacity, hidden, ffn, sms,
-                                               y_routed, combine, stream);
+    launch_down_combine_split<T, 8, kTwoRowTiles>(act, dw, kept, experts, capacity, hidden, ffn,
+                                                  sms, y_routed, combine, stream);
   } else if (steps >= 16) {
-    launch_down_combine_as<T, 2, kTwoRowTiles>(act, dw, kept, experts, capacity, hidden, ffn, sms,
-                                               y_routed, combine, stream);
+    launch_down_combine_split<T, 2, kTwoRowTiles>(act, dw, kept, experts, capacity, hidden, ffn,
+                                                  sms, y_routed, combine, stream);
   } else {
-    launch_down_combine_as<T, 1, kTwoRowTiles>(act, dw, kept, experts, capacity, hidden, ffn, sms,
-                                               y_routed, combine, stream);
-  }
-}
-
-template <typename T, bool kTwoRowTiles>
-void launch_gathered_swiglu(const T* x, const int32_t* token, const ExpertWeights& gw,
-                            const ExpertWeights& uw, const int32_t* kept, int experts, int capacity,
-                            int64_t tokens, int64_t hidden, int64_t ffn, int sms, T* act,
-                            cudaStream_t stream) {
-  if (gate_x_shared_enabled() && size_t(tokens * hidden) * sizeof(T) <= kMaxSharedX) {
-    launch_gathered_swiglu_as<T, kTwoRowTiles, true>(x, token, gw, uw, kept, experts, capacity,
-                                                     tokens, hidden, ffn, sms, act, stream);
-  } else {
-    launch_gathered_swiglu_as<T, kTwoRowTiles, false>(x, token, gw, uw, kept, experts, capacity,
-                                                      tokens, hidden, ffn, sms, act, stream);
+    launch_down_combine_split<T, 1, kTwoRowTiles>(act, dw, kept, experts, capacity, hidden, ffn,
+                                                  sms, y_routed, combine, stream);
   }
 }
 
@@ -201,8 +227,8 @@ void CudaBackend::moe_swiglu_experts_padded(const Tensor& x, const Tensor& token
       auto launch = [&](auto two_rows) {
         launch_gathered_swiglu<T, decltype(two_rows)::value>(
             ptr<T>(x), ptr<int32_t>(token), gw, uw, ptr<int32_t>(kept_offsets),
-            static_cast<int>(s.experts), static_cast<int>(capacity), tokens, s.hidden, s.ffn,
-            limits_.sms, ptr<T>(activated), stream_);
+            static_cast<int>(s.experts), static_cast<int>(capacity), s.hidden, s.ffn, limits_.sms,
+            ptr<T>(activated), stream_);
       };
       capacity > 8 ? launch(std::true_type{}) : launch(std::false_type{});
     }
