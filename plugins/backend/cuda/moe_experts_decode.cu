@@ -73,10 +73,11 @@ bool grouped_async_enabled() {
 constexpr int kSwigluRing = 8;
 constexpr int kDownRing = 6;
 
-// A ring kernel's dynamic shared memory opt-in (past 48 KB) and its resident blocks.
+// A ring kernel's dynamic shared memory opt-in (static plus dynamic past 48 KB needs it) and its
+// resident blocks.
 template <typename Kernel>
 int ring_blocks_per_sm(Kernel kernel, size_t ring_bytes) {
-  if (ring_bytes > (48u << 10)) {
+  if (ring_bytes > 0) {
     NNKIT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(ring_bytes)));
   }
