@@ -98,19 +98,15 @@ constexpr int kMmaWarps = 8;
 constexpr int kMmaThreads = kMmaWarps * 32;
 constexpr int kMmaStages = 4;  // k steps of loads in flight per warp
 
-// 16 bytes global -> shared through L1 (x rows, which every column group of an expert reads).
-__device__ __forceinline__ void cp_async_16_cached(void* shared, const void* global) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 16;\n" ::"r"(shared_address(shared)),
-               "l"(global)
-               : "memory");
+// The x rows the down product stages (kXStaged): an expert keeps at most one row per token of the
+// step, and at most capacity (8 at most: one-row tiles).
+__host__ __device__ constexpr int grouped_staged_rows(int capacity, int tokens) {
+  return capacity < tokens ? capacity : tokens;
 }
-
-// The ring's 16-byte parts per lane and k step: weights, up weights (SwiGLU), x rows (one or two).
-constexpr int grouped_ring_parts(bool swiglu, bool two_row_tiles) {
-  return 2 + (swiglu ? 1 : 0) + (two_row_tiles ? 1 : 0);
-}
-constexpr size_t grouped_ring_bytes(bool swiglu, bool two_row_tiles, int ring) {
-  return size_t(grouped_ring_parts(swiglu, two_row_tiles)) * size_t(ring) * kMmaThreads * 16;
+// kXStaged's dynamic shared memory: every warp's k steps x the staged rows x 64 bytes.
+constexpr size_t grouped_staged_bytes(int split, int64_t k, int capacity, int tokens) {
+  return size_t(kMmaWarps) * size_t((k / 32 + split - 1) / split) *
+         size_t(grouped_staged_rows(capacity, tokens)) * 64;
 }
 
 // A grid sized to what stays resident walks (chosen expert, column group) items, consecutive
@@ -120,16 +116,14 @@ constexpr size_t grouped_ring_bytes(bool swiglu, bool two_row_tiles, int ring) {
 //   - else x is the step's (N, k) tokens, expert e's row r is x[row_token[e * capacity + r]]
 //     (the gather, done here), and only the kept rows of y are written.
 //
-// kRing > 0: each lane's loads (weights and x alike) go straight to shared memory with
-// cp.async, into a lane-private ring of kRing k steps that the warp refills one step at a time as
-// it consumes them, so a warp keeps kRing steps in flight through its whole share of an item
-// without holding them in registers (the bytes in flight a multiprocessor needs to stream at full
-// bandwidth do not fit in registers beside the products' fragments). The ring is dynamic shared
-// memory of grouped_ring_bytes(); kStages is unused. Same products in the same k order as the
-// register batches (kRing 0), so the same bits.
+// kXStaged (the down product with its combine, one-row tiles): each lane copies its x fragments
+// of all its k steps into shared memory with cp.async when an item starts, and each k step reads
+// its fragment there right before its products. With no x loads held in registers, the same
+// registers carry more k steps of weight loads (kStages), so a warp's share of an item takes
+// fewer round trips to memory. Same products in the same k order: the same bits.
 template <typename T, int kSplit, bool kSwiglu, bool kTwoRowTiles, int kStages = kMmaStages,
-          bool kCombine = false, int kRing = 0>
-__global__ void __launch_bounds__(kMmaThreads, 2)
+          bool kCombine = false, bool kXStaged = false>
+__global__ void __launch_bounds__(kMmaThreads, kXStaged ? 3 : 2)
     grouped_mma_kernel(const T* x, const int32_t* row_token, ExpertWeights weights,
                        ExpertWeights up, const int32_t* kept, int capacity, int64_t n, int64_t k,
                        T* y, int experts, int groups_per_expert, CombineArgs combine) {
@@ -164,9 +158,12 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
   const int quad_row = lane >> 2, quad_col = lane & 3;
   const uint4 zero = make_uint4(0, 0, 0, 0);
   const int64_t items = int64_t(chosen) * groups_per_expert;
+  static_assert(!kXStaged || (kCombine && !kTwoRowTiles));
+  extern __shared__ uint4 x_staged[];  // kXStaged: grouped_staged_bytes()
   for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
     const int e = order[item / groups_per_expert];
-    const int rows = min(counts[e], capacity);
+    const int rows =
+        min(counts[e], kXStaged ? grouped_staged_rows(capacity, combine.tokens) : capacity);
     const int64_t col0 = (item % groups_per_expert) * kTiles * 8 + (warp / kSplit) * 8;
     const bool active = col0 < n;  // n is a multiple of 8
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, acc_up[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -182,68 +179,52 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
       }
       const T* x_lo = x + row_lo * k + 8 * quad_col;
       const T* x_hi = x + row_hi * k + 8 * quad_col;
-      if constexpr (kRing > 0) {
-        // Stage-major slots (part, stage) x kMmaThreads: a warp's 32 lanes read 512 contiguous
-        // bytes, free of bank conflicts. Each lane reads back only what it copied itself, so its
-        // own wait_group is the only synchronisation.
-        constexpr int kParts = grouped_ring_parts(kSwiglu, kTwoRowTiles);
-        extern __shared__ uint4 ring[];
-        const int my_steps = steps > split ? int((steps - split + kSplit - 1) / kSplit) : 0;
-        auto slot = [&](int t, int part) {
-          return ring + ((t % kRing) * kParts + part) * kMmaThreads + threadIdx.x;
-        };
-        auto issue = [&](int t) {  // one commit group per step, empty past the warp's share
-          if (t < my_steps) {
-            const int64_t s = split + int64_t(t) * kSplit;
-            cp_async_16(slot(t, 0), w_row + s * 32);
-            if constexpr (kSwiglu) cp_async_16(slot(t, 1), u_row + s * 32);
-            if (has_lo) cp_async_16_cached(slot(t, kSwiglu ? 2 : 1), x_lo + s * 32);
-            if (has_hi) cp_async_16_cached(slot(t, kParts - 1), x_hi + s * 32);
+      // kXStaged: this lane's x fragment of each of the warp's k steps, copied with cp.async
+      // (no registers) ahead of the first batch of weight loads; entry (t, row, quad_col) of the
+      // warp's region belongs to the lane that copies and reads it, so its own wait suffices.
+      const int warp_steps = int((steps + kSplit - 1) / kSplit);
+      const int staged_rows = grouped_staged_rows(capacity, combine.tokens);
+      uint4* xs_lo =
+          x_staged + (int64_t(warp) * warp_steps * staged_rows + quad_row) * 4 + quad_col;
+      if constexpr (kXStaged) {
+        if (has_lo) {
+          for (int64_t s = split, t = 0; s < steps; s += kSplit, ++t) {
+            cp_async_16(xs_lo + t * staged_rows * 4, x_lo + s * 32);
           }
-          cp_async_commit();
-        };
-#pragma unroll
-        for (int t = 0; t < kRing; ++t) issue(t);
-        for (int t = 0; t < my_steps; ++t) {
-          cp_async_wait<kRing - 1>();  // step t's group has landed
-          const uint4 w = *slot(t, 0);
-          const uint4 u = kSwiglu ? *slot(t, 1) : zero;
-          const uint4 lo = has_lo ? *slot(t, kSwiglu ? 2 : 1) : zero;
-          const uint4 hi = has_hi ? *slot(t, kParts - 1) : zero;
-          const uint32_t a0[4] = {lo.x, hi.x, lo.y, hi.y};
-          const uint32_t a1[4] = {lo.z, hi.z, lo.w, hi.w};
-          mma_16x8x16<T>(acc, a0, w.x, w.y);
-          mma_16x8x16<T>(acc, a1, w.z, w.w);
-          if constexpr (kSwiglu) {
-            mma_16x8x16<T>(acc_up, a0, u.x, u.y);
-            mma_16x8x16<T>(acc_up, a1, u.z, u.w);
-          }
-          // The products consumed the slot's registers, so refilling it cannot overtake the
-          // reads (instructions issue in order).
-          issue(t + kRing);
         }
-      } else {
-        for (int64_t s0 = split; s0 < steps; s0 += int64_t(kSplit) * kStages) {
-          uint4 w[kStages], u[kStages], lo[kStages], hi[kStages];
+        cp_async_commit();
+      }
+      for (int64_t s0 = split; s0 < steps; s0 += int64_t(kSplit) * kStages) {
+        constexpr int kHeld = kXStaged ? 1 : kStages;  // x fragments held in registers
+        uint4 w[kStages], u[kStages], lo[kHeld], hi[kHeld];
 #pragma unroll
-          for (int i = 0; i < kStages; ++i) {
-            const int64_t s = s0 + int64_t(i) * kSplit;
-            const bool live = s < steps;
-            w[i] = live ? load_weights_once(w_row + s * 32) : zero;
-            u[i] = kSwiglu && live ? load_weights_once(u_row + s * 32) : zero;
+        for (int i = 0; i < kStages; ++i) {
+          const int64_t s = s0 + int64_t(i) * kSplit;
+          const bool live = s < steps;
+          w[i] = live ? load_weights_once(w_row + s * 32) : zero;
+          u[i] = kSwiglu && live ? load_weights_once(u_row + s * 32) : zero;
+          if constexpr (!kXStaged) {
             lo[i] = live && has_lo ? __ldg(reinterpret_cast<const uint4*>(x_lo + s * 32)) : zero;
             hi[i] = live && has_hi ? __ldg(reinterpret_cast<const uint4*>(x_hi + s * 32)) : zero;
           }
+        }
 #pragma unroll
-          for (int i = 0; i < kStages; ++i) {
-            const uint32_t a0[4] = {lo[i].x, hi[i].x, lo[i].y, hi[i].y};
-            const uint32_t a1[4] = {lo[i].z, hi[i].z, lo[i].w, hi[i].w};
-            mma_16x8x16<T>(acc, a0, w[i].x, w[i].y);
-            mma_16x8x16<T>(acc, a1, w[i].z, w[i].w);
-            if constexpr (kSwiglu) {
-              mma_16x8x16<T>(acc_up, a0, u[i].x, u[i].y);
-              mma_16x8x16<T>(acc_up, a1, u[i].z, u[i].w);
-            }
+        for (int i = 0; i < kStages; ++i) {
+          const int h = kXStaged ? 0 : i;
+          if constexpr (kXStaged) {
+            if (i == 0 && s0 == split) cp_async_wait<0>();  // the staged x has landed
+            const int64_t t = (s0 - split) / kSplit + i;
+            const bool live = s0 + int64_t(i) * kSplit < steps;
+            lo[0] = live && has_lo ? xs_lo[t * staged_rows * 4] : zero;
+            hi[0] = zero;  // kXStaged takes one-row tiles only
+          }
+          const uint32_t a0[4] = {lo[h].x, hi[h].x, lo[h].y, hi[h].y};
+          const uint32_t a1[4] = {lo[h].z, hi[h].z, lo[h].w, hi[h].w};
+          mma_16x8x16<T>(acc, a0, w[i].x, w[i].y);
+          mma_16x8x16<T>(acc, a1, w[i].z, w[i].w);
+          if constexpr (kSwiglu) {
+            mma_16x8x16<T>(acc_up, a0, u[i].x, u[i].y);
+            mma_16x8x16<T>(acc_up, a1, u[i].z, u[i].w);
           }
         }
       }

@@ -57,70 +57,42 @@ int64_t gathered_max_tokens() {
   return limit;
 }
 
-// NNKIT_GROUPED_ASYNC=0: the expert block's products hold their loads in registers in batches
-// of k steps instead of the cp.async ring in shared memory (to compare on one machine).
-bool grouped_async_enabled() {
-  static const bool enabled = [] {
-    const char* flag = std::getenv("NNKIT_GROUPED_ASYNC");
-    return flag == nullptr || std::strcmp(flag, "0") != 0;
-  }();
-  return enabled;
-}
-
-// Ring depths (k steps in flight per warp) that keep two SwiGLU blocks or three down-product
-// blocks resident a multiprocessor (the down product's 384 items at batch 1 then run in one
-// wave on 132 multiprocessors), with half the depth for two-row tiles (one more x part).
-constexpr int kSwigluRing = 8;
-constexpr int kDownRing = 6;
-
-// A ring kernel's dynamic shared memory opt-in (static plus dynamic past 48 KB needs it) and its
-// resident blocks.
-template <typename Kernel>
-int ring_blocks_per_sm(Kernel kernel, size_t ring_bytes) {
-  if (ring_bytes > 0) {
-    NNKIT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(ring_bytes)));
-  }
-  return resident_blocks_per_sm(kernel, ring_bytes);
-}
-
-template <typename T, bool kTwoRowTiles, int kRing>
-void launch_gathered_swiglu_as(const T* x, const int32_t* token, const ExpertWeights& gw,
-                               const ExpertWeights& uw, const int32_t* kept, int experts,
-                               int capacity, int64_t hidden, int64_t ffn, int sms, T* act,
-                               cudaStream_t stream) {
+template <typename T, bool kTwoRowTiles>
+void launch_gathered_swiglu(const T* x, const int32_t* token, const ExpertWeights& gw,
+                            const ExpertWeights& uw, const int32_t* kept, int experts, int capacity,
+                            int64_t hidden, int64_t ffn, int sms, T* act, cudaStream_t stream) {
   constexpr int kStages = kGateStages;
-  constexpr size_t kRingBytes = kRing > 0 ? grouped_ring_bytes(true, kTwoRowTiles, kRing) : 0;
   // k = hidden split over two warps (none when short), 8-column tiles of ffn: as
   // moe_grouped_swiglu_nt runs it.
   const bool short_rows = hidden / 32 < 16;
-  auto short_kernel = grouped_mma_kernel<T, 1, true, kTwoRowTiles, kStages, false, kRing>;
-  auto long_kernel = grouped_mma_kernel<T, 2, true, kTwoRowTiles, kStages, false, kRing>;
-  static const int per_sm_short = ring_blocks_per_sm(short_kernel, kRingBytes);
-  static const int per_sm_long = ring_blocks_per_sm(long_kernel, kRingBytes);
+  auto kernel = short_rows ? grouped_mma_kernel<T, 1, true, kTwoRowTiles, kStages>
+                           : grouped_mma_kernel<T, 2, true, kTwoRowTiles, kStages>;
+  static const int per_sm_short =
+      resident_blocks_per_sm(grouped_mma_kernel<T, 1, true, kTwoRowTiles, kStages>);
+  static const int per_sm_long =
+      resident_blocks_per_sm(grouped_mma_kernel<T, 2, true, kTwoRowTiles, kStages>);
   const int64_t columns = short_rows ? kMmaWarps * 8 : kMmaWarps / 2 * 8;
   const int groups = static_cast<int>((ffn + columns - 1) / columns);
   const int64_t blocks = std::max<int64_t>(
       1, std::min<int64_t>(int64_t(short_rows ? per_sm_short : per_sm_long) * std::max(sms, 1),
                            int64_t(groups) * experts));
-  launch_dependent(short_rows ? short_kernel : long_kernel, static_cast<unsigned>(blocks),
-                   kMmaThreads, kRingBytes, stream, x, token, gw, uw, kept, capacity, ffn, hidden,
-                   act, experts, groups, CombineArgs{});
+  launch_dependent(kernel, static_cast<unsigned>(blocks), kMmaThreads, 0, stream, x, token, gw, uw,
+                   kept, capacity, ffn, hidden, act, experts, groups, CombineArgs{});
   NNKIT_CUDA_CHECK_LAUNCH(grouped_mma_kernel);
 }
 
-template <typename T, bool kTwoRowTiles>
-void launch_gathered_swiglu(const T* x, const int32_t* token, const ExpertWeights& gw,
-                            const ExpertWeights& uw, const int32_t* kept, int experts, int capacity,
-                            int64_t hidden, int64_t ffn, int sms, T* act, cudaStream_t stream) {
-  if (grouped_async_enabled()) {
-    launch_gathered_swiglu_as<T, kTwoRowTiles, kTwoRowTiles ? kSwigluRing / 2 : kSwigluRing>(
-        x, token, gw, uw, kept, experts, capacity, hidden, ffn, sms, act, stream);
-  } else {
-    launch_gathered_swiglu_as<T, kTwoRowTiles, 0>(x, token, gw, uw, kept, experts, capacity, hidden,
-                                                  ffn, sms, act, stream);
-  }
+// NNKIT_DOWN_X_STAGED=0: the down product loads x with its weights into registers, 4 k steps at
+// a time, instead of staging x in shared memory and keeping 8 steps of weights in flight (to
+// compare on one machine).
+bool down_x_staged_enabled() {
+  static const bool enabled = [] {
+    const char* flag = std::getenv("NNKIT_DOWN_X_STAGED");
+    return flag == nullptr || std::strcmp(flag, "0") != 0;
+  }();
+  return enabled;
 }
+constexpr int kDownStagesStaged = 8;
+constexpr size_t kMaxStagedBytes = 48 << 10;  // x fragments a down product block stages, at most
 
 // NNKIT_GROUPED_MMA=0 (decode_ops.cu) sends the down product to the CUDA-core kernel, which has
 // no combine of its own.
@@ -141,18 +113,30 @@ bool fused_combine_enabled() {
 
 // The down product with the combine folded in (grouped_experts.cuh's CombineArgs): k = ffn split
 // over the warps as moe_grouped_gemm_nt splits it.
-template <typename T, int kSplit, bool kTwoRowTiles, int kRing>
+template <typename T, int kSplit, bool kTwoRowTiles, bool kXStaged>
 void launch_down_combine_as(const T* act, const ExpertWeights& dw, const int32_t* kept, int experts,
                             int capacity, int64_t hidden, int64_t ffn, int sms, T* y_routed,
                             const CombineArgs& combine, cudaStream_t stream) {
-  auto kernel = grouped_mma_kernel<T, kSplit, false, kTwoRowTiles, kMmaStages, true, kRing>;
-  constexpr size_t kRingBytes = kRing > 0 ? grouped_ring_bytes(false, kTwoRowTiles, kRing) : 0;
-  static const int per_sm = ring_blocks_per_sm(kernel, kRingBytes);
+  constexpr int kStages = kXStaged ? kDownStagesStaged : kMmaStages;
+  auto kernel = grouped_mma_kernel<T, kSplit, false, kTwoRowTiles, kStages, true, kXStaged>;
+  const size_t staged_bytes =
+      kXStaged ? grouped_staged_bytes(kSplit, ffn, capacity, combine.tokens) : 0;
+  // Resident blocks for the last staged size (one size a model: tokens and ffn are fixed).
+  static size_t known_bytes = ~size_t(0);
+  static int per_sm = 1;
+  if (staged_bytes != known_bytes) {
+    if (kXStaged) {  // static plus dynamic past 48 KB needs the opt-in
+      NNKIT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(kMaxStagedBytes)));
+    }
+    per_sm = resident_blocks_per_sm(kernel, staged_bytes);
+    known_bytes = staged_bytes;
+  }
   constexpr int64_t kColumnsPerBlock = kMmaWarps / kSplit * 8;
   const int groups = static_cast<int>((hidden + kColumnsPerBlock - 1) / kColumnsPerBlock);
   const int64_t blocks = std::max<int64_t>(
       1, std::min<int64_t>(int64_t(per_sm) * std::max(sms, 1), int64_t(groups) * experts));
-  launch_dependent(kernel, static_cast<unsigned>(blocks), kMmaThreads, kRingBytes, stream, act,
+  launch_dependent(kernel, static_cast<unsigned>(blocks), kMmaThreads, staged_bytes, stream, act,
                    static_cast<const int32_t*>(nullptr), dw, dw, kept, capacity, hidden, ffn,
                    y_routed, experts, groups, combine);
   NNKIT_CUDA_CHECK_LAUNCH(grouped_mma_kernel);
@@ -162,13 +146,16 @@ template <typename T, int kSplit, bool kTwoRowTiles>
 void launch_down_combine_split(const T* act, const ExpertWeights& dw, const int32_t* kept,
                                int experts, int capacity, int64_t hidden, int64_t ffn, int sms,
                                T* y_routed, const CombineArgs& combine, cudaStream_t stream) {
-  if (grouped_async_enabled()) {
-    launch_down_combine_as<T, kSplit, kTwoRowTiles, kTwoRowTiles ? kDownRing / 2 + 1 : kDownRing>(
-        act, dw, kept, experts, capacity, hidden, ffn, sms, y_routed, combine, stream);
-  } else {
-    launch_down_combine_as<T, kSplit, kTwoRowTiles, 0>(act, dw, kept, experts, capacity, hidden,
-                                                       ffn, sms, y_routed, combine, stream);
+  const size_t staged_bytes = grouped_staged_bytes(kSplit, ffn, capacity, combine.tokens);
+  if constexpr (!kTwoRowTiles) {
+    if (down_x_staged_enabled() && staged_bytes <= kMaxStagedBytes) {
+      launch_down_combine_as<T, kSplit, false, true>(act, dw, kept, experts, capacity, hidden, ffn,
+                                                     sms, y_routed, combine, stream);
+      return;
+    }
   }
+  launch_down_combine_as<T, kSplit, kTwoRowTiles, false>(act, dw, kept, experts, capacity, hidden,
+                                                         ffn, sms, y_routed, combine, stream);
 }
 
 template <typename T, bool kTwoRowTiles>
