@@ -1,7 +1,7 @@
 // Purpose: backend/cpu rope: identity at position 0, inverse undoes forward, and agreement with a
 // double reference at small (cached table) and very large (direct) positions; rope_kv_append
 // (the decode step's fused rotation and cache append) against rope + kv_cache_append, and its
-// errors.
+// errors; attention_decode_rope against rope_kv_append + attention_decode.
 // Owned by the backend/cpu tests.
 #include <cmath>
 #include <string>
@@ -139,6 +139,44 @@ TEST_F(BackendRope, RopeKvAppendRefusesABadLayoutAndAFullCache) {
       "cannot take 1 more after 3");
   EXPECT_EQ(host(k_cache), std::vector<float>(size_t(B * cap * Hkv * D), 0.0f));
   EXPECT_EQ(host(v_cache), std::vector<float>(size_t(B * cap * Hkv * D), 0.0f));
+}
+
+TEST_F(BackendRope, AttentionDecodeRopeEqualsRopeKvAppendThenAttentionDecode) {
+  // Left padding (kv_start) and GQA; the caches and the output equal the two ops exactly.
+  const int64_t B = 2, H = 4, Hkv = 2, D = 8, cap = 7;
+  const int64_t q_width = H * D, kv_width = Hkv * D;
+  AttentionShape s;
+  s.batch = B;
+  s.q_len = 1;
+  s.n_heads = H;
+  s.n_kv_heads = Hkv;
+  s.head_dim = D;
+  s.kv_capacity = cap;
+  s.scale = 0.35f;
+  Tensor qkv = random({B, q_width + 2 * kv_width}, 87);
+  Tensor pos = tensor_from_i32(be(), {5, 3}, {B});
+  Tensor start = tensor_from_i32(be(), {0, 2}, {B});
+  Tensor len = tensor_from_i32(be(), {5}, {1});
+  Tensor kv_len = tensor_from_i32(be(), {6}, {1});
+  Tensor k_cache = random({B * cap, kv_width}, 88), v_cache = random({B * cap, kv_width}, 89);
+  Tensor k_ref = tensor_from(be(), host(k_cache), {B * cap, kv_width});
+  Tensor v_ref = tensor_from(be(), host(v_cache), {B * cap, kv_width});
+  Tensor q = be().empty({B, q_width}), want = be().empty({B, q_width});
+  be().rope_kv_append(qkv, pos, H, Hkv, D, 10000.0f, k_ref, v_ref, cap, len, q);
+  be().attention_decode(q, k_ref, v_ref, start, kv_len, want, s);
+  Tensor got = be().empty({B, q_width});
+  be().attention_decode_rope(qkv, pos, 10000.0f, k_cache, v_cache, len, start, kv_len, got, s);
+  EXPECT_EQ(host(got), host(want));
+  EXPECT_EQ(host(k_cache), host(k_ref));
+  EXPECT_EQ(host(v_cache), host(v_ref));
+  // A full cache is refused with the append's message, before anything is written.
+  Tensor full = tensor_from_i32(be(), {int32_t(cap)}, {1});
+  expect_shape_error(
+      [&] {
+        be().attention_decode_rope(qkv, pos, 10000.0f, k_cache, v_cache, full, start, full, got, s);
+      },
+      "cannot take 1 more");
+  EXPECT_EQ(host(k_cache), host(k_ref));
 }
 
 TEST_F(BackendRope, HostBackendsReportNoDeviceMemory) {

@@ -1,5 +1,6 @@
 // Purpose: the device-length decode ops on CUDA against the CPU backend: kv_cache_append (and its
 // full-cache fault), rope_kv_append (== rope + kv_cache_append on the device, bit for bit),
+// attention_decode_rope (== rope_kv_append + attention_decode on the device, bit for bit),
 // attention_decode for short (resident in shared memory) and long (multi-span, up to its most
 // spans) caches with left padding, MQA and GQA, large batches, in f32, bf16 and (short caches)
 // f16, repeating bit for bit (its arrival
@@ -182,6 +183,92 @@ TEST_F(CudaDecode, RopeKvAppendEqualsRopeThenCacheAppendOnTheDevice) {
     EXPECT_NE(std::string(e.what()).find("KV cache is full"), std::string::npos) << e.what();
   }
   EXPECT_EQ(cuda_values(k_cache), before);
+}
+
+TEST_F(CudaDecode, AttentionDecodeRopeEqualsRopeKvAppendThenAttentionDecode) {
+  // The fused op (backend/cuda: the resident attention rotating and appending itself) against
+  // the two ops on the device, bit for bit, in the output and both caches: batch 1 of the 6.9B
+  // model's 12/1 heads at a 145-key cache (one head a block), batch 8 (several heads a block),
+  // GQA, head_dim 128, left padding, f16, a cache whose last row is the append, a tiny cache, and
+  // a long one (over the one-span limit: the two ops, so the same by construction).
+  struct Case {
+    int64_t batch, heads, kv_heads, dim, capacity, cache_len;
+    bool padded;
+    DType dtype;
+  };
+  const Case cases[] = {
+      {1, 12, 1, 64, 145, 20, false, DType::kBF16}, {8, 12, 1, 64, 145, 100, true, DType::kBF16},
+      {3, 8, 2, 128, 64, 63, false, DType::kBF16},  {40, 16, 4, 64, 32, 5, true, DType::kF16},
+      {2, 4, 1, 64, 1, 0, false, DType::kBF16},     {2, 12, 1, 64, 700, 400, true, DType::kBF16}};
+  for (const Case& c : cases) {
+    const std::string what = "B " + std::to_string(c.batch) + " H " + std::to_string(c.heads) +
+                             "/" + std::to_string(c.kv_heads) + " D " + std::to_string(c.dim) +
+                             " cap " + std::to_string(c.capacity) + " len " +
+                             std::to_string(c.cache_len) + " " + dtype_name(c.dtype);
+    const int64_t B = c.batch, q_width = c.heads * c.dim, kv_width = c.kv_heads * c.dim;
+    AttentionShape s;
+    s.batch = B;
+    s.q_len = 1;
+    s.n_heads = c.heads;
+    s.n_kv_heads = c.kv_heads;
+    s.head_dim = c.dim;
+    s.kv_capacity = c.capacity;
+    s.scale = 1.0f / std::sqrt(float(c.dim));
+    TensorPair qkv = same_rounded_random({B, q_width + 2 * kv_width}, 870, c.dtype);
+    std::vector<int32_t> positions, starts;
+    for (int64_t b = 0; b < B; ++b) {
+      positions.push_back(int32_t(c.cache_len + 3 * b));
+      starts.push_back(c.padded ? int32_t(b % 3) : 0);
+    }
+    TensorPair pos = same_ints(positions, {B});
+    TensorPair start = same_ints(starts, {B});
+    TensorPair cache_len = same_ints({int32_t(c.cache_len)}, {1});
+    TensorPair kv_len = same_ints({int32_t(c.cache_len + 1)}, {1});
+    TensorPair k_cache = same_rounded_random({B * c.capacity, kv_width}, 871, c.dtype);
+    TensorPair v_cache = same_rounded_random({B * c.capacity, kv_width}, 872, c.dtype);
+    Tensor k_ref = cuda().empty(k_cache.cuda.shape(), c.dtype);
+    Tensor v_ref = cuda().empty(v_cache.cuda.shape(), c.dtype);
+    cuda().copy(k_ref, k_cache.cuda);
+    cuda().copy(v_ref, v_cache.cuda);
+    const Tensor kv_start = c.padded ? start.cuda : Tensor();
+    Tensor q = cuda().empty({B, q_width}, c.dtype);
+    cuda().rope_kv_append(qkv.cuda, pos.cuda, c.heads, c.kv_heads, c.dim, 10000.0f, k_ref, v_ref,
+                          c.capacity, cache_len.cuda, q);
+    Tensor want = cuda().empty({B, q_width}, c.dtype);
+    cuda().attention_decode(q, k_ref, v_ref, kv_start, kv_len.cuda, want, s);
+    TensorPair got = poisoned({B, q_width}, c.dtype);
+    cuda().attention_decode_rope(qkv.cuda, pos.cuda, 10000.0f, k_cache.cuda, v_cache.cuda,
+                                 cache_len.cuda, kv_start, kv_len.cuda, got.cuda, s);
+    EXPECT_EQ(float_bits(cuda_floats(got.cuda)), float_bits(cuda_floats(want))) << what;
+    EXPECT_EQ(float_bits(cuda_floats(k_cache.cuda)), float_bits(cuda_floats(k_ref))) << what;
+    EXPECT_EQ(float_bits(cuda_floats(v_cache.cuda)), float_bits(cuda_floats(v_ref))) << what;
+    if (::testing::Test::HasFailure()) return;
+  }
+  // A full cache: nothing is appended and the next synchronisation says why.
+  AttentionShape s;
+  s.batch = 2;
+  s.q_len = 1;
+  s.n_heads = 12;
+  s.n_kv_heads = 1;
+  s.head_dim = 64;
+  s.kv_capacity = 16;
+  s.scale = 0.125f;
+  TensorPair qkv = same_rounded_random({2, 14 * 64}, 873, DType::kBF16);
+  TensorPair k_cache = same_rounded_random({2 * 16, 64}, 874, DType::kBF16);
+  TensorPair v_cache = same_rounded_random({2 * 16, 64}, 875, DType::kBF16);
+  TensorPair pos = same_ints({3, 3}, {2});
+  TensorPair full = same_ints({16}, {1});
+  Tensor out = cuda().empty({2, 12 * 64}, DType::kBF16);
+  const std::vector<float> before = cuda_floats(k_cache.cuda);
+  cuda().attention_decode_rope(qkv.cuda, pos.cuda, 10000.0f, k_cache.cuda, v_cache.cuda, full.cuda,
+                               Tensor(), full.cuda, out, s);
+  try {
+    cuda().synchronize();
+    FAIL() << "expected the full cache to be reported";
+  } catch (const ShapeError& e) {
+    EXPECT_NE(std::string(e.what()).find("KV cache is full"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(cuda_floats(k_cache.cuda), before);
 }
 
 TEST_F(CudaDecode, DeviceMemoryIsReportedAndShrinksWhenAllocating) {

@@ -446,6 +446,20 @@ class NNKIT_API Backend : public Component {
                                          const Tensor& kept_offsets, int64_t capacity,
                                          const Tensor& y) = 0;
 
+  // ---- appended in ABI 7: a decode step's attention after its qkv product in one op ---------
+  // rope_kv_append(qkv, positions, shape.n_heads, shape.n_kv_heads, shape.head_dim, base,
+  // k_cache, v_cache, shape.kv_capacity, cache_len_device, q) followed by attention_decode(q,
+  // k_cache, v_cache, kv_start, kv_len_device, out, shape), bit for bit, without q as an output:
+  // the caches gain the step's rotated keys and values at row b * kv_capacity +
+  // *cache_len_device (the same full-cache fault), and out (B, H * D) is the attention of the
+  // rotated queries. A backend without a fused kernel runs the two ops
+  // (backend_common::attention_decode_rope_by_ops).
+  virtual void attention_decode_rope(const Tensor& qkv, const Tensor& positions, float base,
+                                     const Tensor& k_cache, const Tensor& v_cache,
+                                     const Tensor& cache_len_device, const Tensor& kv_start,
+                                     const Tensor& kv_len_device, const Tensor& out,
+                                     const AttentionShape& shape) = 0;
+
   // ---- conveniences (non-virtual) -----------------------------------------------------------
   Tensor zeros(const Shape& shape, DType dtype = DType::kF32);
   // x: (N, C) f32 -> out: (1, C) f32 = alpha * sum_n x[n, :] + beta * out, as products with

@@ -121,7 +121,8 @@ class MultiQueryAttention final : public Attention {
     if (ctx.use_kv_cache && ctx.cache_len_device.defined()) {
       // Device-resident decoding: lengths come from device memory (a recorded step replays
       // for every token), so the append and the attention read them there. One product gives
-      // q, k and v; one launch rotates q and k and appends k and v to the caches.
+      // q, k and v; one op rotates q and k, appends k and v to the caches and attends (one
+      // launch on CUDA for short caches).
       if (!k_cache_.defined()) throw Error(id(), "KV-cache forward before init_cache()");
       NNKIT_CHECK_SHAPE(ctx.seq == 1 && ctx.batch == cache_batch_ && ctx.kv_len_device.defined(),
                         id(),
@@ -130,15 +131,12 @@ class MultiQueryAttention final : public Attention {
                             std::to_string(ctx.batch) + " x " + std::to_string(ctx.seq));
       Tensor qkv = backend.empty({rows, q_width() + 2 * kv_width()}, x.dtype());
       backend.gemm(x, false, qkv_proj_, true, qkv);
-      Tensor q = backend.empty({rows, q_width()}, x.dtype());
-      backend.rope_kv_append(qkv, ctx.positions, n_heads_, n_kv_heads_, head_dim_,
-                             static_cast<float>(rope_base_), k_cache_, v_cache_, cache_capacity_,
-                             ctx.cache_len_device, q);
       AttentionShape shape = attention_shape(ctx.batch, 1);
       shape.kv_capacity = cache_capacity_;
       Tensor attended = backend.empty({rows, q_width()}, x.dtype());
-      backend.attention_decode(q, k_cache_, v_cache_, ctx.kv_start, ctx.kv_len_device, attended,
-                               shape);
+      backend.attention_decode_rope(qkv, ctx.positions, static_cast<float>(rope_base_), k_cache_,
+                                    v_cache_, ctx.cache_len_device, ctx.kv_start,
+                                    ctx.kv_len_device, attended, shape);
       Tensor y = backend.empty({rows, hidden_}, x.dtype());
       backend.gemm(attended, false, value(o_proj_), true, y);
       release_saved();

@@ -40,6 +40,18 @@ void moe_swiglu_experts_padded_by_ops(Backend& backend, const Tensor& x, const T
   backend.moe_combine_rows(y_routed, token, slot, gate, y);
 }
 
+void attention_decode_rope_by_ops(Backend& backend, const Tensor& qkv, const Tensor& positions,
+                                  float base, const Tensor& k_cache, const Tensor& v_cache,
+                                  const Tensor& cache_len_device, const Tensor& kv_start,
+                                  const Tensor& kv_len_device, const Tensor& out,
+                                  const AttentionShape& shape) {
+  Tensor q = backend.empty({qkv.rank() == 2 ? qkv.dim(0) : 0, shape.n_heads * shape.head_dim},
+                           qkv.dtype());
+  backend.rope_kv_append(qkv, positions, shape.n_heads, shape.n_kv_heads, shape.head_dim, base,
+                         k_cache, v_cache, shape.kv_capacity, cache_len_device, q);
+  backend.attention_decode(q, k_cache, v_cache, kv_start, kv_len_device, out, shape);
+}
+
 ExpertsShape check_swiglu_experts_padded(const OpChecks& checks, DTypes dtypes, const Tensor& x,
                                          const Tensor& token, const Tensor& slot,
                                          const Tensor& gate, const std::vector<Tensor>& gate_w,

@@ -29,6 +29,13 @@ void moe_swiglu_experts_padded_by_ops(Backend& backend, const Tensor& x, const T
                                       const std::vector<Tensor>& down_w, const Tensor& kept_offsets,
                                       int64_t capacity, const Tensor& y);
 
+// Backend::attention_decode_rope as rope_kv_append (into a temporary q) and attention_decode.
+void attention_decode_rope_by_ops(Backend& backend, const Tensor& qkv, const Tensor& positions,
+                                  float base, const Tensor& k_cache, const Tensor& v_cache,
+                                  const Tensor& cache_len_device, const Tensor& kv_start,
+                                  const Tensor& kv_len_device, const Tensor& out,
+                                  const AttentionShape& shape);
+
 // The argument checks of Backend::moe_swiglu_experts_padded shared by the backends; throws an
 // Error naming the op and the offending argument. Returns the hidden and ffn sizes.
 struct ExpertsShape {

@@ -102,6 +102,11 @@ class CpuBackend final : public Backend {
                                  const std::vector<Tensor>& up_w, const std::vector<Tensor>& down_w,
                                  const Tensor& kept_offsets, int64_t capacity,
                                  const Tensor& y) override;
+  void attention_decode_rope(const Tensor& qkv, const Tensor& positions, float base,
+                             const Tensor& k_cache, const Tensor& v_cache,
+                             const Tensor& cache_len_device, const Tensor& kv_start,
+                             const Tensor& kv_len_device, const Tensor& out,
+                             const AttentionShape& shape) override;  // decode_ops.cpp
   void sum_squares_multi(const std::vector<Tensor>& xs,
                          const Tensor& out) override;  // optimizer.cpp
   void adamw_update_multi(const std::vector<AdamWTensor>& tensors, const AdamWStep& step,

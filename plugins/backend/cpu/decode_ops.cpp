@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/composed_ops.h"
 #include "checks.h"
 #include "cpu_backend.h"
 #include "fast_math.h"
@@ -215,6 +216,17 @@ void CpuBackend::rope_kv_append(const Tensor& qkv, const Tensor& positions, int6
   rope(k_rows, positions, n_kv_heads, head_dim, base, false);
   kv_cache_append(k_cache, k_rows, batch, capacity, cache_len_device);
   kv_cache_append(v_cache, v_rows, batch, capacity, cache_len_device);
+}
+
+// No fused kernel on the CPU: the two ops (each checks its arguments).
+void CpuBackend::attention_decode_rope(const Tensor& qkv, const Tensor& positions, float base,
+                                       const Tensor& k_cache, const Tensor& v_cache,
+                                       const Tensor& cache_len_device, const Tensor& kv_start,
+                                       const Tensor& kv_len_device, const Tensor& out,
+                                       const AttentionShape& shape) {
+  backend_common::attention_decode_rope_by_ops(*this, qkv, positions, base, k_cache, v_cache,
+                                               cache_len_device, kv_start, kv_len_device, out,
+                                               shape);
 }
 
 }  // namespace nnkit::cpu

@@ -20,11 +20,13 @@
 #include <string>
 #include <type_traits>
 
+#include "../common/composed_ops.h"
 #include "attention_common.cuh"
 #include "cuda_check.h"
 #include "dependent_launch.cuh"
 #include "kernel_utils.cuh"
 #include "mma_m16n8k16.cuh"
+#include "rope_frequency.h"
 
 namespace nnkit::cuda {
 
@@ -292,10 +294,30 @@ size_t resident_shared_bytes(int64_t capacity, int64_t head_dim, int64_t heads) 
          size_t(heads) * size_t(capacity) * sizeof(float);
 }
 
-template <typename T, int kD>
+// attention_decode_rope's inputs (kRope): the step's qkv rows, their positions and the rotation's
+// frequencies (computed on the host as rope.cu computes them), the append row and the caches to
+// write (k and v of the kernel, writable).
+constexpr int kResidentMaxHalf = 64;  // head_dim 128
+template <typename T>
+struct RopeAppendArgs {
+  const T* qkv = nullptr;  // (B, (H + 2 Hkv) * D)
+  const int32_t* positions = nullptr;
+  const int32_t* cache_len = nullptr;
+  T* k_cache = nullptr;
+  T* v_cache = nullptr;
+  DeviceFault* fault = nullptr;
+  double freq[kResidentMaxHalf] = {};
+};
+
+// kRope (attention_decode_rope): the block rotates its heads' queries and the step's key itself
+// (rope_kv_append's arithmetic, so the same bits), puts the new key and value into its staged
+// rows, and the first block of each (sequence, KV head) appends them to the caches: no
+// rope_kv_append launch, and no block reads a row another block is writing.
+template <typename T, int kD, bool kRope = false>
 __global__ void __launch_bounds__(kThreadsPerBlock)
     attention_decode_resident_kernel(const T* q, const T* k, const T* v, const int32_t* kv_start,
-                                     const int32_t* kv_len_device, DecodeGeometry g, T* out) {
+                                     const int32_t* kv_len_device, DecodeGeometry g, T* out,
+                                     RopeAppendArgs<T> rope) {
   static_assert(sizeof(T) == 2 && (kD == 64 || kD == 128));
   constexpr int kRow = resident_row<kD>();
   constexpr int kPacksPerRow = kD / 8;
@@ -339,12 +361,66 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   const int keys = kv_len - first;
   const T* k_rows = k_seq + int64_t(first) * kv_ld;
   const T* v_rows = v_seq + int64_t(first) * kv_ld;
+  // kRope: the appended row (as rope_kv_append: at *cache_len when it fits, else a fault and no
+  // append) and its place among the staged rows (-1: not staged).
+  int append = 0, new_row = -1;
+  bool fits = false;
+  if constexpr (kRope) {
+    append = *rope.cache_len;
+    fits = append >= 0 && append + 1 <= g.capacity;
+    if (fits && append >= first && append < kv_len) new_row = append - first;
+    if (!fits && b == 0 && blockIdx.z == 0 && tid == 0) {
+      report_fault(rope.fault, FaultOp::kKvCacheAppend, append + 1, g.capacity + 1, 0);
+    }
+  }
   for (int i = tid; i < keys * kPacksPerRow; i += kThreadsPerBlock) {
     const int row = i / kPacksPerRow, pack = i % kPacksPerRow;
+    if (kRope && row == new_row) continue;  // written below from this block's own rotation
     cp_async_16(k_s + row * kRow + pack * 8, k_rows + int64_t(row) * kv_ld + pack * 8);
     cp_async_16(v_s + row * kRow + pack * 8, v_rows + int64_t(row) * kv_ld + pack * 8);
   }
   cp_async_commit();
+  __shared__ T q_rotated[kRope ? kResidentMaxHeads * kD : 1];
+  if constexpr (kRope) {
+    // rope_kv_append's work for this block: its heads' query pairs, the key's pairs, the value.
+    constexpr int kHalf = kD / 2;
+    const T* qkv_row = rope.qkv + int64_t(b) * (g.heads + 2 * g.kv_heads) * kD;
+    const double position = double(rope.positions[b]);
+    const bool writer = tile_in_group == 0;
+    T* k_append = rope.k_cache + (int64_t(b) * g.capacity + append) * kv_ld + int64_t(kvh) * kD;
+    T* v_append = rope.v_cache + (int64_t(b) * g.capacity + append) * kv_ld + int64_t(kvh) * kD;
+    for (int t = tid; t < (hn + 1) * kHalf + kD; t += kThreadsPerBlock) {
+      if (t < (hn + 1) * kHalf) {
+        const int i = t % kHalf, head = t / kHalf;  // head < hn: query h0 + head; hn: the key
+        double s_angle, c_angle;
+        sincos(position * rope.freq[i], &s_angle, &c_angle);
+        const float c = static_cast<float>(c_angle), s = static_cast<float>(s_angle);
+        const T* x1 = qkv_row + (head < hn ? h0 + head : g.heads + kvh) * kD;
+        const float a = to_float(x1[i]), b2 = to_float(x1[i + kHalf]);
+        const T first_half = from_float<T>(a * c - b2 * s);
+        const T second_half = from_float<T>(b2 * c + a * s);
+        if (head < hn) {
+          q_rotated[head * kD + i] = first_half;
+          q_rotated[head * kD + i + kHalf] = second_half;
+        } else if (fits) {
+          if (new_row >= 0) {
+            k_s[new_row * kRow + i] = first_half;
+            k_s[new_row * kRow + i + kHalf] = second_half;
+          }
+          if (writer) {
+            k_append[i] = first_half;
+            k_append[i + kHalf] = second_half;
+          }
+        }
+      } else if (fits) {
+        const int d = t - (hn + 1) * kHalf;
+        const T value = qkv_row[(g.heads + g.kv_heads + kvh) * kD + d];
+        if (new_row >= 0) v_s[new_row * kRow + d] = value;
+        if (writer) v_append[d] = value;
+      }
+    }
+    __syncthreads();  // q_rotated
+  }
   // This lane's slice of each head's query for the scores (while the rows land).
   const int key_lane = tid % kResidentLanesPerKey, key_group = tid / kResidentLanesPerKey;
   float q_r[kResidentMaxHeads][kPacksPerLane][8];
@@ -353,9 +429,13 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
 #pragma unroll
     for (int p = 0; p < kPacksPerLane; ++p) {
       if (h < hn) {
-        load_floats<8>(
-            q + (int64_t(b) * g.heads + h0 + h) * kD + (p * kResidentLanesPerKey + key_lane) * 8,
-            q_r[h][p]);
+        if constexpr (kRope) {
+          load_floats<8>(q_rotated + h * kD + (p * kResidentLanesPerKey + key_lane) * 8, q_r[h][p]);
+        } else {
+          load_floats<8>(
+              q + (int64_t(b) * g.heads + h0 + h) * kD + (p * kResidentLanesPerKey + key_lane) * 8,
+              q_r[h][p]);
+        }
       }
     }
   }
@@ -501,7 +581,102 @@ bool resident_enabled() {
   return enabled;
 }
 
+// NNKIT_ATTN_FUSED_ROPE=0 runs attention_decode_rope as rope_kv_append and attention_decode (to
+// compare on one machine).
+bool fused_rope_enabled() {
+  static const bool enabled = [] {
+    const char* flag = std::getenv("NNKIT_ATTN_FUSED_ROPE");
+    return flag == nullptr || std::string(flag) != "0";
+  }();
+  return enabled;
+}
+
+// Query heads per resident block: one while that leaves blocks at most twice the
+// multiprocessors (each reads its sequence's rows from L2), else four.
+int64_t resident_heads_per_block(int64_t batch, int64_t heads, int64_t kv_heads, int sms) {
+  return batch * heads <= 2 * std::max(1, sms)
+             ? 1
+             : std::min<int64_t>(kResidentMaxHeads, heads / kv_heads);
+}
+
+DecodeGeometry resident_geometry(const AttentionShape& s, int64_t heads_per_block) {
+  const int64_t head_tiles = ceil_div64(s.n_heads / s.n_kv_heads, heads_per_block);
+  return DecodeGeometry{static_cast<int>(s.batch),         static_cast<int>(s.n_heads),
+                        static_cast<int>(s.n_kv_heads),    static_cast<int>(s.head_dim),
+                        static_cast<int>(s.kv_capacity),   1,
+                        static_cast<int>(s.kv_capacity),   static_cast<int>(head_tiles),
+                        static_cast<int>(heads_per_block), s.scale};
+}
+
 }  // namespace
+
+void CudaBackend::attention_decode_rope(const Tensor& qkv, const Tensor& positions, float base,
+                                        const Tensor& k_cache, const Tensor& v_cache,
+                                        const Tensor& cache_len_device, const Tensor& kv_start,
+                                        const Tensor& kv_len_device, const Tensor& out,
+                                        const AttentionShape& s) {
+  OpScope op_scope(profiler_.get(), "attention_decode_rope");
+  const char* op = "attention_decode_rope";
+  const int64_t H = s.n_heads, Hkv = s.n_kv_heads, D = s.head_dim, B = s.batch;
+  // The fused kernel is the resident attention's (a short cache, 16-bit, head_dim 64 or 128);
+  // everything else, and every malformed call (the two ops say what is wrong), runs the two ops.
+  const bool shape_ok = B >= 1 && s.q_len == 1 && H >= 1 && Hkv >= 1 && H % Hkv == 0 &&
+                        (D == 64 || D == 128) && s.kv_capacity >= 1 &&
+                        s.kv_capacity <= single_span_max_keys();
+  const int64_t heads_per_block = shape_ok ? resident_heads_per_block(B, H, Hkv, limits_.sms) : 1;
+  const size_t shared = shape_ok ? resident_shared_bytes(s.kv_capacity, D, heads_per_block) : 0;
+  const DType dtype = qkv.dtype();
+  const auto same = [&](const Tensor& t, DType want, const Shape& shape) {
+    return t.defined() && t.device() == device() && t.dtype() == want && t.shape() == shape;
+  };
+  const bool fused =
+      fused_rope_enabled() && resident_enabled() && shape_ok && shared <= kResidentMaxShared &&
+      (dtype == DType::kBF16 || dtype == DType::kF16) && same(qkv, dtype, {B, (H + 2 * Hkv) * D}) &&
+      same(positions, DType::kI32, {B}) && same(k_cache, dtype, {B * s.kv_capacity, Hkv * D}) &&
+      same(v_cache, dtype, {B * s.kv_capacity, Hkv * D}) &&
+      same(cache_len_device, DType::kI32, {1}) && same(kv_len_device, DType::kI32, {1}) &&
+      same(out, dtype, {B, H * D}) && (!kv_start.defined() || same(kv_start, DType::kI32, {B})) &&
+      aligned16(qkv.raw()) && aligned16(k_cache.raw()) && aligned16(v_cache.raw()) &&
+      aligned16(out.raw());
+  if (!fused) {
+    backend_common::attention_decode_rope_by_ops(*this, qkv, positions, base, k_cache, v_cache,
+                                                 cache_len_device, kv_start, kv_len_device, out, s);
+    return;
+  }
+  (void)op;
+  const DecodeGeometry g = resident_geometry(s, heads_per_block);
+  const dim3 grid(1, static_cast<unsigned>(B), static_cast<unsigned>(Hkv * g.head_tiles));
+  with_head_dim_bucket(static_cast<int>(D), [&](auto bucket) {
+    constexpr int kD = decltype(bucket)::value;
+    if constexpr (kD == 64 || kD == 128) {
+      dispatch_float(dtype, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        if constexpr (!std::is_same_v<T, float>) {
+          RopeAppendArgs<T> rope;
+          rope.qkv = ptr<T>(qkv);
+          rope.positions = ptr<int32_t>(positions);
+          rope.cache_len = ptr<int32_t>(cache_len_device);
+          rope.k_cache = ptr<T>(k_cache);
+          rope.v_cache = ptr<T>(v_cache);
+          rope.fault = fault_;
+          for (int64_t i = 0; i < D / 2; ++i) rope.freq[i] = rope_frequency(base, i, D);
+          auto kernel = attention_decode_resident_kernel<T, kD, true>;
+          static const bool allowed =
+              allow_resident_shared_memory(reinterpret_cast<const void*>(kernel));
+          if (!allowed && shared > size_t(48 << 10)) {
+            kChecks.fail(op, "could not allow " + std::to_string(kResidentMaxShared) +
+                                 " bytes of shared memory for the resident decode attention");
+          }
+          launch_dependent(kernel, grid, kThreadsPerBlock, shared, stream_,
+                           static_cast<const T*>(nullptr), ptr<T>(k_cache), ptr<T>(v_cache),
+                           kv_start.defined() ? ptr<int32_t>(kv_start) : nullptr,
+                           ptr<int32_t>(kv_len_device), g, ptr<T>(out), rope);
+          NNKIT_CUDA_CHECK_LAUNCH(attention_decode_resident_kernel);
+        }
+      });
+    }
+  });
+}
 
 void CudaBackend::attention_decode(const Tensor& q, const Tensor& k, const Tensor& v,
                                    const Tensor& kv_start, const Tensor& kv_len_device,
@@ -533,26 +708,15 @@ void CudaBackend::attention_decode(const Tensor& q, const Tensor& k, const Tenso
     if constexpr (kD == 64 || kD == 128) {
       // One block per (sequence, head) while that leaves blocks at most twice the
       // multiprocessors (each reads its sequence's rows from L2), else four heads a block.
-      const int64_t heads_per_block =
-          B * H <= 2 * std::max(1, limits_.sms) ? 1 : std::min<int64_t>(kResidentMaxHeads, H / Hkv);
+      const int64_t heads_per_block = resident_heads_per_block(B, H, Hkv, limits_.sms);
       const size_t shared = resident_shared_bytes(s.kv_capacity, D, heads_per_block);
       const bool resident = resident_enabled() && q.dtype() != DType::kF32 && D == kD &&
                             s.kv_capacity <= single_span_max_keys() &&
                             shared <= kResidentMaxShared && aligned16(q.raw()) &&
                             aligned16(k.raw()) && aligned16(v.raw()) && aligned16(out.raw());
       if (resident) {
-        const int64_t head_tiles = ceil_div64(H / Hkv, heads_per_block);
-        const DecodeGeometry g{static_cast<int>(B),
-                               static_cast<int>(H),
-                               static_cast<int>(Hkv),
-                               static_cast<int>(D),
-                               static_cast<int>(s.kv_capacity),
-                               1,
-                               static_cast<int>(s.kv_capacity),
-                               static_cast<int>(head_tiles),
-                               static_cast<int>(heads_per_block),
-                               s.scale};
-        const dim3 grid(1, static_cast<unsigned>(B), static_cast<unsigned>(Hkv * head_tiles));
+        const DecodeGeometry g = resident_geometry(s, heads_per_block);
+        const dim3 grid(1, static_cast<unsigned>(B), static_cast<unsigned>(Hkv * g.head_tiles));
         dispatch_float(q.dtype(), [&](auto tag) {
           using T = typename decltype(tag)::type;
           if constexpr (!std::is_same_v<T, float>) {
@@ -565,7 +729,7 @@ void CudaBackend::attention_decode(const Tensor& q, const Tensor& k, const Tenso
             }
             launch_dependent(kernel, grid, kThreadsPerBlock, shared, stream_, ptr<T>(q), ptr<T>(k),
                              ptr<T>(v), kv_start.defined() ? ptr<int32_t>(kv_start) : nullptr,
-                             ptr<int32_t>(kv_len_device), g, ptr<T>(out));
+                             ptr<int32_t>(kv_len_device), g, ptr<T>(out), RopeAppendArgs<T>{});
             NNKIT_CUDA_CHECK_LAUNCH(attention_decode_resident_kernel);
           }
         });

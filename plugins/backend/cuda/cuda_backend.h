@@ -220,6 +220,11 @@ class CudaBackend final : public Backend {
                                  const std::vector<Tensor>& up_w, const std::vector<Tensor>& down_w,
                                  const Tensor& kept_offsets, int64_t capacity,
                                  const Tensor& y) override;
+  void attention_decode_rope(const Tensor& qkv, const Tensor& positions, float base,
+                             const Tensor& k_cache, const Tensor& v_cache,
+                             const Tensor& cache_len_device, const Tensor& kv_start,
+                             const Tensor& kv_len_device, const Tensor& out,
+                             const AttentionShape& shape) override;  // attention_decode.cu
 
   // ---- for the kernel files -----------------------------------------------------------------
   cudaStream_t stream() const { return stream_; }

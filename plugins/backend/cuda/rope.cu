@@ -10,6 +10,7 @@
 #include "cuda_check.h"
 #include "dependent_launch.cuh"
 #include "kernel_utils.cuh"
+#include "rope_frequency.h"
 
 namespace nnkit::cuda {
 
@@ -93,7 +94,7 @@ __global__ void rope_kv_append_kernel(const T* qkv, const int32_t* positions, in
 Frequencies rope_frequencies(int64_t head_dim, float base) {
   Frequencies freq{};
   for (int64_t i = 0; i < head_dim / 2; ++i) {
-    freq.value[i] = std::pow(static_cast<double>(base), -2.0 * double(i) / double(head_dim));
+    freq.value[i] = rope_frequency(base, i, head_dim);
   }
   return freq;
 }
