@@ -25,6 +25,12 @@ Tensor Norm::forward_with_residual(ForwardContext& ctx, const Tensor& x, const T
   return forward(ctx, sum);
 }
 Attention::~Attention() = default;
+
+Tensor Attention::forward_with_input_norm(ForwardContext& ctx, const Tensor& x,
+                                          const Tensor& residual, Norm& norm, Tensor& sum) {
+  const Tensor h = norm.forward_with_residual(ctx, x, residual, sum);
+  return forward(ctx, h);
+}
 FeedForward::~FeedForward() = default;
 Router::~Router() = default;
 Experts::~Experts() = default;

@@ -179,6 +179,22 @@ TEST_F(BackendRope, AttentionDecodeRopeEqualsRopeKvAppendThenAttentionDecode) {
   EXPECT_EQ(host(k_cache), host(k_ref));
 }
 
+TEST_F(BackendRope, AddRmsnormGemmEqualsAddRmsnormThenGemm) {
+  const int64_t N = 3, C = 16, M = 5;
+  Tensor x = random({N, C}, 90), r = random({N, C}, 91), nw = random({C}, 92);
+  Tensor w = random({M, C}, 93);
+  Tensor sum_ref = be().empty({N, C}), h = be().empty({N, C}), want = be().empty({N, M});
+  be().add_rmsnorm(x, r, nw, 1e-5f, sum_ref, h);
+  be().gemm(h, false, w, true, want);
+  Tensor sum = be().empty({N, C}), got = be().empty({N, M});
+  be().add_rmsnorm_gemm_nt(x, r, nw, 1e-5f, w, sum, got);
+  EXPECT_EQ(host(got), host(want));
+  EXPECT_EQ(host(sum), host(sum_ref));
+  // A weight of the wrong width is refused by the product with its shapes.
+  Tensor narrow = random({M, C - 1}, 94);
+  EXPECT_THROW(be().add_rmsnorm_gemm_nt(x, r, nw, 1e-5f, narrow, sum, got), Error);
+}
+
 TEST_F(BackendRope, HostBackendsReportNoDeviceMemory) {
   EXPECT_FALSE(be().device_memory().has_value());
 }

@@ -346,6 +346,40 @@ TEST_F(CudaDecode, AddRmsnormMatchesTheCpuAndAddThenRmsnormOnTheDevice) {
   }
 }
 
+TEST_F(CudaDecode, AddRmsnormGemmEqualsAddRmsnormThenGemmBitForBit) {
+  // The fused norm + product (batch 1 and 8 of the 6.9B model's qkv; 2 and 16 rows; an f32
+  // norm weight and one in the dtype; f16) against the two ops on the device, and the shapes
+  // the fused kernel does not take (3 rows, 1032 columns, f32) through the same op.
+  struct Case {
+    int64_t rows, cols, outputs;
+    DType dtype;
+    bool f32_weight;
+  };
+  const Case cases[] = {{1, 768, 896, DType::kBF16, true},  {8, 768, 896, DType::kBF16, true},
+                        {2, 512, 100, DType::kBF16, false}, {16, 1024, 64, DType::kF16, true},
+                        {3, 768, 96, DType::kBF16, true},   {1, 1032, 40, DType::kBF16, true},
+                        {4, 96, 24, DType::kF32, true}};
+  for (const Case& c : cases) {
+    const std::string what = std::to_string(c.rows) + " x " + std::to_string(c.cols) + " -> " +
+                             std::to_string(c.outputs) + " " + dtype_name(c.dtype);
+    TensorPair x = same_rounded_random({c.rows, c.cols}, 880, c.dtype);
+    TensorPair r = same_rounded_random({c.rows, c.cols}, 881, c.dtype);
+    TensorPair nw = same_rounded_random({c.cols}, 882, c.f32_weight ? DType::kF32 : c.dtype);
+    TensorPair w = same_rounded_random({c.outputs, c.cols}, 883, c.dtype, 0.05f);
+    Tensor sum_ref = cuda().empty({c.rows, c.cols}, c.dtype);
+    Tensor h = cuda().empty({c.rows, c.cols}, c.dtype);
+    Tensor want = cuda().empty({c.rows, c.outputs}, c.dtype);
+    cuda().add_rmsnorm(x.cuda, r.cuda, nw.cuda, 1e-5f, sum_ref, h);
+    cuda().gemm(h, false, w.cuda, true, want);
+    TensorPair sum = poisoned({c.rows, c.cols}, c.dtype);
+    TensorPair got = poisoned({c.rows, c.outputs}, c.dtype);
+    cuda().add_rmsnorm_gemm_nt(x.cuda, r.cuda, nw.cuda, 1e-5f, w.cuda, sum.cuda, got.cuda);
+    EXPECT_EQ(float_bits(cuda_floats(got.cuda)), float_bits(cuda_floats(want))) << what;
+    EXPECT_EQ(float_bits(cuda_floats(sum.cuda)), float_bits(cuda_floats(sum_ref))) << what;
+    if (::testing::Test::HasFailure()) return;
+  }
+}
+
 TEST_F(CudaDecode, AttentionDecodeEqualsTheCachedAttentionForward) {
   // The new op and the existing cached attention_forward (q_len 1) give the same output.
   AttentionShape s;

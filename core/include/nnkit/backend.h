@@ -446,7 +446,7 @@ class NNKIT_API Backend : public Component {
                                          const Tensor& kept_offsets, int64_t capacity,
                                          const Tensor& y) = 0;
 
-  // ---- appended in ABI 7: a decode step's attention after its qkv product in one op ---------
+  // ---- appended in ABI 7: a decode step's norm + qkv product, and its attention, in one op each
   // rope_kv_append(qkv, positions, shape.n_heads, shape.n_kv_heads, shape.head_dim, base,
   // k_cache, v_cache, shape.kv_capacity, cache_len_device, q) followed by attention_decode(q,
   // k_cache, v_cache, kv_start, kv_len_device, out, shape), bit for bit, without q as an output:
@@ -459,6 +459,15 @@ class NNKIT_API Backend : public Component {
                                      const Tensor& cache_len_device, const Tensor& kv_start,
                                      const Tensor& kv_len_device, const Tensor& out,
                                      const AttentionShape& shape) = 0;
+
+  // add_rmsnorm(x, residual, norm_weight, eps, sum, h) followed by gemm(h, false, w, true, out)
+  // (out = h w^T), bit for bit, without h as an output: x, residual, sum (N, C) one float dtype;
+  // norm_weight (C) f32 or x's dtype; w (M, C) and out (N, M) in x's dtype. For the norm in
+  // front of a decode step's first product (attention/mqa's qkv). A backend without a fused
+  // kernel runs the two ops (backend_common::add_rmsnorm_gemm_nt_by_ops).
+  virtual void add_rmsnorm_gemm_nt(const Tensor& x, const Tensor& residual,
+                                   const Tensor& norm_weight, float eps, const Tensor& w,
+                                   const Tensor& sum, const Tensor& out) = 0;
 
   // ---- conveniences (non-virtual) -----------------------------------------------------------
   Tensor zeros(const Shape& shape, DType dtype = DType::kF32);

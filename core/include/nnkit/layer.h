@@ -111,6 +111,14 @@ class NNKIT_API Norm : public Layer {
   // step and norm); the default runs Backend::add and forward().
   virtual Tensor forward_with_residual(ForwardContext& ctx, const Tensor& x, const Tensor& residual,
                                        Tensor& sum);
+  // ABI 7: a norm that is y = x * rsqrt(mean(x^2) + eps) * weight (RMSNorm) says so: weight (the
+  // tensor products read, see Layer::value) and eps, so that the layer after it may fold the norm
+  // into its first product (Attention::forward_with_input_norm). Default: not an RMSNorm.
+  virtual bool rms_parameters(Tensor& weight, float& eps) const {
+    (void)weight;
+    (void)eps;
+    return false;
+  }
 };
 
 // `attention/*`: causal self-attention with its own KV cache for decoding.
@@ -124,6 +132,12 @@ class NNKIT_API Attention : public Layer {
   virtual int64_t cache_bytes_per_token() const = 0;
   // The RoPE base in use (after NTK scaling); reported by `nnkit validate`.
   virtual double rope_base() const = 0;
+  // ABI 7: forward(ctx, norm.forward_with_residual(ctx, x, residual, sum)) with the norm in front
+  // of this layer, which an attention may fold into its first product outside training
+  // (attention/mqa does with an RMSNorm while decoding: Backend::add_rmsnorm_gemm_nt). sum is set
+  // to x + residual (the residual stream) either way. Default: exactly the two calls.
+  virtual Tensor forward_with_input_norm(ForwardContext& ctx, const Tensor& x,
+                                         const Tensor& residual, Norm& norm, Tensor& sum);
 };
 
 // Statistics of one layer's auxiliary losses and expert load, read after forward. On a device

@@ -57,16 +57,18 @@ struct Transformer::Block {
   // block's input (pending undefined: x alone); on return x is the stream after attention and
   // pending the FFN output, which the next norm (or the final one) adds.
   void forward_fused(ForwardContext& ctx, Tensor& x, Tensor& pending) {
-    Tensor h;
+    Tensor attn_out;
     if (pending.defined()) {
+      // The attention may fold the norm into its first product (decoding with an RMSNorm).
       Tensor sum;
-      h = checked_output(*attn_norm, "forward_with_residual",
-                         attn_norm->forward_with_residual(ctx, x, pending, sum), x);
-      x = checked_output(*attn_norm, "forward_with_residual (sum)", sum, x);
+      attn_out =
+          checked_output(*attention, "forward_with_input_norm",
+                         attention->forward_with_input_norm(ctx, x, pending, *attn_norm, sum), x);
+      x = checked_output(*attention, "forward_with_input_norm (sum)", sum, x);
     } else {
-      h = checked_output(*attn_norm, "forward", attn_norm->forward(ctx, x), x);
+      const Tensor h = checked_output(*attn_norm, "forward", attn_norm->forward(ctx, x), x);
+      attn_out = checked_output(*attention, "forward", attention->forward(ctx, h), x);
     }
-    Tensor attn_out = checked_output(*attention, "forward", attention->forward(ctx, h), x);
     Tensor mid;
     const Tensor h2 = checked_output(*ffn_norm, "forward_with_residual",
                                      ffn_norm->forward_with_residual(ctx, x, attn_out, mid), x);

@@ -104,43 +104,41 @@ class MultiQueryAttention final : public Attention {
   double rope_base() const override { return rope_base_; }
 
   // ---- Layer -----------------------------------------------------------------------------------
+  // While decoding, an RMSNorm in front folds into the qkv product
+  // (Backend::add_rmsnorm_gemm_nt: one launch on CUDA where the norm and the product took two).
+  Tensor forward_with_input_norm(ForwardContext& ctx, const Tensor& x, const Tensor& residual,
+                                 Norm& norm, Tensor& sum) override {
+    Tensor weight;
+    float eps = 0.0f;
+    if (ctx.training || !device_length_decoding(ctx) || !norm.rms_parameters(weight, eps)) {
+      return Attention::forward_with_input_norm(ctx, x, residual, norm, sum);
+    }
+    Backend& backend = *ctx.backend;
+    const int64_t rows = check_input(ctx, x);
+    NNKIT_CHECK_SHAPE(residual.shape() == x.shape(), id(),
+                      "forward_with_input_norm expects the residual shaped like x " + describe(x) +
+                          ", got " + describe(residual));
+    sum = backend.empty(x.shape(), x.dtype());
+    Tensor qkv = backend.empty({rows, q_width() + 2 * kv_width()}, x.dtype());
+    backend.add_rmsnorm_gemm_nt(x, residual, weight, eps, qkv_proj_, sum, qkv);
+    return decode_from_qkv(ctx, qkv);
+  }
 
   Tensor forward(ForwardContext& ctx, const Tensor& x) override {
     Backend& backend = *ctx.backend;
-    const int64_t rows = x.rank() == 2 ? x.dim(0) : -1;
-    NNKIT_CHECK_SHAPE(x.rank() == 2 && x.dim(1) == hidden_ && rows == ctx.batch * ctx.seq, id(),
-                      "forward expects x of shape (B*T, C) = (" +
-                          std::to_string(ctx.batch * ctx.seq) + ", " + std::to_string(hidden_) +
-                          "), got " + describe(x));
-    NNKIT_CHECK_SHAPE(ctx.positions.defined() && ctx.positions.numel() == rows, id(),
-                      "forward needs ctx.positions with one position per row");
+    const int64_t rows = check_input(ctx, x);
     if (ctx.training && ctx.use_kv_cache) {
       throw Error(id(), "training forward with the KV cache is not supported (decoding only)");
     }
 
-    if (ctx.use_kv_cache && ctx.cache_len_device.defined()) {
+    if (device_length_decoding(ctx)) {
       // Device-resident decoding: lengths come from device memory (a recorded step replays
       // for every token), so the append and the attention read them there. One product gives
       // q, k and v; one op rotates q and k, appends k and v to the caches and attends (one
       // launch on CUDA for short caches).
-      if (!k_cache_.defined()) throw Error(id(), "KV-cache forward before init_cache()");
-      NNKIT_CHECK_SHAPE(ctx.seq == 1 && ctx.batch == cache_batch_ && ctx.kv_len_device.defined(),
-                        id(),
-                        "device-length decoding takes one token per cached sequence (" +
-                            std::to_string(cache_batch_) + "), got batch " +
-                            std::to_string(ctx.batch) + " x " + std::to_string(ctx.seq));
       Tensor qkv = backend.empty({rows, q_width() + 2 * kv_width()}, x.dtype());
       backend.gemm(x, false, qkv_proj_, true, qkv);
-      AttentionShape shape = attention_shape(ctx.batch, 1);
-      shape.kv_capacity = cache_capacity_;
-      Tensor attended = backend.empty({rows, q_width()}, x.dtype());
-      backend.attention_decode_rope(qkv, ctx.positions, static_cast<float>(rope_base_), k_cache_,
-                                    v_cache_, ctx.cache_len_device, ctx.kv_start,
-                                    ctx.kv_len_device, attended, shape);
-      Tensor y = backend.empty({rows, hidden_}, x.dtype());
-      backend.gemm(attended, false, value(o_proj_), true, y);
-      release_saved();
-      return y;
+      return decode_from_qkv(ctx, qkv);
     }
 
     // Projections: q = x Wq^T (N, H*D); k = x Wk^T, v = x Wv^T (N, Hkv*D).
@@ -227,6 +225,46 @@ class MultiQueryAttention final : public Attention {
   void release_saved() override { saved_ = Saved{}; }
 
  private:
+  // x's rows (B*T), after the checks every forward makes.
+  int64_t check_input(const ForwardContext& ctx, const Tensor& x) const {
+    const int64_t rows = x.rank() == 2 ? x.dim(0) : -1;
+    NNKIT_CHECK_SHAPE(x.rank() == 2 && x.dim(1) == hidden_ && rows == ctx.batch * ctx.seq, id(),
+                      "forward expects x of shape (B*T, C) = (" +
+                          std::to_string(ctx.batch * ctx.seq) + ", " + std::to_string(hidden_) +
+                          "), got " + describe(x));
+    NNKIT_CHECK_SHAPE(ctx.positions.defined() && ctx.positions.numel() == rows, id(),
+                      "forward needs ctx.positions with one position per row");
+    return rows;
+  }
+
+  // A decode step with its lengths in device memory (one token per cached sequence).
+  bool device_length_decoding(const ForwardContext& ctx) const {
+    if (!ctx.use_kv_cache || !ctx.cache_len_device.defined() || ctx.training) return false;
+    if (!k_cache_.defined()) throw Error(id(), "KV-cache forward before init_cache()");
+    NNKIT_CHECK_SHAPE(ctx.seq == 1 && ctx.batch == cache_batch_ && ctx.kv_len_device.defined(),
+                      id(),
+                      "device-length decoding takes one token per cached sequence (" +
+                          std::to_string(cache_batch_) + "), got batch " +
+                          std::to_string(ctx.batch) + " x " + std::to_string(ctx.seq));
+    return true;
+  }
+
+  // The decode step after its qkv product: rotation, append and attention in one op, then o.
+  Tensor decode_from_qkv(ForwardContext& ctx, const Tensor& qkv) {
+    Backend& backend = *ctx.backend;
+    const int64_t rows = qkv.dim(0);
+    AttentionShape shape = attention_shape(ctx.batch, 1);
+    shape.kv_capacity = cache_capacity_;
+    Tensor attended = backend.empty({rows, q_width()}, qkv.dtype());
+    backend.attention_decode_rope(qkv, ctx.positions, static_cast<float>(rope_base_), k_cache_,
+                                  v_cache_, ctx.cache_len_device, ctx.kv_start, ctx.kv_len_device,
+                                  attended, shape);
+    Tensor y = backend.empty({rows, hidden_}, qkv.dtype());
+    backend.gemm(attended, false, value(o_proj_), true, y);
+    release_saved();
+    return y;
+  }
+
   static constexpr float kInitStd = 0.02f;
 
   // What backward needs from the last training forward.

@@ -52,6 +52,14 @@ void attention_decode_rope_by_ops(Backend& backend, const Tensor& qkv, const Ten
   backend.attention_decode(q, k_cache, v_cache, kv_start, kv_len_device, out, shape);
 }
 
+void add_rmsnorm_gemm_nt_by_ops(Backend& backend, const Tensor& x, const Tensor& residual,
+                                const Tensor& norm_weight, float eps, const Tensor& w,
+                                const Tensor& sum, const Tensor& out) {
+  Tensor h = backend.empty(x.shape(), x.dtype());
+  backend.add_rmsnorm(x, residual, norm_weight, eps, sum, h);
+  backend.gemm(h, false, w, true, out);
+}
+
 ExpertsShape check_swiglu_experts_padded(const OpChecks& checks, DTypes dtypes, const Tensor& x,
                                          const Tensor& token, const Tensor& slot,
                                          const Tensor& gate, const std::vector<Tensor>& gate_w,

@@ -36,6 +36,11 @@ void attention_decode_rope_by_ops(Backend& backend, const Tensor& qkv, const Ten
                                   const Tensor& kv_len_device, const Tensor& out,
                                   const AttentionShape& shape);
 
+// Backend::add_rmsnorm_gemm_nt as add_rmsnorm (into a temporary h) and gemm.
+void add_rmsnorm_gemm_nt_by_ops(Backend& backend, const Tensor& x, const Tensor& residual,
+                                const Tensor& norm_weight, float eps, const Tensor& w,
+                                const Tensor& sum, const Tensor& out);
+
 // The argument checks of Backend::moe_swiglu_experts_padded shared by the backends; throws an
 // Error naming the op and the offending argument. Returns the hidden and ffn sizes.
 struct ExpertsShape {

@@ -102,6 +102,9 @@ class CpuBackend final : public Backend {
                                  const std::vector<Tensor>& up_w, const std::vector<Tensor>& down_w,
                                  const Tensor& kept_offsets, int64_t capacity,
                                  const Tensor& y) override;
+  void add_rmsnorm_gemm_nt(const Tensor& x, const Tensor& residual, const Tensor& norm_weight,
+                           float eps, const Tensor& w, const Tensor& sum,
+                           const Tensor& out) override;  // decode_ops.cpp
   void attention_decode_rope(const Tensor& qkv, const Tensor& positions, float base,
                              const Tensor& k_cache, const Tensor& v_cache,
                              const Tensor& cache_len_device, const Tensor& kv_start,

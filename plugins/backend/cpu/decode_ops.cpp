@@ -218,7 +218,7 @@ void CpuBackend::rope_kv_append(const Tensor& qkv, const Tensor& positions, int6
   kv_cache_append(v_cache, v_rows, batch, capacity, cache_len_device);
 }
 
-// No fused kernel on the CPU: the two ops (each checks its arguments).
+// No fused kernels on the CPU: the two ops each (each checks its arguments).
 void CpuBackend::attention_decode_rope(const Tensor& qkv, const Tensor& positions, float base,
                                        const Tensor& k_cache, const Tensor& v_cache,
                                        const Tensor& cache_len_device, const Tensor& kv_start,
@@ -227,6 +227,12 @@ void CpuBackend::attention_decode_rope(const Tensor& qkv, const Tensor& position
   backend_common::attention_decode_rope_by_ops(*this, qkv, positions, base, k_cache, v_cache,
                                                cache_len_device, kv_start, kv_len_device, out,
                                                shape);
+}
+
+void CpuBackend::add_rmsnorm_gemm_nt(const Tensor& x, const Tensor& residual,
+                                     const Tensor& norm_weight, float eps, const Tensor& w,
+                                     const Tensor& sum, const Tensor& out) {
+  backend_common::add_rmsnorm_gemm_nt_by_ops(*this, x, residual, norm_weight, eps, w, sum, out);
 }
 
 }  // namespace nnkit::cpu

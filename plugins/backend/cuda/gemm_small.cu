@@ -14,6 +14,7 @@
 
 #include "cuda_check.h"
 #include "dependent_launch.cuh"
+#include "gemm_small.cuh"
 #include "gemm_small.h"
 #include "kernel_utils.cuh"
 
@@ -44,22 +45,7 @@ __global__ void small_gemm_nt_kernel(int64_t n, int64_t k, float alpha, const T*
   wait_for_preceding_grid();
   allow_dependent_launch();
   float acc[kRows];
-#pragma unroll
-  for (int i = 0; i < kRows; ++i) acc[i] = 0.0f;
-    // Unrolled so each lane keeps several weight loads in flight: these products are bound by
-    // memory latency x bytes in flight, not by arithmetic (same per-lane order: same sums).
-#pragma unroll 4
-  for (int64_t p = int64_t(lane) * kWidth; p < k; p += 32 * kWidth) {
-    float w[kWidth];
-    load_floats<kWidth>(bj + p, w);
-#pragma unroll
-    for (int i = 0; i < kRows; ++i) {
-      float x[kWidth];
-      load_floats<kWidth>(a + i * k + p, x);
-#pragma unroll
-      for (int e = 0; e < kWidth; ++e) acc[i] += x[e] * w[e];
-    }
-  }
+  small_gemm_column_shares<T, kRows, kWidth>(a, bj, k, lane, acc);
 #pragma unroll
   for (int i = 0; i < kRows; ++i) {
     const float sum = warp_sum(acc[i]);

@@ -61,6 +61,12 @@ class RmsNorm final : public Norm {
     return y;
   }
 
+  bool rms_parameters(Tensor& weight, float& eps) const override {
+    weight = value(weight_);
+    eps = eps_;
+    return true;
+  }
+
   Tensor backward(ForwardContext& ctx, const Tensor& dy) override {
     if (!saved_x_.defined()) throw Error(id(), "backward() needs a preceding forward(training)");
     NNKIT_CHECK_SHAPE(dy.shape() == saved_x_.shape(), id(),
