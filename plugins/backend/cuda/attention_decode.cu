@@ -643,7 +643,6 @@ void CudaBackend::attention_decode_rope(const Tensor& qkv, const Tensor& positio
                                                  cache_len_device, kv_start, kv_len_device, out, s);
     return;
   }
-  (void)op;
   const DecodeGeometry g = resident_geometry(s, heads_per_block);
   const dim3 grid(1, static_cast<unsigned>(B), static_cast<unsigned>(Hkv * g.head_tiles));
   with_head_dim_bucket(static_cast<int>(D), [&](auto bucket) {

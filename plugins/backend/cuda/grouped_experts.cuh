@@ -98,32 +98,15 @@ constexpr int kMmaWarps = 8;
 constexpr int kMmaThreads = kMmaWarps * 32;
 constexpr int kMmaStages = 4;  // k steps of loads in flight per warp
 
-// The x rows the down product stages (kXStaged): an expert keeps at most one row per token of the
-// step, and at most capacity (8 at most: one-row tiles).
-__host__ __device__ constexpr int grouped_staged_rows(int capacity, int tokens) {
-  return capacity < tokens ? capacity : tokens;
-}
-// kXStaged's dynamic shared memory: every warp's k steps x the staged rows x 64 bytes.
-constexpr size_t grouped_staged_bytes(int split, int64_t k, int capacity, int tokens) {
-  return size_t(kMmaWarps) * size_t((k / 32 + split - 1) / split) *
-         size_t(grouped_staged_rows(capacity, tokens)) * 64;
-}
-
 // A grid sized to what stays resident walks (chosen expert, column group) items, consecutive
 // blocks on consecutive columns of one expert; experts nobody chose cost no block of their own.
 //   - row_token null: x holds the gathered rows (E * capacity, k), and y's padding rows and the
 //     idle experts' rows are zeroed (by the whole grid at the end);
 //   - else x is the step's (N, k) tokens, expert e's row r is x[row_token[e * capacity + r]]
 //     (the gather, done here), and only the kept rows of y are written.
-//
-// kXStaged (the down product with its combine, one-row tiles): each lane copies its x fragments
-// of all its k steps into shared memory with cp.async when an item starts, and each k step reads
-// its fragment there right before its products. With no x loads held in registers, the same
-// registers carry more k steps of weight loads (kStages), so a warp's share of an item takes
-// fewer round trips to memory. Same products in the same k order: the same bits.
 template <typename T, int kSplit, bool kSwiglu, bool kTwoRowTiles, int kStages = kMmaStages,
-          bool kCombine = false, bool kXStaged = false>
-__global__ void __launch_bounds__(kMmaThreads, kXStaged ? 3 : 2)
+          bool kCombine = false>
+__global__ void __launch_bounds__(kMmaThreads, 2)
     grouped_mma_kernel(const T* x, const int32_t* row_token, ExpertWeights weights,
                        ExpertWeights up, const int32_t* kept, int capacity, int64_t n, int64_t k,
                        T* y, int experts, int groups_per_expert, CombineArgs combine) {
@@ -158,12 +141,9 @@ __global__ void __launch_bounds__(kMmaThreads, kXStaged ? 3 : 2)
   const int quad_row = lane >> 2, quad_col = lane & 3;
   const uint4 zero = make_uint4(0, 0, 0, 0);
   const int64_t items = int64_t(chosen) * groups_per_expert;
-  static_assert(!kXStaged || (kCombine && !kTwoRowTiles));
-  extern __shared__ uint4 x_staged[];  // kXStaged: grouped_staged_bytes()
   for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
     const int e = order[item / groups_per_expert];
-    const int rows =
-        min(counts[e], kXStaged ? grouped_staged_rows(capacity, combine.tokens) : capacity);
+    const int rows = min(counts[e], capacity);
     const int64_t col0 = (item % groups_per_expert) * kTiles * 8 + (warp / kSplit) * 8;
     const bool active = col0 < n;  // n is a multiple of 8
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, acc_up[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -179,47 +159,21 @@ __global__ void __launch_bounds__(kMmaThreads, kXStaged ? 3 : 2)
       }
       const T* x_lo = x + row_lo * k + 8 * quad_col;
       const T* x_hi = x + row_hi * k + 8 * quad_col;
-      // kXStaged: this lane's x fragment of each of the warp's k steps, copied with cp.async
-      // (no registers) ahead of the first batch of weight loads; entry (t, row, quad_col) of the
-      // warp's region belongs to the lane that copies and reads it, so its own wait suffices.
-      const int warp_steps = int((steps + kSplit - 1) / kSplit);
-      const int staged_rows = grouped_staged_rows(capacity, combine.tokens);
-      uint4* xs_lo =
-          x_staged + (int64_t(warp) * warp_steps * staged_rows + quad_row) * 4 + quad_col;
-      if constexpr (kXStaged) {
-        if (has_lo) {
-          for (int64_t s = split, t = 0; s < steps; s += kSplit, ++t) {
-            cp_async_16(xs_lo + t * staged_rows * 4, x_lo + s * 32);
-          }
-        }
-        cp_async_commit();
-      }
       for (int64_t s0 = split; s0 < steps; s0 += int64_t(kSplit) * kStages) {
-        constexpr int kHeld = kXStaged ? 1 : kStages;  // x fragments held in registers
-        uint4 w[kStages], u[kStages], lo[kHeld], hi[kHeld];
+        uint4 w[kStages], u[kStages], lo[kStages], hi[kStages];
 #pragma unroll
         for (int i = 0; i < kStages; ++i) {
           const int64_t s = s0 + int64_t(i) * kSplit;
           const bool live = s < steps;
           w[i] = live ? load_weights_once(w_row + s * 32) : zero;
           u[i] = kSwiglu && live ? load_weights_once(u_row + s * 32) : zero;
-          if constexpr (!kXStaged) {
-            lo[i] = live && has_lo ? __ldg(reinterpret_cast<const uint4*>(x_lo + s * 32)) : zero;
-            hi[i] = live && has_hi ? __ldg(reinterpret_cast<const uint4*>(x_hi + s * 32)) : zero;
-          }
+          lo[i] = live && has_lo ? __ldg(reinterpret_cast<const uint4*>(x_lo + s * 32)) : zero;
+          hi[i] = live && has_hi ? __ldg(reinterpret_cast<const uint4*>(x_hi + s * 32)) : zero;
         }
 #pragma unroll
         for (int i = 0; i < kStages; ++i) {
-          const int h = kXStaged ? 0 : i;
-          if constexpr (kXStaged) {
-            if (i == 0 && s0 == split) cp_async_wait<0>();  // the staged x has landed
-            const int64_t t = (s0 - split) / kSplit + i;
-            const bool live = s0 + int64_t(i) * kSplit < steps;
-            lo[0] = live && has_lo ? xs_lo[t * staged_rows * 4] : zero;
-            hi[0] = zero;  // kXStaged takes one-row tiles only
-          }
-          const uint32_t a0[4] = {lo[h].x, hi[h].x, lo[h].y, hi[h].y};
-          const uint32_t a1[4] = {lo[h].z, hi[h].z, lo[h].w, hi[h].w};
+          const uint32_t a0[4] = {lo[i].x, hi[i].x, lo[i].y, hi[i].y};
+          const uint32_t a1[4] = {lo[i].z, hi[i].z, lo[i].w, hi[i].w};
           mma_16x8x16<T>(acc, a0, w[i].x, w[i].y);
           mma_16x8x16<T>(acc, a1, w[i].z, w[i].w);
           if constexpr (kSwiglu) {
@@ -314,9 +268,9 @@ __global__ void __launch_bounds__(kMmaThreads, kXStaged ? 3 : 2)
 }
 
 template <typename Kernel>
-int resident_blocks_per_sm(Kernel kernel, size_t dynamic_shared = 0) {
+int resident_blocks_per_sm(Kernel kernel) {
   int blocks = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kMmaThreads, dynamic_shared) !=
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kMmaThreads, 0) !=
       cudaSuccess) {
     (void)cudaGetLastError();
     return 1;

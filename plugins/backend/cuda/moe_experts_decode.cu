@@ -8,14 +8,15 @@
 // (the same kernels, the same per-lane k order, the combine's fixed slot order). Owned by
 // backend/cuda.
 //
-// Measured and not kept (bench/RESULTS.md, sessions 12 and 15): a one-pass kernel (each block an
+// Measured and not kept (bench/RESULTS.md, sessions 12-16): a one-pass kernel (each block an
 // equal share of 32-column ffn units, SwiGLU multiplied straight into an f32 down-product partial)
 // read the down matrix in 64-128-byte pieces and was slower (449 vs 492 tokens/s at batch 1);
 // a down product cut into two k parts for an even grid, its L2 prefetch under PDL and f32
 // partials ran slower than moe_grouped_gemm_nt (17.6 vs 14.2 us a layer at batch 1); the
 // down product's L2 prefetch before its dependency wait (527.7 vs 549.2 tokens/s); x staged in
 // shared memory so 8 k steps of weights stay in flight (554.1 vs 562.4 tokens/s with x in
-// registers and 6 steps).
+// registers and 6 steps); a lane-private cp.async ring for both products (465.0 vs 552.7); x
+// staged by cp.async for the down product with 8 k steps in flight (550.8 vs 584.4).
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -81,20 +82,6 @@ void launch_gathered_swiglu(const T* x, const int32_t* token, const ExpertWeight
   NNKIT_CUDA_CHECK_LAUNCH(grouped_mma_kernel);
 }
 
-// NNKIT_DOWN_X_STAGED=1: the down product stages x in shared memory and keeps 8 k steps of
-// weights in flight instead of loading x with its weights into registers 4 steps at a time.
-// Measured slower (550.8 vs 584.4 tok/s at batch 1, bench/RESULTS.md session 16): off by
-// default, kept to measure on other GPUs.
-bool down_x_staged_enabled() {
-  static const bool enabled = [] {
-    const char* flag = std::getenv("NNKIT_DOWN_X_STAGED");
-    return flag != nullptr && std::strcmp(flag, "1") == 0;
-  }();
-  return enabled;
-}
-constexpr int kDownStagesStaged = 8;
-constexpr size_t kMaxStagedBytes = 48 << 10;  // x fragments a down product block stages, at most
-
 // NNKIT_GROUPED_MMA=0 (decode_ops.cu) sends the down product to the CUDA-core kernel, which has
 // no combine of its own.
 bool grouped_mma_available() {
@@ -114,49 +101,20 @@ bool fused_combine_enabled() {
 
 // The down product with the combine folded in (grouped_experts.cuh's CombineArgs): k = ffn split
 // over the warps as moe_grouped_gemm_nt splits it.
-template <typename T, int kSplit, bool kTwoRowTiles, bool kXStaged>
+template <typename T, int kSplit, bool kTwoRowTiles>
 void launch_down_combine_as(const T* act, const ExpertWeights& dw, const int32_t* kept, int experts,
                             int capacity, int64_t hidden, int64_t ffn, int sms, T* y_routed,
                             const CombineArgs& combine, cudaStream_t stream) {
-  constexpr int kStages = kXStaged ? kDownStagesStaged : kMmaStages;
-  auto kernel = grouped_mma_kernel<T, kSplit, false, kTwoRowTiles, kStages, true, kXStaged>;
-  const size_t staged_bytes =
-      kXStaged ? grouped_staged_bytes(kSplit, ffn, capacity, combine.tokens) : 0;
-  // Resident blocks for the last staged size (one size a model: tokens and ffn are fixed).
-  static size_t known_bytes = ~size_t(0);
-  static int per_sm = 1;
-  if (staged_bytes != known_bytes) {
-    if (kXStaged) {  // static plus dynamic past 48 KB needs the opt-in
-      NNKIT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            static_cast<int>(kMaxStagedBytes)));
-    }
-    per_sm = resident_blocks_per_sm(kernel, staged_bytes);
-    known_bytes = staged_bytes;
-  }
+  auto kernel = grouped_mma_kernel<T, kSplit, false, kTwoRowTiles, kMmaStages, true>;
+  static const int per_sm = resident_blocks_per_sm(kernel);
   constexpr int64_t kColumnsPerBlock = kMmaWarps / kSplit * 8;
   const int groups = static_cast<int>((hidden + kColumnsPerBlock - 1) / kColumnsPerBlock);
   const int64_t blocks = std::max<int64_t>(
       1, std::min<int64_t>(int64_t(per_sm) * std::max(sms, 1), int64_t(groups) * experts));
-  launch_dependent(kernel, static_cast<unsigned>(blocks), kMmaThreads, staged_bytes, stream, act,
+  launch_dependent(kernel, static_cast<unsigned>(blocks), kMmaThreads, 0, stream, act,
                    static_cast<const int32_t*>(nullptr), dw, dw, kept, capacity, hidden, ffn,
                    y_routed, experts, groups, combine);
   NNKIT_CUDA_CHECK_LAUNCH(grouped_mma_kernel);
-}
-
-template <typename T, int kSplit, bool kTwoRowTiles>
-void launch_down_combine_split(const T* act, const ExpertWeights& dw, const int32_t* kept,
-                               int experts, int capacity, int64_t hidden, int64_t ffn, int sms,
-                               T* y_routed, const CombineArgs& combine, cudaStream_t stream) {
-  const size_t staged_bytes = grouped_staged_bytes(kSplit, ffn, capacity, combine.tokens);
-  if constexpr (!kTwoRowTiles) {
-    if (down_x_staged_enabled() && staged_bytes <= kMaxStagedBytes) {
-      launch_down_combine_as<T, kSplit, false, true>(act, dw, kept, experts, capacity, hidden, ffn,
-                                                     sms, y_routed, combine, stream);
-      return;
-    }
-  }
-  launch_down_combine_as<T, kSplit, kTwoRowTiles, false>(act, dw, kept, experts, capacity, hidden,
-                                                         ffn, sms, y_routed, combine, stream);
 }
 
 template <typename T, bool kTwoRowTiles>
@@ -165,14 +123,14 @@ void launch_down_combine(const T* act, const ExpertWeights& dw, const int32_t* k
                          const CombineArgs& combine, cudaStream_t stream) {
   const int64_t steps = ffn / 32;
   if (steps >= 64) {
-    launch_down_combine_split<T, 8, kTwoRowTiles>(act, dw, kept, experts, capacity, hidden, ffn,
-                                                  sms, y_routed, combine, stream);
+    launch_down_combine_as<T, 8, kTwoRowTiles>(act, dw, kept, experts, capacity, hidden, ffn, sms,
+                                               y_routed, combine, stream);
   } else if (steps >= 16) {
-    launch_down_combine_split<T, 2, kTwoRowTiles>(act, dw, kept, experts, capacity, hidden, ffn,
-                                                  sms, y_routed, combine, stream);
+    launch_down_combine_as<T, 2, kTwoRowTiles>(act, dw, kept, experts, capacity, hidden, ffn, sms,
+                                               y_routed, combine, stream);
   } else {
-    launch_down_combine_split<T, 1, kTwoRowTiles>(act, dw, kept, experts, capacity, hidden, ffn,
-                                                  sms, y_routed, combine, stream);
+    launch_down_combine_as<T, 1, kTwoRowTiles>(act, dw, kept, experts, capacity, hidden, ffn, sms,
+                                               y_routed, combine, stream);
   }
 }
 
