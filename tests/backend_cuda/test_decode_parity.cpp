@@ -571,7 +571,12 @@ TEST_F(CudaDecode, SwigluExpertsPaddedMatchesTheCpuCompositionAndRepeats) {
       // Single-token steps with a long down product (ffn >= 2048: k split over eight warps),
       // ffn not a multiple of 64, and the two-row-tile instance in f16.
       {1, 4, 512, 2080, 2, 3, DType::kBF16},
-      {1, 4, 768, 2048, 2, 12, DType::kF16}};
+      {1, 4, 768, 2048, 2, 12, DType::kF16},
+      // Single-token products past one batch of k spans (down: 33 spans, the last partial;
+      // gate/up: hidden 1024's four), and a hidden that ends in a partial span (320).
+      {1, 4, 256, 8200, 2, 1, DType::kBF16},
+      {1, 4, 1024, 64, 2, 1, DType::kBF16},
+      {1, 4, 320, 1000, 2, 2, DType::kF16}};
   for (const Case& c : cases) {
     const std::string what = "N " + std::to_string(c.tokens) + " E " + std::to_string(c.experts) +
                              " C " + std::to_string(c.hidden) + " F " + std::to_string(c.ffn) +
@@ -610,7 +615,9 @@ TEST_F(CudaDecode, SwigluExpertsPaddedMatchesTheCpuCompositionAndRepeats) {
     EXPECT_GT(largest, 0.0f) << what;
     const double u = unit_roundoff(c.dtype);
     expect_close_to_cpu(got, want, Tolerance{2.2 * u + 1e-5, 4.0 * u * largest + 1e-6}, what);
-    // backend/cuda's op is its four-op composition bit for bit (the same kernels and k order).
+    // backend/cuda's op is its four-op composition bit for bit (the same kernels and k order),
+    // except for single-token steps of 16-bit tensors: their products (single_token_experts.cuh)
+    // sum k in another order, so they agree with the composition to the same bound as the CPU's.
     {
       const int64_t F = c.ffn;
       Tensor x_routed = cuda().empty({rows, c.hidden}, c.dtype);
@@ -621,7 +628,12 @@ TEST_F(CudaDecode, SwigluExpertsPaddedMatchesTheCpuCompositionAndRepeats) {
       cuda().moe_grouped_gemm_nt(activated, dw, kept.cuda, c.capacity, y_routed);
       Tensor composed = cuda().empty({c.tokens, c.hidden}, c.dtype);
       cuda().moe_combine_rows(y_routed, token.cuda, slot.cuda, gate.cuda, composed);
-      EXPECT_EQ(float_bits(got), float_bits(cuda_floats(composed))) << what;
+      if (c.tokens == 1 && c.dtype != DType::kF32) {
+        expect_close_to_cpu(got, cuda_floats(composed),
+                            Tolerance{2.2 * u + 1e-5, 4.0 * u * largest + 1e-6}, what);
+      } else {
+        EXPECT_EQ(float_bits(got), float_bits(cuda_floats(composed))) << what;
+      }
     }
     // Repeated calls give the same bits.
     TensorPair again = poisoned({c.tokens, c.hidden}, c.dtype);
