@@ -32,7 +32,20 @@ Tensor Attention::forward_with_input_norm(ForwardContext& ctx, const Tensor& x,
   return forward(ctx, h);
 }
 FeedForward::~FeedForward() = default;
+
+Tensor FeedForward::forward_with_input_norm(ForwardContext& ctx, const Tensor& x,
+                                            const Tensor& residual, Norm& norm, Tensor& sum) {
+  const Tensor h = norm.forward_with_residual(ctx, x, residual, sum);
+  return forward(ctx, h);
+}
+
 Router::~Router() = default;
+
+Routing Router::route_with_input_norm(ForwardContext& ctx, const Tensor& x, const Tensor& residual,
+                                      Norm& norm, Tensor& sum, Tensor& normed) {
+  normed = norm.forward_with_residual(ctx, x, residual, sum);
+  return route(ctx, normed);
+}
 Experts::~Experts() = default;
 Tokenizer::~Tokenizer() = default;
 Optimizer::~Optimizer() = default;

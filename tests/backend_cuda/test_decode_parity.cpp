@@ -380,6 +380,70 @@ TEST_F(CudaDecode, AddRmsnormGemmEqualsAddRmsnormThenGemmBitForBit) {
   }
 }
 
+TEST_F(CudaDecode, AddRmsnormMoeRoutePaddedEqualsAddRmsnormThenMoeRoutePaddedBitForBit) {
+  // The norm folded into the one-block router (batch 1 and 8 of the 6.9B model; 3 rows of 64
+  // experts in f16 with a weight in the dtype; 16 rows of 1024 columns, more rows than norm
+  // warps) against the two ops on the device, and shapes the fold does not take (1032 columns,
+  // f32) through the same op.
+  struct Case {
+    int64_t n, experts, cols, top_k;
+    bool renormalize;
+    int64_t capacity;
+    DType dtype;
+    bool f32_weight;
+  };
+  const Case cases[] = {
+      {1, 16, 768, 4, true, 1, DType::kBF16, true},  {8, 16, 768, 4, true, 8, DType::kBF16, true},
+      {3, 64, 256, 8, false, 2, DType::kF16, false}, {16, 8, 1024, 2, true, 4, DType::kBF16, true},
+      {2, 16, 1032, 4, true, 2, DType::kBF16, true}, {4, 16, 96, 4, true, 4, DType::kF32, true}};
+  const auto ints = [&](const Tensor& t) {
+    std::vector<int32_t> values(static_cast<size_t>(t.numel()));
+    cuda().copy_to_host(values.data(), t);
+    return values;
+  };
+  for (const Case& c : cases) {
+    const std::string what = "N " + std::to_string(c.n) + " E " + std::to_string(c.experts) +
+                             " C " + std::to_string(c.cols) + " k " + std::to_string(c.top_k) +
+                             " " + dtype_name(c.dtype);
+    TensorPair x = same_rounded_random({c.n, c.cols}, 1400 + uint64_t(c.n), c.dtype);
+    TensorPair r = same_rounded_random({c.n, c.cols}, 1401 + uint64_t(c.n), c.dtype);
+    TensorPair nw = same_rounded_random({c.cols}, 1402, c.f32_weight ? DType::kF32 : c.dtype);
+    TensorPair w = same_rounded_random({c.experts, c.cols}, 1403, c.dtype, 0.05f);
+    const int64_t rows = c.experts * c.capacity;
+    struct Outputs {
+      Tensor sum, normed, index, gate, token, slot, offsets, load;
+    };
+    const auto outputs = [&] {
+      Outputs o;
+      o.sum = cuda().empty({c.n, c.cols}, c.dtype);
+      o.normed = cuda().empty({c.n, c.cols}, c.dtype);
+      o.index = cuda().empty({c.n, c.top_k}, DType::kI32);
+      o.gate = cuda().empty({c.n, c.top_k});
+      o.token = cuda().empty({rows}, DType::kI32);
+      o.slot = cuda().empty({rows}, DType::kI32);
+      o.offsets = cuda().empty({c.experts + 1}, DType::kI32);
+      o.load = cuda().empty({c.experts});
+      return o;
+    };
+    Outputs want = outputs(), got = outputs();
+    cuda().add_rmsnorm(x.cuda, r.cuda, nw.cuda, 1e-5f, want.sum, want.normed);
+    cuda().moe_route_padded(want.normed, w.cuda, c.top_k, c.renormalize, c.capacity, want.index,
+                            want.gate, want.token, want.slot, want.offsets, want.load);
+    cuda().add_rmsnorm_moe_route_padded(x.cuda, r.cuda, nw.cuda, 1e-5f, got.sum, got.normed, w.cuda,
+                                        c.top_k, c.renormalize, c.capacity, got.index, got.gate,
+                                        got.token, got.slot, got.offsets, got.load);
+    EXPECT_EQ(float_bits(cuda_floats(got.sum)), float_bits(cuda_floats(want.sum))) << what;
+    EXPECT_EQ(float_bits(cuda_floats(got.normed)), float_bits(cuda_floats(want.normed))) << what;
+    EXPECT_EQ(float_bits(cuda_floats(got.gate)), float_bits(cuda_floats(want.gate))) << what;
+    EXPECT_EQ(float_bits(cuda_floats(got.load)), float_bits(cuda_floats(want.load))) << what;
+    EXPECT_EQ(ints(got.index), ints(want.index)) << what;
+    EXPECT_EQ(ints(got.token), ints(want.token)) << what;
+    EXPECT_EQ(ints(got.slot), ints(want.slot)) << what;
+    EXPECT_EQ(ints(got.offsets), ints(want.offsets)) << what;
+    if (::testing::Test::HasFailure()) return;
+  }
+}
+
 TEST_F(CudaDecode, AttentionDecodeEqualsTheCachedAttentionForward) {
   // The new op and the existing cached attention_forward (q_len 1) give the same output.
   AttentionShape s;

@@ -350,6 +350,60 @@ TEST(Router, RecordedDecodeStepsRouteInOneOpLikeThePlainDecode) {
   }
 }
 
+TEST(Router, RouteWithInputNormEqualsTheNormThenRoute) {
+  // A recorded decode step with an RMSNorm in front computes the norm inside the router's op
+  // (Backend::add_rmsnorm_moe_route_padded): the same residual stream, normed input, choices,
+  // gates and layout as the norm's forward_with_residual followed by route(). Outside a decode
+  // step (training) the default path gives the same. A residual of another shape is refused
+  // with both shapes.
+  auto backend = cpu_backend();
+  const RouterCase c{"dropless", 5, 8, 4, 2, true, 0.1, 0.0, std::nullopt, 1.0f};
+  ModelDims dims;
+  dims.hidden_dim = c.channels;
+  auto norm = create<Norm>("norm", "rmsnorm", {{"eps", "1e-5"}}, dims, backend.get());
+  init_parameters(*backend, *norm, 93, 0.5f);
+  const Tensor x = tensor_from(*backend, random_values(size_t(c.tokens * c.channels), 94, 1.0f),
+                               {c.tokens, c.channels});
+  const Tensor residual = tensor_from(
+      *backend, random_values(size_t(c.tokens * c.channels), 95, 1.0f), {c.tokens, c.channels});
+  for (bool decode_step : {true, false}) {
+    SCOPED_TRACE(decode_step ? "decode step" : "training");
+    auto router = make_router(backend.get(), c);
+    init_parameters(*backend, *router, 91, 0.5f);
+    ForwardContext ctx = make_context(*backend, c.tokens, 1, !decode_step);
+    ctx.use_kv_cache = decode_step;
+    ctx.static_shapes = decode_step;
+    Tensor sum_ref;
+    const Tensor normed_ref = norm->forward_with_residual(ctx, x, residual, sum_ref);
+    const Routing want = router->route(ctx, normed_ref);
+    const std::vector<int32_t> want_index = to_vector_i32(*backend, want.expert_index);
+    const std::vector<float> want_gate = to_vector(*backend, want.gate);
+    const std::vector<int32_t> want_token = to_vector_i32(*backend, want.token);
+    Tensor sum, normed;
+    const Routing got = router->route_with_input_norm(ctx, x, residual, *norm, sum, normed);
+    EXPECT_EQ(to_vector(*backend, sum), to_vector(*backend, sum_ref));
+    EXPECT_EQ(to_vector(*backend, normed), to_vector(*backend, normed_ref));
+    EXPECT_EQ(to_vector_i32(*backend, got.expert_index), want_index);
+    EXPECT_EQ(to_vector(*backend, got.gate), want_gate);
+    EXPECT_EQ(to_vector_i32(*backend, got.token), want_token);
+    EXPECT_EQ(got.padded_capacity, want.padded_capacity);
+    if (decode_step) {
+      EXPECT_EQ(to_vector_i32(*backend, got.kept_offsets),
+                to_vector_i32(*backend, want.kept_offsets));
+      const Tensor narrow =
+          tensor_from(*backend, random_values(size_t(c.tokens * 4), 96, 1.0f), {c.tokens, 4});
+      try {
+        router->route_with_input_norm(ctx, x, narrow, *norm, sum, normed);
+        ADD_FAILURE() << "accepted a residual of another shape";
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("expects the residual shaped like x"),
+                  std::string::npos)
+            << e.what();
+      }
+    }
+  }
+}
+
 TEST(Router, AuxiliaryGradientScalesWithLossScale) {
   auto backend = cpu_backend();
   const RouterCase c{"scale", 8, 8, 4, 2, true, 0.1, 0.05, std::nullopt, 1.0f};

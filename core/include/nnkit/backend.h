@@ -437,8 +437,9 @@ class NNKIT_API Backend : public Component {
   // gate: (S) f32 (the router's flat gates); kept_offsets: (E + 1) i32 on the device as
   // moe_route_padded writes them (only expert e's first kept_offsets[e + 1] - kept_offsets[e]
   // rows are read). Equals gather_rows, moe_grouped_swiglu_nt, moe_grouped_gemm_nt and
-  // moe_combine_rows up to the rounding of the down product (a backend may keep it in f32 until
-  // the combine's sum is rounded once).
+  // moe_combine_rows up to the rounding of the products' summation order (a backend may sum k
+  // in another order, e.g. for single-token steps) and of the down product (a backend may keep
+  // it in f32 until the combine's sum is rounded once).
   virtual void moe_swiglu_experts_padded(const Tensor& x, const Tensor& token, const Tensor& slot,
                                          const Tensor& gate, const std::vector<Tensor>& gate_w,
                                          const std::vector<Tensor>& up_w,
@@ -468,6 +469,21 @@ class NNKIT_API Backend : public Component {
   virtual void add_rmsnorm_gemm_nt(const Tensor& x, const Tensor& residual,
                                    const Tensor& norm_weight, float eps, const Tensor& w,
                                    const Tensor& sum, const Tensor& out) = 0;
+
+  // ---- appended in ABI 8: a decode step's norm in front of the router, in the router's op -----
+  // add_rmsnorm(x, residual, norm_weight, eps, sum, normed) followed by moe_route_padded(normed,
+  // weight, top_k, renormalize, capacity, expert_index, gate, token, slot, offsets, load), bit
+  // for bit, with normed as an output (the experts read it). Shapes and dtypes as the two ops
+  // state them. For the norm between a decode step's attention and its MoE layer (moe/topk). A
+  // backend without a fused kernel runs the two ops
+  // (backend_common::add_rmsnorm_moe_route_padded_by_ops).
+  virtual void add_rmsnorm_moe_route_padded(const Tensor& x, const Tensor& residual,
+                                            const Tensor& norm_weight, float eps, const Tensor& sum,
+                                            const Tensor& normed, const Tensor& weight,
+                                            int64_t top_k, bool renormalize, int64_t capacity,
+                                            const Tensor& expert_index, const Tensor& gate,
+                                            const Tensor& token, const Tensor& slot,
+                                            const Tensor& offsets, const Tensor& load) = 0;
 
   // ---- conveniences (non-virtual) -----------------------------------------------------------
   Tensor zeros(const Shape& shape, DType dtype = DType::kF32);

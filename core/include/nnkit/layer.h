@@ -158,6 +158,12 @@ class NNKIT_API FeedForward : public Layer {
   // Valid after forward; dense FFNs have none.
   virtual bool has_aux_stats() const { return false; }
   virtual AuxStats aux_stats() const { return {}; }
+  // ABI 8: forward(ctx, norm.forward_with_residual(ctx, x, residual, sum)) with the norm in front
+  // of this layer, which a feed-forward may fold into its first op outside training (the core's
+  // MoE layer passes it to its router: Router::route_with_input_norm). sum is set to
+  // x + residual (the residual stream) either way. Default: exactly the two calls.
+  virtual Tensor forward_with_input_norm(ForwardContext& ctx, const Tensor& x,
+                                         const Tensor& residual, Norm& norm, Tensor& sum);
 };
 
 // The router's decision for N tokens and its dispatch, on the backend's device. The router
@@ -200,6 +206,13 @@ class NNKIT_API Router : public Layer {
   // ABI 3: true when route() under ctx.static_shapes gives shapes that do not depend on the data
   // (a capacity limit, so the padded layout), which lets the step be recorded in a CUDA Graph.
   virtual bool has_static_shapes() const { return false; }
+  // ABI 8: route(ctx, normed) with normed = norm.forward_with_residual(ctx, x, residual, sum)
+  // (sum and normed are set: the residual stream and the experts' input), which a router may
+  // compute in one op outside training (moe/topk does with an RMSNorm while decoding:
+  // Backend::add_rmsnorm_moe_route_padded). Default: exactly the two calls.
+  virtual Routing route_with_input_norm(ForwardContext& ctx, const Tensor& x,
+                                        const Tensor& residual, Norm& norm, Tensor& sum,
+                                        Tensor& normed);
   // Layer::forward/backward are not used for routers.
   Tensor forward(ForwardContext& ctx, const Tensor& x) override;
   Tensor backward(ForwardContext& ctx, const Tensor& dy) override;

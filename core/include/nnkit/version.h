@@ -39,7 +39,7 @@
 namespace nnkit {
 
 // Bumped whenever any interface in core/include/nnkit changes layout or virtual-table order.
-inline constexpr uint32_t kPluginAbiVersion = 7;
+inline constexpr uint32_t kPluginAbiVersion = 8;
 
 inline constexpr const char* kVersion = NNKIT_VERSION_STRING;
 

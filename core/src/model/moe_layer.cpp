@@ -14,6 +14,14 @@ Tensor MoeLayer::forward(ForwardContext& ctx, const Tensor& x) {
   return experts_->forward_routed(ctx, x, routing);
 }
 
+Tensor MoeLayer::forward_with_input_norm(ForwardContext& ctx, const Tensor& x,
+                                         const Tensor& residual, Norm& norm, Tensor& sum) {
+  if (exchange_) return FeedForward::forward_with_input_norm(ctx, x, residual, norm, sum);
+  Tensor normed;
+  const Routing routing = router_->route_with_input_norm(ctx, x, residual, norm, sum, normed);
+  return experts_->forward_routed(ctx, normed, routing);
+}
+
 Tensor MoeLayer::backward(ForwardContext& ctx, const Tensor& dy) {
   // Forward read in reverse: y = experts(x, gates(router(x))). The experts give dx through their
   // inputs and d(gate); the router turns d(gate) (+ its aux losses) into its own dx.

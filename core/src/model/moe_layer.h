@@ -26,6 +26,10 @@ class MoeLayer final : public FeedForward {
 
   // x: (N, C) -> y: (N, C).
   Tensor forward(ForwardContext& ctx, const Tensor& x) override;
+  // The norm in front goes to the router (Router::route_with_input_norm), whose normed output
+  // the experts read; with an exchange, the default two calls.
+  Tensor forward_with_input_norm(ForwardContext& ctx, const Tensor& x, const Tensor& residual,
+                                 Norm& norm, Tensor& sum) override;
   // dy: (N, C) -> dx = d(experts)/dx + d(router)/dx; router and expert weight grads accumulate.
   Tensor backward(ForwardContext& ctx, const Tensor& dy) override;
   void release_saved() override;

@@ -69,11 +69,11 @@ struct Transformer::Block {
       const Tensor h = checked_output(*attn_norm, "forward", attn_norm->forward(ctx, x), x);
       attn_out = checked_output(*attention, "forward", attention->forward(ctx, h), x);
     }
+    // The feed-forward may fold its norm into its first op (an MoE layer's router, decoding).
     Tensor mid;
-    const Tensor h2 = checked_output(*ffn_norm, "forward_with_residual",
-                                     ffn_norm->forward_with_residual(ctx, x, attn_out, mid), x);
-    x = checked_output(*ffn_norm, "forward_with_residual (sum)", mid, x);
-    pending = checked_output(ffn_owner(), "forward", ffn->forward(ctx, h2), x);
+    pending = checked_output(ffn_owner(), "forward_with_input_norm",
+                             ffn->forward_with_input_norm(ctx, x, attn_out, *ffn_norm, mid), x);
+    x = checked_output(*ffn_norm, "forward_with_input_norm (sum)", mid, x);
   }
 
   // dout: (N, C) -> dx: (N, C). The residual adds pass the gradient through unchanged.

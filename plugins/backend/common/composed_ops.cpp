@@ -60,6 +60,18 @@ void add_rmsnorm_gemm_nt_by_ops(Backend& backend, const Tensor& x, const Tensor&
   backend.gemm(h, false, w, true, out);
 }
 
+void add_rmsnorm_moe_route_padded_by_ops(Backend& backend, const Tensor& x, const Tensor& residual,
+                                         const Tensor& norm_weight, float eps, const Tensor& sum,
+                                         const Tensor& normed, const Tensor& weight, int64_t top_k,
+                                         bool renormalize, int64_t capacity,
+                                         const Tensor& expert_index, const Tensor& gate,
+                                         const Tensor& token, const Tensor& slot,
+                                         const Tensor& offsets, const Tensor& load) {
+  backend.add_rmsnorm(x, residual, norm_weight, eps, sum, normed);
+  backend.moe_route_padded(normed, weight, top_k, renormalize, capacity, expert_index, gate, token,
+                           slot, offsets, load);
+}
+
 ExpertsShape check_swiglu_experts_padded(const OpChecks& checks, DTypes dtypes, const Tensor& x,
                                          const Tensor& token, const Tensor& slot,
                                          const Tensor& gate, const std::vector<Tensor>& gate_w,

@@ -36,6 +36,15 @@ void attention_decode_rope_by_ops(Backend& backend, const Tensor& qkv, const Ten
                                   const Tensor& kv_len_device, const Tensor& out,
                                   const AttentionShape& shape);
 
+// Backend::add_rmsnorm_moe_route_padded as add_rmsnorm and moe_route_padded.
+void add_rmsnorm_moe_route_padded_by_ops(Backend& backend, const Tensor& x, const Tensor& residual,
+                                         const Tensor& norm_weight, float eps, const Tensor& sum,
+                                         const Tensor& normed, const Tensor& weight, int64_t top_k,
+                                         bool renormalize, int64_t capacity,
+                                         const Tensor& expert_index, const Tensor& gate,
+                                         const Tensor& token, const Tensor& slot,
+                                         const Tensor& offsets, const Tensor& load);
+
 // Backend::add_rmsnorm_gemm_nt as add_rmsnorm (into a temporary h) and gemm.
 void add_rmsnorm_gemm_nt_by_ops(Backend& backend, const Tensor& x, const Tensor& residual,
                                 const Tensor& norm_weight, float eps, const Tensor& w,

@@ -102,6 +102,12 @@ class CpuBackend final : public Backend {
                                  const std::vector<Tensor>& up_w, const std::vector<Tensor>& down_w,
                                  const Tensor& kept_offsets, int64_t capacity,
                                  const Tensor& y) override;
+  void add_rmsnorm_moe_route_padded(const Tensor& x, const Tensor& residual,
+                                    const Tensor& norm_weight, float eps, const Tensor& sum,
+                                    const Tensor& normed, const Tensor& weight, int64_t top_k,
+                                    bool renormalize, int64_t capacity, const Tensor& expert_index,
+                                    const Tensor& gate, const Tensor& token, const Tensor& slot,
+                                    const Tensor& offsets, const Tensor& load) override;
   void add_rmsnorm_gemm_nt(const Tensor& x, const Tensor& residual, const Tensor& norm_weight,
                            float eps, const Tensor& w, const Tensor& sum,
                            const Tensor& out) override;  // decode_ops.cpp

@@ -235,4 +235,14 @@ void CpuBackend::add_rmsnorm_gemm_nt(const Tensor& x, const Tensor& residual,
   backend_common::add_rmsnorm_gemm_nt_by_ops(*this, x, residual, norm_weight, eps, w, sum, out);
 }
 
+void CpuBackend::add_rmsnorm_moe_route_padded(
+    const Tensor& x, const Tensor& residual, const Tensor& norm_weight, float eps,
+    const Tensor& sum, const Tensor& normed, const Tensor& weight, int64_t top_k, bool renormalize,
+    int64_t capacity, const Tensor& expert_index, const Tensor& gate, const Tensor& token,
+    const Tensor& slot, const Tensor& offsets, const Tensor& load) {
+  backend_common::add_rmsnorm_moe_route_padded_by_ops(
+      *this, x, residual, norm_weight, eps, sum, normed, weight, top_k, renormalize, capacity,
+      expert_index, gate, token, slot, offsets, load);
+}
+
 }  // namespace nnkit::cpu

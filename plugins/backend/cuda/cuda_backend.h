@@ -220,6 +220,12 @@ class CudaBackend final : public Backend {
                                  const std::vector<Tensor>& up_w, const std::vector<Tensor>& down_w,
                                  const Tensor& kept_offsets, int64_t capacity,
                                  const Tensor& y) override;
+  void add_rmsnorm_moe_route_padded(const Tensor& x, const Tensor& residual,
+                                    const Tensor& norm_weight, float eps, const Tensor& sum,
+                                    const Tensor& normed, const Tensor& weight, int64_t top_k,
+                                    bool renormalize, int64_t capacity, const Tensor& expert_index,
+                                    const Tensor& gate, const Tensor& token, const Tensor& slot,
+                                    const Tensor& offsets, const Tensor& load) override;
   void add_rmsnorm_gemm_nt(const Tensor& x, const Tensor& residual, const Tensor& norm_weight,
                            float eps, const Tensor& w, const Tensor& sum,
                            const Tensor& out) override;  // norm_gemm_decode.cu
@@ -242,6 +248,18 @@ class CudaBackend final : public Backend {
  private:
   // Throws the fault copied to fault_host_ by the last drain, if any, and clears it.
   void raise_fault();
+  // moe_route_padded, and add_rmsnorm_moe_route_padded when `norm` is set (moe_route_decode.cu).
+  struct RouteNorm {
+    const Tensor& residual;
+    const Tensor& weight;
+    float eps;
+    const Tensor& sum;
+    const Tensor& normed;
+  };
+  void route_padded(const char* op, const Tensor& x, const RouteNorm* norm, const Tensor& weight,
+                    int64_t top_k, bool renormalize, int64_t capacity, const Tensor& expert_index,
+                    const Tensor& gate, const Tensor& token, const Tensor& slot,
+                    const Tensor& offsets, const Tensor& load);
 
   int device_ = 0;
   DType compute_dtype_ = DType::kF32;

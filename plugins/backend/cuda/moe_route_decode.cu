@@ -4,11 +4,14 @@
 // them from shared memory. Larger inputs run the same ops one by one (gemm, topk_rows,
 // softmax_rows, moe_sort_by_expert_padded). Owned by backend/cuda. Fixed orders throughout:
 // results repeat bit for bit, and the choices, gates and layout equal the ops one by one up to
-// the rounding of the logits' summation order.
+// the rounding of the logits' summation order. add_rmsnorm_moe_route_padded folds the norm in
+// front into the same block: a few warps normalise the step's rows (rmsnorm_row.cuh: add_rmsnorm's
+// bits) while the others stage the router weight, so the norm costs no launch of its own.
 #include <cuda_runtime.h>
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 
@@ -16,6 +19,7 @@
 #include "cuda_check.h"
 #include "dependent_launch.cuh"
 #include "kernel_utils.cuh"
+#include "rmsnorm_row.cuh"
 
 namespace nnkit::cuda {
 
@@ -30,13 +34,24 @@ constexpr int kRouteMaxSlots = 256;        // N * k
 constexpr int kRouteMaxLogits = 1024;      // N * E
 constexpr int kRouteMaxShared = 96 << 10;  // x and the weight staged in shared memory
 
-// Dynamic shared memory: x (N, C) | weight (E, C), in T.
-template <typename T>
+// The norm in front of the router (add_rmsnorm_moe_route_padded); residual null: none, x is
+// routed as it is.
+template <typename T, typename W>
+struct RouteNormArgs {
+  const T* residual = nullptr;
+  const W* weight = nullptr;
+  float eps = 0.0f;
+  T* sum = nullptr;     // x + residual
+  T* normed = nullptr;  // what is routed (and what the experts read)
+};
+
+// Dynamic shared memory: x (N, C) | weight (E, C), in T (x normalised first with a norm).
+template <typename T, typename W>
 __global__ void __launch_bounds__(kRouteThreads)
     moe_route_decode_kernel(const T* x, const T* weight, int n_tokens, int cols, int experts,
                             int top_k, bool renormalize, int capacity, int32_t* expert_index,
                             float* gate, int32_t* token, int32_t* slot, int32_t* offsets,
-                            float* load) {
+                            float* load, RouteNormArgs<T, W> norm) {
   extern __shared__ uint4 staged[];
   __shared__ float logits[kRouteMaxLogits];
   __shared__ int choice[kRouteMaxSlots];
@@ -48,28 +63,51 @@ __global__ void __launch_bounds__(kRouteThreads)
        offset += int64_t(kRouteThreads) * 128) {
     prefetch_to_l2(reinterpret_cast<const char*>(weight) + offset);
   }
+  const bool fold_norm = norm.residual != nullptr;
+  if (fold_norm) {
+    for (int64_t offset = int64_t(threadIdx.x) * 128; offset < int64_t(cols) * int64_t(sizeof(W));
+         offset += int64_t(kRouteThreads) * 128) {
+      prefetch_to_l2(reinterpret_cast<const char*>(norm.weight) + offset);
+    }
+  }
   wait_for_preceding_grid();
   allow_dependent_launch();
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
   const int slots = n_tokens * top_k;
   // 1. Stage x and the weight (16-byte packs, all loads in flight at once); every padded row
-  // starts as padding (placement below overwrites the kept ones after the barriers).
-  const int64_t packs = int64_t(n_tokens + experts) * cols / 8;
+  // starts as padding (placement below overwrites the kept ones after the barriers). With a
+  // norm, the first norm_warps warps normalise x's rows into the staged x (and the outputs)
+  // while the other warps stage the weight.
+  const int norm_warps = fold_norm ? min(n_tokens, kRouteWarps / 2) : 0;
+  const int64_t x_packs_total = int64_t(n_tokens) * cols / 8;
+  const int64_t x_count = fold_norm ? 0 : x_packs_total;  // x packs this loop stages
+  const int64_t packs = x_count + int64_t(experts) * cols / 8;
+  uint4* destination = staged + (x_packs_total - x_count);
   const uint4* x_packs = reinterpret_cast<const uint4*>(x);
   const uint4* w_packs = reinterpret_cast<const uint4*>(weight);
-  const int64_t x_count = int64_t(n_tokens) * cols / 8;
   constexpr int kInFlight = 8;  // loads issued before any is stored: one round trip, not eight
-  for (int64_t base = threadIdx.x; base < packs; base += int64_t(kRouteThreads) * kInFlight) {
-    uint4 v[kInFlight];
+  if (warp >= norm_warps) {
+    const int stage_threads = kRouteThreads - norm_warps * 32;
+    for (int64_t base = threadIdx.x - norm_warps * 32; base < packs;
+         base += int64_t(stage_threads) * kInFlight) {
+      uint4 v[kInFlight];
 #pragma unroll
-    for (int r = 0; r < kInFlight; ++r) {
-      const int64_t i = base + int64_t(r) * kRouteThreads;
-      if (i < packs) v[r] = i < x_count ? x_packs[i] : w_packs[i - x_count];
+      for (int r = 0; r < kInFlight; ++r) {
+        const int64_t i = base + int64_t(r) * stage_threads;
+        if (i < packs) v[r] = i < x_count ? x_packs[i] : w_packs[i - x_count];
+      }
+#pragma unroll
+      for (int r = 0; r < kInFlight; ++r) {
+        const int64_t i = base + int64_t(r) * stage_threads;
+        if (i < packs) destination[i] = v[r];
+      }
     }
-#pragma unroll
-    for (int r = 0; r < kInFlight; ++r) {
-      const int64_t i = base + int64_t(r) * kRouteThreads;
-      if (i < packs) staged[i] = v[r];
+  } else {
+    T* staged_x = reinterpret_cast<T*>(staged);
+    for (int r = warp; r < n_tokens; r += norm_warps) {
+      const int64_t row = int64_t(r) * cols;
+      add_rmsnorm_cached_row<T, W, 8>(x + row, norm.residual + row, norm.weight, norm.eps, cols,
+                                      lane, norm.sum + row, norm.normed + row, staged_x + row);
     }
   }
   for (int64_t r = threadIdx.x; r < int64_t(experts) * capacity; r += kRouteThreads) {
@@ -202,6 +240,16 @@ bool allow_route_shared_memory(const void* kernel) {
                               kRouteMaxShared) == cudaSuccess;
 }
 
+// NNKIT_FUSED_NORM_ROUTE=0 runs add_rmsnorm_moe_route_padded as add_rmsnorm and
+// moe_route_padded (to compare on one machine).
+bool fused_norm_route_enabled() {
+  static const bool enabled = [] {
+    const char* flag = std::getenv("NNKIT_FUSED_NORM_ROUTE");
+    return flag == nullptr || std::string(flag) != "0";
+  }();
+  return enabled;
+}
+
 }  // namespace
 
 void CudaBackend::moe_route_padded(const Tensor& x, const Tensor& weight, int64_t top_k,
@@ -209,7 +257,47 @@ void CudaBackend::moe_route_padded(const Tensor& x, const Tensor& weight, int64_
                                    const Tensor& gate, const Tensor& token, const Tensor& slot,
                                    const Tensor& offsets, const Tensor& load) {
   OpScope op_scope(profiler_.get(), "moe_route_padded");
-  const char* op = "moe_route_padded";
+  route_padded("moe_route_padded", x, nullptr, weight, top_k, renormalize, capacity, expert_index,
+               gate, token, slot, offsets, load);
+}
+
+void CudaBackend::add_rmsnorm_moe_route_padded(
+    const Tensor& x, const Tensor& residual, const Tensor& norm_weight, float eps,
+    const Tensor& sum, const Tensor& normed, const Tensor& weight, int64_t top_k, bool renormalize,
+    int64_t capacity, const Tensor& expert_index, const Tensor& gate, const Tensor& token,
+    const Tensor& slot, const Tensor& offsets, const Tensor& load) {
+  OpScope op_scope(profiler_.get(), "add_rmsnorm_moe_route_padded");
+  const DType dtype = x.dtype();
+  const int64_t cols = x.rank() == 2 ? x.dim(1) : -1;
+  const auto like_x = [&](const Tensor& t) {
+    return t.defined() && t.device() == device() && t.dtype() == dtype && t.shape() == x.shape() &&
+           aligned16(t.raw());
+  };
+  // The folded norm takes 16-bit rows of at most rmsnorm_row.cuh's cached width; anything else
+  // (and any malformed call: the two ops say what is wrong) runs the two ops.
+  const bool fold = fused_norm_route_enabled() && (dtype == DType::kBF16 || dtype == DType::kF16) &&
+                    x.rank() == 2 && x.dim(0) > 0 && cols % 8 == 0 &&
+                    cols <= kCachedNormColumns<8> && like_x(x) && like_x(residual) && like_x(sum) &&
+                    like_x(normed) && norm_weight.defined() && norm_weight.device() == device() &&
+                    norm_weight.shape() == Shape{cols} &&
+                    (norm_weight.dtype() == DType::kF32 || norm_weight.dtype() == dtype) &&
+                    aligned16(norm_weight.raw());
+  if (!fold) {
+    backend_common::add_rmsnorm_moe_route_padded_by_ops(
+        *this, x, residual, norm_weight, eps, sum, normed, weight, top_k, renormalize, capacity,
+        expert_index, gate, token, slot, offsets, load);
+    return;
+  }
+  const RouteNorm norm{residual, norm_weight, eps, sum, normed};
+  route_padded("add_rmsnorm_moe_route_padded", x, &norm, weight, top_k, renormalize, capacity,
+               expert_index, gate, token, slot, offsets, load);
+}
+
+void CudaBackend::route_padded(const char* op, const Tensor& x, const RouteNorm* norm,
+                               const Tensor& weight, int64_t top_k, bool renormalize,
+                               int64_t capacity, const Tensor& expert_index, const Tensor& gate,
+                               const Tensor& token, const Tensor& slot, const Tensor& offsets,
+                               const Tensor& load) {
   const backend_common::RowShape xs = kChecks.float_rows(op, "x", x, kFloatDTypes);
   const backend_common::RowShape ws = kChecks.rows(op, "weight", weight, x.dtype());
   if (ws.cols != xs.cols || top_k < 1 || top_k > ws.rows || capacity < 1) {
@@ -224,21 +312,39 @@ void CudaBackend::moe_route_padded(const Tensor& x, const Tensor& weight, int64_
   kChecks.tensor(op, "slot", slot, DType::kI32, {experts * capacity});
   kChecks.tensor(op, "offsets", offsets, DType::kI32, {experts + 1});
   kChecks.tensor(op, "load", load, DType::kF32, {experts});
-  if (n == 0) {
-    moe_sort_by_expert_padded(expert_index.view({0}), experts, top_k, capacity, gate.view({0}),
-                              token, slot, offsets, load);
-    return;
-  }
   const size_t shared = size_t(n + experts) * size_t(cols) * dtype_size(x.dtype());
-  const bool fits = x.dtype() != DType::kF32 && cols % 8 == 0 && aligned16(x.raw()) &&
+  const bool fits = n > 0 && x.dtype() != DType::kF32 && cols % 8 == 0 && aligned16(x.raw()) &&
                     aligned16(weight.raw()) && experts <= kRouteMaxExperts &&
                     n * top_k <= kRouteMaxSlots && n * experts <= kRouteMaxLogits &&
                     shared <= size_t(kRouteMaxShared) && capacity <= INT32_MAX / experts;
-  if (fits) {
-    dispatch_float(x.dtype(), [&](auto tag) {
-      using T = typename decltype(tag)::type;
-      if constexpr (!std::is_same_v<T, float>) {
-        auto kernel = moe_route_decode_kernel<T>;
+  if (!fits) {
+    if (norm != nullptr) {
+      backend_common::add_rmsnorm_moe_route_padded_by_ops(
+          *this, x, norm->residual, norm->weight, norm->eps, norm->sum, norm->normed, weight, top_k,
+          renormalize, capacity, expert_index, gate, token, slot, offsets, load);
+    } else if (n == 0) {
+      moe_sort_by_expert_padded(expert_index.view({0}), experts, top_k, capacity, gate.view({0}),
+                                token, slot, offsets, load);
+    } else {
+      backend_common::moe_route_padded_by_ops(*this, x, weight, top_k, renormalize, capacity,
+                                              expert_index, gate, token, slot, offsets, load);
+    }
+    return;
+  }
+  dispatch_float(x.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if constexpr (!std::is_same_v<T, float>) {
+      const auto launch = [&](auto weight_tag) {
+        using W = typename decltype(weight_tag)::type;
+        RouteNormArgs<T, W> args;
+        if (norm != nullptr) {
+          args.residual = ptr<T>(norm->residual);
+          args.weight = ptr<W>(norm->weight);
+          args.eps = norm->eps;
+          args.sum = ptr<T>(norm->sum);
+          args.normed = ptr<T>(norm->normed);
+        }
+        auto kernel = moe_route_decode_kernel<T, W>;
         static const bool allowed =
             allow_route_shared_memory(reinterpret_cast<const void*>(kernel));
         if (!allowed && shared > size_t(48 << 10)) {
@@ -249,14 +355,17 @@ void CudaBackend::moe_route_padded(const Tensor& x, const Tensor& weight, int64_
                          static_cast<int>(n), static_cast<int>(cols), static_cast<int>(experts),
                          static_cast<int>(top_k), renormalize, static_cast<int>(capacity),
                          ptr<int32_t>(expert_index), ptr<float>(gate), ptr<int32_t>(token),
-                         ptr<int32_t>(slot), ptr<int32_t>(offsets), ptr<float>(load));
+                         ptr<int32_t>(slot), ptr<int32_t>(offsets), ptr<float>(load), args);
         NNKIT_CUDA_CHECK_LAUNCH(moe_route_decode_kernel);
+      };
+      // The norm weight is f32 or x's dtype (add_rmsnorm's rule); without a norm, T.
+      if (norm != nullptr && norm->weight.dtype() == DType::kF32) {
+        launch(StorageTag<float>{});
+      } else {
+        launch(StorageTag<T>{});
       }
-    });
-    return;
-  }
-  backend_common::moe_route_padded_by_ops(*this, x, weight, top_k, renormalize, capacity,
-                                          expert_index, gate, token, slot, offsets, load);
+    }
+  });
 }
 
 }  // namespace nnkit::cuda

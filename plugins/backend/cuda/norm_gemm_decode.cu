@@ -15,6 +15,7 @@
 #include "dependent_launch.cuh"
 #include "gemm_small.cuh"
 #include "kernel_utils.cuh"
+#include "rmsnorm_row.cuh"
 
 namespace nnkit::cuda {
 
@@ -22,54 +23,9 @@ namespace {
 
 using backend_common::kFloatDTypes;
 
-constexpr int kCachedPacks = 4;  // add_rmsnorm_warp_kernel's packs a lane holds in registers
 constexpr int kNormGemmThreads = kThreads;
 constexpr int kNormGemmWarps = kNormGemmThreads / 32;
 constexpr size_t kMaxNormedBytes = 32 << 10;  // the normalised rows a block holds
-
-// Row r of add_rmsnorm: sum_out (may be null) <- round(x + residual), y_out <- round(sum * rstd
-// * w), in add_rmsnorm_warp_kernel's order (cols <= 32 * kCachedPacks * kWidth).
-template <typename T, typename W, int kWidth>
-__device__ __forceinline__ void add_rmsnorm_cached_row(const T* xr, const T* rr, const W* w,
-                                                       float eps, int64_t cols, int lane,
-                                                       T* sum_out, T* y_out) {
-  float cached[kCachedPacks][kWidth];
-#pragma unroll
-  for (int i = 0; i < kCachedPacks; ++i) {
-    const int64_t c = (int64_t(lane) + 32 * i) * kWidth;
-    if (c < cols) {
-      float b[kWidth];
-      load_floats<kWidth>(xr + c, cached[i]);
-      load_floats<kWidth>(rr + c, b);
-#pragma unroll
-      for (int e = 0; e < kWidth; ++e) cached[i][e] = to_float(from_float<T>(cached[i][e] + b[e]));
-    }
-  }
-  double acc = 0.0;
-#pragma unroll
-  for (int i = 0; i < kCachedPacks; ++i) {
-    const int64_t c = (int64_t(lane) + 32 * i) * kWidth;
-    if (c < cols) {
-      if (sum_out != nullptr) store_floats<kWidth>(sum_out + c, cached[i]);
-#pragma unroll
-      for (int e = 0; e < kWidth; ++e) acc += double(cached[i][e]) * cached[i][e];
-    }
-  }
-  acc = warp_sum(acc);
-  const double mean = cols > 0 ? acc / double(cols) : 0.0;
-  const float r = static_cast<float>(1.0 / sqrt(mean + double(eps)));
-#pragma unroll
-  for (int i = 0; i < kCachedPacks; ++i) {
-    const int64_t c = (int64_t(lane) + 32 * i) * kWidth;
-    if (c < cols) {
-      float wv[kWidth];
-      load_floats<kWidth>(w + c, wv);
-#pragma unroll
-      for (int e = 0; e < kWidth; ++e) cached[i][e] = cached[i][e] * r * wv[e];
-      store_floats<kWidth>(y_out + c, cached[i]);
-    }
-  }
-}
 
 // Grid: a warp per output column j of c (n, as small_gemm_nt_kernel); dynamic shared memory:
 // the kRows normalised rows (kRows, k) in T.
@@ -99,7 +55,8 @@ __global__ void __launch_bounds__(kNormGemmThreads)
   allow_dependent_launch();
   for (int r = warp; r < kRows; r += kNormGemmWarps) {
     add_rmsnorm_cached_row<T, W, kWidth>(x + r * k, residual + r * k, norm_weight, eps, k, lane,
-                                         blockIdx.x == 0 ? sum + r * k : nullptr, normed + r * k);
+                                         blockIdx.x == 0 ? sum + r * k : nullptr, normed + r * k,
+                                         nullptr);
   }
   __syncthreads();
   if (j >= n) return;

@@ -79,10 +79,8 @@ class TopKRouter final : public Router {
     const int64_t n_slots = n_tokens * top_k_;
     stats_backend_ = &backend;
 
+    if (is_decode_step(ctx, n_tokens)) return route_decode_step(backend, x, nullptr);
     const bool full = !ctx.use_kv_cache && n_tokens > 0;
-    if (!ctx.training && !full && ctx.static_shapes && n_tokens > 0) {
-      return route_decode_step(backend, x);
-    }
 
     // Logits, probabilities, gates and statistics are f32. The product reads x and the weight in
     // the compute dtype (bf16 x bf16 accumulating into f32 logits, as autocast does): an f32
@@ -217,10 +215,44 @@ class TopKRouter final : public Router {
     return std::min(capacity, n_tokens);
   }
 
+  // While decoding, an RMSNorm in front folds into the router's op
+  // (Backend::add_rmsnorm_moe_route_padded: one launch on CUDA where the norm and the router
+  // took two).
+  Routing route_with_input_norm(ForwardContext& ctx, const Tensor& x, const Tensor& residual,
+                                Norm& norm, Tensor& sum, Tensor& normed) override {
+    NormInput input;
+    if (x.rank() != 2 || x.dim(1) != hidden_ || !is_decode_step(ctx, x.dim(0)) ||
+        !norm.rms_parameters(input.weight, input.eps)) {
+      return Router::route_with_input_norm(ctx, x, residual, norm, sum, normed);
+    }
+    NNKIT_CHECK_SHAPE(residual.shape() == x.shape() && residual.dtype() == x.dtype(), id(),
+                      "route_with_input_norm expects the residual shaped like x " + describe(x) +
+                          ", got " + describe(residual));
+    Backend& backend = *ctx.backend;
+    stats_backend_ = &backend;
+    input.residual = &residual;
+    input.sum = sum = backend.empty(x.shape(), x.dtype());
+    input.normed = normed = backend.empty(x.shape(), x.dtype());
+    return route_decode_step(backend, x, &input);
+  }
+
+  // A recorded decode step (KV cache, static shapes, inference): route_decode_step's one op.
+  static bool is_decode_step(const ForwardContext& ctx, int64_t n_tokens) {
+    return !ctx.training && ctx.use_kv_cache && ctx.static_shapes && n_tokens > 0;
+  }
+
+  // The norm folded into a decode step's router: normed = rmsnorm(x + residual) is routed.
+  struct NormInput {
+    const Tensor* residual = nullptr;
+    Tensor weight, sum, normed;
+    float eps = 0.0f;
+  };
+
   // A recorded decode step (KV cache, static shapes, inference): the product, top-k, gates and
   // the padded sort in one backend op, into blocks of N rows (an expert takes at most N slots,
   // so nothing is dropped unless a capacity factor says so). No statistics: nothing to balance.
-  Routing route_decode_step(Backend& backend, const Tensor& x) {
+  // With `norm`, x is the norm's input and the op computes the norm first.
+  Routing route_decode_step(Backend& backend, const Tensor& x, const NormInput* norm) {
     const int64_t n_tokens = x.dim(0);
     const int64_t capacity = capacity_for(n_tokens);
     const int64_t block_rows = capacity >= 0 ? capacity : n_tokens;
@@ -235,9 +267,16 @@ class TopKRouter final : public Router {
     routing.slot = backend.empty({rows}, DType::kI32);
     Tensor offsets = backend.empty({n_experts_ + 1}, DType::kI32);
     Tensor load = backend.empty({n_experts_});
-    backend.moe_route_padded(x, value(gate_), top_k_, renormalize_, block_rows,
-                             routing.expert_index, routing.gate, routing.token, routing.slot,
-                             offsets, load);
+    if (norm != nullptr) {
+      backend.add_rmsnorm_moe_route_padded(x, *norm->residual, norm->weight, norm->eps, norm->sum,
+                                           norm->normed, value(gate_), top_k_, renormalize_,
+                                           block_rows, routing.expert_index, routing.gate,
+                                           routing.token, routing.slot, offsets, load);
+    } else {
+      backend.moe_route_padded(x, value(gate_), top_k_, renormalize_, block_rows,
+                               routing.expert_index, routing.gate, routing.token, routing.slot,
+                               offsets, load);
+    }
     stats_ = DeviceStats{};
     stats_.n_slots = n_tokens * top_k_;
     set_padded_layout(routing, offsets, block_rows);
