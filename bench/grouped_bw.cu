@@ -5,8 +5,8 @@
 // experts, one row each) and batch 8 (16 chosen, two rows each), with k split over 1, 2, 4 or 8
 // warps and 4 to 8 k steps of loads in flight per warp. Each call picks another disjoint set of
 // experts (rotating over four), so the weights come from HBM, not L2; each time is per call of
-// 16 launched back to back. At batch 1 it also times single_token_experts.cuh's products (rows a
-// warp or block, k spans loaded a batch, the launch bound's blocks a multiprocessor). Standalone
+// 16 launched back to back. At batch 1 it also times single_token_experts.cuh's gate/up product
+// (rows a warp, k spans loaded a batch, the launch bound's blocks a multiprocessor). Standalone
 // (nvcc), run by bench/gpu_decode_check.sh's `grouped` stage; the variants it finds faster are
 // candidates for moe_experts_decode.cu / decode_ops.cu, to be confirmed in the decode bench. Owned
 // by bench/.
@@ -158,32 +158,6 @@ void run_single_swiglu(const Problem& p, const std::vector<int32_t*>& kept,
   report(p.name, label, us, double(p.chosen) * kFfn * kHidden * 2.0 * 2.0);
 }
 
-template <int kRows, int kBatch, int kMinBlocks>
-void run_single_down(const Problem& p, const std::vector<int32_t*>& kept, const ExpertWeights& down,
-                     const T* act, T* y_routed, T* out, const std::vector<int32_t*>& slots,
-                     const float* gates, int32_t* arrivals, int sms) {
-  auto kernel = nnkit::cuda::single_token_down_combine_kernel<T, kRows, kBatch, kMinBlocks>;
-  const int per_sm = nnkit::cuda::resident_blocks_per_sm(kernel);
-  const int64_t items = int64_t(p.chosen) * (kHidden / kRows);
-  const int grid = static_cast<int>(std::min<int64_t>(int64_t(per_sm) * sms, items));
-  const double us = median_us([&](int i) {
-    nnkit::cuda::CombineArgs combine;
-    combine.slot = slots[i % kSets];
-    combine.gate = gates;
-    combine.out = out;
-    combine.arrivals = arrivals;
-    combine.tokens = 1;
-    combine.padded_rows = kExperts * p.capacity;
-    kernel<<<grid, nnkit::cuda::kSingleTokenThreads>>>(
-        act, down, kept[i % kSets], kExperts, p.capacity, kHidden, kFfn, y_routed, combine);
-  });
-  char label[96];
-  std::snprintf(label, sizeof label,
-                "single-token down+combine (rows %d, batch %d, %d/SM, grid %d)", kRows, kBatch,
-                per_sm, grid);
-  report(p.name, label, us, double(p.chosen) * kFfn * kHidden * 2.0);
-}
-
 }  // namespace
 
 int main() {
@@ -253,31 +227,6 @@ int main() {
     run_single_swiglu<2, 3, 2>(p, kept, gate, up, x, act, sms);
     run_single_swiglu<1, 3, 4>(p, kept, gate, up, x, act, sms);
     run_single_swiglu<4, 3, 2>(p, kept, gate, up, x, act, sms);
-    // The combine's inputs: chosen expert c of set s holds slot c, every gate 0.25.
-    std::vector<int32_t*> slots;
-    for (int set = 0; set < kSets; ++set) {
-      std::vector<int32_t> slot(kExperts * p.capacity, -1);
-      for (int c = 0; c < p.chosen; ++c) slot[((set * p.chosen + c) % kExperts) * p.capacity] = c;
-      int32_t* d;
-      CHECK(cudaMalloc(&d, slot.size() * sizeof(int32_t)));
-      CHECK(cudaMemcpy(d, slot.data(), slot.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
-      slots.push_back(d);
-    }
-    const std::vector<float> gate_values(p.chosen, 0.25f);
-    float* gates;
-    CHECK(cudaMalloc(&gates, gate_values.size() * sizeof(float)));
-    CHECK(cudaMemcpy(gates, gate_values.data(), gate_values.size() * sizeof(float),
-                     cudaMemcpyHostToDevice));
-    int32_t* arrivals;
-    CHECK(cudaMalloc(&arrivals, 4096 * sizeof(int32_t)));
-    CHECK(cudaMemset(arrivals, 0, 4096 * sizeof(int32_t)));
-    T* out;
-    CHECK(cudaMalloc(&out, kHidden * sizeof(T)));
-    run_single_down<4, 3, 3>(p, kept, down, act, y, out, slots, gates, arrivals, sms);
-    run_single_down<4, 3, 2>(p, kept, down, act, y, out, slots, gates, arrivals, sms);
-    run_single_down<2, 3, 4>(p, kept, down, act, y, out, slots, gates, arrivals, sms);
-    run_single_down<2, 3, 3>(p, kept, down, act, y, out, slots, gates, arrivals, sms);
-    run_single_down<8, 3, 2>(p, kept, down, act, y, out, slots, gates, arrivals, sms);
   }
   return 0;
 }

@@ -636,8 +636,8 @@ TEST_F(CudaDecode, SwigluExpertsPaddedMatchesTheCpuCompositionAndRepeats) {
       // ffn not a multiple of 64, and the two-row-tile instance in f16.
       {1, 4, 512, 2080, 2, 3, DType::kBF16},
       {1, 4, 768, 2048, 2, 12, DType::kF16},
-      // Single-token products past one batch of k spans (down: 33 spans, the last partial;
-      // gate/up: hidden 1024's four), and a hidden that ends in a partial span (320).
+      // The single-token gate/up product past one batch of k spans (hidden 1024's four), a
+      // hidden that ends in a partial span (320), and a long down product after it (ffn 8200).
       {1, 4, 256, 8200, 2, 1, DType::kBF16},
       {1, 4, 1024, 64, 2, 1, DType::kBF16},
       {1, 4, 320, 1000, 2, 2, DType::kF16}};
@@ -648,7 +648,9 @@ TEST_F(CudaDecode, SwigluExpertsPaddedMatchesTheCpuCompositionAndRepeats) {
                              std::to_string(c.capacity) + " " + dtype_name(c.dtype);
     const PaddedRouting r = padded_routing(c.tokens, c.experts, c.top_k, c.capacity,
                                            uint64_t(c.tokens * 131 + c.experts));
-    if (c.capacity < c.tokens * c.top_k / c.experts) EXPECT_GT(r.dropped, 0) << what;
+    if (c.capacity < c.tokens * c.top_k / c.experts) {
+      EXPECT_GT(r.dropped, 0) << what;
+    }
     const int64_t rows = c.experts * c.capacity;
     TensorPair token = same_ints(r.token, {rows});
     TensorPair slot = same_ints(r.slot, {rows});
@@ -680,8 +682,9 @@ TEST_F(CudaDecode, SwigluExpertsPaddedMatchesTheCpuCompositionAndRepeats) {
     const double u = unit_roundoff(c.dtype);
     expect_close_to_cpu(got, want, Tolerance{2.2 * u + 1e-5, 4.0 * u * largest + 1e-6}, what);
     // backend/cuda's op is its four-op composition bit for bit (the same kernels and k order),
-    // except for single-token steps of 16-bit tensors: their products (single_token_experts.cuh)
-    // sum k in another order, so they agree with the composition to the same bound as the CPU's.
+    // except for single-token steps of 16-bit tensors: their gate/up product
+    // (single_token_experts.cuh) sums k in another order, so they agree with the composition to
+    // the same bound as the CPU's.
     {
       const int64_t F = c.ffn;
       Tensor x_routed = cuda().empty({rows, c.hidden}, c.dtype);

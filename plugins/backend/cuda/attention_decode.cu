@@ -795,4 +795,9 @@ void CudaBackend::attention_decode(const Tensor& q, const Tensor& k, const Tenso
   });
 }
 
+void load_attention_decode_kernels() {
+  load_kernel_now(attention_decode_resident_kernel<__nv_bfloat16, 64, true>);
+  load_kernel_now(attention_decode_resident_kernel<__nv_bfloat16, 128, true>);
+}
+
 }  // namespace nnkit::cuda

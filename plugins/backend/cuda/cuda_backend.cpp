@@ -269,6 +269,12 @@ CudaBackend::CudaBackend(int device, bool tf32, DType compute_dtype)
   NNKIT_CUDA_CHECK(cudaMalloc(&decode_arrivals_, 2 * kDecodeArrivalCounters * sizeof(int32_t)));
   NNKIT_CUDA_CHECK(
       cudaMemsetAsync(decode_arrivals_, 0, 2 * kDecodeArrivalCounters * sizeof(int32_t), stream_));
+  if (const char* flag = std::getenv("NNKIT_CUDA_PRELOAD"); flag == nullptr || *flag != '0') {
+    load_attention_decode_kernels();
+    load_route_decode_kernels();
+    load_experts_decode_kernels();
+    load_norm_gemm_decode_kernels();
+  }
   cache_ = std::make_shared<DeviceBlockCache>(device_);
   readbacks_ = std::make_unique<HostReadbacks>();
   uploads_ = std::make_unique<HostUploads>();

@@ -45,6 +45,15 @@ struct DeviceFault {
   int64_t row;    // where it was found
 };
 
+// The kernel modules only decoding uses, loaded when the backend starts: CUDA's lazy loading
+// would load each at its first launch, inside the first decode step (6.2 ms of the first step on
+// the H200, bench/RESULTS.md session 17). One per .cu file; NNKIT_CUDA_PRELOAD=0 leaves them to
+// lazy loading (to compare on one machine).
+void load_attention_decode_kernels();
+void load_route_decode_kernels();
+void load_experts_decode_kernels();
+void load_norm_gemm_decode_kernels();
+
 // Zeroed arrival counters attention_decode's blocks count themselves on (the last one of a
 // group combines and resets its counter): one per (sequence, KV-head tile) of one call.
 inline constexpr int64_t kDecodeArrivalCounters = 4096;

@@ -105,6 +105,16 @@ __device__ __forceinline__ __half from_float<__half>(float v) {
   return __float2half_rn(v);
 }
 
+// Loads `kernel` (and, the first time, its module) now rather than at its first launch (CUDA's
+// lazy loading). Best effort: a failure here shows again at the launch.
+template <typename Kernel>
+void load_kernel_now(Kernel kernel) {
+  cudaFuncAttributes attributes;
+  if (cudaFuncGetAttributes(&attributes, reinterpret_cast<const void*>(kernel)) != cudaSuccess) {
+    (void)cudaGetLastError();
+  }
+}
+
 // Elements of T in one 16-byte load: 4 floats or 8 halves.
 template <typename T>
 inline constexpr int kPackWidth = static_cast<int>(16 / sizeof(T));

@@ -6,9 +6,8 @@
 // down product (the same kernel) combines each column group once its last expert's item is done
 // (CombineArgs), so there is no combine launch. The result is the composition's, bit for bit
 // (the same kernels, the same per-lane k order, the combine's fixed slot order). A single-token
-// step (batch 1) takes single_token_experts.cuh's two products instead (the same two launches,
-// the combine folded in the same way): they agree with the composition to rounding. Owned by
-// backend/cuda.
+// step (batch 1) takes single_token_experts.cuh's gate/up product instead (+2.5% at batch 1),
+// which agrees with the composition to rounding. Owned by backend/cuda.
 //
 // Measured and not kept (bench/RESULTS.md, sessions 12-16): a one-pass kernel (each block an
 // equal share of 32-column ffn units, SwiGLU multiplied straight into an f32 down-product partial)
@@ -137,20 +136,14 @@ void launch_down_combine(const T* act, const ExpertWeights& dw, const int32_t* k
   }
 }
 
-// Single-token steps take single_token_experts.cuh's products (one row per chosen expert, x
-// loaded once for several weight rows); NNKIT_SINGLE_TOKEN_SWIGLU=0 / NNKIT_SINGLE_TOKEN_DOWN=0
-// send the gate/up or the down product back to the tensor-core kernel (to compare on one
-// machine).
-bool single_token_product_enabled(const char* flag_name) {
-  const char* flag = std::getenv(flag_name);
-  return flag == nullptr || std::strcmp(flag, "0") != 0;
-}
+// Single-token steps take single_token_experts.cuh's gate/up product (one row per chosen
+// expert, x loaded once for several weight rows); NNKIT_SINGLE_TOKEN_SWIGLU=0 sends it back to the
+// tensor-core kernel (to compare on one machine).
 bool single_token_swiglu_enabled() {
-  static const bool enabled = single_token_product_enabled("NNKIT_SINGLE_TOKEN_SWIGLU");
-  return enabled;
-}
-bool single_token_down_enabled() {
-  static const bool enabled = single_token_product_enabled("NNKIT_SINGLE_TOKEN_DOWN");
+  static const bool enabled = [] {
+    const char* flag = std::getenv("NNKIT_SINGLE_TOKEN_SWIGLU");
+    return flag == nullptr || std::strcmp(flag, "0") != 0;
+  }();
   return enabled;
 }
 
@@ -158,18 +151,10 @@ bool single_token_down_enabled() {
 // hidden 768's three spans are 12 loads of weights and 3 of x a lane. Three blocks a
 // multiprocessor as the launch bound: left free, ptxas spends ~150 registers (one block) on
 // widening the loads early; capped at 85 it keeps them packed (80, no spills).
-// bench/grouped_bw.cu compares the choices.
+// bench/grouped_bw.cu compares the choices (session 17: 21.4 us a call at batch 1 against 23.2
+// for the tensor-core kernel; a plain read of the same bytes takes 20.1).
 constexpr int kSingleSwigluRows = 2, kSingleSwigluBatch = 3, kSingleSwigluBlocks = 3;
-// Output columns a block owns and spans a warp loads: ffn 6144's 24 spans are 3 a warp.
-constexpr int kSingleDownRows = 4, kSingleDownBatch = 3, kSingleDownBlocks = 3;
 static_assert(kSingleTokenThreads == kMmaThreads, "resident_blocks_per_sm sizes 256 threads");
-
-// Blocks for `items` blocks of work, capped at what stays resident (`per_sm` a multiprocessor);
-// the chosen experts are counted on the device, so items is the count for `max_chosen` of them.
-unsigned single_token_blocks(int per_sm, int64_t items, int sms) {
-  return static_cast<unsigned>(
-      std::max<int64_t>(1, std::min<int64_t>(int64_t(per_sm) * std::max(sms, 1), items)));
-}
 
 template <typename T>
 void launch_single_token_swiglu(const T* x, const ExpertWeights& gw, const ExpertWeights& uw,
@@ -178,27 +163,15 @@ void launch_single_token_swiglu(const T* x, const ExpertWeights& gw, const Exper
   auto kernel =
       single_token_swiglu_kernel<T, kSingleSwigluRows, kSingleSwigluBatch, kSingleSwigluBlocks>;
   static const int per_sm = resident_blocks_per_sm(kernel);
+  // Warp items for `max_chosen` experts (the chosen ones are counted on the device), capped at
+  // what stays resident.
   const int64_t warps = int64_t(max_chosen) * (ffn / kSingleSwigluRows);
-  const unsigned blocks =
-      single_token_blocks(per_sm, (warps + kSingleTokenWarps - 1) / kSingleTokenWarps, sms);
+  const unsigned blocks = static_cast<unsigned>(
+      std::max<int64_t>(1, std::min<int64_t>(int64_t(per_sm) * std::max(sms, 1),
+                                             (warps + kSingleTokenWarps - 1) / kSingleTokenWarps)));
   launch_dependent(kernel, blocks, kSingleTokenThreads, 0, stream, x, gw, uw, kept, experts,
                    capacity, ffn, hidden, act);
   NNKIT_CUDA_CHECK_LAUNCH(single_token_swiglu_kernel);
-}
-
-template <typename T>
-void launch_single_token_down_combine(const T* act, const ExpertWeights& dw, const int32_t* kept,
-                                      int experts, int capacity, int max_chosen, int64_t hidden,
-                                      int64_t ffn, int sms, T* y_routed, const CombineArgs& combine,
-                                      cudaStream_t stream) {
-  auto kernel =
-      single_token_down_combine_kernel<T, kSingleDownRows, kSingleDownBatch, kSingleDownBlocks>;
-  static const int per_sm = resident_blocks_per_sm(kernel);
-  const unsigned blocks =
-      single_token_blocks(per_sm, int64_t(max_chosen) * (hidden / kSingleDownRows), sms);
-  launch_dependent(kernel, blocks, kSingleTokenThreads, 0, stream, act, dw, kept, experts, capacity,
-                   hidden, ffn, y_routed, combine);
-  NNKIT_CUDA_CHECK_LAUNCH(single_token_down_combine_kernel);
 }
 
 }  // namespace
@@ -264,14 +237,10 @@ void CudaBackend::moe_swiglu_experts_padded(const Tensor& x, const Tensor& token
   // 32, 8-column groups that fit the arrival counters).
   // The single-token down product takes k = ffn in 8-element slices and kSingleDownRows-column
   // groups (hidden is a multiple of 32 here).
-  const bool single_token_down = single_token && single_token_down_enabled() &&
-                                 s.hidden / kSingleDownRows <= kDecodeArrivalCounters;
   ExpertWeights dw{};
-  bool fold =
-      fused_combine_enabled() && aligned16(activated.raw()) && aligned16(y_routed.raw()) &&
-      aligned16(y.raw()) &&
-      (single_token_down || (s.ffn % 32 == 0 && s.hidden % 8 == 0 &&
-                             s.hidden / 8 <= kDecodeArrivalCounters && grouped_mma_available()));
+  bool fold = fused_combine_enabled() && s.ffn % 32 == 0 && s.hidden % 8 == 0 &&
+              aligned16(activated.raw()) && aligned16(y_routed.raw()) && aligned16(y.raw()) &&
+              s.hidden / 8 <= kDecodeArrivalCounters && grouped_mma_available();
   for (int64_t e = 0; e < s.experts && fold; ++e) {
     dw.w[e] = down_w[static_cast<size_t>(e)].raw();
     fold = aligned16(dw.w[e]) && down_w[static_cast<size_t>(e)].dtype() == x.dtype() &&
@@ -293,13 +262,6 @@ void CudaBackend::moe_swiglu_experts_padded(const Tensor& x, const Tensor& token
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (!std::is_same_v<T, float>) {
-      if (single_token_down) {
-        launch_single_token_down_combine<T>(ptr<T>(activated), dw, ptr<int32_t>(kept_offsets),
-                                            static_cast<int>(s.experts), static_cast<int>(capacity),
-                                            max_chosen, s.hidden, s.ffn, limits_.sms,
-                                            ptr<T>(y_routed), combine, stream_);
-        return;
-      }
       auto launch = [&](auto two_rows) {
         launch_down_combine<T, decltype(two_rows)::value>(
             ptr<T>(activated), dw, ptr<int32_t>(kept_offsets), static_cast<int>(s.experts),
@@ -309,6 +271,12 @@ void CudaBackend::moe_swiglu_experts_padded(const Tensor& x, const Tensor& token
       capacity > 8 ? launch(std::true_type{}) : launch(std::false_type{});
     }
   });
+}
+
+void load_experts_decode_kernels() {
+  load_kernel_now(single_token_swiglu_kernel<__nv_bfloat16, kSingleSwigluRows, kSingleSwigluBatch,
+                                             kSingleSwigluBlocks>);
+  load_kernel_now(grouped_mma_kernel<__nv_bfloat16, 8, false, false, kMmaStages, true>);
 }
 
 }  // namespace nnkit::cuda

@@ -368,4 +368,9 @@ void CudaBackend::route_padded(const char* op, const Tensor& x, const RouteNorm*
   });
 }
 
+void load_route_decode_kernels() {
+  load_kernel_now(moe_route_decode_kernel<__nv_bfloat16, __nv_bfloat16>);
+  load_kernel_now(moe_route_decode_kernel<__nv_bfloat16, float>);
+}
+
 }  // namespace nnkit::cuda

@@ -153,4 +153,9 @@ void CudaBackend::add_rmsnorm_gemm_nt(const Tensor& x, const Tensor& residual,
   });
 }
 
+void load_norm_gemm_decode_kernels() {
+  load_kernel_now(add_rmsnorm_small_gemm_kernel<__nv_bfloat16, __nv_bfloat16, 1, 8>);
+  load_kernel_now(add_rmsnorm_small_gemm_kernel<__nv_bfloat16, float, 1, 8>);
+}
+
 }  // namespace nnkit::cuda

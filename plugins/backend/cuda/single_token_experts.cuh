@@ -1,7 +1,6 @@
-// Purpose: the expert products of a single-token decode step (batch 1), where each chosen expert
-// has exactly one row: the gate/up product with its SwiGLU, and the down product with the MoE
-// combine folded in. Shared by moe_experts_decode.cu (the expert block) and bench/grouped_bw.cu.
-// Owned by backend/cuda.
+// Purpose: the gate/up product with its SwiGLU of a single-token decode step (batch 1), where each
+// chosen expert has exactly one row. Shared by moe_experts_decode.cu (the expert block) and
+// bench/grouped_bw.cu. Owned by backend/cuda.
 //
 // Why not grouped_experts.cuh's tensor-core kernel: at one row an m16n8k16 step wastes 15 of its
 // 16 A rows, and its fragment layout makes every lane hold 16 bytes of x beside each 16 bytes of
@@ -13,8 +12,14 @@
 // cores (the arithmetic is ~1 FLOP a weight byte).
 //
 // Sums: a lane adds its 8-element slices in k order, the warp's lanes add in a fixed butterfly
-// (warp_sum), the down product's warps in warp order: deterministic, but another order than the
-// tensor-core kernel's, so the results agree with it to rounding, not bit for bit.
+// (warp_sum): deterministic, but another order than the tensor-core kernel's, so the results
+// agree with it to rounding, not bit for bit.
+//
+// The down product in the same form (a block owning 4 output columns of one expert, its warps
+// sharing k, the combine folded in by arrival counters) measured slower than the tensor-core
+// kernel in bench/grouped_bw.cu (17.3 vs 13.9 us at batch 1: each block's barrier, fence and
+// arrival between items leave its multiprocessor with nothing in flight) and level in decoding
+// (589.3 vs 590.0 tokens/s): not kept (bench/RESULTS.md, session 17).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -134,114 +139,6 @@ __global__ void __launch_bounds__(kSingleTokenThreads, kMinBlocks)
       v[r] = gate_sum * (1.0f / (1.0f + expf(-gate_sum))) * up_sum;  // swiglu_forward's formula
     }
     if (lane == 0) store_floats<kRows>(act + int64_t(e) * capacity * ffn + f0, v);
-  }
-}
-
-// out[0, c] = sum over the chosen experts e in ascending order of
-// gate[slot[e * capacity]] * y_routed[e * capacity, c], y_routed[e * capacity, c] being
-// down_e[c, :] . act[e * capacity, :] rounded to T: moe_grouped_gemm_nt then moe_combine_rows
-// for one token. A block owns kRows consecutive output columns of one expert, its warps share
-// the k spans round robin (a block reads its rows' whole k at once, kBatch spans a warp) and add
-// their sums in warp order; the last of the chosen experts' blocks for a column group (an arrival
-// counter per group, reset by that block) combines the group. Items run group-major, so the
-// experts of one group are neighbours and the combines spread over the kernel.
-template <typename T, int kRows, int kBatch, int kMinBlocks = 1>
-__global__ void __launch_bounds__(kSingleTokenThreads, kMinBlocks)
-    single_token_down_combine_kernel(const T* act, ExpertWeights down, const int32_t* kept,
-                                     int experts, int capacity, int64_t n, int64_t k, T* y_routed,
-                                     CombineArgs combine) {
-  __shared__ float partial[kSingleTokenWarps][kRows];
-  __shared__ bool combine_here;
-  wait_for_preceding_grid();
-  allow_dependent_launch();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
-  const uint64_t mask = chosen_expert_mask(kept, experts, lane);
-  const int chosen = __popcll(mask);
-  const int64_t groups = n / kRows;
-  const int64_t items = int64_t(chosen) * groups;
-  const int64_t steps = (k + kWarpSpan - 1) / kWarpSpan;
-  const uint4 zero = make_uint4(0, 0, 0, 0);
-  T* out = static_cast<T*>(combine.out);
-#pragma unroll 1
-  for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
-    const int64_t group = item / chosen;
-    const int e = nth_chosen_expert(mask, static_cast<int>(item % chosen));
-    const int64_t c0 = group * kRows;
-    const T* w = static_cast<const T*>(down.w[e]) + c0 * k;
-    const T* a = act + int64_t(e) * capacity * k;
-    float acc[kRows];
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) acc[r] = 0.0f;
-#pragma unroll 1
-    for (int64_t s0 = warp; s0 < steps; s0 += int64_t(kSingleTokenWarps) * kBatch) {
-      uint4 wv[kBatch][kRows], av[kBatch];
-      if ((s0 + int64_t(kBatch - 1) * kSingleTokenWarps + 1) * kWarpSpan <= k) {  // whole spans
-#pragma unroll
-        for (int i = 0; i < kBatch; ++i) {
-          const int64_t off =
-              (s0 + int64_t(i) * kSingleTokenWarps) * kWarpSpan + lane * kSliceWidth;
-          av[i] = __ldg(reinterpret_cast<const uint4*>(a + off));
-#pragma unroll
-          for (int r = 0; r < kRows; ++r) wv[i][r] = load_weights_once(w + r * k + off);
-        }
-      } else {
-#pragma unroll
-        for (int i = 0; i < kBatch; ++i) {
-          const int64_t off =
-              (s0 + int64_t(i) * kSingleTokenWarps) * kWarpSpan + lane * kSliceWidth;
-          const bool live = off < k;
-          av[i] = live ? __ldg(reinterpret_cast<const uint4*>(a + off)) : zero;
-#pragma unroll
-          for (int r = 0; r < kRows; ++r) {
-            wv[i][r] = live ? load_weights_once(w + r * k + off) : zero;
-          }
-        }
-      }
-#pragma unroll
-      for (int i = 0; i < kBatch; ++i) {
-#pragma unroll
-        for (int r = 0; r < kRows; ++r) acc[r] = add_slice_dot<T>(acc[r], wv[i][r], av[i]);
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) acc[r] = warp_sum(acc[r]);
-    if (lane == 0) {
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) partial[warp][r] = acc[r];
-    }
-    __syncthreads();
-    if (threadIdx.x < kRows) {
-      float sum = 0.0f;
-      for (int w_index = 0; w_index < kSingleTokenWarps; ++w_index) {
-        sum += partial[w_index][threadIdx.x];
-      }
-      y_routed[int64_t(e) * capacity * n + c0 + threadIdx.x] = from_float<T>(sum);
-    }
-    // This item's values are visible before its arrival (and partial is free for the next item).
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      combine_here = atomicAdd(combine.arrivals + group, 1) == chosen - 1;
-    }
-    __syncthreads();
-    if (combine_here) {
-      __threadfence();
-      if (threadIdx.x < kRows) {
-        const int64_t c = c0 + threadIdx.x;
-        float sum = 0.0f;
-        for (int j = 0; j < chosen; ++j) {
-          const int64_t row = int64_t(nth_chosen_expert(mask, j)) * capacity;
-          const unsigned short bits =
-              __ldcg(reinterpret_cast<const unsigned short*>(y_routed + row * n + c));
-          T value;
-          static_assert(sizeof(T) == sizeof(bits));
-          memcpy(&value, &bits, sizeof bits);
-          sum += combine.gate[combine.slot[row]] * to_float(value);
-        }
-        out[c] = from_float<T>(sum);
-      }
-      if (threadIdx.x == 0) combine.arrivals[group] = 0;  // ready for the next call
-    }
   }
 }
 
