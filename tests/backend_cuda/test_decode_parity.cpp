@@ -57,12 +57,15 @@ TEST_F(CudaDecode, AttentionDecodeMatchesTheCpu) {
   };
   // One span, several spans (long cache, most of it unused), GQA, and a long full cache.
   // Then the most spans a sequence gets (a 40K cache at batch 1), a batch of 40 sequences, a
-  // head_dim of 128 (another tile) and one not a multiple of 4 (the combine's scalar path).
+  // head_dim of 128 (another tile), one not a multiple of 4 (the combine's scalar path) and one
+  // of 200.
   for (const Case& c :
        {Case{1, 12, 1, 64, 40, 17, false}, Case{3, 12, 1, 64, 1000, 700, true},
         Case{2, 8, 2, 32, 300, 300, true}, Case{1, 12, 1, 64, 5000, 4999, false},
         Case{1, 12, 1, 64, 40000, 39000, false}, Case{40, 12, 1, 64, 300, 250, true},
         Case{2, 20, 2, 128, 700, 650, true}, Case{2, 4, 1, 6, 500, 480, false},
+        // head_dim 200 (the 256 bucket: 8-key tiles, a thread a score).
+        Case{1, 4, 1, 200, 600, 590, false},
         // One span (caches up to 256 keys): the 6.9B bench's shape (17 + 128 tokens), the
         // longest one-span cache at batch 8, the first split one, and more (sequence, heads)
         // pairs than arrival counters (one span needs no combine launch).

@@ -58,18 +58,24 @@ struct DecodeGeometry {
 
 // Grid (chunks, batch, kv_heads * head_tiles). Partials: o (B, chunks, H, D), m and l (B, chunks,
 // H). arrivals: one zeroed counter per (sequence, grid.z), or null when a separate combine runs.
+// Two blocks a multiprocessor as the launch bound up to head dim 128 (left free, ptxas took
+// 160-170 registers: one block of eight warps a multiprocessor, too few to stream a long cache).
 template <typename T, int kD>
-__global__ void __launch_bounds__(kThreadsPerBlock)
+__global__ void __launch_bounds__(kThreadsPerBlock, kD <= 128 ? 2 : 1)
     attention_decode_kernel(const T* q, const T* k, const T* v, const int32_t* kv_start,
                             const int32_t* kv_len_device, DecodeGeometry g, float* part_o,
                             float* part_m, float* part_l, int32_t* arrivals, T* out) {
   constexpr int kTile = tile_keys(kD);
   constexpr int kLoadsPerThread = kTile * kD / kThreadsPerBlock;
   constexpr int kOutputsPerThread = kHeadsPerBlock * kD / kThreadsPerBlock;
-  __shared__ float k_tile[kTile][kD + 1];  // +1: a warp reading one column of many keys
+  constexpr int kScoreHeads = kHeadsPerBlock * kTile / kThreadsPerBlock;  // scores a thread
+  static_assert(kThreadsPerBlock % kTile == 0 && kThreadsPerBlock % kD == 0 && kTile % 4 == 0 &&
+                kHeadsPerBlock % (kScoreHeads > 0 ? kScoreHeads : 1) == 0);
+  // +4: a warp reading 16-byte pieces of many keys' rows touches every bank once per phase.
+  __shared__ __align__(16) float k_tile[kTile][kD + 4];
   __shared__ float v_tile[kTile][kD];
-  __shared__ float q_shared[kHeadsPerBlock][kD];
-  __shared__ float p_shared[kHeadsPerBlock][kTile];
+  __shared__ __align__(16) float q_shared[kHeadsPerBlock][kD];
+  __shared__ __align__(16) float p_shared[kHeadsPerBlock][kTile];
   __shared__ float m_run[kHeadsPerBlock], l_run[kHeadsPerBlock], rescale[kHeadsPerBlock];
   __shared__ bool combine_here;
   wait_for_preceding_grid();
@@ -133,12 +139,41 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
     }
     if (j0 + kTile < end) load_tile(j0 + kTile);
     __syncthreads();
-    for (int i = tid; i < hn * kTile; i += kThreadsPerBlock) {
-      const int h = i / kTile, key = i % kTile;
-      float dot = 0.0f;
-#pragma unroll 16
-      for (int d = 0; d < kD; ++d) dot += q_shared[h][d] * k_tile[key][d];
-      p_shared[h][key] = j0 + key < end ? dot * g.scale : -INFINITY;
+    // Scores: a thread per key and group of kScoreHeads heads reads its key's row once (16 bytes
+    // at a time) for all of them and the heads' queries as broadcasts: ~0.3 shared-memory reads
+    // a multiply-add where one score a thread took two (the tile walk was bound by them). Each
+    // dot still sums d in order. (Head dim 256's 8-key tiles have fewer scores than threads: a
+    // thread a score there.)
+    if constexpr (kScoreHeads == 0) {
+      for (int i = tid; i < hn * kTile; i += kThreadsPerBlock) {
+        const int h = i / kTile, key = i % kTile;
+        float dot = 0.0f;
+        for (int d = 0; d < kD; ++d) dot += q_shared[h][d] * k_tile[key][d];
+        p_shared[h][key] = j0 + key < end ? dot * g.scale : -INFINITY;
+      }
+    } else {
+      const int key = tid % kTile, first_head = (tid / kTile) * kScoreHeads;
+      float dot[kScoreHeads];
+#pragma unroll
+      for (int j = 0; j < kScoreHeads; ++j) dot[j] = 0.0f;
+#pragma unroll 4
+      for (int d = 0; d < kD; d += 4) {
+        const float4 kv = *reinterpret_cast<const float4*>(&k_tile[key][d]);
+#pragma unroll
+        for (int j = 0; j < kScoreHeads; ++j) {
+          const float4 qv = *reinterpret_cast<const float4*>(&q_shared[first_head + j][d]);
+          dot[j] += qv.x * kv.x;
+          dot[j] += qv.y * kv.y;
+          dot[j] += qv.z * kv.z;
+          dot[j] += qv.w * kv.w;
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kScoreHeads; ++j) {
+        if (first_head + j < hn) {
+          p_shared[first_head + j][key] = j0 + key < end ? dot[j] * g.scale : -INFINITY;
+        }
+      }
     }
     __syncthreads();
     // Online softmax, a warp per head: p <- exp(s - running max), rescale = exp(old - new max).
@@ -163,15 +198,33 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
       }
     }
     __syncthreads();
+    // Values: each value element is read once for the thread's kOutputsPerThread heads, and
+    // their weights four keys at a time (broadcasts); each output still sums the keys in order.
+    {
+      const int d = tid % kD, first_head = tid / kD;
+      constexpr int kHeadStride = kThreadsPerBlock / kD;
+      float sum[kOutputsPerThread];
 #pragma unroll
-    for (int r = 0; r < kOutputsPerThread; ++r) {
-      const int i = tid + r * kThreadsPerBlock;
-      const int h = i / kD, d = i % kD;
-      if (h >= hn) continue;
-      float sum = 0.0f;
-#pragma unroll 8
-      for (int key = 0; key < kTile; ++key) sum += p_shared[h][key] * v_tile[key][d];
-      acc[r] = acc[r] * rescale[h] + sum;
+      for (int r = 0; r < kOutputsPerThread; ++r) sum[r] = 0.0f;
+#pragma unroll 2
+      for (int key = 0; key < kTile; key += 4) {
+        const float v0 = v_tile[key][d], v1 = v_tile[key + 1][d], v2 = v_tile[key + 2][d],
+                    v3 = v_tile[key + 3][d];
+#pragma unroll
+        for (int r = 0; r < kOutputsPerThread; ++r) {
+          const float4 p =
+              *reinterpret_cast<const float4*>(&p_shared[first_head + r * kHeadStride][key]);
+          sum[r] += p.x * v0;
+          sum[r] += p.y * v1;
+          sum[r] += p.z * v2;
+          sum[r] += p.w * v3;
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < kOutputsPerThread; ++r) {
+        const int h = first_head + r * kHeadStride;
+        if (h < hn) acc[r] = acc[r] * rescale[h] + sum[r];
+      }
     }
     __syncthreads();  // the next tile overwrites k_tile, v_tile and p_shared
   }
