@@ -270,19 +270,33 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kD <= 128 ? 2 : 1)
   // Each span's weight exp(m_c - max) / total per head (a warp per head) into the K tile's
   // memory, then every output element sums its spans' partials in span order.
   float* weights = &k_tile[0][0];  // (hn, chunks): max_spans() keeps it inside the tile
+  // A lane's spans' statistics are loaded at once (one round trip where a loop over them took
+  // one per 32 spans and pass).
+  constexpr int kSpansPerLane = (max_spans(kD) + 31) / 32;
   for (int h = warp; h < hn; h += kThreadsPerBlock / 32) {
     const int64_t head_stat = int64_t(b) * g.chunks * g.heads + h0 + h;
+    float m_span[kSpansPerLane], l_span[kSpansPerLane];
+#pragma unroll
+    for (int i = 0; i < kSpansPerLane; ++i) {
+      const int c = lane + 32 * i;
+      const int64_t s = head_stat + int64_t(c) * g.heads;
+      m_span[i] = c < g.chunks ? __ldcg(part_m + s) : -INFINITY;
+      l_span[i] = c < g.chunks ? __ldcg(part_l + s) : 0.0f;
+    }
     float mx = -INFINITY;
-    for (int c = lane; c < g.chunks; c += 32)
-      mx = fmaxf(mx, __ldcg(part_m + head_stat + int64_t(c) * g.heads));
+#pragma unroll
+    for (int i = 0; i < kSpansPerLane; ++i) mx = fmaxf(mx, m_span[i]);
     mx = warp_max(mx);
     float total = 0.0f;
-    for (int c = lane; c < g.chunks; c += 32) {
-      const int64_t s = head_stat + int64_t(c) * g.heads;
-      const float l = __ldcg(part_l + s);
-      const float w = l == 0.0f || mx == -INFINITY ? 0.0f : expf(__ldcg(part_m + s) - mx);
-      weights[h * g.chunks + c] = w;
-      total += w * l;
+#pragma unroll
+    for (int i = 0; i < kSpansPerLane; ++i) {
+      const int c = lane + 32 * i;
+      if (c < g.chunks) {
+        const float l = l_span[i];
+        const float w = l == 0.0f || mx == -INFINITY ? 0.0f : expf(m_span[i] - mx);
+        weights[h * g.chunks + c] = w;
+        total += w * l;
+      }
     }
     total = warp_sum(total);
     const float inverse = total > 0.0f ? 1.0f / total : 0.0f;
@@ -296,7 +310,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kD <= 128 ? 2 : 1)
       const int h = i / quads, d = (i % quads) * 4;
       const float* o = part_o + (int64_t(b) * g.chunks * g.heads + h0 + h) * dim + d;
       float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 8
+#pragma unroll 16
       for (int c = 0; c < g.chunks; ++c) {
         const float w = weights[h * g.chunks + c];
         const float4 part = __ldcg(reinterpret_cast<const float4*>(o + c * o_ld));
