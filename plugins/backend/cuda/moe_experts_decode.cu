@@ -235,8 +235,6 @@ void CudaBackend::moe_swiglu_experts_padded(const Tensor& x, const Tensor& token
   Tensor y_routed = empty({padded, s.hidden}, x.dtype());
   // The combine folds into the down product when it takes the tensor-core path (k a multiple of
   // 32, 8-column groups that fit the arrival counters).
-  // The single-token down product takes k = ffn in 8-element slices and kSingleDownRows-column
-  // groups (hidden is a multiple of 32 here).
   ExpertWeights dw{};
   bool fold = fused_combine_enabled() && s.ffn % 32 == 0 && s.hidden % 8 == 0 &&
               aligned16(activated.raw()) && aligned16(y_routed.raw()) && aligned16(y.raw()) &&

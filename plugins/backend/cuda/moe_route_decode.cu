@@ -106,8 +106,8 @@ __global__ void __launch_bounds__(kRouteThreads)
     T* staged_x = reinterpret_cast<T*>(staged);
     for (int r = warp; r < n_tokens; r += norm_warps) {
       const int64_t row = int64_t(r) * cols;
-      add_rmsnorm_cached_row<T, W, 8>(x + row, norm.residual + row, norm.weight, norm.eps, cols,
-                                      lane, norm.sum + row, norm.normed + row, staged_x + row);
+      add_rmsnorm_row<T, W, 8, true>(x + row, norm.residual + row, norm.weight, norm.eps, cols,
+                                     lane, norm.sum + row, norm.normed + row, staged_x + row);
     }
   }
   for (int64_t r = threadIdx.x; r < int64_t(experts) * capacity; r += kRouteThreads) {
@@ -334,36 +334,32 @@ void CudaBackend::route_padded(const char* op, const Tensor& x, const RouteNorm*
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (!std::is_same_v<T, float>) {
-      const auto launch = [&](auto weight_tag) {
-        using W = typename decltype(weight_tag)::type;
-        RouteNormArgs<T, W> args;
-        if (norm != nullptr) {
-          args.residual = ptr<T>(norm->residual);
-          args.weight = ptr<W>(norm->weight);
-          args.eps = norm->eps;
-          args.sum = ptr<T>(norm->sum);
-          args.normed = ptr<T>(norm->normed);
-        }
-        auto kernel = moe_route_decode_kernel<T, W>;
-        static const bool allowed =
-            allow_route_shared_memory(reinterpret_cast<const void*>(kernel));
-        if (!allowed && shared > size_t(48 << 10)) {
-          kChecks.fail(op, "could not allow " + std::to_string(kRouteMaxShared) +
-                               " bytes of shared memory for the one-block router");
-        }
-        launch_dependent(kernel, 1, kRouteThreads, shared, stream_, ptr<T>(x), ptr<T>(weight),
-                         static_cast<int>(n), static_cast<int>(cols), static_cast<int>(experts),
-                         static_cast<int>(top_k), renormalize, static_cast<int>(capacity),
-                         ptr<int32_t>(expert_index), ptr<float>(gate), ptr<int32_t>(token),
-                         ptr<int32_t>(slot), ptr<int32_t>(offsets), ptr<float>(load), args);
-        NNKIT_CUDA_CHECK_LAUNCH(moe_route_decode_kernel);
-      };
       // The norm weight is f32 or x's dtype (add_rmsnorm's rule); without a norm, T.
-      if (norm != nullptr && norm->weight.dtype() == DType::kF32) {
-        launch(StorageTag<float>{});
-      } else {
-        launch(StorageTag<T>{});
-      }
+      with_norm_weight_type<T>(
+          norm != nullptr ? norm->weight.dtype() : x.dtype(), [&](auto weight_tag) {
+            using W = typename decltype(weight_tag)::type;
+            RouteNormArgs<T, W> args;
+            if (norm != nullptr) {
+              args.residual = ptr<T>(norm->residual);
+              args.weight = ptr<W>(norm->weight);
+              args.eps = norm->eps;
+              args.sum = ptr<T>(norm->sum);
+              args.normed = ptr<T>(norm->normed);
+            }
+            auto kernel = moe_route_decode_kernel<T, W>;
+            static const bool allowed =
+                allow_route_shared_memory(reinterpret_cast<const void*>(kernel));
+            if (!allowed && shared > size_t(48 << 10)) {
+              kChecks.fail(op, "could not allow " + std::to_string(kRouteMaxShared) +
+                                   " bytes of shared memory for the one-block router");
+            }
+            launch_dependent(kernel, 1, kRouteThreads, shared, stream_, ptr<T>(x), ptr<T>(weight),
+                             static_cast<int>(n), static_cast<int>(cols), static_cast<int>(experts),
+                             static_cast<int>(top_k), renormalize, static_cast<int>(capacity),
+                             ptr<int32_t>(expert_index), ptr<float>(gate), ptr<int32_t>(token),
+                             ptr<int32_t>(slot), ptr<int32_t>(offsets), ptr<float>(load), args);
+            NNKIT_CUDA_CHECK_LAUNCH(moe_route_decode_kernel);
+          });
     }
   });
 }

@@ -14,6 +14,7 @@
 #include "cuda_check.h"
 #include "dependent_launch.cuh"
 #include "kernel_utils.cuh"
+#include "rmsnorm_row.cuh"
 
 namespace nnkit::cuda {
 
@@ -88,16 +89,12 @@ __global__ void rmsnorm_forward_warp_kernel(const T* x, const W* w, float eps, T
   }
 }
 
-// add_rmsnorm: one warp per row, any float dtype. sum = x + residual is rounded to T and stored
-// first; the statistics and y then read the rounded sum, as rmsnorm_forward would after add().
-// The first kCachedPacks packs of each lane stay in registers as the rounded sum (what a reload of
-// the store gives, bit for bit), so a decode row of up to 32 * kCachedPacks * kWidth columns costs
-// one memory round trip for x and residual instead of one per pack and pass; the weight (no
-// kernel of a decode step writes it) is prefetched into L2 while the predecessor finishes.
+// add_rmsnorm: one warp per row, any float dtype (rmsnorm_row.cuh's add_rmsnorm_row); the
+// weight (no kernel of a decode step writes it) is prefetched into L2 while the predecessor
+// finishes.
 template <typename T, typename W, int kWidth>
 __global__ void add_rmsnorm_warp_kernel(const T* x, const T* residual, const W* w, float eps,
                                         T* sum, T* y, int64_t rows, int64_t cols) {
-  constexpr int kCachedPacks = 4;
   const int64_t row = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x & 31;
   for (int64_t offset = int64_t(lane) * 128; row < rows && offset < cols * int64_t(sizeof(W));
@@ -107,65 +104,8 @@ __global__ void add_rmsnorm_warp_kernel(const T* x, const T* residual, const W* 
   wait_for_preceding_grid();
   allow_dependent_launch();
   if (row >= rows) return;
-  const T* xr = x + row * cols;
-  const T* rr = residual + row * cols;
-  T* sr = sum + row * cols;
-  T* yr = y + row * cols;
-  float cached[kCachedPacks][kWidth];
-#pragma unroll
-  for (int i = 0; i < kCachedPacks; ++i) {
-    const int64_t c = (int64_t(lane) + 32 * i) * kWidth;
-    if (c < cols) {
-      float b[kWidth];
-      load_floats<kWidth>(xr + c, cached[i]);
-      load_floats<kWidth>(rr + c, b);
-#pragma unroll
-      for (int e = 0; e < kWidth; ++e) cached[i][e] = to_float(from_float<T>(cached[i][e] + b[e]));
-    }
-  }
-  double acc = 0.0;  // the packs in the order of the loop below: the same sum
-#pragma unroll
-  for (int i = 0; i < kCachedPacks; ++i) {
-    const int64_t c = (int64_t(lane) + 32 * i) * kWidth;
-    if (c < cols) {
-      store_floats<kWidth>(sr + c, cached[i]);
-#pragma unroll
-      for (int e = 0; e < kWidth; ++e) acc += double(cached[i][e]) * cached[i][e];
-    }
-  }
-  for (int64_t c = (int64_t(lane) + 32 * kCachedPacks) * kWidth; c < cols; c += 32 * kWidth) {
-    float a[kWidth], b[kWidth];
-    load_floats<kWidth>(xr + c, a);
-    load_floats<kWidth>(rr + c, b);
-#pragma unroll
-    for (int e = 0; e < kWidth; ++e) a[e] += b[e];
-    store_floats<kWidth>(sr + c, a);
-    load_floats<kWidth>(sr + c, a);  // the rounded sum (this lane's own store)
-#pragma unroll
-    for (int e = 0; e < kWidth; ++e) acc += double(a[e]) * a[e];
-  }
-  acc = warp_sum(acc);
-  const double mean = cols > 0 ? acc / double(cols) : 0.0;
-  const float r = static_cast<float>(1.0 / sqrt(mean + double(eps)));
-#pragma unroll
-  for (int i = 0; i < kCachedPacks; ++i) {
-    const int64_t c = (int64_t(lane) + 32 * i) * kWidth;
-    if (c < cols) {
-      float wv[kWidth];
-      load_floats<kWidth>(w + c, wv);
-#pragma unroll
-      for (int e = 0; e < kWidth; ++e) cached[i][e] = cached[i][e] * r * wv[e];
-      store_floats<kWidth>(yr + c, cached[i]);
-    }
-  }
-  for (int64_t c = (int64_t(lane) + 32 * kCachedPacks) * kWidth; c < cols; c += 32 * kWidth) {
-    float v[kWidth], wv[kWidth];
-    load_floats<kWidth>(sr + c, v);
-    load_floats<kWidth>(w + c, wv);
-#pragma unroll
-    for (int e = 0; e < kWidth; ++e) v[e] = v[e] * r * wv[e];
-    store_floats<kWidth>(yr + c, v);
-  }
+  add_rmsnorm_row<T, W, kWidth, false>(x + row * cols, residual + row * cols, w, eps, cols, lane,
+                                       sum + row * cols, y + row * cols, nullptr);
 }
 
 // One warp per row of bf16/f16 x: the dx kernel above in packs. The warp reduction completes
@@ -285,11 +225,8 @@ unsigned blocks_for_rows(int64_t rows) {
 // the pack width (16-byte packs when `packed`).
 template <typename T, typename Launch>
 void with_norm_weight(DType weight, bool packed, Launch&& launch) {
-  dispatch_float(weight, [&](auto weight_tag) {
-    using W = typename decltype(weight_tag)::type;
-    if constexpr (std::is_same_v<W, float> || std::is_same_v<W, T>) {
-      with_pack_width<T>(packed, [&](auto width) { launch(weight_tag, width); });
-    }
+  with_norm_weight_type<T>(weight, [&](auto weight_tag) {
+    with_pack_width<T>(packed, [&](auto width) { launch(weight_tag, width); });
   });
 }
 

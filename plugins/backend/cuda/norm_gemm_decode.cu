@@ -4,9 +4,9 @@
 // Every block of the small gemm's grid (a warp per output column) first normalises the step's
 // few rows itself into shared memory (a warp per row: 768 columns are 3 KB of x and residual
 // from L2), so no block waits for another's norm; block 0 also stores the sum (the residual
-// stream). The norm repeats add_rmsnorm_warp_kernel's arithmetic for rows of up to
-// 32 x 4 packs, and the products small_gemm_nt_kernel's (gemm_small.cuh): the same bits as
-// add_rmsnorm followed by gemm. Other shapes run the two ops.
+// stream; the other blocks' rows fit the registers, so they need not store it). The norm is
+// add_rmsnorm's row (rmsnorm_row.cuh) and the products small_gemm_nt_kernel's (gemm_small.cuh):
+// the same bits as add_rmsnorm followed by gemm. Other shapes run the two ops.
 #include <type_traits>
 
 #include "../common/composed_ops.h"
@@ -54,9 +54,9 @@ __global__ void __launch_bounds__(kNormGemmThreads)
   wait_for_preceding_grid();
   allow_dependent_launch();
   for (int r = warp; r < kRows; r += kNormGemmWarps) {
-    add_rmsnorm_cached_row<T, W, kWidth>(x + r * k, residual + r * k, norm_weight, eps, k, lane,
-                                         blockIdx.x == 0 ? sum + r * k : nullptr, normed + r * k,
-                                         nullptr);
+    add_rmsnorm_row<T, W, kWidth, true>(x + r * k, residual + r * k, norm_weight, eps, k, lane,
+                                        blockIdx.x == 0 ? sum + r * k : nullptr, normed + r * k,
+                                        nullptr);
   }
   __syncthreads();
   if (j >= n) return;
@@ -107,7 +107,7 @@ void CudaBackend::add_rmsnorm_gemm_nt(const Tensor& x, const Tensor& residual,
   // say what is wrong) runs the two ops.
   const bool fused = fused_norm_gemm_enabled() && (dtype == DType::kBF16 || dtype == DType::kF16) &&
                      (m == 1 || m == 2 || m == 4 || m == 8 || m == 16) && k > 0 && k % 8 == 0 &&
-                     k <= 32 * kCachedPacks * 8 && n > 0 && size_t(m * k) * 2 <= kMaxNormedBytes &&
+                     k <= kCachedNormColumns<8> && n > 0 && size_t(m * k) * 2 <= kMaxNormedBytes &&
                      same(x, dtype, {m, k}) && same(residual, dtype, {m, k}) &&
                      same(sum, dtype, {m, k}) && same(w, dtype, {n, k}) &&
                      same(out, dtype, {m, n}) && norm_weight.defined() &&
@@ -122,31 +122,29 @@ void CudaBackend::add_rmsnorm_gemm_nt(const Tensor& x, const Tensor& residual,
   dispatch_float(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (!std::is_same_v<T, float>) {
-      dispatch_float(norm_weight.dtype(), [&](auto weight_tag) {
+      with_norm_weight_type<T>(norm_weight.dtype(), [&](auto weight_tag) {
         using W = typename decltype(weight_tag)::type;
-        if constexpr (std::is_same_v<W, float> || std::is_same_v<W, T>) {
-          const auto run = [&](auto rows) {
-            launch_norm_gemm<T, W, decltype(rows)::value>(ptr<T>(x), ptr<T>(residual),
-                                                          ptr<W>(norm_weight), eps, ptr<T>(w), n, k,
-                                                          ptr<T>(sum), ptr<T>(out), stream_);
-          };
-          switch (m) {
-            case 1:
-              run(std::integral_constant<int, 1>{});
-              break;
-            case 2:
-              run(std::integral_constant<int, 2>{});
-              break;
-            case 4:
-              run(std::integral_constant<int, 4>{});
-              break;
-            case 8:
-              run(std::integral_constant<int, 8>{});
-              break;
-            default:
-              run(std::integral_constant<int, 16>{});
-              break;
-          }
+        const auto run = [&](auto rows) {
+          launch_norm_gemm<T, W, decltype(rows)::value>(ptr<T>(x), ptr<T>(residual),
+                                                        ptr<W>(norm_weight), eps, ptr<T>(w), n, k,
+                                                        ptr<T>(sum), ptr<T>(out), stream_);
+        };
+        switch (m) {
+          case 1:
+            run(std::integral_constant<int, 1>{});
+            break;
+          case 2:
+            run(std::integral_constant<int, 2>{});
+            break;
+          case 4:
+            run(std::integral_constant<int, 4>{});
+            break;
+          case 8:
+            run(std::integral_constant<int, 8>{});
+            break;
+          default:
+            run(std::integral_constant<int, 16>{});
+            break;
         }
       });
     }
